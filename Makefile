@@ -1,0 +1,62 @@
+# Two commands for a newcomer: `make demo` (the main job) and `make test` (the tests).
+# Each bootstraps what it needs, idempotently: .venv with the locked stack, gRPC stubs,
+# MovieLens-100K, the Kafka broker jars.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+RECSYS := $(VENV)/bin/recsys
+INSTALLED := $(VENV)/.installed
+PROTOS := proto/recsys/v1/recommender.proto proto/recsys/v1/events.proto
+STUBS := recsys/v1/recommender_pb2.py recsys/v1/events_pb2.py
+DATA := .cache/data/ml-100k/ml-100k.inter
+KAFKA_JARS := .cache/kafka/libs/.pom.sha256
+
+.PHONY: demo test setup venv proto data kafka-jars broker lint clean
+
+demo: setup
+	@echo "==> recsys demo (train, index, features, Kafka + server + ingester, the loop)"
+	$(RECSYS) demo
+
+test: setup
+	@echo "==> tests (real Kafka broker, Feast store and gRPC server; ~3 min)"
+	$(PY) -m pytest
+
+setup: venv proto data kafka-jars
+
+venv: $(INSTALLED)
+$(INSTALLED): pyproject.toml constraints.txt
+	@echo "==> [setup 1/4] virtualenv $(VENV) with the locked stack (first time: a few minutes)"
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else f"Python 3.11 is required, found {sys.version.split()[0]} ($(PYTHON)); set PYTHON=/path/to/python3.11")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --progress-bar on -c constraints.txt -e '.[dev]'
+	@touch $@
+
+proto: $(STUBS)
+# protoc runs in a process of its own: it segfaults inside a process that imported TensorFlow.
+$(STUBS) &: $(PROTOS) $(INSTALLED)
+	@echo "==> [setup 2/4] gRPC stubs from proto/ into recsys/v1/"
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+
+data: $(DATA)
+$(DATA): | $(INSTALLED)
+	@echo "==> [setup 3/4] MovieLens-100K (from the recbole==1.2.1 wheel on PyPI)"
+	$(RECSYS) fetch-data
+
+kafka-jars: $(KAFKA_JARS)
+$(KAFKA_JARS): features/kafka/pom.xml | $(INSTALLED)
+	@echo "==> [setup 4/4] Apache Kafka broker jars (Maven Central)"
+	$(RECSYS) fetch-kafka
+
+broker: setup
+	$(RECSYS) broker
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy recsys towers index serving features
+
+clean:
+	rm -rf .state artifacts

@@ -1,0 +1,99 @@
+"""The one definition of a user's activity features.
+
+The same code builds training examples (point-in-time: only events strictly before each
+interaction) and updates the online store from the Kafka stream, so training and serving
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """One user-item interaction, as far as the activity features care."""
+
+    item_id: str
+    event_time_ms: int
+    event_id: str = ""
+
+
+@dataclass(frozen=True)
+class Activity:
+    """A user's activity state.
+
+    Attributes:
+        recent_items: The user's most recent distinct items, most recent first.
+        last_event_ms: Event time of the newest event applied, 0 for none.
+    """
+
+    recent_items: tuple[str, ...] = ()
+    last_event_ms: int = 0
+
+
+EMPTY = Activity()
+
+
+def apply_events(state: Activity, events: Iterable[Interaction], history_length: int) -> Activity:
+    """Folds events into a user's activity state.
+
+    Events are applied in event-time order (ties broken by event id) so the result does not
+    depend on the order a batch arrived in. An item seen again moves to the front.
+
+    Args:
+        state: The state before these events.
+        events: The user's new events, any order.
+        history_length: How many recent items to keep.
+
+    Returns:
+        The new state.
+    """
+    recent = list(state.recent_items)
+    last = state.last_event_ms
+    for event in sorted(events, key=lambda e: (e.event_time_ms, e.event_id)):
+        if event.item_id in recent:
+            recent.remove(event.item_id)
+        recent.insert(0, event.item_id)
+        last = max(last, event.event_time_ms)
+    return Activity(tuple(recent[:history_length]), last)
+
+
+def point_in_time(events: Sequence[Interaction], history_length: int) -> Iterator[Activity]:
+    """Yields, for each of one user's time-ordered events, the state just before it.
+
+    Events sharing a timestamp do not see each other: only events strictly earlier count,
+    which is what the online store could have known at that moment.
+
+    Args:
+        events: The user's events, ordered by event time.
+        history_length: How many recent items to keep.
+    """
+    state = EMPTY
+    pending: list[Interaction] = []
+    for event in events:
+        if pending and pending[0].event_time_ms < event.event_time_ms:
+            state = apply_events(state, pending, history_length)
+            pending = []
+        yield state
+        pending.append(event)
+
+
+def rating_event_id(user_id: str, item_id: str, timestamp_s: int) -> str:
+    """The event id a data-set rating carries on the stream.
+
+    Training and the feature backfill name ratings the same way, so events sharing a
+    timestamp are ordered identically offline and online.
+    """
+    return f"rating-{user_id}-{item_id}-{timestamp_s}"
+
+
+def ratings_to_interactions(
+    user_id: str, item_ids: Sequence[str], timestamps_s: Sequence[int]
+) -> list[Interaction]:
+    """One user's data-set ratings as interactions (seconds → milliseconds)."""
+    return [
+        Interaction(item, int(t) * 1000, rating_event_id(user_id, item, int(t)))
+        for item, t in zip(item_ids, timestamps_s, strict=True)
+    ]

@@ -1,0 +1,54 @@
+"""The interaction event on Kafka: protobuf ``recsys.v1.InteractionEvent``, keyed by user id."""
+
+from __future__ import annotations
+
+from google.protobuf.message import DecodeError
+
+from features.activity import Interaction
+from recsys.errors import DataError
+from recsys.v1 import events_pb2
+
+EventType = events_pb2.EventType
+
+
+def encode(
+    event_id: str,
+    user_id: str,
+    item_id: str,
+    event_time_ms: int,
+    *,
+    value: float = 0.0,
+    event_type: events_pb2.EventType = events_pb2.EVENT_TYPE_RATING,
+) -> tuple[bytes, bytes]:
+    """Returns ``(key, value)`` for Kafka; the key keeps one user's events in one partition."""
+    message = events_pb2.InteractionEvent(
+        event_id=event_id,
+        user_id=user_id,
+        item_id=item_id,
+        type=event_type,
+        value=value,
+        event_time_ms=event_time_ms,
+    )
+    return user_id.encode(), message.SerializeToString()
+
+
+def decode(raw: bytes) -> tuple[str, Interaction]:
+    """Parses and checks one event.
+
+    Returns:
+        ``(user_id, interaction)``.
+
+    Raises:
+        DataError: undecodable bytes or a missing field, with the reason.
+    """
+    message = events_pb2.InteractionEvent()
+    try:
+        message.ParseFromString(raw)
+    except DecodeError as exc:
+        raise DataError(f"undecodable event ({len(raw)} bytes): {exc}") from exc
+    for name in ("event_id", "user_id", "item_id"):
+        if not getattr(message, name):
+            raise DataError(f"event has no {name}")
+    if message.event_time_ms <= 0:
+        raise DataError(f"event {message.event_id} has no event_time_ms")
+    return message.user_id, Interaction(message.item_id, message.event_time_ms, message.event_id)

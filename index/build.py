@@ -1,0 +1,119 @@
+"""Batch index build: item tower over the whole catalog → FAISS index + id map + manifest."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from recsys import artifacts
+from recsys.config import Config
+from recsys.data import MovieLens
+from recsys.errors import ArtifactError, DataError
+from towers.encoding import FeatureSpace
+
+INDEX_FILE = "index.faiss"
+IDS_FILE = "item_ids.json"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    version: str
+    directory: Path
+    model_version: str
+    items: int
+    seconds: float
+
+
+def embed_catalog(
+    model_dir: Path, ml: MovieLens, batch_size: int = 4096
+) -> tuple[list[str], np.ndarray]:
+    """Runs the exported item-tower SavedModel over every item.
+
+    Returns:
+        Item ids and their ``[items, dim] float32`` embeddings, row-aligned.
+    """
+    from towers.tf_env import tf
+
+    space = FeatureSpace.load(model_dir / "features.json")
+    tower = tf.saved_model.load(str(model_dir / "item_tower")).signatures["serving_default"]
+    items = ml.items
+    item_ids = list(items["item_id"])
+    if not item_ids:
+        raise DataError("the catalog is empty: nothing to index")
+    if len(set(item_ids)) != len(item_ids):
+        raise DataError("the catalog has duplicate item ids; fix the item table")
+    chunks = []
+    for start in range(0, len(item_ids), batch_size):
+        part = items.iloc[start : start + batch_size]
+        inputs = space.encode_items(
+            list(part["item_id"]), list(part["release_year"]), list(part["genres"])
+        )
+        out = tower(**{k: tf.constant(v) for k, v in inputs.as_dict().items()})
+        chunks.append(out["embedding"].numpy())
+    return item_ids, np.ascontiguousarray(np.concatenate(chunks), np.float32)
+
+
+def build_index(
+    config: Config, ml: MovieLens, *, log: Callable[[str], None] = print, publish: bool = True
+) -> BuildResult:
+    """Embeds the catalog with the current model's item tower and writes ``indexes/<version>``.
+
+    The index is exact inner product (``IndexFlatIP``): at 1,682 items an exact scan costs
+    microseconds, so approximation would buy nothing.
+    """
+    started = time.perf_counter()
+    model_dir = artifacts.current(config.models_dir)
+    model_manifest = artifacts.read_manifest(model_dir)
+    item_ids, vectors = embed_catalog(model_dir, ml)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    version = artifacts.new_version()
+    with artifacts.staged_version(config.indexes_dir, version) as staging:
+        faiss.write_index(index, str(staging / INDEX_FILE))
+        (staging / IDS_FILE).write_text(json.dumps(item_ids))
+        seconds = time.perf_counter() - started
+        artifacts.write_manifest(
+            staging,
+            {
+                "version": version,
+                "model_version": model_manifest["version"],
+                "items": len(item_ids),
+                "dim": int(vectors.shape[1]),
+                "metric": "inner_product",
+                "index_type": "Flat",
+                "build_seconds": round(seconds, 3),
+            },
+        )
+    if publish:
+        artifacts.publish(config.indexes_dir, version)
+    log(
+        f"index {version}: {len(item_ids):,} items × {vectors.shape[1]} dims from model "
+        f"{model_manifest['version']} in {seconds:.1f}s"
+    )
+    return BuildResult(
+        version, config.indexes_dir / version, model_manifest["version"], len(item_ids), seconds
+    )
+
+
+def load_index(directory: Path) -> tuple[faiss.Index, list[str], dict[str, object]]:
+    """Loads and verifies an index version: checksums, id count and dimension agree."""
+    manifest = artifacts.read_manifest(directory)
+    try:
+        index = faiss.read_index(str(directory / INDEX_FILE))
+        item_ids = json.loads((directory / IDS_FILE).read_text())
+    except (RuntimeError, OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"cannot load index {directory}: {exc}") from exc
+    if index.ntotal != len(item_ids) or index.ntotal != manifest["items"]:
+        raise ArtifactError(
+            f"index {directory} holds {index.ntotal} vectors but {len(item_ids)} ids "
+            f"(manifest says {manifest['items']}); rebuild it"
+        )
+    if index.d != manifest["dim"]:
+        raise ArtifactError(f"index {directory} has dim {index.d}, manifest says {manifest['dim']}")
+    return index, item_ids, manifest

@@ -1,0 +1,208 @@
+"""The ``recsys`` command line: one subcommand per stage of the loop, plus ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from recsys.config import Config, load_config
+from recsys.errors import RecsysError
+
+
+def load_dataset(config: Config):
+    """The configured data set: an official ml-100k folder if given, else the download."""
+    from recsys.data import fetch_ml100k, load_movielens
+
+    path = config.paths.dataset or fetch_ml100k(config.paths.data_dir)
+    return load_movielens(path)
+
+
+def cmd_fetch_data(config: Config, args: argparse.Namespace) -> None:
+    ml = load_dataset(config)
+    print(
+        f"ML-100K ready: {len(ml.interactions):,} ratings, {len(ml.users):,} users, "
+        f"{len(ml.items):,} items"
+    )
+
+
+def cmd_fetch_kafka(config: Config, args: argparse.Namespace) -> None:
+    from features.broker import ensure_jars
+
+    jars = ensure_jars(config.paths.kafka_pom, config.paths.kafka_jars)
+    print(f"Kafka broker jars ready in {jars}")
+
+
+def cmd_train(config: Config, args: argparse.Namespace) -> None:
+    from towers.train import train
+
+    train(config, load_dataset(config))
+
+
+def cmd_build_index(config: Config, args: argparse.Namespace) -> None:
+    from index.build import build_index
+
+    build_index(config, load_dataset(config))
+
+
+def cmd_init_features(config: Config, args: argparse.Namespace) -> None:
+    from features.store import initialise
+    from recsys.data import temporal_split
+
+    ml = load_dataset(config)
+    past, _ = temporal_split(ml.interactions, config.model.test_fraction)
+    initialise(config, ml, past)
+    print(f"feature store ready in {config.feast_dir}: profiles materialized, activity backfilled")
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> None:
+    from serving.server import serve
+
+    serve(config, null=args.null)
+
+
+def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
+    import signal
+
+    from features.ingest import run
+    from features.replay import ensure_topic
+    from features.store import OnlineFeatures, open_store
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ensure_topic(config)
+    print(f"ingesting {config.kafka.topic} from {config.kafka.bootstrap_servers}", flush=True)
+    stats = run(
+        config,
+        OnlineFeatures(open_store(config)),
+        stop,
+        on_batch=lambda s: print(s.summary(), flush=True),
+    )
+    print("ingester stopped: " + stats.summary(), flush=True)
+
+
+def cmd_replay(config: Config, args: argparse.Namespace) -> None:
+    from features.replay import replay
+    from recsys.data import temporal_split
+
+    ml = load_dataset(config)
+    _, future = temporal_split(ml.interactions, config.model.test_fraction)
+    rows = ml.interactions if args.all else future
+    if args.limit:
+        rows = rows.head(args.limit)
+    sent = replay(config, rows, rate=args.rate)
+    print(f"sent {sent:,} events to {config.kafka.topic}")
+
+
+def cmd_recommend(config: Config, args: argparse.Namespace) -> None:
+    import grpc
+
+    from recsys.v1 import recommender_pb2 as pb
+    from recsys.v1 import recommender_pb2_grpc as pb_grpc
+
+    target = args.target or f"{config.serving.host}:{config.serving.port}"
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        try:
+            reply = stub.Recommend(
+                pb.RecommendRequest(user_id=args.user, k=args.k, exclude_item_ids=args.exclude),
+                timeout=args.timeout,
+            )
+        except grpc.RpcError as exc:
+            raise RecsysError(f"Recommend failed: {exc.code().name}: {exc.details()}") from exc
+    print(f"user {args.user} (model {reply.model_version}, index {reply.index_version}):")
+    for rank, item in enumerate(reply.items, 1):
+        print(f"  {rank:2d}. item {item.item_id:>5}  score {item.score:.3f}")
+
+
+def cmd_broker(config: Config, args: argparse.Namespace) -> None:
+    from features.broker import LocalBroker, ensure_jars
+
+    host, _, port = config.kafka.bootstrap_servers.partition(":")
+    jars = ensure_jars(config.paths.kafka_pom, config.paths.kafka_jars)
+    with LocalBroker(jars, config.paths.state / "kafka", host=host, port=int(port)) as broker:
+        print(f"Kafka broker on {broker.bootstrap_servers}; Ctrl-C stops it", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+def cmd_bench(config: Config, args: argparse.Namespace) -> None:
+    from recsys import artifacts
+    from serving.bench import run
+
+    artifacts.current(config.indexes_dir)  # fails with what to run when nothing is published
+    ml = load_dataset(config)
+    run(config, list(ml.users["user_id"]), calls=args.calls, k=args.k)
+
+
+def cmd_demo(config: Config, args: argparse.Namespace) -> None:
+    from recsys.demo import run_demo
+
+    run_demo(config, users=args.users, events=args.events)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
+    parser.add_argument("--config", type=Path, help="YAML config file (default: RECSYS_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str]] = {
+        "fetch-data": (cmd_fetch_data, "download and check MovieLens-100K"),
+        "fetch-kafka": (cmd_fetch_kafka, "download the Kafka broker jars from Maven Central"),
+        "train": (cmd_train, "train the two towers and publish a model version"),
+        "build-index": (cmd_build_index, "embed the catalog and publish a FAISS index version"),
+        "init-features": (cmd_init_features, "create the Feast store and backfill features"),
+        "serve": (cmd_serve, "run the gRPC Recommend server"),
+        "ingest": (cmd_ingest, "consume events from Kafka into the online store"),
+        "replay": (cmd_replay, "produce ML-100K interactions to Kafka in time order"),
+        "recommend": (cmd_recommend, "call Recommend on a running server"),
+        "broker": (cmd_broker, "run a local single-node Kafka broker (foreground)"),
+        "bench": (cmd_bench, "sequential Recommend latency vs a null handler"),
+        "demo": (cmd_demo, "the whole loop end to end, then stop everything"),
+    }
+    parsers = {}
+    for name, (func, help_text) in commands.items():
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(func=func)
+        parsers[name] = p
+    parsers["replay"].add_argument("--rate", type=float, help="events/s (default: max)")
+    parsers["replay"].add_argument("--limit", type=int, help="send only the first N events")
+    parsers["replay"].add_argument(
+        "--all", action="store_true", help="replay all ratings, not only the held-out future"
+    )
+    parsers["serve"].add_argument(
+        "--null", action="store_true", help="answer with an empty list (latency baseline)"
+    )
+    rec = parsers["recommend"]
+    rec.add_argument("--user", required=True)
+    rec.add_argument("--k", type=int, default=10)
+    rec.add_argument("--exclude", nargs="*", default=[])
+    rec.add_argument("--target", help="host:port (default: serving.host:serving.port)")
+    rec.add_argument("--timeout", type=float, default=5.0)
+    parsers["bench"].add_argument("--calls", type=int, default=1000)
+    parsers["bench"].add_argument("--k", type=int, default=10)
+    parsers["demo"].add_argument("--users", type=int, default=3)
+    parsers["demo"].add_argument("--events", type=int, default=5)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(args.config)
+        args.func(config, args)
+    except RecsysError as exc:
+        print(f"recsys {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

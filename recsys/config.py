@@ -1,0 +1,164 @@
+"""One typed configuration, loaded once and passed down.
+
+Sources, later wins: the defaults below, a YAML file (``--config`` or ``RECSYS_CONFIG``), then
+environment overrides ``RECSYS_<SECTION>__<KEY>`` (values parsed as YAML scalars), e.g.
+``RECSYS_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:9093``. Relative paths resolve against the
+directory the process runs in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from recsys.errors import ConfigError
+
+ENV_PREFIX = "RECSYS_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class PathsConfig(_Section):
+    data_dir: Path = Path(".cache/data")
+    """Where the ML-100K files are downloaded and extracted."""
+    dataset: Path | None = None
+    """An official GroupLens ``ml-100k/`` folder to use instead of the download."""
+    artifacts: Path = Path("artifacts")
+    """Root of ``models/<version>`` and ``indexes/<version>`` plus their ``CURRENT`` pointers."""
+    state: Path = Path(".state")
+    """Run-time state: the Feast registry and online store, the local broker's log dirs."""
+    kafka_jars: Path = Path(".cache/kafka/libs")
+    kafka_pom: Path = Path("features/kafka/pom.xml")
+
+    @field_validator("*")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Resolved once, at load, so child processes and Feast (which resolves relative paths
+        # against its repo folder) all see the same files.
+        return None if value is None else value.absolute()
+
+
+class ModelConfig(_Section):
+    embedding_dim: int = Field(32, ge=4, le=1024)
+    history_length: int = Field(20, ge=1, le=500)
+    """How many of a user's most recent items feed the user tower (and exclude-seen)."""
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(512, ge=8)
+    learning_rate: float = Field(0.05, gt=0)
+    seed: int = 42
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "recsys.interactions.v1"
+    partitions: int = Field(4, ge=1)
+    group_id: str = "recsys-ingester"
+    poll_max_records: int = Field(2000, ge=1)
+    poll_timeout_ms: int = Field(100, ge=1)
+
+
+class FeastConfig(_Section):
+    project: str = "recsys"
+    online_store: Literal["sqlite"] = "sqlite"
+
+
+class ServingConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    """0 picks a free port (tests)."""
+    workers: int = Field(8, ge=1)
+    max_k: int = Field(100, ge=1)
+    max_exclude: int = Field(1000, ge=0)
+    max_id_length: int = Field(128, ge=1)
+
+
+class Config(_Section):
+    # Factories, not instances: default paths resolve when a config is loaded, not at import.
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    feast: FeastConfig = Field(default_factory=FeastConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.paths.artifacts / "models"
+
+    @property
+    def indexes_dir(self) -> Path:
+        return self.paths.artifacts / "indexes"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.paths.state / "feast"
+
+    def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> Config:
+        """Returns a copy with ``{section: {key: value}}`` applied and validated."""
+        data = self.model_dump()
+        for section, values in overrides.items():
+            data.setdefault(section, {}).update(values)
+        return _validate(data, source="overrides")
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Loads the configuration.
+
+    Args:
+        path: A YAML file; ``None`` uses ``RECSYS_CONFIG`` if set, else the defaults.
+        environ: The environment to read overrides from (``os.environ`` by default).
+
+    Raises:
+        ConfigError: naming the file or variable and the key that is wrong.
+    """
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is None and env.get("RECSYS_CONFIG"):
+        path = Path(env["RECSYS_CONFIG"])
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        data = loaded or {}
+    overridden = False
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == "RECSYS_CONFIG":
+            continue
+        section, sep, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if not sep or not key:
+            raise ConfigError(f"environment variable {name} must look like RECSYS_<SECTION>__<KEY>")
+        section_data = data.setdefault(section, {})
+        if not isinstance(section_data, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping")
+        try:
+            section_data[key] = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"environment variable {name}={raw!r} is not a valid value") from exc
+        overridden = True
+    if overridden:
+        source = f"{source} + environment"
+    return _validate(data, source=source)
+
+
+def _validate(data: dict[str, Any], *, source: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration from {source}: {problems}") from exc

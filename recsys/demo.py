@@ -1,0 +1,126 @@
+"""``recsys demo``: the whole real-time loop, end to end, then everything stopped.
+
+train → index → feature store → Kafka broker + gRPC server + ingester (child processes) →
+recommendations before → events replayed → the same users' recommendations after.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from recsys.config import Config
+from recsys.errors import RecsysError
+from recsys.procs import child, free_port, write_config
+
+NEW_USER = "demo-new-user"
+
+
+def _step(n: int, total: int, text: str) -> None:
+    print(f"\n==> [{n}/{total}] {text}", flush=True)
+
+
+def _show(
+    label: str, items: list[tuple[str, float]], titles: dict[str, str], mark: set[str]
+) -> None:
+    print(f"      {label}:")
+    for rank, (item, score) in enumerate(items, 1):
+        flag = "  <- just consumed" if item in mark else ""
+        print(f"        {rank}. {titles.get(item, item)[:48]:<48} {score:6.2f}{flag}")
+
+
+def run_demo(config: Config, *, users: int = 3, events: int = 5) -> None:
+    """Runs the loop for ``users`` users (one of them brand new), ``events`` events each."""
+    from features.broker import LocalBroker, ensure_jars
+    from features.replay import replay
+    from features.store import OnlineFeatures, initialise, open_store
+    from index.build import build_index
+    from recsys.cli import load_dataset
+    from recsys.data import temporal_split
+    from serving.client import RecommendClient
+    from towers.train import train
+
+    started = time.monotonic()
+    total = 6
+    _step(1, total, "data: MovieLens-100K")
+    ml = load_dataset(config)
+    past, future = temporal_split(ml.interactions, config.model.test_fraction)
+    titles = dict(zip(ml.items["item_id"], ml.items["title"], strict=True))
+    _step(2, total, "train the two towers on the past")
+    train(config, ml)
+    _step(3, total, "build the FAISS index with the item tower")
+    build_index(config, ml)
+    _step(4, total, "feature store: apply, materialize profiles, backfill activity")
+    initialise(config, ml, past)
+    print(f"    Feast store in {config.feast_dir}")
+
+    _step(5, total, "start Kafka, the gRPC server and the ingester")
+    jars = ensure_jars(config.paths.kafka_pom, config.paths.kafka_jars)
+    demo_dir = config.paths.state / "demo"
+    shutil.rmtree(demo_dir, ignore_errors=True)
+    (demo_dir / "logs").mkdir(parents=True)
+    with LocalBroker(jars, demo_dir / "kafka", host="127.0.0.1") as broker:
+        print(f"    kafka: {broker.bootstrap_servers}")
+        run_config = config.with_overrides(
+            {
+                "kafka": {"bootstrap_servers": broker.bootstrap_servers},
+                "serving": {"port": free_port(config.serving.host)},
+            }
+        )
+        config_file = write_config(run_config, demo_dir / "config.yaml")
+        logs = demo_dir / "logs"
+        with (
+            child("server", config_file, ["serve"], logs) as server,
+            child("ingester", config_file, ["ingest"], logs) as ingester,
+            RecommendClient(f"{run_config.serving.host}:{run_config.serving.port}") as client,
+        ):
+            client.wait_until_serving(process=server)
+            print(f"    server SERVING on {client.target}")
+
+            _step(6, total, f"the loop: {users} users, {events} new events each")
+            counts = future["user_id"].value_counts()
+            known = sorted(counts[counts >= events].index, key=int)[: max(users - 1, 0)]
+            batches = {u: future[future["user_id"] == u].head(events) for u in known}
+            donor = future[~future["user_id"].isin(known)].head(events)
+            batches[NEW_USER] = donor.assign(user_id=NEW_USER)
+            before = {u: client.recommend(u, k=5) for u in batches}
+            sent_at = time.monotonic()
+            for rows in batches.values():
+                replay(run_config, rows, progress=False)
+            features = OnlineFeatures(open_store(run_config))
+            fresh_ms = _wait_ingested(features, batches, ingester, timeout=60.0) - sent_at
+            print(
+                f"    {sum(len(r) for r in batches.values())} events visible in the online store "
+                f"{fresh_ms * 1000:.0f} ms after produce"
+            )
+            for user, rows in batches.items():
+                consumed = set(rows["item_id"])
+                after = client.recommend(user, k=5)
+                kind = "new user, no profile" if user == NEW_USER else "known user"
+                print(
+                    f"\n    user {user} ({kind}); consumed: "
+                    + ", ".join(titles[i][:30] for i in rows["item_id"])
+                )
+                _show(
+                    "before", [(i.item_id, i.score) for i in before[user].items], titles, consumed
+                )
+                _show("after ", [(i.item_id, i.score) for i in after.items], titles, consumed)
+            print(f"\n    served by model {after.model_version}, index {after.index_version}")
+    print(
+        f"\ndemo finished in {time.monotonic() - started:.0f}s; broker, server and ingester stopped"
+    )
+
+
+def _wait_ingested(features, batches, ingester, timeout: float) -> float:
+    """Waits until every user's newest event is in the online store; returns that time."""
+    deadline = time.monotonic() + timeout
+    last = {u: int(rows["timestamp"].max()) * 1000 for u, rows in batches.items()}
+    while True:
+        activity = features.read_activity(list(last))
+        if all(activity[u].last_event_ms >= t for u, t in last.items()):
+            return time.monotonic()
+        if ingester.poll() is not None:
+            raise RecsysError(f"the ingester exited with code {ingester.returncode}")
+        if time.monotonic() > deadline:
+            raise RecsysError(f"events not ingested after {timeout:.0f}s; see the ingester log")
+        time.sleep(0.05)

@@ -1,0 +1,53 @@
+"""One error hierarchy for the whole project, mapped to gRPC status codes in one place."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class RecsysError(Exception):
+    """Base of every error this project raises on purpose.
+
+    Messages say what went wrong and what to do about it.
+    """
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def grpc_status_code(self) -> grpc.StatusCode:
+        return self.code
+
+
+class ConfigError(RecsysError):
+    """The configuration file or an override is invalid."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class DataError(RecsysError):
+    """An input data set is missing, malformed or not the expected size."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ArtifactError(RecsysError):
+    """A model or index artifact is missing, corrupt or mismatched."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class InvalidRequestError(RecsysError):
+    """A request is malformed (empty id, k out of range, ...)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotReadyError(RecsysError):
+    """The service has not loaded its model, index or features yet."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class BrokerError(RecsysError):
+    """The local Kafka broker could not be fetched, formatted or started."""
+
+    code = grpc.StatusCode.UNAVAILABLE

@@ -1,0 +1,60 @@
+"""Child processes of the ``recsys`` CLI (demo, benchmarks), each stopped by its context."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import yaml
+
+from recsys.config import ENV_PREFIX, Config
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(config: Config, path: Path) -> Path:
+    """Writes ``config`` as YAML for a child process to load with ``--config``."""
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return path
+
+
+@contextlib.contextmanager
+def child(
+    name: str, config_file: Path, args: Sequence[str], log_dir: Path, *, quiet: bool = False
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Runs ``recsys --config config_file *args``; SIGTERM (then SIGKILL) on exit.
+
+    The child sees none of our ``RECSYS_*`` overrides: ``config_file`` is its whole config.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "recsys.cli", "--config", str(config_file), *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        if not quiet:
+            print(f"    {name}: pid {process.pid}, log {log_path}", flush=True)
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            if not quiet:
+                print(f"    {name}: stopped (exit {process.returncode})", flush=True)

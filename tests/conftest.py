@@ -1,0 +1,135 @@
+"""Shared fixtures: the real data set, one trained model+index, a real Feast store, a real
+Kafka broker, and a real gRPC server on an ephemeral port. Each is built once per session and
+stopped by the fixture that started it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import towers.tf_env  # noqa: F401  (TF_USE_LEGACY_KERAS before anything imports TensorFlow)
+from recsys.config import Config
+from recsys.data import MovieLens, fetch_ml100k, load_movielens, temporal_split
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="session")
+def ml() -> MovieLens:
+    return load_movielens(fetch_ml100k(REPO / ".cache" / "data", log=_quiet))
+
+
+@pytest.fixture(scope="session")
+def base_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """Defaults, with every writable path in a temporary folder and a short training run."""
+    root = tmp_path_factory.mktemp("recsys")
+    return Config().with_overrides(
+        {
+            "paths": {
+                "data_dir": str(REPO / ".cache" / "data"),
+                "artifacts": str(root / "artifacts"),
+                "state": str(root / "state"),
+                "kafka_jars": str(REPO / ".cache" / "kafka" / "libs"),
+                "kafka_pom": str(REPO / "features" / "kafka" / "pom.xml"),
+            },
+            "model": {"epochs": 2},
+            "serving": {"port": 0},
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def trained(base_config: Config, ml: MovieLens) -> Config:
+    """A published model and index built from it."""
+    from index.build import build_index
+    from towers.train import train
+
+    train(base_config, ml, log=_quiet)
+    build_index(base_config, ml, log=_quiet)
+    return base_config
+
+
+@pytest.fixture(scope="session")
+def feature_store(trained: Config, ml: MovieLens) -> Config:
+    """A Feast store with profiles materialized and activity backfilled from the past."""
+    from features.store import initialise
+
+    past, _ = temporal_split(ml.interactions, trained.model.test_fraction)
+    initialise(trained, ml, past)
+    return trained
+
+
+@pytest.fixture(scope="session")
+def kafka(base_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real single-node Kafka broker; yields its bootstrap servers."""
+    from features.broker import LocalBroker, ensure_jars
+
+    jars = ensure_jars(base_config.paths.kafka_pom, base_config.paths.kafka_jars, log=_quiet)
+    with LocalBroker(jars, tmp_path_factory.mktemp("kafka"), log=_quiet) as broker:
+        yield broker.bootstrap_servers
+
+
+class RunningServer:
+    def __init__(self, config: Config, target: str, recommender: object, health: object):
+        self.config = config
+        self.target = target
+        self.recommender = recommender
+        self.health = health
+
+
+@pytest.fixture(scope="session")
+def server(feature_store: Config) -> Iterator[RunningServer]:
+    """The real gRPC server on an ephemeral port, warm and SERVING."""
+    from serving.server import (
+        RecommenderServicer,
+        build_recommender,
+        create_server,
+        set_serving,
+        warm_up,
+    )
+
+    recommender = build_recommender(feature_store)
+    grpc_server, port, health = create_server(feature_store, RecommenderServicer(recommender))
+    grpc_server.start()
+    warm_up(recommender)
+    set_serving(health, True)
+    try:
+        yield RunningServer(feature_store, f"127.0.0.1:{port}", recommender, health)
+    finally:
+        grpc_server.stop(grace=None).wait()
+
+
+@pytest.fixture
+def ingester(server: RunningServer, kafka: str) -> Iterator[Config]:
+    """``recsys ingest``'s loop in a thread against the real broker and store."""
+    from features.ingest import run
+    from features.replay import ensure_topic
+    from features.store import OnlineFeatures, open_store
+
+    config = server.config.with_overrides({"kafka": {"bootstrap_servers": kafka}})
+    ensure_topic(config)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            run(config, OnlineFeatures(open_store(config)), stop)
+        except BaseException as exc:  # surfaced in the test below, not lost in the thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=loop, name="ingester", daemon=True)
+    thread.start()
+    try:
+        yield config
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    if errors:
+        raise errors[0]

@@ -1,0 +1,296 @@
+"""Tests for features.activity: the one definition of a user's activity features."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from features.activity import (
+    EMPTY,
+    Activity,
+    Interaction,
+    apply_events,
+    point_in_time,
+    rating_event_id,
+    ratings_to_interactions,
+)
+from features.events import decode, encode
+
+
+def _pit(items: list[str], times: list[int], history_length: int) -> Iterator[Activity]:
+    return point_in_time(
+        [Interaction(i, t) for i, t in zip(items, times, strict=True)], history_length
+    )
+
+
+def ev(item: str, t: int, event_id: str = "") -> Interaction:
+    return Interaction(item, t, event_id)
+
+
+# --------------------------------------------------------------------------------------------
+# apply_events
+
+
+def test_apply_events_puts_most_recent_first() -> None:
+    state = apply_events(EMPTY, [ev("a", 1), ev("b", 2), ev("c", 3)], history_length=10)
+    assert state == Activity(("c", "b", "a"), 3)
+
+
+def test_apply_events_orders_by_event_time_not_arrival() -> None:
+    arrived = [ev("c", 30, "e3"), ev("a", 10, "e1"), ev("b", 20, "e2")]
+    expected = Activity(("c", "b", "a"), 30)
+    assert apply_events(EMPTY, arrived, history_length=10) == expected
+    for seed in range(5):
+        shuffled = arrived[:]
+        random.Random(seed).shuffle(shuffled)
+        assert apply_events(EMPTY, shuffled, history_length=10) == expected
+
+
+def test_apply_events_breaks_timestamp_ties_by_event_id() -> None:
+    # Same time: "e1" is applied before "e2", so e2's item ends up in front.
+    forwards = [ev("x", 5, "e1"), ev("y", 5, "e2")]
+    backwards = forwards[::-1]
+    assert apply_events(EMPTY, forwards, 10).recent_items == ("y", "x")
+    assert apply_events(EMPTY, backwards, 10).recent_items == ("y", "x")
+    swapped_ids = [ev("x", 5, "e2"), ev("y", 5, "e1")]
+    assert apply_events(EMPTY, swapped_ids, 10).recent_items == ("x", "y")
+
+
+def test_apply_events_moves_a_repeated_item_to_the_front_without_duplicating() -> None:
+    state = apply_events(EMPTY, [ev("a", 1), ev("b", 2), ev("c", 3), ev("a", 4)], 10)
+    assert state.recent_items == ("a", "c", "b")
+    # Also across calls: the stored state already holds the item.
+    again = apply_events(state, [ev("b", 5)], 10)
+    assert again.recent_items == ("b", "a", "c")
+
+
+def test_apply_events_truncates_to_history_length_keeping_the_newest() -> None:
+    events = [ev(f"i{n}", n) for n in range(1, 8)]
+    state = apply_events(EMPTY, events, history_length=3)
+    assert state == Activity(("i7", "i6", "i5"), 7)
+    # An item that fell off the end comes back at the front, not as a duplicate.
+    state = apply_events(state, [ev("i1", 8)], history_length=3)
+    assert state == Activity(("i1", "i7", "i6"), 8)
+
+
+def test_apply_events_truncates_an_existing_longer_state() -> None:
+    state = Activity(("a", "b", "c", "d"), 4)
+    assert apply_events(state, [ev("e", 5)], history_length=2) == Activity(("e", "a"), 5)
+
+
+def test_apply_events_last_event_ms_is_the_max_event_time() -> None:
+    state = apply_events(EMPTY, [ev("b", 200, "2"), ev("a", 100, "1")], 10)
+    assert state.last_event_ms == 200
+    # An older (late) event never moves last_event_ms backwards.
+    late = apply_events(state, [ev("c", 50)], 10)
+    assert late.last_event_ms == 200
+
+
+def test_apply_events_with_no_events_is_a_no_op() -> None:
+    assert apply_events(EMPTY, [], 5) == EMPTY
+    state = Activity(("a", "b"), 123)
+    assert apply_events(state, [], 5) == state
+    assert apply_events(state, iter(()), 5) == state
+
+
+def test_apply_events_accepts_a_one_shot_iterator() -> None:
+    events = iter([ev("b", 2), ev("a", 1)])
+    assert apply_events(EMPTY, events, 10) == Activity(("b", "a"), 2)
+
+
+# --------------------------------------------------------------------------------------------
+# point_in_time
+
+
+def test_point_in_time_first_event_sees_empty() -> None:
+    states = list(_pit(["a"], [100], history_length=5))
+    assert states == [EMPTY]
+
+
+def test_point_in_time_yields_the_state_strictly_before_each_event() -> None:
+    states = list(_pit(["a", "b", "c"], [10, 20, 30], history_length=5))
+    assert states == [
+        EMPTY,
+        Activity(("a",), 10),
+        Activity(("b", "a"), 20),
+    ]
+
+
+def test_point_in_time_events_sharing_a_timestamp_do_not_see_each_other() -> None:
+    items = ["a", "b", "c", "d", "e"]
+    times = [10, 20, 20, 20, 30]
+    states = list(_pit(items, times, history_length=5))
+    assert states[0] == EMPTY
+    # b, c, d all happen at 20: each sees only "a".
+    assert states[1] == states[2] == states[3] == Activity(("a",), 10)
+    # e sees all three, applied in list order (no event ids offline).
+    assert states[4] == Activity(("d", "c", "b", "a"), 20)
+
+
+def test_point_in_time_ties_at_the_very_start_all_see_empty() -> None:
+    states = list(_pit(["a", "b", "c"], [7, 7, 8], history_length=5))
+    assert states == [EMPTY, EMPTY, Activity(("b", "a"), 7)]
+
+
+def test_point_in_time_repeats_and_truncation() -> None:
+    items = ["a", "b", "c", "a", "d"]
+    times = [1, 2, 3, 4, 5]
+    states = list(_pit(items, times, history_length=2))
+    assert [s.recent_items for s in states] == [(), ("a",), ("b", "a"), ("c", "b"), ("a", "c")]
+
+
+def test_point_in_time_yields_one_state_per_event() -> None:
+    assert list(_pit([], [], history_length=5)) == []
+    assert len(list(_pit(list("abcdef"), [1, 1, 2, 3, 3, 3], 5))) == 6
+
+
+def test_point_in_time_rejects_mismatched_lengths() -> None:
+    with pytest.raises(ValueError):
+        list(_pit(["a", "b"], [1], history_length=5))
+
+
+# --------------------------------------------------------------------------------------------
+# One definition, offline and online
+
+
+HISTORY = 8
+
+
+def _realistic_history(seed: int = 7) -> list[Interaction]:
+    """60 events of one user in time order: bursts sharing a timestamp, repeats of an item.
+
+    Event ids sort the same way as the list within a timestamp, as a producer that sends in
+    (time, id) order would deliver them.
+    """
+    rng = random.Random(seed)
+    events: list[Interaction] = []
+    t = 1_000_000
+    n = 0
+    while len(events) < 60:
+        t += rng.choice([1_000, 1_000, 60_000, 3_600_000])
+        burst = rng.choice([1, 1, 1, 2, 3, 4])
+        for _ in range(burst):
+            if len(events) == 60:
+                break
+            # A small catalog so items repeat; "m7" is a favourite seen again and again.
+            item = "m7" if rng.random() < 0.15 else f"m{rng.randrange(40)}"
+            events.append(Interaction(item, t, f"evt-{n:04d}"))
+            n += 1
+    return events
+
+
+def _stream(events: list[Interaction], cuts: list[int], seed: int) -> list[Activity]:
+    """Folds ``events`` batch by batch (each batch shuffled, as a Kafka poll may deliver it)
+    and returns the state after each batch."""
+    rng = random.Random(seed)
+    state = EMPTY
+    states = []
+    bounds = [0, *cuts, len(events)]
+    for lo, hi in itertools.pairwise(bounds):
+        batch = events[lo:hi]
+        rng.shuffle(batch)
+        state = apply_events(state, batch, HISTORY)
+        states.append(state)
+    return states
+
+
+def _offline_final(events: list[Interaction]) -> Activity:
+    """What training sees: point_in_time over the whole list, then the still-pending tail."""
+    items = [e.item_id for e in events]
+    times = [e.event_time_ms for e in events]
+    states = list(_pit(items, times, HISTORY))
+    last_t = times[-1]
+    first_of_last_group = times.index(last_t)
+    pending = events[first_of_last_group:]
+    return apply_events(states[first_of_last_group], pending, HISTORY)
+
+
+def test_realistic_history_has_ties_and_repeats() -> None:
+    events = _realistic_history()
+    times = [e.event_time_ms for e in events]
+    items = [e.item_id for e in events]
+    assert len(events) == 60
+    assert len(set(times)) < len(times), "needs events sharing a timestamp"
+    assert len(set(items)) < len(items), "needs repeated items"
+    assert times == sorted(times)
+    assert len(set(items)) > HISTORY, "needs truncation to matter"
+
+
+@pytest.mark.parametrize(
+    ("cuts", "seed"),
+    [
+        ([], 0),  # one batch
+        ([1, 2, 3, 5, 8, 13, 21, 34, 55], 1),
+        ([17, 18, 40], 2),
+        (list(range(1, 60)), 3),  # one event per batch
+        ([29], 4),
+    ],
+)
+def test_one_definition_offline_and_online(cuts: list[int], seed: int) -> None:
+    events = _realistic_history()
+    offline = _offline_final(events)
+    online = _stream(events, cuts, seed)[-1]
+    assert online == offline
+    # And it is the plain fold of everything, with the newest item first.
+    assert online == apply_events(EMPTY, events, HISTORY)
+    assert online.recent_items[0] == events[-1].item_id
+    assert online.last_event_ms == events[-1].event_time_ms
+
+
+def test_streaming_state_after_every_prefix_matches_point_in_time() -> None:
+    events = _realistic_history()
+    times = [e.event_time_ms for e in events]
+    offline = list(point_in_time(events, HISTORY))
+
+    checked = 0
+    for n in range(1, len(events)):
+        # The streaming store after the first n events, delivered in a few shuffled batches.
+        cuts = sorted({n // 3, (2 * n) // 3} - {0, n})
+        online = _stream(events[:n], cuts, seed=n)[-1]
+        # The next event with a strictly later timestamp must see exactly this state, once
+        # the prefix holds every event up to that timestamp.
+        nxt = next((j for j in range(n, len(events)) if times[j] > times[n - 1]), None)
+        if nxt is None:
+            continue
+        if nxt == n:
+            assert online == offline[nxt], f"prefix of {n} events"
+            checked += 1
+        else:
+            # A prefix that stops inside a burst: the rest of the burst still sees only what
+            # was strictly earlier, and once the rest of the burst arrives the store catches up.
+            start = times.index(times[n - 1])
+            assert offline[n] == offline[start]
+            assert apply_events(online, events[n:nxt], HISTORY) == offline[nxt]
+    assert checked >= 30  # most prefixes end on a timestamp boundary
+
+
+def test_every_point_in_time_state_is_the_fold_of_strictly_earlier_events() -> None:
+    events = _realistic_history(seed=11)
+    times = [e.event_time_ms for e in events]
+    for i, state in enumerate(point_in_time(events, HISTORY)):
+        earlier = [e for e in events if e.event_time_ms < times[i]]
+        assert state == apply_events(EMPTY, earlier, HISTORY), f"event {i}"
+
+
+def test_ratings_to_interactions_rejects_mismatched_lengths() -> None:
+    with pytest.raises(ValueError):
+        ratings_to_interactions("u", ["a", "b"], [1])
+
+
+def test_ties_resolve_the_same_offline_and_on_the_stream() -> None:
+    """Items "9" and "10" rated in the same second: training (point_in_time over the data set's
+    ratings) and the ingester (events as `recsys replay` encodes them, split over two polls at
+    a timestamp boundary) agree on the order."""
+    items, times = ["9", "10", "3", "200"], [50, 50, 50, 60]
+    offline = ratings_to_interactions("7", items, times)
+    final_offline = apply_events(list(point_in_time(offline, 5))[-1], offline[-1:], 5)
+    streamed = []
+    for item, t in zip(items, times, strict=True):
+        _, value = encode(rating_event_id("7", item, t), "7", item, t * 1000)
+        streamed.append(decode(value)[1])
+    final_online = apply_events(apply_events(EMPTY, streamed[:3], 5), streamed[3:], 5)
+    assert final_offline == final_online
+    assert final_offline.recent_items[0] == "200"

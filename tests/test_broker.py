@@ -1,0 +1,123 @@
+"""Integration tests against a real single-node Kafka 4 broker run by features.broker.
+
+The first run downloads the broker jars from Maven Central into ``<repo>/.cache/kafka/libs``
+(needs ``mvn`` and ``java``); later runs reuse them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+
+from features.broker import LocalBroker, ensure_jars
+from recsys.errors import BrokerError
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+POM = REPO / "features" / "kafka" / "pom.xml"
+JARS = REPO / ".cache" / "kafka" / "libs"
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A reaped pid is gone; a zombie would still answer kill(0), so check its state too.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(scope="module")
+def jars_dir() -> Path:
+    return ensure_jars(POM, JARS, log=_quiet)
+
+
+@pytest.fixture(scope="module")
+def broker(jars_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    with LocalBroker(jars_dir, tmp_path_factory.mktemp("kafka"), log=_quiet) as b:
+        yield b
+
+
+def test_roundtrip_keyed_messages(broker: LocalBroker) -> None:
+    topic = f"test-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])
+    finally:
+        admin.close()
+
+    sent: dict[bytes, list[bytes]] = {f"user-{i % 10}".encode(): [] for i in range(100)}
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
+    try:
+        for i in range(100):
+            key = f"user-{i % 10}".encode()
+            producer.send(topic, key=key, value=str(i).encode())
+            sent[key].append(str(i).encode())
+        producer.flush(timeout=15)
+    finally:
+        producer.close()
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=broker.bootstrap_servers,
+        group_id=f"group-{topic}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    received: dict[bytes, list[bytes]] = {}
+    partitions_by_key: dict[bytes, set[int]] = {}
+    try:
+        deadline = time.monotonic() + 20
+        while sum(map(len, received.values())) < 100 and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                for r in records:
+                    received.setdefault(r.key, []).append(r.value)
+                    partitions_by_key.setdefault(r.key, set()).add(tp.partition)
+        consumer.commit()
+        committed = {tp.partition: consumer.committed(tp) for tp in consumer.assignment()}
+    finally:
+        consumer.close()
+
+    assert received == sent  # per key, in send order: a key stays on one partition
+    assert all(len(parts) == 1 for parts in partitions_by_key.values())
+    assert len({p for parts in partitions_by_key.values() for p in parts}) > 1
+    assert sum(v for v in committed.values() if v is not None) == 100
+
+
+def test_stop_leaves_no_process(jars_dir: Path, tmp_path: Path) -> None:
+    b = LocalBroker(jars_dir, tmp_path / "kafka", log=_quiet)
+    b.start()
+    pid = b.pid
+    assert pid is not None and _alive(pid)
+    b.stop()
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
+    assert b.pid is None
+    b.stop()  # idempotent
+
+
+def test_missing_jars_dir_raises(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-libs"
+    b = LocalBroker(missing, tmp_path / "kafka", log=_quiet)
+    with pytest.raises(BrokerError, match=r"No Kafka jars in .*no-such-libs.*ensure_jars"):
+        b.start()
+    assert b.pid is None
+    b.stop()
