@@ -23,6 +23,7 @@ from recsys.data import (
     load_movielens,
     temporal_split,
 )
+from recsys.data import fetch as data_fetch
 from recsys.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,7 +149,7 @@ def _forbid_pip(monkeypatch: pytest.MonkeyPatch) -> None:
     def run(*_args: object, **_kwargs: object) -> subprocess.CompletedProcess[str]:
         raise AssertionError("pip must not run when the wheel is cached")
 
-    monkeypatch.setattr(data.subprocess, "run", run)
+    monkeypatch.setattr(data_fetch.subprocess, "run", run)
 
 
 def test_fetch_extracts_from_cached_wheel_without_pip(
@@ -194,7 +195,7 @@ def test_fetch_reports_pip_failure_with_output_tail(
         out = "Looking in indexes: ...\nERROR: No matching distribution found for recbole==1.2.1\n"
         return subprocess.CompletedProcess(cmd, 1, stdout=out)
 
-    monkeypatch.setattr(data.subprocess, "run", failing_pip)
+    monkeypatch.setattr(data_fetch.subprocess, "run", failing_pip)
     # A corrupt cached wheel must be noticed and fetched again rather than trusted.
     (tmp_path / "wheels").mkdir()
     (tmp_path / "wheels" / RECBOLE_WHEEL).write_bytes(b"not a wheel")
