@@ -7,6 +7,7 @@ import contextlib
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> None:
 def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
     import signal
 
-    from features.ingest import run
+    from features.ingest import IngestStats, run
     from features.replay import ensure_topic
     from features.store import OnlineFeatures, open_store
 
@@ -77,12 +78,15 @@ def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
         signal.signal(sig, lambda *_: stop.set())
     ensure_topic(config)
     print(f"ingesting {config.kafka.topic} from {config.kafka.bootstrap_servers}", flush=True)
-    stats = run(
-        config,
-        OnlineFeatures(open_store(config)),
-        stop,
-        on_batch=lambda s: print(s.summary(), flush=True),
-    )
+    last_report = [0.0]
+
+    def report(stats: IngestStats) -> None:
+        # One progress line every couple of seconds, not one per batch.
+        if time.monotonic() - last_report[0] >= 2.0:
+            last_report[0] = time.monotonic()
+            print(stats.summary(), flush=True)
+
+    stats = run(config, OnlineFeatures(open_store(config)), stop, on_batch=report)
     print("ingester stopped: " + stats.summary(), flush=True)
 
 

@@ -3,7 +3,6 @@ RecBole atomic files into the cache folder, atomically."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from recsys.artifacts import sha256_file
 from recsys.errors import DataError
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
@@ -68,18 +68,10 @@ def _has_all(folder: Path, names: Iterable[str]) -> bool:
     return all((folder / name).is_file() for name in names)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _ensure_wheel(wheels_dir: Path, log: Callable[[str], None]) -> Path:
     wheel = wheels_dir / RECBOLE_WHEEL
     if wheel.is_file():
-        if _sha256(wheel) == RECBOLE_WHEEL_SHA256:
+        if sha256_file(wheel) == RECBOLE_WHEEL_SHA256:
             log(f"using cached {wheel}")
             return wheel
         log(f"cached {wheel} does not match its known SHA-256; downloading it again")
@@ -123,7 +115,7 @@ def _ensure_wheel(wheels_dir: Path, log: Callable[[str], None]) -> Path:
                 f"could not be fetched; check that PyPI is reachable or point paths.dataset at an "
                 f"official ml-100k folder. pip said:\n{tail}"
             )
-        digest = _sha256(downloaded)
+        digest = sha256_file(downloaded)
         if digest != RECBOLE_WHEEL_SHA256:
             raise DataError(
                 f"downloaded {RECBOLE_WHEEL} has SHA-256 {digest}, expected "

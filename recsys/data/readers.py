@@ -213,13 +213,8 @@ def _read_recbole(path: Path, kind: str) -> _Table:
     return _Table(path=path, frame=frame, lines=table.lines)
 
 
-def _load_recbole(files: _Files) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    for p in files:
-        _require_file(p)
-    inter = _read_recbole(files.interactions, "inter")
-    user = _read_recbole(files.users, "user")
-    item = _read_recbole(files.items, "item")
-
+def _interactions_and_users(inter: _Table, user: _Table) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ratings and user frames, the same columns from either format."""
     interactions = pd.DataFrame(
         {
             "user_id": inter.ids("user_id"),
@@ -238,6 +233,17 @@ def _load_recbole(files: _Files) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
             "zip_code": user.strings("zip_code"),
         }
     )
+    return interactions, users
+
+
+def _load_recbole(files: _Files) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    for p in files:
+        _require_file(p)
+    inter = _read_recbole(files.interactions, "inter")
+    user = _read_recbole(files.users, "user")
+    item = _read_recbole(files.items, "item")
+
+    interactions, users = _interactions_and_users(inter, user)
     titles, years = [], []
     for title, token in zip(item.strings("movie_title"), item.strings("release_year"), strict=True):
         title, year = _recbole_title_year(title, token)
@@ -336,23 +342,7 @@ def _load_grouplens(
         columns=(*_GROUPLENS_ITEM_COLUMNS, *flag_columns),
     )
 
-    interactions = pd.DataFrame(
-        {
-            "user_id": data.ids("user_id"),
-            "item_id": data.ids("item_id"),
-            "rating": data.floats("rating"),
-            "timestamp": data.ints("timestamp"),
-        }
-    )
-    users = pd.DataFrame(
-        {
-            "user_id": user.ids("user_id"),
-            "age": user.ints("age"),
-            "gender": user.strings("gender"),
-            "occupation": user.strings("occupation"),
-            "zip_code": user.strings("zip_code"),
-        }
-    )
+    interactions, users = _interactions_and_users(data, user)
 
     flags = item.frame[flag_columns].apply(lambda s: s.str.strip()).to_numpy()
     bad = ~np.isin(flags, ["0", "1"]).all(axis=1)
