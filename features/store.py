@@ -7,6 +7,7 @@ request ever waits for a registry refresh.
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -115,11 +116,16 @@ def initialise(config: Config, ml: MovieLens, history: pd.DataFrame) -> Any:
     """Creates the feature store from scratch: apply definitions, materialize profiles, and
     backfill each user's activity from ``history`` with the shared activity function.
 
+    Anything already in ``config.feast_dir`` is deleted first; run it with no server or
+    ingester attached to that store.
+
     Returns:
         The opened ``feast.FeatureStore``.
     """
+    # From scratch means from scratch: a previous run's streamed activity must not survive.
+    shutil.rmtree(config.feast_dir, ignore_errors=True)
     offline = config.feast_dir / "offline"
-    offline.mkdir(parents=True, exist_ok=True)
+    offline.mkdir(parents=True)
     profiles = ml.users.assign(event_timestamp=PROFILE_TIME)[
         ["user_id", "age", "gender", "occupation", "zip_code", "event_timestamp"]
     ]

@@ -196,9 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Libraries (kafka, feast, faiss, absl) log chatty INFO lines; ours stay at INFO.
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for package in ("recsys", "towers", "index", "features", "serving"):
+        logging.getLogger(package).setLevel(logging.INFO)
     try:
         config = load_config(args.config)
         args.func(config, args)

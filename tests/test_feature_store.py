@@ -1,0 +1,65 @@
+"""The Feast store as the server and ingester see it: real SQLite online store, real registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from features.activity import Activity
+from features.store import OnlineFeatures, initialise
+from recsys.data import temporal_split
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def store(base_config, ml, tmp_path_factory):
+    config = base_config.with_overrides(
+        {"paths": {"state": str(tmp_path_factory.mktemp("feature-store"))}}
+    )
+    past, _ = temporal_split(ml.interactions, config.model.test_fraction)
+    return config, past, OnlineFeatures(initialise(config, ml, past))
+
+
+def test_profiles_are_materialized(store, ml) -> None:
+    _, _, features = store
+    row = ml.users.set_index("user_id").loc["196"]
+    got = features.read(["196"])[0]
+    assert got.has_profile
+    assert (got.age, got.gender, got.occupation) == (row["age"], row["gender"], row["occupation"])
+
+
+def test_unknown_user_reads_as_defaults(store) -> None:
+    _, _, features = store
+    got = features.read(["nobody-here"])[0]
+    assert not got.has_profile
+    assert (got.age, got.gender, got.occupation, got.activity) == (0, "", "", Activity())
+
+
+def test_backfill_holds_each_users_newest_past_items(store) -> None:
+    config, past, features = store
+    user = past[past["user_id"] == "13"]
+    got = features.read_activity(["13"])["13"]
+    assert len(got.recent_items) == config.model.history_length
+    assert got.last_event_ms == int(user["timestamp"].max()) * 1000
+    assert len(set(got.recent_items)) == len(got.recent_items)
+    newest_time = user["timestamp"].max()
+    assert got.recent_items[0] in set(user.loc[user["timestamp"] == newest_time, "item_id"])
+    # Every kept item is at least as new as every dropped one.
+    time_of = dict(zip(user["item_id"], user["timestamp"], strict=True))
+    dropped = set(user["item_id"]) - set(got.recent_items)
+    assert min(time_of[i] for i in got.recent_items) >= max(time_of[i] for i in dropped)
+
+
+def test_write_then_read_activity_round_trips(store) -> None:
+    _, _, features = store
+    state = Activity(("5", "4", "3"), 1_700_000_000_000)
+    features.write_activity({"round-trip-user": state})
+    assert features.read_activity(["round-trip-user"])["round-trip-user"] == state
+
+
+def test_initialise_starts_from_scratch(store, ml) -> None:
+    config, past, features = store
+    features.write_activity({"left-over-user": Activity(("1",), 1)})
+    fresh = OnlineFeatures(initialise(config, ml, past))
+    assert fresh.read_activity(["left-over-user"])["left-over-user"] == Activity()
+    assert fresh.read(["196"])[0].has_profile
