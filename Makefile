@@ -19,8 +19,8 @@ demo: setup
 	@echo "==> recsys demo (train, index, features, Kafka + server + ingester, the loop)"
 	$(RECSYS) demo
 
-test: setup
-	@echo "==> tests (real Kafka broker, Feast store and gRPC server; ~3 min)"
+test: setup lint
+	@echo "==> tests (real Kafka broker, Feast store and gRPC server; ~1 min)"
 	$(PY) -m pytest
 
 setup: venv proto data kafka-jars
@@ -53,7 +53,8 @@ $(KAFKA_JARS): features/kafka/pom.xml | $(INSTALLED)
 broker: setup
 	$(RECSYS) broker
 
-lint: venv
+lint: venv proto
+	@echo "==> lint: ruff, mypy"
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy recsys towers index serving features

@@ -10,12 +10,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recsys.config import Config, load_config
 from recsys.errors import RecsysError
 
+if TYPE_CHECKING:  # the data module pulls in pandas; keep `recsys --help` fast
+    from recsys.data import MovieLens
 
-def load_dataset(config: Config):
+
+def load_dataset(config: Config) -> MovieLens:
     """The configured data set: an official ml-100k folder if given, else the download."""
     from recsys.data import fetch_ml100k, load_movielens
 

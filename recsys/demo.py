@@ -7,11 +7,18 @@ recommendations before → events replayed → the same users' recommendations a
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
+from typing import TYPE_CHECKING
 
 from recsys.config import Config
 from recsys.errors import RecsysError
 from recsys.procs import child, free_port, write_config
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from features.store import OnlineFeatures
 
 NEW_USER = "demo-new-user"
 
@@ -111,7 +118,12 @@ def run_demo(config: Config, *, users: int = 3, events: int = 5) -> None:
     )
 
 
-def _wait_ingested(features, batches, ingester, timeout: float) -> float:
+def _wait_ingested(
+    features: OnlineFeatures,
+    batches: dict[str, pd.DataFrame],
+    ingester: subprocess.Popen[bytes],
+    timeout: float,
+) -> float:
     """Waits until every user's newest event is in the online store; returns that time."""
     deadline = time.monotonic() + timeout
     last = {u: int(rows["timestamp"].max()) * 1000 for u, rows in batches.items()}

@@ -16,7 +16,7 @@ from features.activity import EMPTY, apply_events, point_in_time, ratings_to_int
 from recsys import artifacts
 from recsys.config import Config
 from recsys.data import MovieLens, temporal_split
-from towers.encoding import FeatureSpace, ItemInputs, Vocab
+from towers.encoding import FeatureSpace, ItemInputs, UserInputs, Vocab
 from towers.evaluate import rank_metrics
 from towers.runtime import NumpyItemTower, NumpyUserTower
 
@@ -79,7 +79,9 @@ def build_examples(
     }
 
 
-def user_states(ml: MovieLens, train: pd.DataFrame, space: FeatureSpace, user_ids: list[str]):
+def user_states(
+    ml: MovieLens, train: pd.DataFrame, space: FeatureSpace, user_ids: list[str]
+) -> UserInputs:
     """Each user's tower inputs at the end of ``train`` (what the online store holds then)."""
     by_user = {u: g for u, g in train.groupby("user_id")}
     histories = []
