@@ -236,6 +236,20 @@ def _interactions_and_users(inter: _Table, user: _Table) -> tuple[pd.DataFrame, 
     return interactions, users
 
 
+def _items_frame(
+    item: _Table, titles: list[str], years: list[int], genres: list[tuple[str, ...]]
+) -> pd.DataFrame:
+    """The items frame, the same columns from either format."""
+    return pd.DataFrame(
+        {
+            "item_id": item.ids("item_id"),
+            "title": pd.Series(titles, dtype=object),
+            "release_year": pd.Series(years, dtype=np.int64),
+            "genres": pd.Series(genres, dtype=object),
+        }
+    )
+
+
 def _load_recbole(files: _Files) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     for p in files:
         _require_file(p)
@@ -249,17 +263,8 @@ def _load_recbole(files: _Files) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
         title, year = _recbole_title_year(title, token)
         titles.append(title)
         years.append(year)
-    items = pd.DataFrame(
-        {
-            "item_id": item.ids("item_id"),
-            "title": pd.Series(titles, dtype=object),
-            "release_year": pd.Series(years, dtype=np.int64),
-            "genres": pd.Series(
-                [_order_genres(s.split()) for s in item.frame["class"]], dtype=object
-            ),
-        }
-    )
-    return interactions, users, items
+    genres = [_order_genres(s.split()) for s in item.frame["class"]]
+    return interactions, users, _items_frame(item, titles, years, genres)
 
 
 def _recbole_title_year(title: str, token: str) -> tuple[str, int]:
@@ -360,18 +365,8 @@ def _load_grouplens(
             year = _release_date_year(item, row, date)
         titles.append(title)
         years.append(year)
-    items = pd.DataFrame(
-        {
-            "item_id": item.ids("item_id"),
-            "title": pd.Series(titles, dtype=object),
-            "release_year": pd.Series(years, dtype=np.int64),
-            "genres": pd.Series(
-                [_order_genres(names[mask]) for mask in on],
-                dtype=object,
-            ),
-        }
-    )
-    return interactions, users, items
+    item_genres = [_order_genres(names[mask]) for mask in on]
+    return interactions, users, _items_frame(item, titles, years, item_genres)
 
 
 def _release_date_year(item: _Table, row: int, date: str) -> int:
