@@ -52,6 +52,7 @@ class UserFeatures:
     age: int = 0
     gender: str = ""
     occupation: str = ""
+    zip_code: str = ""
     activity: Activity = EMPTY
     has_profile: bool = False
 
@@ -91,6 +92,7 @@ class OnlineFeatures:
                     age=int(rows["age"][i] or 0),
                     gender=gender or "",
                     occupation=rows["occupation"][i] or "",
+                    zip_code=rows["zip_code"][i] or "",
                     activity=Activity(tuple(recent or ()), int(rows["last_event_ms"][i] or 0)),
                     has_profile=gender is not None,
                 )

@@ -16,6 +16,7 @@ from recsys.config import Config
 from recsys.data import MovieLens
 from recsys.errors import ArtifactError, DataError
 from towers.encoding import FeatureSpace
+from towers.examples import catalog_inputs
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "item_ids.json"
@@ -42,20 +43,17 @@ def embed_catalog(
 
     space = FeatureSpace.load(model_dir / "features.json")
     tower = tf.saved_model.load(str(model_dir / "item_tower")).signatures["serving_default"]
-    items = ml.items
-    item_ids = list(items["item_id"])
+    item_ids = list(ml.items["item_id"])
     if not item_ids:
         raise DataError("the catalog is empty: nothing to index")
     if len(set(item_ids)) != len(item_ids):
         raise DataError("the catalog has duplicate item ids; fix the item table")
+    _, inputs = catalog_inputs(ml, space)
+    arrays = inputs.as_dict()
     chunks = []
     for start in range(0, len(item_ids), batch_size):
-        part = items.iloc[start : start + batch_size]
-        inputs = space.encode_items(
-            list(part["item_id"]), list(part["release_year"]), list(part["genres"])
-        )
-        out = tower(**{k: tf.constant(v) for k, v in inputs.as_dict().items()})
-        chunks.append(out["embedding"].numpy())
+        part = {k: tf.constant(v[start : start + batch_size]) for k, v in arrays.items()}
+        chunks.append(tower(**part)["embedding"].numpy())
     return item_ids, np.ascontiguousarray(np.concatenate(chunks), np.float32)
 
 

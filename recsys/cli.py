@@ -48,6 +48,22 @@ def cmd_train(config: Config, args: argparse.Namespace) -> None:
     train(config, load_dataset(config))
 
 
+def cmd_evaluate(config: Config, args: argparse.Namespace) -> None:
+    from towers.benchmark import PROTOCOLS, run, save
+
+    protocols = PROTOCOLS if args.protocol == "all" else (args.protocol,)
+    results = run(
+        config.model,
+        load_dataset(config),
+        protocols,
+        ablation=args.ablation,
+        export_dir=args.export_splits,
+    )
+    out = args.out or config.paths.artifacts / "evaluation.json"
+    save(results, out)
+    print(f"\nresults in {out}")
+
+
 def cmd_build_index(config: Config, args: argparse.Namespace) -> None:
     from index.build import build_index
 
@@ -162,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fetch-data": (cmd_fetch_data, "download and check MovieLens-100K"),
         "fetch-kafka": (cmd_fetch_kafka, "download the Kafka broker jars from Maven Central"),
         "train": (cmd_train, "train the two towers and publish a model version"),
+        "evaluate": (cmd_evaluate, "train and score under the temporal/RecBole/TFRS protocols"),
         "build-index": (cmd_build_index, "embed the catalog and publish a FAISS index version"),
         "init-features": (cmd_init_features, "create the Feast store and backfill features"),
         "serve": (cmd_serve, "run the gRPC Recommend server"),
@@ -191,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--exclude", nargs="*", default=[])
     rec.add_argument("--target", help="host:port (default: serving.host:serving.port)")
     rec.add_argument("--timeout", type=float, default=5.0)
+    ev = parsers["evaluate"]
+    ev.add_argument("--protocol", choices=("temporal", "recbole", "tfrs", "all"), default="all")
+    ev.add_argument("--ablation", action="store_true", help="feature ablation on temporal")
+    ev.add_argument("--export-splits", type=Path, help="write each split as RecBole atomic files")
+    ev.add_argument("--out", type=Path, help="results JSON (default: artifacts/evaluation.json)")
     parsers["bench"].add_argument("--calls", type=int, default=1000)
     parsers["bench"].add_argument("--k", type=int, default=10)
     parsers["demo"].add_argument("--users", type=int, default=3)

@@ -46,14 +46,35 @@ class PathsConfig(_Section):
 
 
 class ModelConfig(_Section):
-    embedding_dim: int = Field(32, ge=4, le=1024)
+    embedding_dim: int = Field(64, ge=4, le=1024)
     history_length: int = Field(20, ge=1, le=500)
     """How many of a user's most recent items feed the user tower (and exclude-seen)."""
-    epochs: int = Field(4, ge=1)
-    batch_size: int = Field(512, ge=8)
-    learning_rate: float = Field(0.05, gt=0)
+    user_parts: tuple[Literal["profile", "history", "time"], ...] = ("profile", "history", "time")
+    """User-tower inputs beside the user id (ablations drop some)."""
+    item_parts: tuple[Literal["genres", "title", "year"], ...] = ("genres", "title", "year")
+    """Item-tower inputs beside the item id."""
+    epochs: int = Field(12, ge=1)
+    """The most epochs; with a validation part the best epoch by NDCG@10 is kept."""
+    batch_size: int = Field(1024, ge=8)
+    optimizer: Literal["adam", "adagrad"] = "adam"
+    learning_rate: float = Field(0.003, gt=0)
+    temperature: float | None = Field(0.1, gt=0)
+    """Softmax temperature; ``None`` for none (1.0)."""
+    normalize: bool = True
+    """L2-normalize both towers' outputs (scores are cosines / temperature)."""
+    logq: bool = True
+    """Correct in-batch negatives for popularity (``candidate_sampling_probability``)."""
+    remove_accidental_hits: bool = True
+    oov_rate: float = Field(0.1, ge=0, lt=1)
+    """Share of training examples whose user id is replaced by the unknown bucket, so the
+    tower learns to serve new users from their profile and streamed history."""
+    history_dropout: float = Field(0.5, ge=0, lt=1)
+    """Share of training examples whose history is blanked each epoch, so the tower keeps
+    learning from the user id and profile instead of leaning on the sequence alone."""
     seed: int = 42
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    valid_fraction: float = Field(0.1, ge=0, lt=1)
+    """Last share of the training period held out to pick the best epoch (0: none)."""
 
 
 class KafkaConfig(_Section):

@@ -5,6 +5,7 @@ Knows nothing of gRPC; the servicer converts requests and maps errors.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from index.build import load_index
 from recsys import artifacts
 from recsys.config import Config, ServingConfig
 from recsys.errors import ArtifactError, InvalidRequestError
-from towers.encoding import FeatureSpace
+from towers.encoding import FeatureSpace, RawUser
 from towers.runtime import NumpyUserTower
 
 
@@ -92,15 +93,18 @@ class Recommender:
                 f"at most {cfg.max_exclude} exclude_item_ids are allowed, got {len(exclude)}"
             )
 
-    def user_vector(self, features: UserFeatures) -> np.ndarray:
-        """``[1, dim] float32`` from the user's online features."""
-        inputs = self.bundle.space.encode_users(
-            [features.user_id],
-            [features.gender],
-            [features.age],
-            [features.occupation],
-            [features.activity.recent_items],
+    def user_vector(self, features: UserFeatures, request_time_ms: int) -> np.ndarray:
+        """``[1, dim] float32`` from the user's online features and the request time."""
+        raw = RawUser(
+            features.user_id,
+            features.gender,
+            features.age,
+            features.occupation,
+            features.zip_code,
+            features.activity.recent_items,
+            request_time_ms,
         )
+        inputs = self.bundle.space.encode_users([raw])
         return np.ascontiguousarray(self.bundle.tower(inputs), np.float32)
 
     def recommend(self, user_id: str, k: int, exclude: Sequence[str] = ()) -> Recommendation:
@@ -110,7 +114,8 @@ class Recommender:
         features = self._features.read([user_id])[0]
         banned = set(exclude) | set(features.activity.recent_items)
         fetch = min(k + len(banned), bundle.index.ntotal)
-        scores, rows = bundle.index.search(self.user_vector(features), fetch)
+        query = self.user_vector(features, int(time.time() * 1000))
+        scores, rows = bundle.index.search(query, fetch)
         items = []
         for score, row in zip(scores[0], rows[0], strict=True):
             if row < 0:

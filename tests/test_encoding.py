@@ -12,10 +12,14 @@ from recsys.errors import ArtifactError
 from towers.encoding import (
     AGE_BUCKETS,
     DECADES,
+    TITLE_TOKENS,
     YEAR_BUCKETS,
     FeatureSpace,
+    RawUser,
+    UserInputs,
     Vocab,
     age_bucket,
+    title_tokens,
     year_bucket,
 )
 
@@ -130,14 +134,22 @@ def space() -> FeatureSpace:
         items=Vocab.fit(["i1", "i2", "i3", "i4", "i5"]),
         genders=Vocab.fit(["F", "M"]),
         occupations=Vocab.fit(["artist", "engineer", "student"]),
+        zips=Vocab.fit(["55", "94", "T8"]),
         genres=("Action", "Comedy", "Drama"),
+        title_tokens=Vocab.fit(["star", "wars", "the"]),
         history_length=3,
     )
 
 
+def _users(space: FeatureSpace, *rows: tuple) -> UserInputs:
+    return space.encode_users([RawUser(*row) for row in rows])
+
+
 def test_encode_users_pads_history_with_zero(space: FeatureSpace) -> None:
-    out = space.encode_users(
-        ["u1", "u2"], ["F", "M"], [30, 17], ["student", "artist"], [["i2"], []]
+    out = _users(
+        space,
+        ("u1", "F", 30, "student", "55455", ("i2",)),
+        ("u2", "M", 17, "artist", "94043", ()),
     )
     assert out.history.shape == (2, 3)
     assert out.history.dtype == np.int32
@@ -146,49 +158,81 @@ def test_encode_users_pads_history_with_zero(space: FeatureSpace) -> None:
     np.testing.assert_array_equal(out.gender, [1, 2])
     np.testing.assert_array_equal(out.age, [3, 1])
     np.testing.assert_array_equal(out.occupation, [3, 1])
+    np.testing.assert_array_equal(out.zip, [1, 2])
     assert out.age.dtype == np.int32
 
 
 def test_encode_users_truncates_history_keeping_the_most_recent(space: FeatureSpace) -> None:
     # Histories are most recent first, so the first history_length survive.
-    out = space.encode_users(["u1"], ["F"], [30], ["student"], [("i5", "i4", "i3", "i2", "i1")])
+    out = _users(space, ("u1", "F", 30, "student", "", ("i5", "i4", "i3", "i2", "i1")))
     np.testing.assert_array_equal(out.history, [[5, 4, 3]])
 
 
 def test_encode_users_maps_unknowns_to_zero(space: FeatureSpace) -> None:
-    out = space.encode_users(["stranger"], ["X"], [0], ["astronaut"], [["i1", "new-item", "i3"]])
+    out = _users(space, ("stranger", "X", 0, "astronaut", "00000", ("i1", "new-item", "i3")))
     np.testing.assert_array_equal(out.user, [0])
     np.testing.assert_array_equal(out.gender, [0])
     np.testing.assert_array_equal(out.age, [0])
     np.testing.assert_array_equal(out.occupation, [0])
+    np.testing.assert_array_equal(out.zip, [0])
     np.testing.assert_array_equal(out.history, [[1, 0, 3]])
 
 
+def test_encode_users_zip_prefix_is_case_insensitive(space: FeatureSpace) -> None:
+    out = _users(space, ("u1", "", 0, "", "t8h1n", ()))
+    np.testing.assert_array_equal(out.zip, [3])
+
+
+def test_encode_users_time_context_from_request_time(space: FeatureSpace) -> None:
+    # 2026-11-27 (a Friday) 14:30 UTC.
+    t = 1_795_789_800_000
+    out = _users(space, ("u1", "", 0, "", "", (), t), ("u1",))
+    np.testing.assert_array_equal(out.hour, [14, 0])
+    np.testing.assert_array_equal(out.weekday, [4, 3])  # 1970-01-01 was a Thursday
+
+
 def test_encode_users_as_dict_has_every_input(space: FeatureSpace) -> None:
-    out = space.encode_users(["u3"], ["M"], [56], ["engineer"], [["i4"]])
+    out = _users(space, ("u3", "M", 56, "engineer", "", ("i4",)))
     d = out.as_dict()
-    assert set(d) == {"user", "gender", "age", "occupation", "history"}
+    assert set(d) == {"user", "gender", "age", "occupation", "zip", "hour", "weekday", "history"}
     assert d["user"][0] == 3
     assert d["age"][0] == 7
     assert d["history"].tolist() == [[4, 0, 0]]
 
 
-def test_encode_items_multi_hot_genres(space: FeatureSpace) -> None:
+def test_encode_items_multi_hot_genres_and_title_tokens(space: FeatureSpace) -> None:
     out = space.encode_items(
         ["i1", "i2", "unknown"],
         [1995, 0, 2030],
         [("Action", "Drama"), (), ("Comedy", "Western")],  # Western is not in the space
+        ["Star Wars", "The Unknown Film", ""],
     )
     assert out.genres.dtype == np.float32
     np.testing.assert_array_equal(out.genres, [[1, 0, 1], [0, 0, 0], [0, 1, 0]])
     np.testing.assert_array_equal(out.item, [1, 2, 0])
     np.testing.assert_array_equal(out.year, [8, 0, DECADES])
-    assert set(out.as_dict()) == {"item", "year", "genres"}
+    assert out.title.shape == (3, TITLE_TOKENS)
+    # Known words only, in title order; unknown words are dropped rather than bucketed.
+    np.testing.assert_array_equal(out.title[:, :2], [[1, 3], [2, 0], [0, 0]])
+    assert set(out.as_dict()) == {"item", "year", "genres", "title"}
 
 
 def test_encode_items_repeated_genre_is_still_one(space: FeatureSpace) -> None:
-    out = space.encode_items(["i1"], [1950], [["Drama", "Drama"]])
+    out = space.encode_items(["i1"], [1950], [["Drama", "Drama"]], ["x"])
     np.testing.assert_array_equal(out.genres, [[0, 0, 1]])
+
+
+@pytest.mark.parametrize(
+    ("title", "tokens"),
+    [
+        ("Star Wars (1977)", ["star", "wars", "1977"]),
+        ("Se7en", ["se7en"]),
+        ("Cité des enfants perdus, La", ["cit", "des", "enfants", "perdus", "la"]),
+        ("", []),
+    ],
+)
+def test_title_tokens(title: str, tokens: list[str]) -> None:
+    assert title_tokens(title) == tokens
 
 
 def test_feature_space_json_round_trip(space: FeatureSpace, tmp_path: Path) -> None:
@@ -215,7 +259,9 @@ def test_feature_space_json_round_trip(space: FeatureSpace, tmp_path: Path) -> N
                 "items": [],
                 "genders": [],
                 "occupations": [],
+                "zips": [],
                 "genres": [],
+                "title_tokens": [],
                 "history_length": "twenty",
             }
         ),

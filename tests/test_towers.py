@@ -1,4 +1,5 @@
-"""Exported towers agree with each other: SavedModel vs the NumPy serving runtime (≤ 1e-5)."""
+"""Exported towers agree with each other: SavedModel vs the NumPy serving runtime (≤ 1e-5),
+and training examples are point-in-time."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import pytest
 
 from features.activity import rating_event_id
 from recsys import artifacts
-from recsys.data import temporal_split
-from towers.encoding import FeatureSpace, ItemInputs
+from recsys.errors import ArtifactError
+from towers.encoding import FeatureSpace, RawUser, UserInputs
+from towers.examples import HistoryIndex, catalog_inputs, query_inputs, training_examples
+from towers.protocols import temporal_split_protocol
 from towers.runtime import NumpyItemTower, NumpyUserTower
 from towers.tf_env import tf
-from towers.train import build_examples, encode_catalog, user_states
 
 
 @pytest.fixture(scope="module")
@@ -24,37 +26,62 @@ def space(model_dir) -> FeatureSpace:
     return FeatureSpace.load(model_dir / "features.json")
 
 
+@pytest.fixture(scope="module")
+def split(ml, trained):
+    mc = trained.model
+    return temporal_split_protocol(ml.interactions, mc.test_fraction, mc.valid_fraction or None)
+
+
 def _saved(model_dir, name):
     return tf.saved_model.load(str(model_dir / name)).signatures["serving_default"]
 
 
-def test_user_tower_numpy_matches_saved_model(model_dir, space, ml, trained) -> None:
-    past, _ = temporal_split(ml.interactions, trained.model.test_fraction)
-    users = [*list(ml.users["user_id"][:200]), "brand-new-user"]
-    profiles = ml.users.set_index("user_id")
-    inputs = user_states(ml, past, space, users[:-1])
-    # A brand-new user: unknown id, no profile, a short streamed history.
-    new = space.encode_users(["brand-new-user"], [""], [0], [""], [["50", "181", "nope"]])
-    batch = {k: np.concatenate([v, new.as_dict()[k]]) for k, v in inputs.as_dict().items()}
-    assert (batch["history"] == 0).any() and (batch["user"] == 0).any()
-    expected = _saved(model_dir, "user_tower")(**{k: tf.constant(v) for k, v in batch.items()})
-    got = NumpyUserTower.load(model_dir)(type(inputs)(**batch))
-    np.testing.assert_allclose(got, expected["embedding"].numpy(), atol=1e-5, rtol=0)
-    assert len(profiles) == len(ml.users)
+def _user_batch(ml, space, split) -> UserInputs:
+    users = list(ml.users["user_id"][:200])
+    history = HistoryIndex(split.train, space.history_length)
+    known = query_inputs(ml, space, history, [(u, 889_000_000_000, 889_000_000_000) for u in users])
+    # A brand-new user: unknown id, no profile, a short streamed history with an unknown item.
+    new = space.encode_users([RawUser("brand-new", recent_items=("50", "181", "nope"))])
+    batch = {k: np.concatenate([v, new.as_dict()[k]]) for k, v in known.as_dict().items()}
+    return UserInputs(**batch)
+
+
+def test_user_tower_numpy_matches_saved_model(model_dir, space, ml, split) -> None:
+    inputs = _user_batch(ml, space, split)
+    assert (inputs.history == 0).any() and (inputs.user == 0).any() and (inputs.zip > 0).any()
+    tensors = {k: tf.constant(v) for k, v in inputs.as_dict().items()}
+    expected = _saved(model_dir, "user_tower")(**tensors)["embedding"].numpy()
+    got = NumpyUserTower.load(model_dir)(inputs)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # normalized
 
 
 def test_item_tower_numpy_matches_saved_model(model_dir, space, ml) -> None:
-    _, catalog = encode_catalog(ml, space)
-    expected = _saved(model_dir, "item_tower")(**{k: tf.constant(v) for k, v in catalog.items()})
-    got = NumpyItemTower.load(model_dir)(ItemInputs(**catalog))
-    np.testing.assert_allclose(got, expected["embedding"].numpy(), atol=1e-5, rtol=0)
+    _, catalog = catalog_inputs(ml, space)
+    assert (catalog.title > 0).any()
+    tensors = {k: tf.constant(v) for k, v in catalog.as_dict().items()}
+    expected = _saved(model_dir, "item_tower")(**tensors)["embedding"].numpy()
+    got = NumpyItemTower.load(model_dir)(catalog)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
-def test_training_examples_use_only_strictly_earlier_history(ml, space, trained) -> None:
-    past, _ = temporal_split(ml.interactions, trained.model.test_fraction)
-    examples = build_examples(ml, past, space)
-    ordered = past.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
-    assert len(examples["user"]) == len(ordered)
+def test_missing_tower_weights_are_refused(model_dir, tmp_path) -> None:
+    (tmp_path / "tower.json").write_text((model_dir / "tower.json").read_text())
+    with np.load(model_dir / "weights.npz") as data:
+        np.savez(tmp_path / "weights.npz", **{k: data[k] for k in data.files if k != "user_emb"})
+    with pytest.raises(ArtifactError, match="user_emb"):
+        NumpyUserTower.load(tmp_path)
+    (tmp_path / "tower.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match=r"tower\.json"):
+        NumpyItemTower.load(tmp_path)
+
+
+def test_training_examples_use_only_strictly_earlier_history(ml, space, split) -> None:
+    examples = training_examples(ml, split.train, space)
+    ordered = split.train.sort_values(["user_id", "timestamp"], kind="stable").reset_index(
+        drop=True
+    )
+    assert len(examples.users.user) == len(ordered)
     for row in (0, 1, 500, len(ordered) - 1):
         user, t = ordered.loc[row, "user_id"], ordered.loc[row, "timestamp"]
         earlier = ordered[(ordered["user_id"] == user) & (ordered["timestamp"] < t)]
@@ -65,13 +92,18 @@ def test_training_examples_use_only_strictly_earlier_history(ml, space, trained)
             reverse=True,
         )
         want = space.items.lookup_many([i for _, i in newest_first][: space.history_length])
-        got = examples["history"][row]
+        got = examples.users.history[row]
         np.testing.assert_array_equal(got[: len(want)], want)
         assert not got[len(want) :].any()
+        # The request time of a training example is the interaction's own time.
+        assert examples.users.hour[row] == (t // 3600) % 24
+        assert examples.items.item[row] == space.items.lookup(ordered.loc[row, "item_id"])
 
 
-def test_manifest_records_metrics_and_a_popularity_baseline(model_dir) -> None:
+def test_manifest_records_test_metrics_a_baseline_and_the_report(model_dir) -> None:
     manifest = artifacts.read_manifest(model_dir)
     for name in ("model", "popularity"):
         assert 0.0 < manifest["metrics"][name]["ndcg@10"] <= 1.0
     assert manifest["split"]["protocol"] == "temporal"
+    assert (model_dir / "training.png").stat().st_size > 1000
+    assert 1 <= manifest["best_epoch"] <= manifest["hyperparameters"]["epochs"]

@@ -8,8 +8,9 @@ to a defined embedding instead of failing.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -70,46 +71,91 @@ def year_bucket(year: int) -> int:
 YEAR_BUCKETS = DECADES + 1
 
 
+ZIP_PREFIX = 2
+"""Leading zip-code characters kept: the US region and state group (``"55"``)."""
+TITLE_TOKENS = 6
+"""Title tokens kept per item."""
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def zip_prefix(zip_code: str) -> str:
+    return zip_code[:ZIP_PREFIX].upper()
+
+
+def title_tokens(title: str) -> list[str]:
+    """Lower-case ASCII words of a title: ``"Star Wars (1977)"`` → ``["star", "wars", "1977"]``."""
+    return _TOKEN.findall(title.lower())
+
+
+def hour_of_day(time_ms: int) -> int:
+    """0..23 (UTC); the request time's hour."""
+    return int(time_ms // 3_600_000 % 24)
+
+
+def day_of_week(time_ms: int) -> int:
+    """0..6, Monday = 0 (UTC); 1970-01-01 was a Thursday."""
+    return int((time_ms // 86_400_000 + 3) % 7)
+
+
 @dataclass(frozen=True)
-class UserInputs:
-    """Encoded user-tower inputs for a batch.
+class RawUser:
+    """A user's raw tower features at request time, as the online store and request give them.
 
     Attributes:
-        user: ``[batch] int32`` user id index.
-        gender: ``[batch] int32``.
-        age: ``[batch] int32`` age bucket.
-        occupation: ``[batch] int32``.
-        history: ``[batch, history_length] int32`` recent item indexes, most recent first,
-            0-padded.
+        user_id: Any id; ids unseen in training fall in the unknown bucket.
+        gender, age, occupation, zip_code: The profile; empty/0 when unknown.
+        recent_items: Most recent first.
+        request_time_ms: When the recommendation is asked for (time context).
+    """
+
+    user_id: str
+    gender: str = ""
+    age: int = 0
+    occupation: str = ""
+    zip_code: str = ""
+    recent_items: tuple[str, ...] = ()
+    request_time_ms: int = 0
+
+
+@dataclass(frozen=True)
+class UserInputs:
+    """Encoded user-tower inputs for a batch, all ``int32``.
+
+    Attributes:
+        user, gender, age, occupation, zip, hour, weekday: ``[batch]``.
+        history: ``[batch, history_length]`` recent item indexes, most recent first, 0-padded.
     """
 
     user: np.ndarray
     gender: np.ndarray
     age: np.ndarray
     occupation: np.ndarray
+    zip: np.ndarray
+    hour: np.ndarray
+    weekday: np.ndarray
     history: np.ndarray
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        return {
-            "user": self.user,
-            "gender": self.gender,
-            "age": self.age,
-            "occupation": self.occupation,
-            "history": self.history,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)
 class ItemInputs:
-    """Encoded item-tower inputs: ``item``, ``year`` ``[batch] int32``; ``genres``
-    ``[batch, n_genres] float32`` multi-hot."""
+    """Encoded item-tower inputs.
+
+    Attributes:
+        item, year: ``[batch] int32``.
+        genres: ``[batch, n_genres] float32`` multi-hot.
+        title: ``[batch, TITLE_TOKENS] int32`` title-token indexes, 0-padded.
+    """
 
     item: np.ndarray
     year: np.ndarray
     genres: np.ndarray
+    title: np.ndarray
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        return {"item": self.item, "year": self.year, "genres": self.genres}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -120,26 +166,29 @@ class FeatureSpace:
     items: Vocab
     genders: Vocab
     occupations: Vocab
+    zips: Vocab
     genres: tuple[str, ...]
+    title_tokens: Vocab
     history_length: int
 
-    def encode_users(
-        self,
-        user_ids: Sequence[str],
-        genders: Sequence[str],
-        ages: Sequence[int],
-        occupations: Sequence[str],
-        histories: Sequence[Sequence[str]],
-    ) -> UserInputs:
-        history = np.zeros((len(user_ids), self.history_length), np.int32)
-        for row, items in enumerate(histories):
-            idx = self.items.lookup_many(list(items)[: self.history_length])
+    def encode_users(self, rows: Sequence[RawUser]) -> UserInputs:
+        n = len(rows)
+        history = np.zeros((n, self.history_length), np.int32)
+        for row, user in enumerate(rows):
+            idx = self.items.lookup_many(user.recent_items[: self.history_length])
             history[row, : len(idx)] = idx
+
+        def ints(values: Iterable[int]) -> np.ndarray:
+            return np.fromiter(values, np.int32, n)
+
         return UserInputs(
-            user=self.users.lookup_many(user_ids),
-            gender=self.genders.lookup_many(genders),
-            age=np.fromiter((age_bucket(int(a)) for a in ages), np.int32, len(ages)),
-            occupation=self.occupations.lookup_many(occupations),
+            user=self.users.lookup_many([u.user_id for u in rows]),
+            gender=self.genders.lookup_many([u.gender for u in rows]),
+            age=ints(age_bucket(int(u.age)) for u in rows),
+            occupation=self.occupations.lookup_many([u.occupation for u in rows]),
+            zip=self.zips.lookup_many([zip_prefix(u.zip_code) for u in rows]),
+            hour=ints(hour_of_day(u.request_time_ms) for u in rows),
+            weekday=ints(day_of_week(u.request_time_ms) for u in rows),
             history=history,
         )
 
@@ -148,6 +197,7 @@ class FeatureSpace:
         item_ids: Sequence[str],
         years: Sequence[int],
         genres: Sequence[Iterable[str]],
+        titles: Sequence[str],
     ) -> ItemInputs:
         column = {g: i for i, g in enumerate(self.genres)}
         multi_hot = np.zeros((len(item_ids), len(self.genres)), np.float32)
@@ -155,10 +205,16 @@ class FeatureSpace:
             for name in names:
                 if name in column:
                     multi_hot[row, column[name]] = 1.0
+        tokens = np.zeros((len(item_ids), TITLE_TOKENS), np.int32)
+        for row, title in enumerate(titles):
+            idx = self.title_tokens.lookup_many(title_tokens(title))
+            idx = idx[idx > 0][:TITLE_TOKENS]
+            tokens[row, : len(idx)] = idx
         return ItemInputs(
             item=self.items.lookup_many(item_ids),
             year=np.fromiter((year_bucket(int(y)) for y in years), np.int32, len(years)),
             genres=multi_hot,
+            title=tokens,
         )
 
     def to_json(self) -> dict[str, object]:
@@ -167,7 +223,9 @@ class FeatureSpace:
             "items": list(self.items.values),
             "genders": list(self.genders.values),
             "occupations": list(self.occupations.values),
+            "zips": list(self.zips.values),
             "genres": list(self.genres),
+            "title_tokens": list(self.title_tokens.values),
             "history_length": self.history_length,
         }
 
@@ -179,7 +237,9 @@ class FeatureSpace:
                 items=Vocab(tuple(data["items"])),  # type: ignore[arg-type]
                 genders=Vocab(tuple(data["genders"])),  # type: ignore[arg-type]
                 occupations=Vocab(tuple(data["occupations"])),  # type: ignore[arg-type]
+                zips=Vocab(tuple(data["zips"])),  # type: ignore[arg-type]
                 genres=tuple(data["genres"]),  # type: ignore[arg-type]
+                title_tokens=Vocab(tuple(data["title_tokens"])),  # type: ignore[arg-type]
                 history_length=int(data["history_length"]),  # type: ignore[call-overload]
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -1,4 +1,7 @@
-"""The two-tower retrieval model (TFRS), and its export to SavedModel + NumPy weights."""
+"""The two-tower retrieval model (TFRS) and its export to SavedModel + NumPy weights.
+
+Which features each tower uses is a ``TowerConfig``, so ablations train the same code.
+"""
 
 from __future__ import annotations
 
@@ -6,83 +9,119 @@ from pathlib import Path
 
 import numpy as np
 
-from towers.encoding import AGE_BUCKETS, YEAR_BUCKETS, FeatureSpace
+from towers.encoding import AGE_BUCKETS, TITLE_TOKENS, YEAR_BUCKETS, FeatureSpace
+from towers.model_config import TowerConfig
 from towers.tf_env import keras, tf, tfrs
 
 SIDE_DIM = 8
-"""Width of the small categorical side-feature embeddings (gender, age, ...)."""
+"""Width of the small categorical side-feature embeddings (gender, age, hour, ...)."""
+
+
+def _masked_mean(embeddings: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
+    """Mean over the non-zero ids: ``[batch, n, d]`` → ``[batch, d]``; zeros when none."""
+    mask = tf.cast(ids > 0, tf.float32)[..., tf.newaxis]
+    return tf.reduce_sum(embeddings * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
 
 class UserTower(keras.Model):
-    """User id, profile and pooled recent items → ``[batch, dim]`` embedding."""
+    """User id (+ profile, pooled recent items, time context) → ``[batch, dim]``."""
 
-    def __init__(self, space: FeatureSpace, dim: int, item_embedding: keras.layers.Embedding):
+    def __init__(
+        self, space: FeatureSpace, config: TowerConfig, item_embedding: keras.layers.Embedding
+    ):
         super().__init__(name="user_tower")
+        self.config = config
+        dim = config.dim
         self.user_emb = keras.layers.Embedding(space.users.size, dim, name="user_id")
         self.gender_emb = keras.layers.Embedding(space.genders.size, SIDE_DIM, name="gender")
         self.age_emb = keras.layers.Embedding(AGE_BUCKETS, SIDE_DIM, name="age")
         self.occupation_emb = keras.layers.Embedding(
             space.occupations.size, SIDE_DIM, name="occupation"
         )
+        self.zip_emb = keras.layers.Embedding(space.zips.size, SIDE_DIM, name="zip")
+        self.hour_emb = keras.layers.Embedding(24, SIDE_DIM, name="hour")
+        self.weekday_emb = keras.layers.Embedding(7, SIDE_DIM, name="weekday")
         self.item_emb = item_embedding
         self.hidden = keras.layers.Dense(2 * dim, activation="relu", name="hidden")
         self.out = keras.layers.Dense(dim, name="out")
 
     def call(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
-        history = inputs["history"]
-        mask = tf.cast(history > 0, tf.float32)[..., tf.newaxis]
-        pooled = tf.reduce_sum(self.item_emb(history) * mask, axis=1) / tf.maximum(
-            tf.reduce_sum(mask, axis=1), 1.0
-        )
-        x = tf.concat(
-            [
-                self.user_emb(inputs["user"]),
+        parts = self.config.user_parts
+        x = [self.user_emb(inputs["user"])]
+        if "profile" in parts:
+            x += [
                 self.gender_emb(inputs["gender"]),
                 self.age_emb(inputs["age"]),
                 self.occupation_emb(inputs["occupation"]),
-                pooled,
-            ],
-            axis=-1,
-        )
-        return self.out(self.hidden(x))
+                self.zip_emb(inputs["zip"]),
+            ]
+        if "history" in parts:
+            x.append(_masked_mean(self.item_emb(inputs["history"]), inputs["history"]))
+        if "time" in parts:
+            x += [self.hour_emb(inputs["hour"]), self.weekday_emb(inputs["weekday"])]
+        out = self.out(self.hidden(tf.concat(x, axis=-1)))
+        return tf.math.l2_normalize(out, axis=-1) if self.config.normalize else out
 
 
 class ItemTower(keras.Model):
-    """Item id, release decade and genres → ``[batch, dim]`` embedding."""
+    """Item id (+ genres, title words, release decade) → ``[batch, dim]``."""
 
-    def __init__(self, space: FeatureSpace, dim: int, item_embedding: keras.layers.Embedding):
+    def __init__(
+        self, space: FeatureSpace, config: TowerConfig, item_embedding: keras.layers.Embedding
+    ):
         super().__init__(name="item_tower")
+        self.config = config
         self.item_emb = item_embedding
         self.year_emb = keras.layers.Embedding(YEAR_BUCKETS, SIDE_DIM, name="year")
         self.genres = keras.layers.Dense(SIDE_DIM, use_bias=False, name="genres")
-        self.hidden = keras.layers.Dense(2 * dim, activation="relu", name="hidden")
-        self.out = keras.layers.Dense(dim, name="out")
+        self.title_emb = keras.layers.Embedding(space.title_tokens.size, SIDE_DIM, name="title")
+        self.hidden = keras.layers.Dense(2 * config.dim, activation="relu", name="hidden")
+        self.out = keras.layers.Dense(config.dim, name="out")
 
     def call(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
-        x = tf.concat(
-            [
-                self.item_emb(inputs["item"]),
-                self.year_emb(inputs["year"]),
-                self.genres(inputs["genres"]),
-            ],
-            axis=-1,
-        )
-        return self.out(self.hidden(x))
+        parts = self.config.item_parts
+        x = [self.item_emb(inputs["item"])]
+        if "genres" in parts:
+            x.append(self.genres(inputs["genres"]))
+        if "title" in parts:
+            x.append(_masked_mean(self.title_emb(inputs["title"]), inputs["title"]))
+        if "year" in parts:
+            x.append(self.year_emb(inputs["year"]))
+        out = self.out(self.hidden(tf.concat(x, axis=-1)))
+        return tf.math.l2_normalize(out, axis=-1) if self.config.normalize else out
+
+
+USER_INPUTS = ("user", "gender", "age", "occupation", "zip", "hour", "weekday", "history")
+ITEM_INPUTS = ("item", "year", "genres", "title")
 
 
 class TwoTower(tfrs.Model):
-    """In-batch softmax retrieval with logQ correction.
+    """In-batch softmax retrieval.
 
-    In-batch negatives are sampled in proportion to popularity, which over-penalises popular
-    items; passing each positive's sampling probability lets TFRS subtract ``log q``.
+    ``logq``: in-batch negatives are sampled in proportion to popularity, which over-penalises
+    popular items; passing each positive's sampling probability lets TFRS subtract ``log q``.
+    ``remove_accidental_hits``: a batch holding the same item twice must not treat one copy as
+    a negative of the other.
     """
 
-    def __init__(self, space: FeatureSpace, dim: int):
+    def __init__(
+        self,
+        space: FeatureSpace,
+        config: TowerConfig,
+        *,
+        temperature: float | None = None,
+        logq: bool = True,
+        remove_accidental_hits: bool = True,
+    ):
         super().__init__()
-        shared = keras.layers.Embedding(space.items.size, dim, name="item_id")
-        self.user_tower = UserTower(space, dim, shared)
-        self.item_tower = ItemTower(space, dim, shared)
-        self.task = tfrs.tasks.Retrieval()
+        shared = keras.layers.Embedding(space.items.size, config.dim, name="item_id")
+        self.user_tower = UserTower(space, config, shared)
+        self.item_tower = ItemTower(space, config, shared)
+        self.task = tfrs.tasks.Retrieval(
+            temperature=temperature, remove_accidental_hits=remove_accidental_hits
+        )
+        self._logq = logq
+        self._remove_accidental_hits = remove_accidental_hits
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         users = self.user_tower({k: features[k] for k in USER_INPUTS})
@@ -90,19 +129,17 @@ class TwoTower(tfrs.Model):
         return self.task(
             users,
             items,
-            candidate_sampling_probability=features["item_prob"],
+            candidate_sampling_probability=features["item_prob"] if self._logq else None,
+            candidate_ids=features["item"] if self._remove_accidental_hits else None,
             compute_metrics=False,
         )
-
-
-USER_INPUTS = ("user", "gender", "age", "occupation", "history")
-ITEM_INPUTS = ("item", "year", "genres")
 
 
 def _signature(space: FeatureSpace, names: tuple[str, ...]) -> dict[str, tf.TensorSpec]:
     shapes = {
         "history": ([None, space.history_length], tf.int32),
         "genres": ([None, len(space.genres)], tf.float32),
+        "title": ([None, TITLE_TOKENS], tf.int32),
     }
     return {name: tf.TensorSpec(*shapes.get(name, ([None], tf.int32)), name=name) for name in names}
 
@@ -121,29 +158,40 @@ def save_tower(tower: keras.Model, signature: dict[str, tf.TensorSpec], path: Pa
 
 
 def export(model: TwoTower, space: FeatureSpace, directory: Path) -> None:
-    """Writes ``user_tower/`` and ``item_tower/`` SavedModels and ``weights.npz``.
+    """Writes ``user_tower/`` and ``item_tower/`` SavedModels, ``weights.npz``, ``tower.json``.
 
     ``weights.npz`` holds the same weights as plain arrays for the NumPy serving runtime
     (``towers.runtime``), which is parity-tested against the SavedModel.
     """
     save_tower(model.user_tower, _signature(space, USER_INPUTS), directory / "user_tower")
     save_tower(model.item_tower, _signature(space, ITEM_INPUTS), directory / "item_tower")
+    model.user_tower.config.save(directory / "tower.json")
     u, i = model.user_tower, model.item_tower
-    arrays = {
-        "item_emb": u.item_emb.embeddings,
-        "user_emb": u.user_emb.embeddings,
-        "gender_emb": u.gender_emb.embeddings,
-        "age_emb": u.age_emb.embeddings,
-        "occupation_emb": u.occupation_emb.embeddings,
-        "user_hidden_w": u.hidden.kernel,
-        "user_hidden_b": u.hidden.bias,
-        "user_out_w": u.out.kernel,
-        "user_out_b": u.out.bias,
-        "year_emb": i.year_emb.embeddings,
-        "genres_w": i.genres.kernel,
-        "item_hidden_w": i.hidden.kernel,
-        "item_hidden_b": i.hidden.bias,
-        "item_out_w": i.out.kernel,
-        "item_out_b": i.out.bias,
+    layers = {
+        "item_emb": u.item_emb,
+        "user_emb": u.user_emb,
+        "gender_emb": u.gender_emb,
+        "age_emb": u.age_emb,
+        "occupation_emb": u.occupation_emb,
+        "zip_emb": u.zip_emb,
+        "hour_emb": u.hour_emb,
+        "weekday_emb": u.weekday_emb,
+        "user_hidden": u.hidden,
+        "user_out": u.out,
+        "year_emb": i.year_emb,
+        "genres": i.genres,
+        "title_emb": i.title_emb,
+        "item_hidden": i.hidden,
+        "item_out": i.out,
     }
-    np.savez(directory / "weights.npz", **{k: v.numpy() for k, v in arrays.items()})
+    arrays: dict[str, np.ndarray] = {}
+    for name, layer in layers.items():
+        if not layer.built:  # a part this configuration leaves out
+            continue
+        if isinstance(layer, keras.layers.Embedding):
+            arrays[name] = layer.embeddings.numpy()
+        else:
+            arrays[f"{name}_w"] = layer.kernel.numpy()
+            if layer.use_bias:
+                arrays[f"{name}_b"] = layer.bias.numpy()
+    np.savez(directory / "weights.npz", **arrays)  # type: ignore[arg-type]

@@ -1,136 +1,167 @@
-"""Training: ML-100K → point-in-time examples → two-tower model → versioned artifacts."""
+"""Training: point-in-time examples → two-tower model, the best epoch picked on validation,
+evaluated on the held-out part, and (for ``recsys train``) exported as a versioned artifact."""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from features.activity import EMPTY, apply_events, point_in_time, ratings_to_interactions
 from recsys import artifacts
-from recsys.config import Config
-from recsys.data import MovieLens, temporal_split
-from towers.encoding import FeatureSpace, ItemInputs, UserInputs, Vocab
-from towers.evaluate import rank_metrics
-from towers.runtime import NumpyItemTower, NumpyUserTower
+from recsys.config import Config, ModelConfig
+from recsys.data import MovieLens
+from towers.encoding import FeatureSpace, UserInputs
+from towers.examples import fit_feature_space, training_examples
+from towers.experiments import Evaluator, evaluate_split, item_vectors
+from towers.model_config import TowerConfig
+from towers.protocols import Split, temporal_split_protocol
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Fitted:
+    """A trained model and how it got there."""
+
+    model: Any  # towers.model.TwoTower (TensorFlow is imported lazily)
+    space: FeatureSpace
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    seconds: float = 0.0
+
+    def user_fn(self, inputs: UserInputs) -> np.ndarray:
+        return np.asarray(self.model.user_tower(inputs.as_dict(), training=False))
+
+    def item_vectors(self, ml: MovieLens) -> np.ndarray:
+        return item_vectors(
+            lambda x: np.asarray(self.model.item_tower(x, training=False)), ml, self.space
+        )
+
+
+def fit(
+    mc: ModelConfig, ml: MovieLens, split: Split, *, log: Log = print, progress: bool = True
+) -> Fitted:
+    """Trains on ``split.train``; with ``split.valid``, keeps the epoch with the best
+    validation NDCG@10 (or top-100 accuracy for the TFRS protocol).
+
+    Deterministic for ``mc.seed`` (op determinism on, seeded shuffles and id dropout).
+    """
+    from towers.model import TwoTower
+    from towers.tf_env import keras, tf
+
+    tf.keras.utils.set_random_seed(mc.seed)
+    tf.config.experimental.enable_op_determinism()
+    space = fit_feature_space(ml, split.train, mc.history_length)
+    examples = training_examples(ml, split.train, space)
+    counts = np.bincount(examples.item_rows, minlength=len(ml.items))
+    features = {
+        **examples.users.as_dict(),
+        **examples.items.as_dict(),
+        "item_prob": (counts[examples.item_rows] / len(examples.item_rows)).astype(np.float32),
+    }
+    config = TowerConfig(mc.embedding_dim, mc.user_parts, mc.item_parts, mc.normalize)
+    model = TwoTower(
+        space,
+        config,
+        temperature=mc.temperature,
+        logq=mc.logq,
+        remove_accidental_hits=mc.remove_accidental_hits,
+    )
+    optimizers = {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad}
+    model.compile(optimizer=optimizers[mc.optimizer](mc.learning_rate))
+    rng = np.random.default_rng(mc.seed)
+    fitted = Fitted(model, space)
+    validate = None if split.valid is None else Evaluator(ml, space, split, on="valid")
+    verbose = 1 if progress and sys.stdout.isatty() else 2 if progress else 0
+    best_score, best_weights = -np.inf, None
+    started = time.perf_counter()
+    for epoch in range(1, mc.epochs + 1):
+        # A fresh share of examples loses its user id each epoch, so the unknown-user
+        # bucket is trained on every kind of user.
+        n = len(features["user"])
+        users = np.where(rng.random(n) < mc.oov_rate, 0, features["user"]).astype(np.int32)
+        blank = rng.random(n) < mc.history_dropout
+        history = np.where(blank[:, np.newaxis], 0, features["history"]).astype(np.int32)
+        dataset = (
+            tf.data.Dataset.from_tensor_slices({**features, "user": users, "history": history})
+            .shuffle(n, seed=mc.seed + epoch)
+            .batch(mc.batch_size)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+        if progress:
+            log(f"epoch {epoch}/{mc.epochs}")
+        result = model.fit(dataset, epochs=1, verbose=verbose)
+        row = {"epoch": float(epoch), "loss": float(result.history["loss"][-1])}
+        if validate is not None:
+            metrics = validate(fitted.user_fn, fitted.item_vectors(ml))
+            row.update({f"valid_{k}": v for k, v in metrics.items() if k != "users"})
+            score = metrics.get("ndcg@10", metrics.get("top100_accuracy", 0.0))
+            if score > best_score:
+                best_score, best_weights, fitted.best_epoch = score, model.get_weights(), epoch
+            log(f"  loss {row['loss']:.2f}, validation {_headline(metrics)}")
+        fitted.epochs.append(row)
+    if best_weights is not None:
+        model.set_weights(best_weights)
+        log(f"kept epoch {fitted.best_epoch} (best on validation)")
+    else:
+        fitted.best_epoch = mc.epochs
+    fitted.seconds = time.perf_counter() - started
+    return fitted
+
+
+def _headline(metrics: dict[str, float]) -> str:
+    return ", ".join(
+        f"{k} {v:.4f}"
+        for k, v in metrics.items()
+        if k in ("ndcg@10", "recall@10", "top100_accuracy")
+    )
+
+
+def save_report(fitted: Fitted, metrics: dict[str, Any], directory: Path) -> None:
+    """``metrics.json`` and ``training.png`` (loss and validation curve per epoch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (directory / "metrics.json").write_text(
+        json.dumps(
+            {"test": metrics, "epochs": fitted.epochs, "best_epoch": fitted.best_epoch}, indent=2
+        )
+    )
+    epochs = [r["epoch"] for r in fitted.epochs]
+    fig, left = plt.subplots(figsize=(7, 4))
+    left.plot(epochs, [r["loss"] for r in fitted.epochs], "o-", color="tab:blue")
+    left.set_xlabel("epoch")
+    left.set_ylabel("training loss", color="tab:blue")
+    valid = [k for k in ("valid_ndcg@10", "valid_top100_accuracy") if k in fitted.epochs[0]]
+    if valid:
+        right = left.twinx()
+        right.plot(epochs, [r[valid[0]] for r in fitted.epochs], "s-", color="tab:orange")
+        right.set_ylabel(valid[0].replace("_", " "), color="tab:orange")
+        right.axvline(fitted.best_epoch, color="grey", linestyle=":")
+    left.set_title("two-tower training")
+    fig.tight_layout()
+    fig.savefig(directory / "training.png", dpi=100)
+    plt.close(fig)
 
 
 @dataclass(frozen=True)
 class TrainResult:
     version: str
     directory: Path
-    metrics: dict[str, Any]
+    manifest: dict[str, Any]
 
 
-def fit_feature_space(ml: MovieLens, train: pd.DataFrame, history_length: int) -> FeatureSpace:
-    """Vocabularies: users seen in training (others fall in the unknown bucket), the whole
-    item catalog, and the profile values of the user table."""
-    genres = sorted({g for gs in ml.items["genres"] for g in gs})
-    return FeatureSpace(
-        users=Vocab.fit(train["user_id"]),
-        items=Vocab.fit(ml.items["item_id"]),
-        genders=Vocab.fit(ml.users["gender"]),
-        occupations=Vocab.fit(ml.users["occupation"]),
-        genres=tuple(genres),
-        history_length=history_length,
-    )
-
-
-def encode_catalog(ml: MovieLens, space: FeatureSpace) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Every catalog item's ids and tower inputs, in catalog order."""
-    items = ml.items
-    inputs = space.encode_items(
-        list(items["item_id"]), list(items["release_year"]), list(items["genres"])
-    )
-    return list(items["item_id"]), inputs.as_dict()
-
-
-def build_examples(
-    ml: MovieLens, train: pd.DataFrame, space: FeatureSpace
-) -> dict[str, np.ndarray]:
-    """One example per training interaction, the user's history taken point-in-time."""
-    ordered = train.sort_values(["user_id", "timestamp"], kind="stable")
-    histories: list[tuple[str, ...]] = []
-    for user_id, group in ordered.groupby("user_id", sort=False):
-        events = ratings_to_interactions(user_id, list(group["item_id"]), list(group["timestamp"]))
-        histories.extend(a.recent_items for a in point_in_time(events, space.history_length))
-    profiles = ml.users.set_index("user_id").loc[ordered["user_id"]]
-    user = space.encode_users(
-        list(ordered["user_id"]),
-        list(profiles["gender"]),
-        list(profiles["age"]),
-        list(profiles["occupation"]),
-        histories,
-    )
-    catalog_ids, catalog = encode_catalog(ml, space)
-    row = pd.Index(catalog_ids).get_indexer(ordered["item_id"])
-    counts = ordered["item_id"].value_counts()
-    prob = (ordered["item_id"].map(counts) / len(ordered)).to_numpy(np.float32)
-    return {
-        **user.as_dict(),
-        **{name: values[row] for name, values in catalog.items()},
-        "item_prob": prob,
-    }
-
-
-def user_states(
-    ml: MovieLens, train: pd.DataFrame, space: FeatureSpace, user_ids: list[str]
-) -> UserInputs:
-    """Each user's tower inputs at the end of ``train`` (what the online store holds then)."""
-    by_user = {u: g for u, g in train.groupby("user_id")}
-    histories = []
-    for u in user_ids:
-        g = by_user.get(u)
-        events = (
-            []
-            if g is None
-            else ratings_to_interactions(u, list(g["item_id"]), list(g["timestamp"]))
-        )
-        histories.append(apply_events(EMPTY, events, space.history_length).recent_items)
-    profiles = ml.users.set_index("user_id").loc[user_ids]
-    return space.encode_users(
-        user_ids,
-        list(profiles["gender"]),
-        list(profiles["age"]),
-        list(profiles["occupation"]),
-        histories,
-    )
-
-
-def evaluate_temporal(
-    ml: MovieLens, train: pd.DataFrame, test: pd.DataFrame, space: FeatureSpace, model_dir: Path
-) -> dict[str, dict[str, float]]:
-    """Recall/NDCG/Hit@10 on the future split for the model and a popularity baseline."""
-    user_ids = sorted(set(test["user_id"]))
-    catalog_ids, catalog = encode_catalog(ml, space)
-    column = {item: c for c, item in enumerate(catalog_ids)}
-    user_tower = NumpyUserTower.load(model_dir)
-    item_tower = NumpyItemTower.load(model_dir)
-    item_vecs = item_tower(ItemInputs(**catalog))
-    user_vecs = user_tower(user_states(ml, train, space, user_ids))
-    seen_by = train.groupby("user_id")["item_id"].agg(list).to_dict()
-    rel_by = test.groupby("user_id")["item_id"].agg(list).to_dict()
-    seen = [np.array([column[i] for i in seen_by.get(u, [])], np.int64) for u in user_ids]
-    relevant = [np.array([column[i] for i in rel_by[u]], np.int64) for u in user_ids]
-    popularity = np.zeros(len(catalog_ids), np.float32)
-    for item, n in train["item_id"].value_counts().items():
-        popularity[column[item]] = n
-    return {
-        "model": rank_metrics(user_vecs @ item_vecs.T, seen, relevant),
-        "popularity": rank_metrics(np.tile(popularity, (len(user_ids), 1)), seen, relevant),
-    }
-
-
-def train(
-    config: Config, ml: MovieLens, *, log: Callable[[str], None] = print, publish: bool = True
-) -> TrainResult:
-    """Trains on the past, evaluates on the future, writes ``models/<version>/``.
+def train(config: Config, ml: MovieLens, *, log: Log = print, publish: bool = True) -> TrainResult:
+    """Trains on the past, picks the epoch on the end of the past, evaluates on the future,
+    and writes ``models/<version>/`` (towers, weights, vocabularies, report, manifest).
 
     Args:
         config: The project configuration; ``config.model`` sets the hyper-parameters.
@@ -138,62 +169,46 @@ def train(
         log: Progress sink.
         publish: Point ``models/CURRENT`` at the new version.
     """
-    from towers.model import TwoTower, export
-    from towers.tf_env import keras, tf
+    from towers.model import export
 
     mc = config.model
-    tf.keras.utils.set_random_seed(mc.seed)
-    tf.config.experimental.enable_op_determinism()
-    train_df, test_df = temporal_split(ml.interactions, mc.test_fraction)
-    space = fit_feature_space(ml, train_df, mc.history_length)
-    examples = build_examples(ml, train_df, space)
+    split = temporal_split_protocol(ml.interactions, mc.test_fraction, mc.valid_fraction or None)
     log(
-        f"training on {len(train_df):,} interactions before "
-        f"{pd.Timestamp(int(test_df['timestamp'].min()), unit='s')} "
-        f"({len(test_df):,} held out), {mc.epochs} epochs"
+        f"training on {len(split.train):,} interactions, validating on "
+        f"{0 if split.valid is None else len(split.valid):,}, testing on {len(split.test):,} "
+        f"(temporal split), up to {mc.epochs} epochs"
     )
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(examples)
-        .shuffle(len(train_df), seed=mc.seed, reshuffle_each_iteration=True)
-        .batch(mc.batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    model = TwoTower(space, mc.embedding_dim)
-    model.compile(optimizer=keras.optimizers.Adagrad(mc.learning_rate))
-    started = time.perf_counter()
-    history = model.fit(dataset, epochs=mc.epochs, verbose=2)
-    seconds = time.perf_counter() - started
-
+    fitted = fit(mc, ml, split, log=log)
+    metrics = evaluate_split(ml, fitted.space, fitted.user_fn, fitted.item_vectors(ml), split)
     version = artifacts.new_version()
     with artifacts.staged_version(config.models_dir, version) as staging:
-        export(model, space, staging)
-        space.save(staging / "features.json")
-        metrics = evaluate_temporal(ml, train_df, test_df, space, staging)
+        export(fitted.model, fitted.space, staging)
+        fitted.space.save(staging / "features.json")
+        save_report(fitted, metrics, staging)
         manifest = {
             "version": version,
             "kind": "two-tower",
             "embedding_dim": mc.embedding_dim,
             "history_length": mc.history_length,
-            "train_seconds": round(seconds, 2),
-            "loss": [round(float(v), 4) for v in history.history["loss"]],
+            "train_seconds": round(fitted.seconds, 2),
+            "best_epoch": fitted.best_epoch,
             "split": {
-                "protocol": "temporal",
-                "cut_timestamp": int(test_df["timestamp"].min()),
-                "train": len(train_df),
-                "test": len(test_df),
+                "protocol": split.name,
+                "description": split.description,
+                "train": len(split.train),
+                "valid": 0 if split.valid is None else len(split.valid),
+                "test": len(split.test),
             },
             "metrics": metrics,
-            "hyperparameters": mc.model_dump(),
+            "hyperparameters": mc.model_dump(mode="json"),
         }
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
         artifacts.write_manifest(staging, manifest)
-    directory = config.models_dir / version
     if publish:
         artifacts.publish(config.models_dir, version)
     m, p = metrics["model"], metrics["popularity"]
     log(
-        f"model {version}: trained in {seconds:.1f}s; temporal NDCG@10 {m['ndcg@10']:.4f} "
-        f"(popularity {p['ndcg@10']:.4f}), Recall@10 {m['recall@10']:.4f} "
-        f"(popularity {p['recall@10']:.4f})"
+        f"model {version}: trained in {fitted.seconds:.1f}s (best epoch {fitted.best_epoch}); "
+        f"temporal NDCG@10 {m['ndcg@10']:.4f} (popularity {p['ndcg@10']:.4f}), "
+        f"Recall@10 {m['recall@10']:.4f} (popularity {p['recall@10']:.4f})"
     )
-    return TrainResult(version, directory, manifest)
+    return TrainResult(version, config.models_dir / version, manifest)

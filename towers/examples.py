@@ -1,0 +1,157 @@
+"""Offline data for the towers: training examples and evaluation queries, point-in-time.
+
+A user's history at a moment is the shared activity fold (``features.activity``) over their
+events strictly before that moment, so training sees what the online store would have held.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.activity import (
+    EMPTY,
+    Activity,
+    Interaction,
+    apply_events,
+    point_in_time,
+    ratings_to_interactions,
+)
+from recsys.data import MovieLens
+from towers.encoding import (
+    FeatureSpace,
+    ItemInputs,
+    RawUser,
+    UserInputs,
+    Vocab,
+    title_tokens,
+    zip_prefix,
+)
+
+MIN_TITLE_TOKEN_COUNT = 2
+"""A title word must appear in this many titles to get an embedding (others are noise)."""
+
+
+def fit_feature_space(ml: MovieLens, train: pd.DataFrame, history_length: int) -> FeatureSpace:
+    """Vocabularies: users seen in ``train`` (others fall in the unknown bucket), the whole
+    catalog, the user table's profile values, and title words shared by several titles."""
+    counts = pd.Series([t for title in ml.items["title"] for t in set(title_tokens(title))])
+    frequent = counts.value_counts()
+    return FeatureSpace(
+        users=Vocab.fit(train["user_id"]),
+        items=Vocab.fit(ml.items["item_id"]),
+        genders=Vocab.fit(ml.users["gender"]),
+        occupations=Vocab.fit(ml.users["occupation"]),
+        zips=Vocab.fit(zip_prefix(z) for z in ml.users["zip_code"]),
+        genres=tuple(sorted({g for gs in ml.items["genres"] for g in gs})),
+        title_tokens=Vocab.fit(frequent[frequent >= MIN_TITLE_TOKEN_COUNT].index),
+        history_length=history_length,
+    )
+
+
+def catalog_inputs(ml: MovieLens, space: FeatureSpace) -> tuple[list[str], ItemInputs]:
+    """Every catalog item's id and tower inputs, in catalog order."""
+    items = ml.items
+    return list(items["item_id"]), space.encode_items(
+        list(items["item_id"]),
+        list(items["release_year"]),
+        list(items["genres"]),
+        list(items["title"]),
+    )
+
+
+class Profiles:
+    """The user table as raw-feature lookups; unknown users get empty profiles."""
+
+    def __init__(self, users: pd.DataFrame):
+        self._rows = {
+            row.user_id: (row.gender, int(row.age), row.occupation, row.zip_code)
+            for row in users.itertuples(index=False)
+        }
+
+    def raw(self, user_id: str, activity: Activity, request_time_ms: int) -> RawUser:
+        gender, age, occupation, zip_code = self._rows.get(user_id, ("", 0, "", ""))
+        return RawUser(
+            user_id, gender, age, occupation, zip_code, activity.recent_items, request_time_ms
+        )
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Training examples, row-aligned.
+
+    Attributes:
+        users: encoded user inputs at each interaction's moment.
+        items: encoded inputs of the interacted item.
+        item_rows: ``[n] int64`` the item's row in the catalog (for logQ and accidental hits).
+    """
+
+    users: UserInputs
+    items: ItemInputs
+    item_rows: np.ndarray
+
+
+def training_examples(ml: MovieLens, train: pd.DataFrame, space: FeatureSpace) -> Examples:
+    """One example per interaction in ``train``, with the user's history taken point-in-time
+    (only strictly earlier events of ``train``) and the interaction time as request time."""
+    profiles = Profiles(ml.users)
+    ordered = train.sort_values(["user_id", "timestamp"], kind="stable")
+    raws: list[RawUser] = []
+    for user_id, group in ordered.groupby("user_id", sort=False):
+        events = ratings_to_interactions(user_id, list(group["item_id"]), list(group["timestamp"]))
+        raws.extend(
+            profiles.raw(user_id, state, event.event_time_ms)
+            for state, event in zip(
+                point_in_time(events, space.history_length), events, strict=True
+            )
+        )
+    catalog_ids, catalog = catalog_inputs(ml, space)
+    rows = pd.Index(catalog_ids).get_indexer(ordered["item_id"]).astype(np.int64)
+    items = ItemInputs(**{k: v[rows] for k, v in catalog.as_dict().items()})
+    return Examples(space.encode_users(raws), items, rows)
+
+
+class HistoryIndex:
+    """Any user's activity at any moment, from a frame of their past interactions."""
+
+    def __init__(self, interactions: pd.DataFrame, history_length: int):
+        self._history_length = history_length
+        self._events: dict[str, list[Interaction]] = {}
+        self._times: dict[str, list[int]] = {}
+        for user_id, group in interactions.groupby("user_id"):
+            events = sorted(
+                ratings_to_interactions(user_id, list(group["item_id"]), list(group["timestamp"])),
+                key=lambda e: (e.event_time_ms, e.event_id),
+            )
+            self._events[user_id] = events
+            self._times[user_id] = [e.event_time_ms for e in events]
+
+    def before(self, user_id: str, time_ms: int) -> Activity:
+        """The user's activity from events strictly before ``time_ms``."""
+        events = self._events.get(user_id)
+        if not events:
+            return EMPTY
+        cut = bisect.bisect_left(self._times[user_id], time_ms)
+        return apply_events(EMPTY, events[:cut], self._history_length)
+
+    def last_time(self, user_id: str) -> int:
+        """Time of the user's newest event, 0 for none."""
+        times = self._times.get(user_id)
+        return times[-1] if times else 0
+
+
+def query_inputs(
+    ml: MovieLens,
+    space: FeatureSpace,
+    history: HistoryIndex,
+    queries: Sequence[tuple[str, int, int]],
+) -> UserInputs:
+    """Encoded user inputs for ``(user_id, history_cutoff_ms, request_time_ms)`` queries."""
+    profiles = Profiles(ml.users)
+    return space.encode_users(
+        [profiles.raw(u, history.before(u, cutoff), t) for u, cutoff, t in queries]
+    )
