@@ -15,8 +15,6 @@ from recsys import artifacts
 from recsys.config import Config
 from recsys.data import MovieLens
 from recsys.errors import ArtifactError, DataError
-from towers.encoding import FeatureSpace
-from towers.examples import catalog_inputs
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "item_ids.json"
@@ -34,25 +32,31 @@ class BuildResult:
 def embed_catalog(
     model_dir: Path, ml: MovieLens, batch_size: int = 4096
 ) -> tuple[list[str], np.ndarray]:
-    """Runs the exported item-tower SavedModel over every item.
+    """Runs the exported item-tower SavedModel (raw-feature signature) over every item.
 
     Returns:
         Item ids and their ``[items, dim] float32`` embeddings, row-aligned.
     """
     from towers.tf_env import tf
 
-    space = FeatureSpace.load(model_dir / "features.json")
     tower = tf.saved_model.load(str(model_dir / "item_tower")).signatures["serving_default"]
     item_ids = list(ml.items["item_id"])
     if not item_ids:
         raise DataError("the catalog is empty: nothing to index")
     if len(set(item_ids)) != len(item_ids):
         raise DataError("the catalog has duplicate item ids; fix the item table")
-    _, inputs = catalog_inputs(ml, space)
-    arrays = inputs.as_dict()
+    items = ml.items
+    width = max(1, max(len(g) for g in items["genres"]))
+    genres = np.array([list(g) + [""] * (width - len(g)) for g in items["genres"]], dtype=object)
+    raw = {
+        "item_id": np.array(item_ids, dtype=object),
+        "release_year": items["release_year"].to_numpy(np.int32),
+        "genres": genres,
+        "title": items["title"].to_numpy(dtype=object),
+    }
     chunks = []
     for start in range(0, len(item_ids), batch_size):
-        part = {k: tf.constant(v[start : start + batch_size]) for k, v in arrays.items()}
+        part = {k: tf.constant(v[start : start + batch_size]) for k, v in raw.items()}
         chunks.append(tower(**part)["embedding"].numpy())
     return item_ids, np.ascontiguousarray(np.concatenate(chunks), np.float32)
 

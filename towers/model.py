@@ -5,11 +5,7 @@ Which features each tower uses is a ``TowerConfig``, so ablations train the same
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-
-from towers.encoding import AGE_BUCKETS, TITLE_TOKENS, YEAR_BUCKETS, FeatureSpace
+from towers.encoding import AGE_BUCKETS, YEAR_BUCKETS, FeatureSpace
 from towers.model_config import TowerConfig
 from towers.tf_env import keras, tf, tfrs
 
@@ -133,65 +129,3 @@ class TwoTower(tfrs.Model):
             candidate_ids=features["item"] if self._remove_accidental_hits else None,
             compute_metrics=False,
         )
-
-
-def _signature(space: FeatureSpace, names: tuple[str, ...]) -> dict[str, tf.TensorSpec]:
-    shapes = {
-        "history": ([None, space.history_length], tf.int32),
-        "genres": ([None, len(space.genres)], tf.float32),
-        "title": ([None, TITLE_TOKENS], tf.int32),
-    }
-    return {name: tf.TensorSpec(*shapes.get(name, ([None], tf.int32)), name=name) for name in names}
-
-
-def save_tower(tower: keras.Model, signature: dict[str, tf.TensorSpec], path: Path) -> None:
-    """Saves a tower as a SavedModel whose ``serving_default`` returns ``embedding``."""
-
-    @tf.function(input_signature=[signature])
-    def serve(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        return {"embedding": tower(inputs)}
-
-    module = tf.Module()
-    module.tower = tower
-    module.serve = serve
-    tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
-
-
-def export(model: TwoTower, space: FeatureSpace, directory: Path) -> None:
-    """Writes ``user_tower/`` and ``item_tower/`` SavedModels, ``weights.npz``, ``tower.json``.
-
-    ``weights.npz`` holds the same weights as plain arrays for the NumPy serving runtime
-    (``towers.runtime``), which is parity-tested against the SavedModel.
-    """
-    save_tower(model.user_tower, _signature(space, USER_INPUTS), directory / "user_tower")
-    save_tower(model.item_tower, _signature(space, ITEM_INPUTS), directory / "item_tower")
-    model.user_tower.config.save(directory / "tower.json")
-    u, i = model.user_tower, model.item_tower
-    layers = {
-        "item_emb": u.item_emb,
-        "user_emb": u.user_emb,
-        "gender_emb": u.gender_emb,
-        "age_emb": u.age_emb,
-        "occupation_emb": u.occupation_emb,
-        "zip_emb": u.zip_emb,
-        "hour_emb": u.hour_emb,
-        "weekday_emb": u.weekday_emb,
-        "user_hidden": u.hidden,
-        "user_out": u.out,
-        "year_emb": i.year_emb,
-        "genres": i.genres,
-        "title_emb": i.title_emb,
-        "item_hidden": i.hidden,
-        "item_out": i.out,
-    }
-    arrays: dict[str, np.ndarray] = {}
-    for name, layer in layers.items():
-        if not layer.built:  # a part this configuration leaves out
-            continue
-        if isinstance(layer, keras.layers.Embedding):
-            arrays[name] = layer.embeddings.numpy()
-        else:
-            arrays[f"{name}_w"] = layer.kernel.numpy()
-            if layer.use_bias:
-                arrays[f"{name}_b"] = layer.bias.numpy()
-    np.savez(directory / "weights.npz", **arrays)  # type: ignore[arg-type]

@@ -169,7 +169,7 @@ def train(config: Config, ml: MovieLens, *, log: Log = print, publish: bool = Tr
         log: Progress sink.
         publish: Point ``models/CURRENT`` at the new version.
     """
-    from towers.model import export
+    from towers.export import export
 
     mc = config.model
     split = temporal_split_protocol(ml.interactions, mc.test_fraction, mc.valid_fraction or None)
