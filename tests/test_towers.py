@@ -154,3 +154,15 @@ def test_manifest_records_test_metrics_a_baseline_and_the_report(model_dir) -> N
     assert manifest["split"]["protocol"] == "temporal"
     assert (model_dir / "training.png").stat().st_size > 1000
     assert 1 <= manifest["best_epoch"] <= manifest["hyperparameters"]["epochs"]
+
+
+def test_training_is_deterministic_for_a_seed(ml, trained) -> None:
+    from towers.train import fit
+
+    mc = trained.model.model_copy(update={"epochs": 1})
+    split = temporal_split_protocol(ml.interactions, mc.test_fraction, None)
+    first, second = (fit(mc, ml, split, log=lambda _: None, progress=False) for _ in range(2))
+    for a, b in zip(first.model.get_weights(), second.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    other = fit(mc.model_copy(update={"seed": 7}), ml, split, log=lambda _: None, progress=False)
+    assert not np.array_equal(first.model.get_weights()[0], other.model.get_weights()[0])
