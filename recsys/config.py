@@ -53,12 +53,12 @@ class ModelConfig(_Section):
     """User-tower inputs beside the user id (ablations drop some)."""
     item_parts: tuple[Literal["genres", "title", "year"], ...] = ("genres", "title", "year")
     """Item-tower inputs beside the item id."""
-    epochs: int = Field(12, ge=1)
+    epochs: int = Field(15, ge=1)
     """The most epochs; with a validation part the best epoch by NDCG@10 is kept."""
     batch_size: int = Field(1024, ge=8)
     optimizer: Literal["adam", "adagrad"] = "adam"
     learning_rate: float = Field(0.003, gt=0)
-    temperature: float | None = Field(0.1, gt=0)
+    temperature: float | None = Field(0.2, gt=0)
     """Softmax temperature; ``None`` for none (1.0)."""
     normalize: bool = True
     """L2-normalize both towers' outputs (scores are cosines / temperature)."""
