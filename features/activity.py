@@ -27,10 +27,17 @@ class Activity:
     Attributes:
         recent_items: The user's most recent distinct items, most recent first.
         last_event_ms: Event time of the newest event applied, 0 for none.
+        last_event_id: That event's id: with ``last_event_ms``, the watermark below which
+            events are duplicates or late and change nothing.
     """
 
     recent_items: tuple[str, ...] = ()
     last_event_ms: int = 0
+    last_event_id: str = ""
+
+    def is_newer(self, event: Interaction) -> bool:
+        """True when ``event`` is past this state's watermark (in time, then event id)."""
+        return (event.event_time_ms, event.event_id) > (self.last_event_ms, self.last_event_id)
 
 
 EMPTY = Activity()
@@ -40,7 +47,10 @@ def apply_events(state: Activity, events: Iterable[Interaction], history_length:
     """Folds events into a user's activity state.
 
     Events are applied in event-time order (ties broken by event id) so the result does not
-    depend on the order a batch arrived in. An item seen again moves to the front.
+    depend on the order a batch arrived in. An item seen again moves to the front. Events at
+    or below the state's watermark (a replay after a crash, a duplicate, a late arrival) and
+    repeats of an event id within the batch are skipped, so applying the same events twice
+    gives the same state as applying them once.
 
     Args:
         state: The state before these events.
@@ -51,13 +61,17 @@ def apply_events(state: Activity, events: Iterable[Interaction], history_length:
         The new state.
     """
     recent = list(state.recent_items)
-    last = state.last_event_ms
+    last = (state.last_event_ms, state.last_event_id)
+    applied: set[str] = set()
     for event in sorted(events, key=lambda e: (e.event_time_ms, e.event_id)):
+        if not state.is_newer(event) or (event.event_id and event.event_id in applied):
+            continue
+        applied.add(event.event_id)
         if event.item_id in recent:
             recent.remove(event.item_id)
         recent.insert(0, event.item_id)
-        last = max(last, event.event_time_ms)
-    return Activity(tuple(recent[:history_length]), last)
+        last = max(last, (event.event_time_ms, event.event_id))
+    return Activity(tuple(recent[:history_length]), *last)
 
 
 def point_in_time(events: Sequence[Interaction], history_length: int) -> Iterator[Activity]:

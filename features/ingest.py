@@ -1,9 +1,10 @@
 """Kafka → activity features → Feast online store.
 
-At-least-once: a polled batch is folded into each user's state with the shared activity
-function, written in one push, and only then are the offsets committed. Replaying a batch
-after a crash re-applies events whose items are already at the front, which leaves the same
-recent-items state.
+At-least-once: a polled batch is checked, folded into each user's stored state with the
+shared activity function, written in one push, its dead letters flushed, and only then are
+the offsets committed. A batch replayed after a crash changes nothing: every stored state
+carries the watermark (time, event id) of the newest event it holds, and events at or
+below it are skipped.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,11 +25,18 @@ from recsys.errors import DataError
 
 log = logging.getLogger(__name__)
 
+EARLIEST_EVENT_MS = 631_152_000_000
+"""1990-01-01: anything earlier is a corrupt timestamp (MovieLens-100K starts in 1997)."""
+MAX_CLOCK_SKEW_MS = 86_400_000
+"""Events from more than a day in the future are corrupt, not early."""
+
 
 @dataclass
 class IngestStats:
     events: int = 0
-    bad_events: int = 0
+    dead_letters: int = 0
+    skipped: int = 0
+    """Duplicates and late events: at or below the user's stored watermark."""
     batches: int = 0
     users_written: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -37,33 +45,64 @@ class IngestStats:
         rate = self.events / max(time.monotonic() - self.started, 1e-9)
         return (
             f"ingested {self.events:,} events ({rate:,.0f}/s) in {self.batches:,} batches, "
-            f"{self.users_written:,} user writes, {self.bad_events:,} bad events"
+            f"{self.users_written:,} user writes, {self.skipped:,} duplicate/late, "
+            f"{self.dead_letters:,} dead letters"
         )
 
 
+def check(raw: bytes, catalog: Collection[str] | None, now_ms: int) -> tuple[str, Interaction]:
+    """Decodes one event and checks it can be used.
+
+    Raises:
+        DataError: undecodable, a field missing, an item not in ``catalog``, or an absurd
+            event time; the message is the dead letter's reason.
+    """
+    user_id, event = decode(raw)
+    if catalog is not None and event.item_id not in catalog:
+        raise DataError(f"event {event.event_id}: unknown item {event.item_id!r}")
+    if not EARLIEST_EVENT_MS <= event.event_time_ms <= now_ms + MAX_CLOCK_SKEW_MS:
+        raise DataError(f"event {event.event_id}: absurd event_time_ms {event.event_time_ms}")
+    return user_id, event
+
+
 def process_batch(
-    raw_values: list[bytes], features: OnlineFeatures, history_length: int, stats: IngestStats
-) -> None:
-    """Decodes a batch, folds it into each user's stored state and writes it back."""
+    raw_values: list[bytes],
+    features: OnlineFeatures,
+    history_length: int,
+    stats: IngestStats,
+    *,
+    catalog: Collection[str] | None = None,
+    now_ms: int | None = None,
+) -> list[tuple[bytes, str]]:
+    """Checks a batch, folds it into each user's stored state and writes it back.
+
+    Returns:
+        The dead letters: ``(raw bytes, reason)`` for every event that could not be used.
+    """
+    now = int(time.time() * 1000) if now_ms is None else now_ms
     by_user: dict[str, list[Interaction]] = defaultdict(list)
+    dead: list[tuple[bytes, str]] = []
     for raw in raw_values:
         try:
-            user_id, event = decode(raw)
+            user_id, event = check(raw, catalog, now)
         except DataError as exc:
-            stats.bad_events += 1
-            log.warning("skipping bad event: %s", exc)
+            dead.append((raw, str(exc)))
             continue
         by_user[user_id].append(event)
     if by_user:
         current = features.read_activity(list(by_user))
-        updated = {
-            user: apply_events(current[user], events, history_length)
-            for user, events in by_user.items()
-        }
+        updated = {}
+        for user, events in by_user.items():
+            stats.skipped += sum(not current[user].is_newer(e) for e in events)
+            state = apply_events(current[user], events, history_length)
+            if state != current[user]:
+                updated[user] = state
         features.write_activity(updated)
         stats.users_written += len(updated)
     stats.events += len(raw_values)
+    stats.dead_letters += len(dead)
     stats.batches += 1
+    return dead
 
 
 def make_consumer(config: Config) -> Any:
@@ -85,10 +124,14 @@ def run(
     features: OnlineFeatures,
     stop: threading.Event,
     *,
+    catalog: Collection[str] | None = None,
     on_batch: Callable[[IngestStats], None] | None = None,
 ) -> IngestStats:
-    """Consumes until ``stop`` is set; commits offsets after each successful write."""
+    """Consumes until ``stop`` is set; commits offsets after each batch's writes."""
+    from kafka import KafkaProducer
+
     consumer = make_consumer(config)
+    dead_letters = KafkaProducer(bootstrap_servers=config.kafka.bootstrap_servers, acks="all")
     stats = IngestStats()
     try:
         while not stop.is_set():
@@ -96,10 +139,19 @@ def run(
             values = [record.value for records in polled.values() for record in records]
             if not values:
                 continue
-            process_batch(values, features, config.model.history_length, stats)
+            dead = process_batch(
+                values, features, config.model.history_length, stats, catalog=catalog
+            )
+            for raw, reason in dead:
+                log.warning("dead letter: %s", reason)
+                dead_letters.send(
+                    config.kafka.dead_letter_topic, value=raw, headers=[("reason", reason.encode())]
+                )
+            dead_letters.flush()
             consumer.commit()
             if on_batch is not None:
                 on_batch(stats)
     finally:
         consumer.close()
+        dead_letters.close()
     return stats

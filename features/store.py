@@ -22,7 +22,9 @@ from recsys.config import Config
 from recsys.data import MovieLens
 
 PROFILE_FEATURES = [f"{PROFILE_VIEW}:{f}" for f in ("age", "gender", "occupation", "zip_code")]
-ACTIVITY_FEATURES = [f"{ACTIVITY_VIEW}:{f}" for f in ("recent_items", "last_event_ms")]
+ACTIVITY_FEATURES = [
+    f"{ACTIVITY_VIEW}:{f}" for f in ("recent_items", "last_event_ms", "last_event_id")
+]
 PROFILE_TIME = datetime(1997, 9, 1, tzinfo=UTC)
 """Profiles are static in ML-100K; they are stamped as known from before the first rating."""
 
@@ -63,10 +65,20 @@ def _activity_frame(states: Mapping[str, Activity]) -> pd.DataFrame:
             "user_id": list(states),
             "recent_items": [list(a.recent_items) for a in states.values()],
             "last_event_ms": [a.last_event_ms for a in states.values()],
+            "last_event_id": [a.last_event_id for a in states.values()],
             "event_timestamp": [
                 datetime.fromtimestamp(a.last_event_ms / 1000, UTC) for a in states.values()
             ],
         }
+    )
+
+
+def _activity(rows: dict[str, list[Any]], i: int) -> Activity:
+    """Row ``i`` of a ``get_online_features`` answer as an ``Activity`` (empty if absent)."""
+    return Activity(
+        tuple(rows["recent_items"][i] or ()),
+        int(rows["last_event_ms"][i] or 0),
+        rows["last_event_id"][i] or "",
     )
 
 
@@ -84,7 +96,6 @@ class OnlineFeatures:
         ).to_dict()
         out = []
         for i, user_id in enumerate(user_ids):
-            recent = rows["recent_items"][i]
             gender = rows["gender"][i]
             out.append(
                 UserFeatures(
@@ -93,7 +104,7 @@ class OnlineFeatures:
                     gender=gender or "",
                     occupation=rows["occupation"][i] or "",
                     zip_code=rows["zip_code"][i] or "",
-                    activity=Activity(tuple(recent or ()), int(rows["last_event_ms"][i] or 0)),
+                    activity=_activity(rows, i),
                     has_profile=gender is not None,
                 )
             )
@@ -103,10 +114,7 @@ class OnlineFeatures:
         rows = self._store.get_online_features(
             features=ACTIVITY_FEATURES, entity_rows=[{"user_id": u} for u in user_ids]
         ).to_dict()
-        return {
-            u: Activity(tuple(rows["recent_items"][i] or ()), int(rows["last_event_ms"][i] or 0))
-            for i, u in enumerate(user_ids)
-        }
+        return {u: _activity(rows, i) for i, u in enumerate(user_ids)}
 
     def write_activity(self, states: Mapping[str, Activity]) -> None:
         """Pushes new activity states to the online store, one batch write."""

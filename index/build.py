@@ -103,14 +103,23 @@ def build_index(
     )
 
 
+def read_item_ids(directory: Path) -> list[str]:
+    """The item ids of an index version, row-aligned with its vectors."""
+    try:
+        ids: list[str] = json.loads((directory / IDS_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"cannot read {directory / IDS_FILE}: {exc}") from exc
+    return ids
+
+
 def load_index(directory: Path) -> tuple[faiss.Index, list[str], dict[str, object]]:
     """Loads and verifies an index version: checksums, id count and dimension agree."""
     manifest = artifacts.read_manifest(directory)
     try:
         index = faiss.read_index(str(directory / INDEX_FILE))
-        item_ids = json.loads((directory / IDS_FILE).read_text())
-    except (RuntimeError, OSError, json.JSONDecodeError) as exc:
+    except RuntimeError as exc:
         raise ArtifactError(f"cannot load index {directory}: {exc}") from exc
+    item_ids = read_item_ids(directory)
     if index.ntotal != len(item_ids) or index.ntotal != manifest["items"]:
         raise ArtifactError(
             f"index {directory} holds {index.ntotal} vectors but {len(item_ids)} ids "

@@ -92,6 +92,8 @@ def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
     from features.ingest import IngestStats, run
     from features.replay import ensure_topic
     from features.store import OnlineFeatures, open_store
+    from index.build import read_item_ids
+    from recsys import artifacts
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -106,7 +108,12 @@ def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
             last_report[0] = time.monotonic()
             print(stats.summary(), flush=True)
 
-    stats = run(config, OnlineFeatures(open_store(config)), stop, on_batch=report)
+    try:
+        catalog: set[str] | None = set(read_item_ids(artifacts.current(config.indexes_dir)))
+    except RecsysError:
+        catalog = None
+        print("no published index: item ids are not checked against a catalog", flush=True)
+    stats = run(config, OnlineFeatures(open_store(config)), stop, catalog=catalog, on_batch=report)
     print("ingester stopped: " + stats.summary(), flush=True)
 
 

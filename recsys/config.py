@@ -80,6 +80,8 @@ class ModelConfig(_Section):
 class KafkaConfig(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = "recsys.interactions.v1"
+    dead_letter_topic: str = "recsys.interactions.v1.dlq"
+    """Where events the ingester cannot use go, with the reason in a ``reason`` header."""
     partitions: int = Field(4, ge=1)
     group_id: str = "recsys-ingester"
     poll_max_records: int = Field(2000, ge=1)

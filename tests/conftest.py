@@ -112,15 +112,19 @@ def ingester(server: RunningServer, kafka: str) -> Iterator[Config]:
     from features.ingest import run
     from features.replay import ensure_topic
     from features.store import OnlineFeatures, open_store
+    from index.build import read_item_ids
+    from recsys import artifacts
 
     config = server.config.with_overrides({"kafka": {"bootstrap_servers": kafka}})
     ensure_topic(config)
     stop = threading.Event()
     errors: list[BaseException] = []
 
+    catalog = set(read_item_ids(artifacts.current(config.indexes_dir)))
+
     def loop() -> None:
         try:
-            run(config, OnlineFeatures(open_store(config)), stop)
+            run(config, OnlineFeatures(open_store(config)), stop, catalog=catalog)
         except BaseException as exc:  # surfaced in the test below, not lost in the thread
             errors.append(exc)
 

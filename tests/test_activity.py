@@ -41,7 +41,7 @@ def test_apply_events_puts_most_recent_first() -> None:
 
 def test_apply_events_orders_by_event_time_not_arrival() -> None:
     arrived = [ev("c", 30, "e3"), ev("a", 10, "e1"), ev("b", 20, "e2")]
-    expected = Activity(("c", "b", "a"), 30)
+    expected = Activity(("c", "b", "a"), 30, "e3")
     assert apply_events(EMPTY, arrived, history_length=10) == expected
     for seed in range(5):
         shuffled = arrived[:]
@@ -294,3 +294,24 @@ def test_ties_resolve_the_same_offline_and_on_the_stream() -> None:
     final_online = apply_events(apply_events(EMPTY, streamed[:3], 5), streamed[3:], 5)
     assert final_offline == final_online
     assert final_offline.recent_items[0] == "200"
+
+
+def test_replayed_duplicate_and_late_events_change_nothing() -> None:
+    events = [ev("a", 10, "e1"), ev("b", 20, "e2"), ev("c", 30, "e3")]
+    state = apply_events(EMPTY, events, 5)
+    assert state == Activity(("c", "b", "a"), 30, "e3")
+    # A crash before the offset commit replays the whole batch: nothing changes.
+    assert apply_events(state, events, 5) == state
+    # A duplicate inside one batch counts once.
+    assert apply_events(EMPTY, [*events, events[0]], 5) == state
+    # A late event (older than the watermark) is dropped, deterministically.
+    assert apply_events(state, [ev("z", 15, "late")], 5) == state
+    # Newer events still apply on top.
+    assert apply_events(state, [ev("d", 40, "e4")], 5).recent_items == ("d", "c", "b", "a")
+
+
+def test_same_time_events_past_the_watermark_apply_by_event_id() -> None:
+    state = apply_events(EMPTY, [ev("a", 10, "e1")], 5)
+    # Same millisecond, a later id: newer. Same millisecond, an earlier id: late.
+    assert apply_events(state, [ev("b", 10, "e2")], 5).recent_items == ("b", "a")
+    assert apply_events(state, [ev("b", 10, "e0")], 5) == state

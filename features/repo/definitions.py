@@ -58,6 +58,7 @@ def feature_views(offline_dir: Path) -> list[object]:
         schema=[
             Field(name="recent_items", dtype=Array(String)),
             Field(name="last_event_ms", dtype=Int64),
+            Field(name="last_event_id", dtype=String),
         ],
         source=activity_push,
         online=True,

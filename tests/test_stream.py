@@ -1,0 +1,116 @@
+"""The ingester against a real broker and store: duplicates change nothing, bad events go to
+the dead-letter topic with a reason, and good events keep flowing past them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from features.activity import Activity
+from features.events import encode
+from features.ingest import IngestStats, check, process_batch
+from features.store import OnlineFeatures, open_store
+from recsys.errors import DataError
+
+pytestmark = pytest.mark.integration
+
+T0 = 890_000_000_000  # 1998-03-15, in milliseconds
+
+
+def _send(config, messages: list[tuple[bytes, bytes]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=config.kafka.bootstrap_servers, acks="all")
+    for key, value in messages:
+        producer.send(config.kafka.topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+def _wait(features: OnlineFeatures, user: str, done, timeout: float = 60.0) -> Activity:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = features.read_activity([user])[user]
+        if done(state):
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"{user}: expected state not reached in {timeout:.0f}s")
+
+
+def test_replayed_and_duplicate_events_change_nothing(ingester) -> None:
+    user = f"dup-{uuid.uuid4().hex[:6]}"
+    events = [encode(f"{user}-e{i}", user, item, T0 + i) for i, item in enumerate(["1", "2", "3"])]
+    _send(ingester, events)
+    features = OnlineFeatures(open_store(ingester))
+    state = _wait(features, user, lambda s: len(s.recent_items) == 3)
+    assert state == Activity(("3", "2", "1"), T0 + 2, f"{user}-e2")
+    # The whole batch again (a crash before commit), then one newer event.
+    _send(ingester, [*events, encode(f"{user}-e3", user, "4", T0 + 3)])
+    state = _wait(features, user, lambda s: s.last_event_id == f"{user}-e3")
+    assert state.recent_items == ("4", "3", "2", "1")
+
+
+def test_bad_events_go_to_the_dead_letter_topic_and_good_ones_flow(ingester) -> None:
+    user = f"dlq-{uuid.uuid4().hex[:6]}"
+    bad = [
+        (b"k", b"\xff\xfe not a protobuf"),
+        encode(f"{user}-unknown-item", user, "no-such-item", T0),
+        encode(f"{user}-absurd-time", user, "1", 42),
+        encode("", user, "1", T0),
+    ]
+    good = [encode(f"{user}-g{i}", user, item, T0 + i) for i, item in enumerate(["7", "8"])]
+    _send(ingester, [*bad, *good])
+    features = OnlineFeatures(open_store(ingester))
+    assert _wait(features, user, lambda s: len(s.recent_items) == 2).recent_items == ("8", "7")
+
+    consumer = KafkaConsumer(
+        ingester.kafka.dead_letter_topic,
+        bootstrap_servers=ingester.kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    reasons = {}
+    for record in consumer:
+        reasons[record.value] = dict(record.headers)["reason"].decode()
+    consumer.close()
+    assert set(reasons) >= {value for _, value in bad}
+    assert "undecodable" in reasons[bad[0][1]]
+    assert "unknown item" in reasons[bad[1][1]]
+    assert "absurd event_time_ms" in reasons[bad[2][1]]
+    assert "no event_id" in reasons[bad[3][1]]
+
+
+def test_check_rejects_what_it_should_and_accepts_the_rest() -> None:
+    now = T0 + 1000
+    _, ok = encode("e", "u", "1", T0)
+    assert check(ok, {"1"}, now)[1].item_id == "1"
+    assert check(ok, None, now)[0] == "u"  # no catalog given: items are not checked
+    with pytest.raises(DataError, match="absurd"):
+        check(encode("e", "u", "1", now + 2 * 86_400_000)[1], None, now)
+
+
+class _Store:
+    """An in-memory stand-in for OnlineFeatures (pure batch logic only)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, Activity] = {}
+        self.writes = 0
+
+    def read_activity(self, users):
+        return {u: self.states.get(u, Activity()) for u in users}
+
+    def write_activity(self, states):
+        self.writes += 1
+        self.states.update(states)
+
+
+def test_process_batch_counts_and_skips_unchanged_users() -> None:
+    store, stats = _Store(), IngestStats()
+    batch = [encode(f"e{i}", "u", str(i), T0 + i)[1] for i in range(3)]
+    assert process_batch(batch, store, 5, stats, now_ms=T0) == []
+    assert store.states["u"].recent_items == ("2", "1", "0")
+    assert process_batch(batch, store, 5, stats, now_ms=T0) == []
+    assert (stats.events, stats.skipped, stats.users_written) == (6, 3, 1)
+    dead = process_batch([b"\x00junk"], store, 5, stats, now_ms=T0)
+    assert len(dead) == 1 and stats.dead_letters == 1
