@@ -171,6 +171,12 @@ def cmd_bench(config: Config, args: argparse.Namespace) -> None:
     run(config, list(ml.users["user_id"]), calls=args.calls, k=args.k)
 
 
+def cmd_bench_ingest(config: Config, args: argparse.Namespace) -> None:
+    from features.bench import run_bench
+
+    run_bench(config, load_dataset(config), events=args.events)
+
+
 def cmd_demo(config: Config, args: argparse.Namespace) -> None:
     from recsys.demo import run_demo
 
@@ -194,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         "recommend": (cmd_recommend, "call Recommend on a running server"),
         "broker": (cmd_broker, "run a local single-node Kafka broker (foreground)"),
         "bench": (cmd_bench, "sequential Recommend latency vs a null handler"),
+        "bench-ingest": (cmd_bench_ingest, "ingest throughput from a local broker"),
         "demo": (cmd_demo, "the whole loop end to end, then stop everything"),
     }
     parsers = {}
@@ -222,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, help="results JSON (default: artifacts/evaluation.json)")
     parsers["bench"].add_argument("--calls", type=int, default=1000)
     parsers["bench"].add_argument("--k", type=int, default=10)
+    parsers["bench-ingest"].add_argument("--events", type=int, help="default: all ratings")
     parsers["demo"].add_argument("--users", type=int, default=3)
     parsers["demo"].add_argument("--events", type=int, default=5)
     return parser
