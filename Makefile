@@ -13,7 +13,7 @@ STUBS := recsys/v1/recommender_pb2.py recsys/v1/events_pb2.py
 DATA := .cache/data/ml-100k/ml-100k.inter
 KAFKA_JARS := .cache/kafka/libs/.pom.sha256
 
-.PHONY: demo test setup venv proto data kafka-jars broker lint clean
+.PHONY: demo test setup venv proto data kafka-jars redis broker lint clean
 
 demo: setup
 	@echo "==> recsys demo (train, index, features, Kafka + server + ingester, the loop)"
@@ -23,11 +23,11 @@ test: setup lint
 	@echo "==> tests (real Kafka broker, Feast store and gRPC server; ~2 min)"
 	$(PY) -m pytest
 
-setup: venv proto data kafka-jars
+setup: venv proto data kafka-jars redis
 
 venv: $(INSTALLED)
 $(INSTALLED): pyproject.toml constraints.txt
-	@echo "==> [setup 1/4] virtualenv $(VENV) with the locked stack (first time: a few minutes)"
+	@echo "==> [setup 1/5] virtualenv $(VENV) with the locked stack (first time: a few minutes)"
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else f"Python 3.11 is required, found {sys.version.split()[0]} ($(PYTHON)); set PYTHON=/path/to/python3.11")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -37,18 +37,25 @@ $(INSTALLED): pyproject.toml constraints.txt
 proto: $(STUBS)
 # protoc runs in a process of its own: it segfaults inside a process that imported TensorFlow.
 $(STUBS) &: $(PROTOS) $(INSTALLED)
-	@echo "==> [setup 2/4] gRPC stubs from proto/ into recsys/v1/"
+	@echo "==> [setup 2/5] gRPC stubs from proto/ into recsys/v1/"
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 
 data: $(DATA)
 $(DATA): | $(INSTALLED)
-	@echo "==> [setup 3/4] MovieLens-100K (from the recbole==1.2.1 wheel on PyPI)"
+	@echo "==> [setup 3/5] MovieLens-100K (from the recbole==1.2.1 wheel on PyPI)"
 	$(RECSYS) fetch-data
 
 kafka-jars: $(KAFKA_JARS)
 $(KAFKA_JARS): features/kafka/pom.xml | $(INSTALLED)
-	@echo "==> [setup 4/4] Apache Kafka broker jars (Maven Central)"
+	@echo "==> [setup 4/5] Apache Kafka broker jars (Maven Central)"
 	$(RECSYS) fetch-kafka
+
+# redis-server is a Debian package: the Redis online-store option and its tests need it.
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+redis:
+	@command -v redis-server >/dev/null || { \
+	  echo "==> [setup 5/5] redis-server (Debian package)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
 
 broker: setup
 	$(RECSYS) broker

@@ -7,6 +7,7 @@ poll to the commit of the last event.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import threading
 import time
@@ -16,6 +17,7 @@ import pandas as pd
 
 from features.broker import LocalBroker, ensure_jars
 from features.ingest import run
+from features.redis_server import LocalRedis
 from features.replay import replay
 from features.store import OnlineFeatures, initialise
 from recsys.config import Config
@@ -23,18 +25,24 @@ from recsys.data import MovieLens
 
 
 def run_bench(config: Config, ml: MovieLens, events: int | None = None) -> dict[str, float]:
-    """Returns ``{"events", "produce_per_s", "ingest_per_s", "seconds"}`` and prints them."""
+    """Returns ``{"events", "produce_per_s", "ingest_per_s", "seconds"}`` and prints them.
+
+    With ``feast.online_store: redis`` a local ``redis-server`` is started for the run.
+    """
     rows = ml.interactions if events is None else ml.interactions.head(events)
     jars = ensure_jars(config.paths.kafka_pom, config.paths.kafka_jars)
-    with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         work = Path(tmp)
+        overrides: dict[str, dict[str, object]] = {"paths": {"state": str(work / "state")}}
+        if config.feast.online_store == "redis":
+            redis = stack.enter_context(LocalRedis(work / "redis"))
+            overrides["feast"] = {"redis": redis.connection_string}
         with LocalBroker(jars, work / "kafka") as broker:
-            cfg = config.with_overrides(
-                {
-                    "kafka": {"bootstrap_servers": broker.bootstrap_servers},
-                    "paths": {"state": str(work / "state")},
-                }
-            )
+            overrides["kafka"] = {"bootstrap_servers": broker.bootstrap_servers}
+            cfg = config.with_overrides(overrides)
             empty = ml.interactions.head(0)
             store = initialise(cfg, ml, empty)
             started = time.perf_counter()

@@ -30,7 +30,8 @@ PROFILE_TIME = datetime(1997, 9, 1, tzinfo=UTC)
 
 
 def open_store(config: Config) -> Any:
-    """A ``feast.FeatureStore`` on the configured online store, registry cached forever."""
+    """A ``feast.FeatureStore`` on the configured online store (SQLite or Redis), registry
+    cached forever."""
     from feast import FeatureStore, RepoConfig
 
     root = config.feast_dir
@@ -39,7 +40,11 @@ def open_store(config: Config) -> Any:
         project=config.feast.project,
         provider="local",
         registry={"path": str(root / "registry.db"), "cache_ttl_seconds": 0},
-        online_store={"type": "sqlite", "path": str(root / "online.db")},
+        online_store=(
+            {"type": "sqlite", "path": str(root / "online.db")}
+            if config.feast.online_store == "sqlite"
+            else {"type": "redis", "connection_string": config.feast.redis}
+        ),
         offline_store={"type": "file"},
         entity_key_serialization_version=3,
     )
@@ -132,7 +137,12 @@ def initialise(config: Config, ml: MovieLens, history: pd.DataFrame) -> Any:
     Returns:
         The opened ``feast.FeatureStore``.
     """
-    # From scratch means from scratch: a previous run's streamed activity must not survive.
+    # From scratch means from scratch: a previous run's streamed activity must not survive,
+    # in the SQLite file or on the Redis server.
+    if (config.feast_dir / "registry.db").exists():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            open_store(config).teardown()
     shutil.rmtree(config.feast_dir, ignore_errors=True)
     offline = config.feast_dir / "offline"
     offline.mkdir(parents=True)

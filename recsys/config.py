@@ -90,7 +90,10 @@ class KafkaConfig(_Section):
 
 class FeastConfig(_Section):
     project: str = "recsys"
-    online_store: Literal["sqlite"] = "sqlite"
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    """``sqlite``: a file under ``paths.state`` (embedded default); ``redis``: a server."""
+    redis: str = "127.0.0.1:6379"
+    """``host:port[,options]`` of the Redis server when ``online_store`` is ``redis``."""
 
 
 class ServingConfig(_Section):

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from features.activity import Activity
+from features.redis_server import LocalRedis
 from features.store import OnlineFeatures, initialise
 from recsys.data import temporal_split
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def store(base_config, ml, tmp_path_factory):
-    config = base_config.with_overrides(
-        {"paths": {"state": str(tmp_path_factory.mktemp("feature-store"))}}
-    )
-    past, _ = temporal_split(ml.interactions, config.model.test_fraction)
-    return config, past, OnlineFeatures(initialise(config, ml, past))
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def store(request, base_config, ml, tmp_path_factory):
+    """The same store API on both online stores: a SQLite file and a real redis-server."""
+    state = tmp_path_factory.mktemp(f"feature-store-{request.param}")
+    overrides = {"paths": {"state": str(state)}, "feast": {"online_store": request.param}}
+    with contextlib.ExitStack() as stack:
+        if request.param == "redis":
+            redis = stack.enter_context(LocalRedis(state / "redis"))
+            overrides["feast"]["redis"] = redis.connection_string
+        config = base_config.with_overrides(overrides)
+        past, _ = temporal_split(ml.interactions, config.model.test_fraction)
+        yield config, past, OnlineFeatures(initialise(config, ml, past))
 
 
 def test_profiles_are_materialized(store, ml) -> None:
