@@ -247,7 +247,7 @@ def test_with_overrides_converts_path_strings() -> None:
         ({"model": {"epochs": "x"}}, "model.epochs"),
         ({"kafka": {"nope": 1}}, "kafka.nope"),
         ({"nope": {"a": 1}}, "nope"),
-        ({"feast": {"online_store": "redis"}}, "feast.online_store"),
+        ({"feast": {"online_store": "memcached"}}, "feast.online_store"),
     ],
 )
 def test_with_overrides_validates(overrides: dict, key: str) -> None:
