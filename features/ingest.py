@@ -14,11 +14,12 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from features.activity import Interaction, apply_events
 from features.events import decode
+from features.metrics import IngestMetrics
 from features.store import OnlineFeatures
 from recsys.config import Config
 from recsys.errors import DataError
@@ -119,12 +120,35 @@ def make_consumer(config: Config) -> Any:
     )
 
 
+LAG_EVERY_S = 2.0
+"""How often consumer lag is measured (it asks the broker for the log-end offsets)."""
+
+
+def _record(
+    metrics: IngestMetrics, before: IngestStats, after: IngestStats, seconds: float
+) -> None:
+    metrics.events.inc(after.events - before.events)
+    metrics.dead_letters.inc(after.dead_letters - before.dead_letters)
+    metrics.skipped.inc(after.skipped - before.skipped)
+    metrics.users_written.inc(after.users_written - before.users_written)
+    metrics.batch_seconds.observe(seconds)
+
+
+def _measure_lag(consumer: Any, metrics: IngestMetrics) -> None:
+    assigned = list(consumer.assignment())
+    if not assigned:
+        return
+    for tp, end in consumer.end_offsets(assigned).items():
+        metrics.lag.labels(partition=str(tp.partition)).set(max(0, end - consumer.position(tp)))
+
+
 def run(
     config: Config,
     features: OnlineFeatures,
     stop: threading.Event,
     *,
     catalog: Collection[str] | None = None,
+    metrics: IngestMetrics | None = None,
     on_batch: Callable[[IngestStats], None] | None = None,
 ) -> IngestStats:
     """Consumes until ``stop`` is set; commits offsets after each batch's writes."""
@@ -132,16 +156,23 @@ def run(
 
     consumer = make_consumer(config)
     dead_letters = KafkaProducer(bootstrap_servers=config.kafka.bootstrap_servers, acks="all")
+    metrics = metrics or IngestMetrics()
     stats = IngestStats()
+    lag_at = 0.0
     try:
         while not stop.is_set():
             polled = consumer.poll(timeout_ms=config.kafka.poll_timeout_ms)
+            if time.monotonic() - lag_at >= LAG_EVERY_S:
+                lag_at = time.monotonic()
+                _measure_lag(consumer, metrics)
             values = [record.value for records in polled.values() for record in records]
             if not values:
                 continue
+            before, started = replace(stats), time.perf_counter()
             dead = process_batch(
                 values, features, config.model.history_length, stats, catalog=catalog
             )
+            _record(metrics, before, stats, time.perf_counter() - started)
             for raw, reason in dead:
                 log.warning("dead letter: %s", reason)
                 dead_letters.send(

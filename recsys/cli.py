@@ -90,6 +90,7 @@ def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
     import signal
 
     from features.ingest import IngestStats, run
+    from features.metrics import IngestMetrics
     from features.replay import ensure_topic
     from features.store import OnlineFeatures, open_store
     from index.build import read_item_ids
@@ -113,7 +114,18 @@ def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
     except RecsysError:
         catalog = None
         print("no published index: item ids are not checked against a catalog", flush=True)
-    stats = run(config, OnlineFeatures(open_store(config)), stop, catalog=catalog, on_batch=report)
+    metrics = IngestMetrics()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+        print(f"metrics on http://127.0.0.1:{args.metrics_port}/metrics", flush=True)
+    stats = run(
+        config,
+        OnlineFeatures(open_store(config)),
+        stop,
+        catalog=catalog,
+        metrics=metrics,
+        on_batch=report,
+    )
     print("ingester stopped: " + stats.summary(), flush=True)
 
 
@@ -229,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, help="results JSON (default: artifacts/evaluation.json)")
     parsers["bench"].add_argument("--calls", type=int, default=1000)
     parsers["bench"].add_argument("--k", type=int, default=10)
+    parsers["ingest"].add_argument(
+        "--metrics-port", type=int, default=0, help="serve Prometheus /metrics (0: off)"
+    )
     parsers["bench-ingest"].add_argument("--events", type=int, help="default: all ratings")
     parsers["demo"].add_argument("--users", type=int, default=3)
     parsers["demo"].add_argument("--events", type=int, default=5)

@@ -107,7 +107,15 @@ def server(feature_store: Config) -> Iterator[RunningServer]:
 
 
 @pytest.fixture
-def ingester(server: RunningServer, kafka: str) -> Iterator[Config]:
+def ingest_metrics():
+    """The metrics of the ``ingester`` fixture's loop, one registry per test."""
+    from features.metrics import IngestMetrics
+
+    return IngestMetrics()
+
+
+@pytest.fixture
+def ingester(server: RunningServer, kafka: str, ingest_metrics) -> Iterator[Config]:
     """``recsys ingest``'s loop in a thread against the real broker and store."""
     from features.ingest import run
     from features.replay import ensure_topic
@@ -124,7 +132,13 @@ def ingester(server: RunningServer, kafka: str) -> Iterator[Config]:
 
     def loop() -> None:
         try:
-            run(config, OnlineFeatures(open_store(config)), stop, catalog=catalog)
+            run(
+                config,
+                OnlineFeatures(open_store(config)),
+                stop,
+                catalog=catalog,
+                metrics=ingest_metrics,
+            )
         except BaseException as exc:  # surfaced in the test below, not lost in the thread
             errors.append(exc)
 

@@ -38,7 +38,7 @@ def _wait(features: OnlineFeatures, user: str, done, timeout: float = 60.0) -> A
     raise AssertionError(f"{user}: expected state not reached in {timeout:.0f}s")
 
 
-def test_replayed_and_duplicate_events_change_nothing(ingester) -> None:
+def test_replayed_and_duplicate_events_change_nothing(ingester, ingest_metrics) -> None:
     user = f"dup-{uuid.uuid4().hex[:6]}"
     events = [encode(f"{user}-e{i}", user, item, T0 + i) for i, item in enumerate(["1", "2", "3"])]
     _send(ingester, events)
@@ -49,9 +49,13 @@ def test_replayed_and_duplicate_events_change_nothing(ingester) -> None:
     _send(ingester, [*events, encode(f"{user}-e3", user, "4", T0 + 3)])
     state = _wait(features, user, lambda s: s.last_event_id == f"{user}-e3")
     assert state.recent_items == ("4", "3", "2", "1")
+    assert ingest_metrics.value("recsys_ingest_skipped_total") >= 3
+    assert ingest_metrics.value("recsys_ingest_events_total") >= 7
 
 
-def test_bad_events_go_to_the_dead_letter_topic_and_good_ones_flow(ingester) -> None:
+def test_bad_events_go_to_the_dead_letter_topic_and_good_ones_flow(
+    ingester, ingest_metrics
+) -> None:
     user = f"dlq-{uuid.uuid4().hex[:6]}"
     bad = [
         (b"k", b"\xff\xfe not a protobuf"),
@@ -79,6 +83,26 @@ def test_bad_events_go_to_the_dead_letter_topic_and_good_ones_flow(ingester) -> 
     assert "unknown item" in reasons[bad[1][1]]
     assert "absurd event_time_ms" in reasons[bad[2][1]]
     assert "no event_id" in reasons[bad[3][1]]
+    assert ingest_metrics.value("recsys_ingest_dead_letters_total") == len(bad)
+    assert ingest_metrics.value("recsys_ingest_batch_seconds_count") >= 1
+
+
+def test_metrics_are_served_over_http() -> None:
+    import socket
+    import urllib.request
+
+    from features.metrics import IngestMetrics
+
+    metrics = IngestMetrics()
+    metrics.events.inc(5)
+    metrics.lag.labels(partition="0").set(7)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    metrics.serve(port)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert "recsys_ingest_events_total 5.0" in body
+    assert 'recsys_ingest_consumer_lag{partition="0"} 7.0' in body
 
 
 def test_check_rejects_what_it_should_and_accepts_the_rest() -> None:
