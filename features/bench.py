@@ -75,3 +75,106 @@ def run_bench(config: Config, ml: MovieLens, events: int | None = None) -> dict[
         f"{config.kafka.poll_max_records}); produced at {result['produce_per_s']:,.0f} events/s"
     )
     return result
+
+
+def run_freshness(
+    config: Config, ml: MovieLens, *, rate: float, seconds: float = 10.0, probe_every: int = 50
+) -> dict[str, float]:
+    """Event → readable in the online store, measured from outside the ingester.
+
+    Events stream at ``rate``/s for ``seconds`` (users drawn from the data set, random items).
+    One event in ``probe_every`` goes to a fresh probe user; a checker polls the store for
+    the probe users every 10 ms and records, for each, the time from its send to the first
+    read that sees it.
+
+    Returns:
+        ``{"rate", "events", "probes", "p50_ms", "p90_ms", "p99_ms", "max_ms"}``.
+    """
+    import numpy as np
+    from kafka import KafkaProducer
+
+    from features.events import encode
+
+    jars = ensure_jars(config.paths.kafka_pom, config.paths.kafka_jars)
+    users = list(ml.users["user_id"])
+    items = list(ml.items["item_id"])
+    rng = np.random.default_rng(0)
+    sent_at: dict[str, float] = {}
+    seen_after: dict[str, float] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="recsys-fresh-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        work = Path(tmp)
+        overrides: dict[str, dict[str, object]] = {"paths": {"state": str(work / "state")}}
+        if config.feast.online_store == "redis":
+            redis = stack.enter_context(LocalRedis(work / "redis"))
+            overrides["feast"] = {"redis": redis.connection_string}
+        broker = stack.enter_context(LocalBroker(jars, work / "kafka"))
+        overrides["kafka"] = {"bootstrap_servers": broker.bootstrap_servers}
+        cfg = config.with_overrides(overrides)
+        features = OnlineFeatures(initialise(cfg, ml, ml.interactions.head(0)))
+        replay(cfg, ml.interactions.head(1), progress=False)  # creates the topic
+        stop = threading.Event()
+        ingester = threading.Thread(target=run, args=(cfg, features, stop), daemon=True)
+        ingester.start()
+        time.sleep(5.0)  # consumer group join
+        done = threading.Event()
+
+        def check() -> None:
+            while not done.is_set() or len(seen_after) < len(sent_at):
+                pending = [u for u in list(sent_at) if u not in seen_after]
+                if pending:
+                    now = time.perf_counter()
+                    for user, state in features.read_activity(pending).items():
+                        if state.last_event_ms:
+                            seen_after[user] = now - sent_at[user]
+                time.sleep(0.01)
+                if done.is_set() and time.perf_counter() - finished[0] > 30:
+                    return
+
+        finished = [0.0]
+        checker = threading.Thread(target=check, daemon=True)
+        checker.start()
+        producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap_servers, linger_ms=1)
+        total = int(rate * seconds)
+        started = time.perf_counter()
+        for n in range(total):
+            probe = n % probe_every == 0
+            user = f"probe-{n}" if probe else users[int(rng.integers(len(users)))]
+            now_ms = int(time.time() * 1000)
+            key, value = encode(f"fresh-{n}", user, items[int(rng.integers(len(items)))], now_ms)
+            producer.send(cfg.kafka.topic, key=key, value=value)
+            if probe:
+                producer.flush()  # the probe's clock starts when the broker has it
+                sent_at[user] = time.perf_counter()
+            ahead = (n + 1) / rate - (time.perf_counter() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        producer.flush()
+        producer.close()
+        finished[0] = time.perf_counter()
+        done.set()
+        checker.join()
+        stop.set()
+        ingester.join(timeout=30)
+    latencies = np.array(sorted(seen_after.values())) * 1000
+    result = {
+        "rate": rate,
+        "achieved_rate": total / (finished[0] - started),
+        "events": float(total),
+        "probes": float(len(sent_at)),
+        "seen": float(len(latencies)),
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p90_ms": float(np.percentile(latencies, 90)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+        "max_ms": float(latencies.max()),
+    }
+    print(
+        f"{rate:,.0f} events/s asked, {result['achieved_rate']:,.0f} sent, for {seconds:.0f}s "
+        f"into {config.feast.online_store}: "
+        f"{len(latencies)}/{len(sent_at)} probes readable; produce → readable p50 "
+        f"{result['p50_ms']:.0f} ms, p90 {result['p90_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
+        f"max {result['max_ms']:.0f} ms"
+    )
+    return result

@@ -189,6 +189,14 @@ def cmd_bench_ingest(config: Config, args: argparse.Namespace) -> None:
     run_bench(config, load_dataset(config), events=args.events)
 
 
+def cmd_bench_freshness(config: Config, args: argparse.Namespace) -> None:
+    from features.bench import run_freshness
+
+    ml = load_dataset(config)
+    for rate in args.rates:
+        run_freshness(config, ml, rate=rate, seconds=args.seconds)
+
+
 def cmd_demo(config: Config, args: argparse.Namespace) -> None:
     from recsys.demo import run_demo
 
@@ -213,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "broker": (cmd_broker, "run a local single-node Kafka broker (foreground)"),
         "bench": (cmd_bench, "sequential Recommend latency vs a null handler"),
         "bench-ingest": (cmd_bench_ingest, "ingest throughput from a local broker"),
+        "bench-freshness": (cmd_bench_freshness, "event → online store latency at fixed rates"),
         "demo": (cmd_demo, "the whole loop end to end, then stop everything"),
     }
     parsers = {}
@@ -245,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=0, help="serve Prometheus /metrics (0: off)"
     )
     parsers["bench-ingest"].add_argument("--events", type=int, help="default: all ratings")
+    fresh = parsers["bench-freshness"]
+    fresh.add_argument("--rates", type=float, nargs="+", default=[1000.0, 5000.0])
+    fresh.add_argument("--seconds", type=float, default=10.0)
     parsers["demo"].add_argument("--users", type=int, default=3)
     parsers["demo"].add_argument("--events", type=int, default=5)
     return parser

@@ -91,6 +91,8 @@ def test_metrics_are_served_over_http() -> None:
     import socket
     import urllib.request
 
+    from prometheus_client.parser import text_string_to_metric_families
+
     from features.metrics import IngestMetrics
 
     metrics = IngestMetrics()
@@ -101,8 +103,13 @@ def test_metrics_are_served_over_http() -> None:
         port = s.getsockname()[1]
     metrics.serve(port)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    assert "recsys_ingest_events_total 5.0" in body
-    assert 'recsys_ingest_consumer_lag{partition="0"} 7.0' in body
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+    assert samples[("recsys_ingest_events_total", ())] == 5.0, body
+    assert samples[("recsys_ingest_consumer_lag", (("partition", "0"),))] == 7.0, body
 
 
 def test_check_rejects_what_it_should_and_accepts_the_rest() -> None:
