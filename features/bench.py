@@ -11,7 +11,9 @@ import contextlib
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -24,12 +26,13 @@ from recsys.config import Config
 from recsys.data import MovieLens
 
 
-def run_bench(config: Config, ml: MovieLens, events: int | None = None) -> dict[str, float]:
-    """Returns ``{"events", "produce_per_s", "ingest_per_s", "seconds"}`` and prints them.
+@contextlib.contextmanager
+def scratch_stack(config: Config, ml: MovieLens) -> Iterator[tuple[Config, Any]]:
+    """A throw-away broker, online store (and ``redis-server`` for Redis) for one benchmark.
 
-    With ``feast.online_store: redis`` a local ``redis-server`` is started for the run.
+    Yields:
+        The config pointing at them and an empty, initialised ``feast.FeatureStore``.
     """
-    rows = ml.interactions if events is None else ml.interactions.head(events)
     jars = ensure_jars(config.paths.kafka_pom, config.paths.kafka_jars)
     with (
         tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp,
@@ -40,27 +43,35 @@ def run_bench(config: Config, ml: MovieLens, events: int | None = None) -> dict[
         if config.feast.online_store == "redis":
             redis = stack.enter_context(LocalRedis(work / "redis"))
             overrides["feast"] = {"redis": redis.connection_string}
-        with LocalBroker(jars, work / "kafka") as broker:
-            overrides["kafka"] = {"bootstrap_servers": broker.bootstrap_servers}
-            cfg = config.with_overrides(overrides)
-            empty = ml.interactions.head(0)
-            store = initialise(cfg, ml, empty)
-            started = time.perf_counter()
-            sent = replay(cfg, rows, progress=True)
-            produce_s = time.perf_counter() - started
-            stop = threading.Event()
-            done_at: list[float] = []
+        broker = stack.enter_context(LocalBroker(jars, work / "kafka"))
+        overrides["kafka"] = {"bootstrap_servers": broker.bootstrap_servers}
+        cfg = config.with_overrides(overrides)
+        yield cfg, initialise(cfg, ml, ml.interactions.head(0))
 
-            def on_batch(stats) -> None:
-                if stats.events >= sent and not done_at:
-                    done_at.append(time.perf_counter())
-                    stop.set()
 
-            features = OnlineFeatures(store)
-            started = time.perf_counter()
-            stats = run(cfg, features, stop, on_batch=on_batch)
-            seconds = done_at[0] - started
-            written = features.read_activity(list(pd.unique(rows["user_id"])))
+def run_bench(config: Config, ml: MovieLens, events: int | None = None) -> dict[str, float]:
+    """Returns ``{"events", "produce_per_s", "ingest_per_s", "seconds"}`` and prints them.
+
+    With ``feast.online_store: redis`` a local ``redis-server`` is started for the run.
+    """
+    rows = ml.interactions if events is None else ml.interactions.head(events)
+    with scratch_stack(config, ml) as (cfg, store):
+        started = time.perf_counter()
+        sent = replay(cfg, rows, progress=True)
+        produce_s = time.perf_counter() - started
+        stop = threading.Event()
+        done_at: list[float] = []
+
+        def on_batch(stats) -> None:
+            if stats.events >= sent and not done_at:
+                done_at.append(time.perf_counter())
+                stop.set()
+
+        features = OnlineFeatures(store)
+        started = time.perf_counter()
+        stats = run(cfg, features, stop, on_batch=on_batch)
+        seconds = done_at[0] - started
+        written = features.read_activity(list(pd.unique(rows["user_id"])))
     result = {
         "events": float(sent),
         "produce_per_s": sent / produce_s,
@@ -95,25 +106,13 @@ def run_freshness(
 
     from features.events import encode
 
-    jars = ensure_jars(config.paths.kafka_pom, config.paths.kafka_jars)
     users = list(ml.users["user_id"])
     items = list(ml.items["item_id"])
     rng = np.random.default_rng(0)
     sent_at: dict[str, float] = {}
     seen_after: dict[str, float] = {}
-    with (
-        tempfile.TemporaryDirectory(prefix="recsys-fresh-") as tmp,
-        contextlib.ExitStack() as stack,
-    ):
-        work = Path(tmp)
-        overrides: dict[str, dict[str, object]] = {"paths": {"state": str(work / "state")}}
-        if config.feast.online_store == "redis":
-            redis = stack.enter_context(LocalRedis(work / "redis"))
-            overrides["feast"] = {"redis": redis.connection_string}
-        broker = stack.enter_context(LocalBroker(jars, work / "kafka"))
-        overrides["kafka"] = {"bootstrap_servers": broker.bootstrap_servers}
-        cfg = config.with_overrides(overrides)
-        features = OnlineFeatures(initialise(cfg, ml, ml.interactions.head(0)))
+    with scratch_stack(config, ml) as (cfg, store):
+        features = OnlineFeatures(store)
         replay(cfg, ml.interactions.head(1), progress=False)  # creates the topic
         stop = threading.Event()
         ingester = threading.Thread(target=run, args=(cfg, features, stop), daemon=True)
