@@ -121,7 +121,12 @@ def run_freshness(
         done = threading.Event()
 
         def check() -> None:
+            give_up: float | None = None  # 30 s after the stream ends, unseen probes are lost
             while not done.is_set() or len(seen_after) < len(sent_at):
+                if done.is_set():
+                    give_up = give_up or time.perf_counter() + 30
+                    if time.perf_counter() > give_up:
+                        return
                 pending = [u for u in list(sent_at) if u not in seen_after]
                 if pending:
                     now = time.perf_counter()
@@ -129,10 +134,7 @@ def run_freshness(
                         if state.last_event_ms:
                             seen_after[user] = now - sent_at[user]
                 time.sleep(0.01)
-                if done.is_set() and time.perf_counter() - finished[0] > 30:
-                    return
 
-        finished = [0.0]
         checker = threading.Thread(target=check, daemon=True)
         checker.start()
         producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap_servers, linger_ms=1)
@@ -152,7 +154,7 @@ def run_freshness(
                 time.sleep(ahead)
         producer.flush()
         producer.close()
-        finished[0] = time.perf_counter()
+        sending_s = time.perf_counter() - started
         done.set()
         checker.join()
         stop.set()
@@ -160,7 +162,7 @@ def run_freshness(
     latencies = np.array(sorted(seen_after.values())) * 1000
     result = {
         "rate": rate,
-        "achieved_rate": total / (finished[0] - started),
+        "achieved_rate": total / sending_s,
         "events": float(total),
         "probes": float(len(sent_at)),
         "seen": float(len(latencies)),
