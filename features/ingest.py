@@ -107,21 +107,33 @@ def process_batch(
 
 
 def make_consumer(config: Config) -> Any:
-    from kafka import KafkaConsumer
+    """A consumer in the configured group; it logs each partition assignment it receives."""
+    from kafka import ConsumerRebalanceListener, KafkaConsumer
+
+    class LogAssignment(ConsumerRebalanceListener):  # type: ignore[misc]
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            pass
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            partitions = sorted(tp.partition for tp in assigned)
+            log.info("assigned partitions %s of %s", partitions, kc.topic)
 
     kc = config.kafka
-    return KafkaConsumer(
-        kc.topic,
+    consumer = KafkaConsumer(
         bootstrap_servers=kc.bootstrap_servers,
         group_id=kc.group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=kc.poll_max_records,
     )
+    consumer.subscribe([kc.topic], listener=LogAssignment())
+    return consumer
 
 
 LAG_EVERY_S = 2.0
 """How often consumer lag is measured (it asks the broker for the log-end offsets)."""
+BROKER_TIMEOUT_MS = 10_000
+"""How long a commit or a lag query may wait for the broker before the loop moves on."""
 
 
 def _record(
@@ -135,11 +147,32 @@ def _record(
 
 
 def _measure_lag(consumer: Any, metrics: IngestMetrics) -> None:
+    from kafka.errors import KafkaError
+
     assigned = list(consumer.assignment())
     if not assigned:
         return
-    for tp, end in consumer.end_offsets(assigned).items():
+    try:
+        ends = consumer.end_offsets(assigned, timeout_ms=BROKER_TIMEOUT_MS)
+    except KafkaError as exc:  # broker away: lag is unknown now, not a reason to stop
+        log.warning("consumer lag not measured: %r", exc)
+        return
+    for tp, end in ends.items():
         metrics.lag.labels(partition=str(tp.partition)).set(max(0, end - consumer.position(tp)))
+
+
+def _commit(consumer: Any) -> None:
+    """Commits the consumed positions; a failed commit is logged, not fatal.
+
+    The batch is already written, so skipping one commit is safe: the next commit covers
+    it, and after a rebalance the partition's new owner re-reads it, which changes nothing.
+    """
+    from kafka.errors import KafkaError
+
+    try:
+        consumer.commit(timeout_ms=BROKER_TIMEOUT_MS)
+    except KafkaError as exc:
+        log.warning("offset commit failed (will be covered by a later one): %r", exc)
 
 
 def run(
@@ -151,7 +184,11 @@ def run(
     metrics: IngestMetrics | None = None,
     on_batch: Callable[[IngestStats], None] | None = None,
 ) -> IngestStats:
-    """Consumes until ``stop`` is set; commits offsets after each batch's writes."""
+    """Consumes until ``stop`` is set; commits offsets after each batch's writes.
+
+    Setting ``stop`` (``recsys ingest`` does on SIGTERM) lets the batch in hand finish,
+    be written and committed before the consumer leaves its group.
+    """
     from kafka import KafkaProducer
 
     consumer = make_consumer(config)
@@ -179,7 +216,7 @@ def run(
                     config.kafka.dead_letter_topic, value=raw, headers=[("reason", reason.encode())]
                 )
             dead_letters.flush()
-            consumer.commit()
+            _commit(consumer)
             if on_batch is not None:
                 on_batch(stats)
     finally:
