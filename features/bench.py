@@ -8,10 +8,12 @@ poll to the commit of the last event.
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from features.replay import replay
 from features.store import OnlineFeatures, initialise
 from recsys.config import Config
 from recsys.data import MovieLens
+from recsys.errors import RecsysError
 
 
 @contextlib.contextmanager
@@ -88,94 +91,199 @@ def run_bench(config: Config, ml: MovieLens, events: int | None = None) -> dict[
     return result
 
 
-def run_freshness(
-    config: Config, ml: MovieLens, *, rate: float, seconds: float = 10.0, probe_every: int = 50
-) -> dict[str, float]:
-    """Event → readable in the online store, measured from outside the ingester.
+def _cores() -> tuple[set[int] | None, set[int] | None]:
+    """(load generator's cores, system's cores): split in two halves, or no pinning on 1 core."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None, None
+    half = len(cores) // 2
+    return set(cores[:half]), set(cores[half:])
 
-    Events stream at ``rate``/s for ``seconds`` (users drawn from the data set, random items).
-    One event in ``probe_every`` goes to a fresh probe user; a checker polls the store for
-    the probe users every 10 ms and records, for each, the time from its send to the first
-    read that sees it.
+
+def _percentiles(seconds: list[float], prefix: str) -> dict[str, float]:
+    import numpy as np
+
+    ms = np.array(seconds) * 1000 if seconds else np.array([np.nan])
+    return {
+        f"{prefix}_p50_ms": float(np.percentile(ms, 50)),
+        f"{prefix}_p99_ms": float(np.percentile(ms, 99)),
+        f"{prefix}_max_ms": float(ms.max()),
+    }
+
+
+@dataclass
+class _Probes:
+    """Probe users: each gets one event for ``item``, the cold-start answer's top item."""
+
+    item: str
+    sent_at: dict[str, float] = field(default_factory=dict)
+    in_store: dict[str, float] = field(default_factory=dict)
+    in_recommend: dict[str, float] = field(default_factory=dict)
+
+    def pending(self) -> tuple[list[str], list[str]]:
+        """(probes not yet seen in the store, probes seen there but not yet in Recommend)."""
+        sent = list(self.sent_at)
+        return (
+            [u for u in sent if u not in self.in_store],
+            [u for u in sent if u in self.in_store and u not in self.in_recommend],
+        )
+
+
+def run_freshness(
+    config: Config, ml: MovieLens, *, rate: float, seconds: float = 30.0, probes_per_s: int = 20
+) -> dict[str, float]:
+    """Produce → readable in the online store, and produce → reflected by ``Recommend``.
+
+    A synthetic stream (power-law users and items) runs at ``rate`` events/s for ``seconds``
+    through a real broker into ``recsys ingest``; a ``recsys serve`` reads the same store.
+    About ``probes_per_s`` events a second go to fresh probe users, for the item a cold-start
+    user is recommended first. A checker polls every 5 ms: the store for probes not seen yet,
+    then ``Recommend`` for probes the store has. A probe is reflected when its answer leaves
+    out the probe item (exclude-seen) while a never-seen user's answer at that moment still
+    has it. The load generator (producer, checker) and the system (ingester, server) run on
+    separate cores; the broker is not pinned.
 
     Returns:
-        ``{"rate", "events", "probes", "p50_ms", "p90_ms", "p99_ms", "max_ms"}``.
+        Rates, probe counts, and p50/p99/max in ms for ``store`` and ``recommend``.
     """
-    import numpy as np
+    from kafka import KafkaProducer
+
+    from features.events import encode
+    from features.synthetic import synthetic_interactions
+    from recsys.procs import child, free_port, write_config
+    from serving.client import RecommendClient
+
+    load_cpus, system_cpus = _cores()
+    total = int(rate * seconds)
+    probe_every = max(1, int(rate / probes_per_s))
+    background = synthetic_interactions(ml, total, seed=int(rate), per_second=rate)
+    run = f"{int(time.time())}"
+    logs = config.paths.state / "bench" / f"freshness-{run}"
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"logs in {logs}", flush=True)
+    with scratch_stack(config, ml) as (cfg, store):
+        cfg = cfg.with_overrides({"serving": {"port": free_port(cfg.serving.host)}})
+        config_file = write_config(cfg, logs / "config.yaml")
+        features = OnlineFeatures(store)
+        replay(cfg, ml.interactions.head(1), progress=False)  # creates the topic
+        with (
+            child("ingester", config_file, ["ingest"], logs, cpus=system_cpus) as ingester,
+            child("server", config_file, ["serve"], logs, cpus=system_cpus) as server,
+            RecommendClient(f"{cfg.serving.host}:{cfg.serving.port}") as client,
+        ):
+            if load_cpus:
+                os.sched_setaffinity(0, load_cpus)
+            client.wait_until_serving(process=server)
+            cold = [i.item_id for i in client.recommend(f"cold-{run}", k=10).items]
+            probes = _Probes(item=cold[0])
+            _wait_consuming(cfg, features, ingester, run, probes.item)
+            # Everything is encoded before the clock starts; event time is the planned send time.
+            start_ms = int(time.time() * 1000) + 1000
+            events = []
+            for n, row in enumerate(background.itertuples(index=False)):
+                probe = n % probe_every == 0
+                user, item = (
+                    (f"probe-{run}-{n}", probes.item) if probe else (row.user_id, row.item_id)
+                )
+                key, value = encode(f"fresh-{run}-{n}", user, item, start_ms + int(n * 1000 / rate))
+                events.append((user if probe else None, key, value))
+            done = threading.Event()
+            checker = threading.Thread(target=_check, args=(probes, features, client, done, run))
+            checker.start()
+            producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap_servers, linger_ms=1)
+            time.sleep(max(0.0, start_ms / 1000 - time.time()))
+            started = time.perf_counter()
+            for n, (probe_user, key, value) in enumerate(events):
+                future = producer.send(cfg.kafka.topic, key=key, value=value)
+                if probe_user is not None:
+                    producer.flush()  # the probe's clock starts when the broker has it
+                    future.get()
+                    probes.sent_at[probe_user] = time.perf_counter()
+                ahead = (n + 1) / rate - (time.perf_counter() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+            producer.flush()
+            sending_s = time.perf_counter() - started
+            producer.close()
+            done.set()
+            checker.join()
+        os.sched_setaffinity(0, _ALL_CPUS)
+    result = {
+        "rate": rate,
+        "achieved_rate": total / sending_s,
+        "seconds": seconds,
+        "probes": float(len(probes.sent_at)),
+        "in_store": float(len(probes.in_store)),
+        "in_recommend": float(len(probes.in_recommend)),
+        **_percentiles(list(probes.in_store.values()), "store"),
+        **_percentiles(list(probes.in_recommend.values()), "recommend"),
+    }
+    pinned = (
+        f"load on cores {sorted(load_cpus)}, system on {sorted(system_cpus)}"
+        if load_cpus and system_cpus
+        else "unpinned"
+    )
+    print(
+        f"{rate:,.0f} events/s asked, {result['achieved_rate']:,.0f} sent, for {seconds:.0f}s "
+        f"into {config.feast.online_store} ({pinned}); "
+        f"{len(probes.in_store)}/{len(probes.sent_at)} probes readable, "
+        f"{len(probes.in_recommend)} reflected by Recommend\n"
+        f"    produce → readable in store: p50 {result['store_p50_ms']:.0f} ms, "
+        f"p99 {result['store_p99_ms']:.0f} ms, max {result['store_max_ms']:.0f} ms\n"
+        f"    produce → Recommend reflects it: p50 {result['recommend_p50_ms']:.0f} ms, "
+        f"p99 {result['recommend_p99_ms']:.0f} ms, max {result['recommend_max_ms']:.0f} ms",
+        flush=True,
+    )
+    return result
+
+
+_ALL_CPUS = os.sched_getaffinity(0)
+GIVE_UP_S = 30.0
+"""After the stream ends, probes still unseen this much later count as lost."""
+
+
+def _wait_consuming(
+    config: Config, features: OnlineFeatures, ingester: Any, run: str, item: str
+) -> None:
+    """Sends a marker event and waits until the ingester has written it."""
     from kafka import KafkaProducer
 
     from features.events import encode
 
-    users = list(ml.users["user_id"])
-    items = list(ml.items["item_id"])
-    rng = np.random.default_rng(0)
-    sent_at: dict[str, float] = {}
-    seen_after: dict[str, float] = {}
-    with scratch_stack(config, ml) as (cfg, store):
-        features = OnlineFeatures(store)
-        replay(cfg, ml.interactions.head(1), progress=False)  # creates the topic
-        stop = threading.Event()
-        ingester = threading.Thread(target=run, args=(cfg, features, stop), daemon=True)
-        ingester.start()
-        time.sleep(5.0)  # consumer group join
-        done = threading.Event()
+    marker = f"marker-{run}"
+    producer = KafkaProducer(bootstrap_servers=config.kafka.bootstrap_servers, acks="all")
+    key, value = encode(f"marker-{run}", marker, item, int(time.time() * 1000))
+    producer.send(config.kafka.topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+    deadline = time.monotonic() + 120
+    while not features.read_activity([marker])[marker].last_event_ms:
+        if ingester.poll() is not None or time.monotonic() > deadline:
+            raise RecsysError("the benchmark's ingester did not start consuming; see its log")
+        time.sleep(0.1)
 
-        def check() -> None:
-            give_up: float | None = None  # 30 s after the stream ends, unseen probes are lost
-            while not done.is_set() or len(seen_after) < len(sent_at):
-                if done.is_set():
-                    give_up = give_up or time.perf_counter() + 30
-                    if time.perf_counter() > give_up:
-                        return
-                pending = [u for u in list(sent_at) if u not in seen_after]
-                if pending:
-                    now = time.perf_counter()
-                    for user, state in features.read_activity(pending).items():
-                        if state.last_event_ms:
-                            seen_after[user] = now - sent_at[user]
-                time.sleep(0.01)
 
-        checker = threading.Thread(target=check, daemon=True)
-        checker.start()
-        producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap_servers, linger_ms=1)
-        total = int(rate * seconds)
-        started = time.perf_counter()
-        for n in range(total):
-            probe = n % probe_every == 0
-            user = f"probe-{n}" if probe else users[int(rng.integers(len(users)))]
-            now_ms = int(time.time() * 1000)
-            key, value = encode(f"fresh-{n}", user, items[int(rng.integers(len(items)))], now_ms)
-            producer.send(cfg.kafka.topic, key=key, value=value)
-            if probe:
-                producer.flush()  # the probe's clock starts when the broker has it
-                sent_at[user] = time.perf_counter()
-            ahead = (n + 1) / rate - (time.perf_counter() - started)
-            if ahead > 0:
-                time.sleep(ahead)
-        producer.flush()
-        producer.close()
-        sending_s = time.perf_counter() - started
-        done.set()
-        checker.join()
-        stop.set()
-        ingester.join(timeout=30)
-    latencies = np.array(sorted(seen_after.values())) * 1000
-    result = {
-        "rate": rate,
-        "achieved_rate": total / sending_s,
-        "events": float(total),
-        "probes": float(len(sent_at)),
-        "seen": float(len(latencies)),
-        "p50_ms": float(np.percentile(latencies, 50)),
-        "p90_ms": float(np.percentile(latencies, 90)),
-        "p99_ms": float(np.percentile(latencies, 99)),
-        "max_ms": float(latencies.max()),
-    }
-    print(
-        f"{rate:,.0f} events/s asked, {result['achieved_rate']:,.0f} sent, for {seconds:.0f}s "
-        f"into {config.feast.online_store}: "
-        f"{len(latencies)}/{len(sent_at)} probes readable; produce → readable p50 "
-        f"{result['p50_ms']:.0f} ms, p90 {result['p90_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
-        f"max {result['max_ms']:.0f} ms"
-    )
-    return result
+def _check(
+    probes: _Probes, features: OnlineFeatures, client: Any, done: threading.Event, run: str
+) -> None:
+    give_up: float | None = None
+    while True:
+        unseen, unreflected = probes.pending()
+        if done.is_set():
+            if not unseen and not unreflected:
+                return
+            give_up = give_up or time.perf_counter() + GIVE_UP_S
+            if time.perf_counter() > give_up:
+                return
+        if unseen:
+            now = time.perf_counter()
+            for user, state in features.read_activity(unseen).items():
+                if state.last_event_ms:
+                    probes.in_store[user] = now - probes.sent_at[user]
+        for user in unreflected:
+            answer = {i.item_id for i in client.recommend(user, k=10).items}
+            now = time.perf_counter()
+            cold = {i.item_id for i in client.recommend(f"cold-{run}", k=10).items}
+            if probes.item not in answer and probes.item in cold:
+                probes.in_recommend[user] = now - probes.sent_at[user]
+        time.sleep(0.005)

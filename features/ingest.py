@@ -5,6 +5,9 @@ shared activity function, written in one push, its dead letters flushed, and onl
 the offsets committed. A batch replayed after a crash changes nothing: every stored state
 carries the watermark (time, event id) of the newest event it holds, and events at or
 below it are skipped.
+
+The states of users seen recently are kept in a bounded cache between batches, so a busy
+user's state is read from the store once, not once per batch (see ``StateCache``).
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from features.activity import Interaction, apply_events
+from features.activity import Activity, Interaction, apply_events
 from features.events import decode
 from features.metrics import IngestMetrics
 from features.store import OnlineFeatures
@@ -66,6 +69,44 @@ def check(raw: bytes, catalog: Collection[str] | None, now_ms: int) -> tuple[str
     return user_id, event
 
 
+class StateCache:
+    """The activity states this ingester last wrote or read, for the users of its partitions.
+
+    All of a user's events go to one partition (they are keyed by user id) and a partition
+    has one owner in the consumer group, so between rebalances this ingester is the only
+    writer of these users' states and the cache equals the store. It must be cleared on
+    every rebalance: a partition that comes back may have been written by another owner
+    meanwhile. Least recently used users are dropped beyond ``max_users``.
+    """
+
+    def __init__(self, max_users: int):
+        self.max_users = max_users
+        self._states: OrderedDict[str, Activity] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def get(self, users: Collection[str]) -> dict[str, Activity]:
+        """The cached states among ``users``."""
+        found = {}
+        for user in users:
+            state = self._states.get(user)
+            if state is not None:
+                self._states.move_to_end(user)
+                found[user] = state
+        return found
+
+    def put(self, states: dict[str, Activity]) -> None:
+        for user, state in states.items():
+            self._states[user] = state
+            self._states.move_to_end(user)
+        while len(self._states) > self.max_users:
+            self._states.popitem(last=False)
+
+    def clear(self) -> None:
+        self._states.clear()
+
+
 def process_batch(
     raw_values: list[bytes],
     features: OnlineFeatures,
@@ -74,8 +115,12 @@ def process_batch(
     *,
     catalog: Collection[str] | None = None,
     now_ms: int | None = None,
+    cache: StateCache | None = None,
 ) -> list[tuple[bytes, str]]:
     """Checks a batch, folds it into each user's stored state and writes it back.
+
+    With a ``cache``, states found there are not read from the store, and every state of
+    the batch is put there once the write has succeeded.
 
     Returns:
         The dead letters: ``(raw bytes, reason)`` for every event that could not be used.
@@ -91,7 +136,10 @@ def process_batch(
             continue
         by_user[user_id].append(event)
     if by_user:
-        current = features.read_activity(list(by_user))
+        current = cache.get(by_user) if cache is not None else {}
+        missing = [user for user in by_user if user not in current]
+        if missing:
+            current.update(features.read_activity(missing))
         updated = {}
         for user, events in by_user.items():
             stats.skipped += sum(not current[user].is_newer(e) for e in events)
@@ -100,21 +148,25 @@ def process_batch(
                 updated[user] = state
         features.write_activity(updated)
         stats.users_written += len(updated)
+        if cache is not None:
+            cache.put({**current, **updated})
     stats.events += len(raw_values)
     stats.dead_letters += len(dead)
     stats.batches += 1
     return dead
 
 
-def make_consumer(config: Config) -> Any:
-    """A consumer in the configured group; it logs each partition assignment it receives."""
+def make_consumer(config: Config, on_rebalance: Callable[[], None] = lambda: None) -> Any:
+    """A consumer in the configured group; it logs each partition assignment it receives and
+    calls ``on_rebalance`` whenever partitions are revoked or assigned."""
     from kafka import ConsumerRebalanceListener, KafkaConsumer
 
     class LogAssignment(ConsumerRebalanceListener):  # type: ignore[misc]
         def on_partitions_revoked(self, revoked: Any) -> None:
-            pass
+            on_rebalance()
 
         def on_partitions_assigned(self, assigned: Any) -> None:
+            on_rebalance()
             partitions = sorted(tp.partition for tp in assigned)
             log.info("assigned partitions %s of %s", partitions, kc.topic)
 
@@ -191,7 +243,8 @@ def run(
     """
     from kafka import KafkaProducer
 
-    consumer = make_consumer(config)
+    cache = StateCache(config.kafka.state_cache_users)
+    consumer = make_consumer(config, on_rebalance=cache.clear)
     dead_letters = KafkaProducer(bootstrap_servers=config.kafka.bootstrap_servers, acks="all")
     metrics = metrics or IngestMetrics()
     stats = IngestStats()
@@ -207,7 +260,12 @@ def run(
                 continue
             before, started = replace(stats), time.perf_counter()
             dead = process_batch(
-                values, features, config.model.history_length, stats, catalog=catalog
+                values,
+                features,
+                config.model.history_length,
+                stats,
+                catalog=catalog,
+                cache=cache if cache.max_users else None,
             )
             _record(metrics, before, stats, time.perf_counter() - started)
             for raw, reason in dead:

@@ -136,6 +136,12 @@ def cmd_replay(config: Config, args: argparse.Namespace) -> None:
     ml = load_dataset(config)
     _, future = temporal_split(ml.interactions, config.model.test_fraction)
     rows = ml.interactions if args.all else future
+    if args.synthetic:
+        from features.synthetic import synthetic_interactions
+
+        rows = synthetic_interactions(
+            ml, args.synthetic, seed=args.seed, per_second=args.rate or 1000.0
+        )
     if args.limit:
         rows = rows.head(args.limit)
     sent = replay(config, rows, rate=args.rate)
@@ -191,7 +197,9 @@ def cmd_bench_ingest(config: Config, args: argparse.Namespace) -> None:
 
 def cmd_bench_freshness(config: Config, args: argparse.Namespace) -> None:
     from features.bench import run_freshness
+    from recsys import artifacts
 
+    artifacts.current(config.indexes_dir)  # the server needs a published model and index
     ml = load_dataset(config)
     for rate in args.rates:
         run_freshness(config, ml, rate=rate, seconds=args.seconds)
@@ -216,12 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
         "init-features": (cmd_init_features, "create the Feast store and backfill features"),
         "serve": (cmd_serve, "run the gRPC Recommend server"),
         "ingest": (cmd_ingest, "consume events from Kafka into the online store"),
-        "replay": (cmd_replay, "produce ML-100K interactions to Kafka in time order"),
+        "replay": (cmd_replay, "produce ML-100K (or synthetic) interactions to Kafka in order"),
         "recommend": (cmd_recommend, "call Recommend on a running server"),
         "broker": (cmd_broker, "run a local single-node Kafka broker (foreground)"),
         "bench": (cmd_bench, "sequential Recommend latency vs a null handler"),
         "bench-ingest": (cmd_bench_ingest, "ingest throughput from a local broker"),
-        "bench-freshness": (cmd_bench_freshness, "event → online store latency at fixed rates"),
+        "bench-freshness": (
+            cmd_bench_freshness,
+            "event → online store → Recommend latency at fixed rates",
+        ),
         "demo": (cmd_demo, "the whole loop end to end, then stop everything"),
     }
     parsers = {}
@@ -234,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["replay"].add_argument(
         "--all", action="store_true", help="replay all ratings, not only the held-out future"
     )
+    parsers["replay"].add_argument(
+        "--synthetic",
+        type=int,
+        metavar="N",
+        help="send N synthetic events (power-law users and items, 5%% new users, time: now)",
+    )
+    parsers["replay"].add_argument("--seed", type=int, default=0, help="of --synthetic")
     parsers["serve"].add_argument(
         "--null", action="store_true", help="answer with an empty list (latency baseline)"
     )
@@ -256,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["bench-ingest"].add_argument("--events", type=int, help="default: all ratings")
     fresh = parsers["bench-freshness"]
     fresh.add_argument("--rates", type=float, nargs="+", default=[1000.0, 5000.0])
-    fresh.add_argument("--seconds", type=float, default=10.0)
+    fresh.add_argument("--seconds", type=float, default=30.0)
     parsers["demo"].add_argument("--users", type=int, default=3)
     parsers["demo"].add_argument("--events", type=int, default=5)
     return parser

@@ -86,6 +86,8 @@ class KafkaConfig(_Section):
     group_id: str = "recsys-ingester"
     poll_max_records: int = Field(2000, ge=1)
     poll_timeout_ms: int = Field(100, ge=1)
+    state_cache_users: int = Field(100_000, ge=0)
+    """Users whose activity state the ingester keeps between batches (0: read every batch)."""
 
 
 class FeastConfig(_Section):

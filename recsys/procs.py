@@ -29,11 +29,18 @@ def write_config(config: Config, path: Path) -> Path:
 
 @contextlib.contextmanager
 def child(
-    name: str, config_file: Path, args: Sequence[str], log_dir: Path, *, quiet: bool = False
+    name: str,
+    config_file: Path,
+    args: Sequence[str],
+    log_dir: Path,
+    *,
+    quiet: bool = False,
+    cpus: set[int] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Runs ``recsys --config config_file *args``; SIGTERM (then SIGKILL) on exit.
 
     The child sees none of our ``RECSYS_*`` overrides: ``config_file`` is its whole config.
+    ``cpus`` pins it to those cores (benchmarks keep load and system apart that way).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     log_path = log_dir / f"{name}.log"
@@ -43,6 +50,7 @@ def child(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=env,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         if not quiet:
             print(f"    {name}: pid {process.pid}, log {log_path}", flush=True)

@@ -11,7 +11,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from features.activity import Activity
 from features.events import encode
-from features.ingest import IngestStats, check, process_batch
+from features.ingest import IngestStats, StateCache, check, process_batch
 from features.store import OnlineFeatures, open_store
 from recsys.errors import DataError
 
@@ -151,3 +151,39 @@ def test_process_batch_counts_and_skips_unchanged_users() -> None:
     assert (stats.events, stats.skipped, stats.users_written) == (6, 3, 1)
     dead = process_batch([b"\x00junk"], store, 5, stats, now_ms=T0)
     assert len(dead) == 1 and stats.dead_letters == 1
+
+
+class _CountingStore(_Store):
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_users: list[str] = []
+
+    def read_activity(self, users):
+        self.read_users += list(users)
+        return super().read_activity(users)
+
+
+def test_state_cache_skips_store_reads_and_gives_the_same_states() -> None:
+    batches = [
+        [encode(f"e{b}-{i}", f"u{i % 3}", str(b * 10 + i), T0 + b * 10 + i)[1] for i in range(6)]
+        for b in range(4)
+    ]
+    plain, cached = _Store(), _CountingStore()
+    cache = StateCache(max_users=2)
+    for batch in batches:
+        process_batch(batch, plain, 5, IngestStats(), now_ms=T0)
+        process_batch(batch, cached, 5, IngestStats(), now_ms=T0, cache=cache)
+    assert cached.states == plain.states
+    # Three users, room for two: each batch reads the one the previous batch pushed out.
+    assert len(cache) == 2 and len(cached.read_users) == 3 + 3
+    cache.clear()  # a rebalance: everything is read again
+    process_batch(batches[0], cached, 5, IngestStats(), now_ms=T0, cache=cache)
+    assert len(cached.read_users) == 9 and cached.states == plain.states
+
+
+def test_state_cache_is_lru() -> None:
+    cache = StateCache(max_users=2)
+    cache.put({"a": Activity(("1",)), "b": Activity(("2",))})
+    assert cache.get(["a"]) == {"a": Activity(("1",))}  # a is now the most recent
+    cache.put({"c": Activity(("3",))})
+    assert set(cache.get(["a", "b", "c"])) == {"a", "c"}
