@@ -1,51 +1,75 @@
-"""Batch index build: item tower over the whole catalog → FAISS index + id map + manifest."""
+"""Batch index rebuild: item tower over the catalog → FAISS index → verified → published.
+
+One pass over the catalog in chunks: each chunk is encoded, embedded with the current
+model's item tower (the NumPy runtime, held to the SavedModel within 1e-5 by the tower
+tests), added to the index (an IVF index is trained on the first chunks), and scored
+exactly against a sample of real user-tower queries, so exact ground truth costs no second
+copy of the vectors. Then the ANN index's recall@10 is measured against that ground truth
+for increasing ``nprobe`` (or ``efSearch``); the smallest setting that reaches
+``index.min_recall`` is kept, and if none does the build is refused. The version is written
+to a staging directory, fsynced, renamed into place, and only then does ``CURRENT`` move.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
+import pandas as pd
+from tqdm import tqdm
 
+from index.catalog import Catalog
 from recsys import artifacts
-from recsys.config import Config
+from recsys.config import Config, IndexConfig
 from recsys.data import MovieLens
 from recsys.errors import ArtifactError, DataError
+from towers.encoding import FeatureSpace
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "item_ids.json"
+K = 10
+TIE_EPS = 1e-5
+"""Items within this of the k-th exact score are ties: any of them is a correct answer."""
+TRUTH_DEPTH = 64
+"""Exact results kept per query, enough to hold the k-th score's ties."""
+SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
-@dataclass(frozen=True)
+@dataclass
 class BuildResult:
     version: str
     directory: Path
     model_version: str
     items: int
     seconds: float
+    recall: float
+    index_type: str
+    params: dict[str, int]
+    phases: dict[str, float] = field(default_factory=dict)
+    sweep: list[dict[str, float]] = field(default_factory=list)
 
 
 def embed_catalog(
     model_dir: Path, ml: MovieLens, batch_size: int = 4096
 ) -> tuple[list[str], np.ndarray]:
-    """Runs the exported item-tower SavedModel (raw-feature signature) over every item.
+    """Runs the exported item-tower SavedModel (raw-feature signature) over ML-100K's items.
 
-    Returns:
-        Item ids and their ``[items, dim] float32`` embeddings, row-aligned.
+    The reference the NumPy runtime and the index are checked against in tests.
     """
     from towers.tf_env import tf
 
     tower = tf.saved_model.load(str(model_dir / "item_tower")).signatures["serving_default"]
-    item_ids = list(ml.items["item_id"])
-    if not item_ids:
-        raise DataError("the catalog is empty: nothing to index")
-    if len(set(item_ids)) != len(item_ids):
-        raise DataError("the catalog has duplicate item ids; fix the item table")
     items = ml.items
+    item_ids = list(items["item_id"])
     width = max(1, max(len(g) for g in items["genres"]))
     genres = np.array([list(g) + [""] * (width - len(g)) for g in items["genres"]], dtype=object)
     raw = {
@@ -61,46 +85,309 @@ def embed_catalog(
     return item_ids, np.ascontiguousarray(np.concatenate(chunks), np.float32)
 
 
-def build_index(
-    config: Config, ml: MovieLens, *, log: Callable[[str], None] = print, publish: bool = True
-) -> BuildResult:
-    """Embeds the catalog with the current model's item tower and writes ``indexes/<version>``.
+def user_queries(model_dir: Path, ml: MovieLens, n: int, seed: int = 0) -> np.ndarray:
+    """``[n, dim]`` user-tower vectors for random ML-100K users at random moments of theirs
+    (profile, history up to that moment, that request time): what serving asks."""
+    from towers.examples import HistoryIndex, query_inputs
+    from towers.runtime import NumpyUserTower
 
-    The index is exact inner product (``IndexFlatIP``): at 1,682 items an exact scan costs
-    microseconds, so approximation would buy nothing.
+    space = FeatureSpace.load(model_dir / "features.json")
+    rows = ml.interactions.sample(min(n, len(ml.interactions)), random_state=seed)
+    history = HistoryIndex(ml.interactions, space.history_length)
+    moments = [
+        (u, int(t) * 1000, int(t) * 1000) for u, t in zip(rows.user_id, rows.timestamp, strict=True)
+    ]
+    vectors = NumpyUserTower.load(model_dir)(query_inputs(ml, space, history, moments))
+    return np.ascontiguousarray(vectors, np.float32)
+
+
+def index_spec(cfg: IndexConfig, items: int) -> tuple[str, str]:
+    """(kind, FAISS factory string) for a catalog of ``items``."""
+    kind = cfg.type
+    if kind == "auto":
+        kind = "flat" if items < cfg.exact_below else "ivf"
+    nlist = cfg.nlist or int(2 ** round(np.log2(max(4.0 * np.sqrt(items), 1.0))))
+    nlist = max(1, min(nlist, items // 39 or 1))  # FAISS wants >= 39 training points a list
+    specs = {
+        "flat": "Flat",
+        "ivf": f"IVF{nlist},Flat",
+        "ivf-sq8": f"IVF{nlist},SQ8",
+        "hnsw": f"HNSW{cfg.hnsw_m},Flat",
+    }
+    return kind, specs[kind]
+
+
+class _ExactTopK:
+    """Running exact top ``TRUTH_DEPTH`` (scores, rows) of each query over streamed chunks."""
+
+    def __init__(self, queries: np.ndarray):
+        self.queries = queries
+        n = len(queries)
+        self.scores = np.full((n, 0), -np.inf, np.float32)
+        self.rows = np.zeros((n, 0), np.int64)
+
+    def add(self, vectors: np.ndarray, first_row: int) -> None:
+        scores = self.queries @ vectors.T
+        rows = np.broadcast_to(np.arange(first_row, first_row + len(vectors)), scores.shape)
+        scores = np.concatenate([self.scores, scores], axis=1)
+        rows = np.concatenate([self.rows, rows], axis=1)
+        if scores.shape[1] > TRUTH_DEPTH:
+            keep = np.argpartition(-scores, TRUTH_DEPTH - 1, axis=1)[:, :TRUTH_DEPTH]
+            scores = np.take_along_axis(scores, keep, axis=1)
+            rows = np.take_along_axis(rows, keep, axis=1)
+        self.scores, self.rows = scores, rows
+
+    def truth(self, k: int = K) -> list[set[int]]:
+        """Per query, every row scoring within ``TIE_EPS`` of its k-th best score."""
+        kth = -np.sort(-self.scores, axis=1)[:, min(k, self.scores.shape[1]) - 1]
+        return [
+            set(rows[scores >= kth_score - TIE_EPS].tolist())
+            for scores, rows, kth_score in zip(self.scores, self.rows, kth, strict=True)
+        ]
+
+
+def recall_at_k(found: np.ndarray, truth: list[set[int]], k: int = K) -> float:
+    """Mean share of each query's ``k`` results that are correct (ties count as correct)."""
+    hits = [len(set(row[:k].tolist()) & want) for row, want in zip(found, truth, strict=True)]
+    return float(np.mean([min(h, k) / k for h in hits]))
+
+
+def _set_search_param(index: faiss.Index, kind: str, value: int) -> None:
+    if kind.startswith("ivf"):
+        faiss.extract_index_ivf(index).nprobe = value
+    elif kind == "hnsw":
+        hnsw: Any = faiss.downcast_index(index)
+        hnsw.hnsw.efSearch = value
+
+
+def search_params(manifest: dict[str, Any]) -> dict[str, int]:
+    return {k: int(v) for k, v in dict(manifest.get("params", {})).items()}
+
+
+def tune(
+    index: faiss.Index, kind: str, queries: np.ndarray, truth: list[set[int]], min_recall: float
+) -> tuple[dict[str, int], float, list[dict[str, float]]]:
+    """Smallest nprobe / efSearch reaching ``min_recall``; the sweep is returned for the
+    record (recall and mean batch search time per query at each setting)."""
+    if kind == "flat":
+        _, rows = index.search(queries, K)
+        return {}, recall_at_k(rows, truth), []
+    name = "nprobe" if kind.startswith("ivf") else "efSearch"
+    limit = faiss.extract_index_ivf(index).nlist if kind.startswith("ivf") else SWEEP[-1]
+    sweep = []
+    for value in [v for v in SWEEP if v <= limit and (name == "nprobe" or v >= K)]:
+        _set_search_param(index, kind, value)
+        started = time.perf_counter()
+        _, rows = index.search(queries, K)
+        per_query_us = (time.perf_counter() - started) / len(queries) * 1e6
+        recall = recall_at_k(rows, truth)
+        sweep.append({name: value, "recall": recall, "batch_us_per_query": per_query_us})
+        if recall >= min_recall:
+            return {name: value}, recall, sweep
+    best = max(sweep, key=lambda s: s["recall"])
+    raise ArtifactError(
+        f"the {kind} index reaches recall@{K} {best['recall']:.3f} at best ({name}="
+        f"{int(best[name])}), below index.min_recall {min_recall}; nothing published "
+        "(raise nlist or hnsw_m, pick index.type flat, or lower index.min_recall)"
+    )
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """One build at a time per index root; the holder clears staging dirs of dead builds."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".build.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ArtifactError(f"another index build holds {root / '.build.lock'}") from exc
+        for stale in root.glob(".*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        yield
+
+
+def _check_chunk(chunk: pd.DataFrame, seen: set[str]) -> list[str]:
+    ids = [str(i) for i in chunk["item_id"]]
+    if any(not i for i in ids):
+        raise DataError("the catalog has an empty item id; nothing published")
+    fresh = set(ids)
+    if len(fresh) != len(ids) or not seen.isdisjoint(fresh):
+        dup = next(i for i in ids if i in seen or ids.count(i) > 1)
+        raise DataError(f"the catalog has duplicate item id {dup!r}; nothing published")
+    seen |= fresh
+    return ids
+
+
+def build_index(
+    config: Config,
+    ml: MovieLens,
+    *,
+    catalog: Catalog | None = None,
+    log: Callable[[str], None] = print,
+    publish: bool = True,
+    progress: bool = False,
+) -> BuildResult:
+    """Embeds ``catalog`` (default: from ``index.synthetic_items``) with the current model's
+    item tower, builds, verifies and writes ``indexes/<version>``; publishes it unless told
+    not to.
+
+    Raises:
+        DataError: an empty catalog or a duplicate item id.
+        ArtifactError: recall below ``index.min_recall``, or no published model.
     """
+    from towers.runtime import NumpyItemTower
+
+    cfg = config.index
+    if catalog is None:
+        catalog = (
+            Catalog.synthetic(ml, cfg.synthetic_items, chunk=cfg.chunk_items)
+            if cfg.synthetic_items
+            else Catalog(f"movielens-{len(ml.items)}", len(ml.items), ml, chunk=cfg.chunk_items)
+        )
     started = time.perf_counter()
+    phases: dict[str, float] = {"embed": 0.0, "train": 0.0, "add": 0.0, "exact": 0.0}
     model_dir = artifacts.current(config.models_dir)
     model_manifest = artifacts.read_manifest(model_dir)
-    item_ids, vectors = embed_catalog(model_dir, ml)
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    version = artifacts.new_version()
-    with artifacts.staged_version(config.indexes_dir, version) as staging:
-        faiss.write_index(index, str(staging / INDEX_FILE))
-        (staging / IDS_FILE).write_text(json.dumps(item_ids))
-        seconds = time.perf_counter() - started
-        artifacts.write_manifest(
-            staging,
-            {
-                "version": version,
-                "model_version": model_manifest["version"],
-                "items": len(item_ids),
-                "dim": int(vectors.shape[1]),
-                "metric": "inner_product",
-                "index_type": "Flat",
-                "build_seconds": round(seconds, 3),
-            },
-        )
-    if publish:
-        artifacts.publish(config.indexes_dir, version)
+    space = FeatureSpace.load(model_dir / "features.json")
+    tower = NumpyItemTower.load(model_dir)
+    queries = user_queries(model_dir, ml, cfg.verify_queries)
+    kind, spec = index_spec(cfg, catalog.size)
+    index = faiss.index_factory(queries.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
+    exact = _ExactTopK(queries)
+    item_ids: list[str] = []
+    seen: set[str] = set()
+    pending: list[np.ndarray] = []  # embedded before the index could be trained
+    train_size = 64 * faiss.extract_index_ivf(index).nlist if kind.startswith("ivf") else 0
+    bar = tqdm(total=catalog.size, unit="item", disable=not progress, desc="embed+add")
+
+    def add(vectors: np.ndarray) -> None:
+        if not index.is_trained:
+            pending.append(vectors)
+            if sum(len(p) for p in pending) < train_size:
+                return
+            sample = np.concatenate(pending)
+            t = time.perf_counter()
+            index.train(sample[:train_size])
+            phases["train"] += time.perf_counter() - t
+            vectors = sample
+            pending.clear()
+        t = time.perf_counter()
+        index.add(vectors)
+        phases["add"] += time.perf_counter() - t
+
+    with _build_lock(config.indexes_dir):
+        for chunk in catalog.chunks():
+            t = time.perf_counter()
+            ids = _check_chunk(chunk, seen)
+            inputs = space.encode_items(
+                ids, list(chunk["release_year"]), list(chunk["genres"]), list(chunk["title"])
+            )
+            vectors = np.ascontiguousarray(tower(inputs), np.float32)
+            phases["embed"] += time.perf_counter() - t
+            t = time.perf_counter()
+            exact.add(vectors, len(item_ids))
+            phases["exact"] += time.perf_counter() - t
+            item_ids += ids
+            add(vectors)
+            bar.update(len(ids))
+        bar.close()
+        if not item_ids:
+            raise DataError(f"the catalog {catalog.name} is empty: nothing to index")
+        if pending:  # a catalog smaller than the training sample
+            sample = np.concatenate(pending)
+            pending.clear()
+            index.train(sample)
+            index.add(sample)
+        t = time.perf_counter()
+        params, recall, sweep = tune(index, kind, queries, exact.truth(), cfg.min_recall)
+        phases["verify"] = time.perf_counter() - t + phases.pop("exact")
+        version = artifacts.new_version()
+        t = time.perf_counter()
+        with artifacts.staged_version(config.indexes_dir, version) as staging:
+            faiss.write_index(index, str(staging / INDEX_FILE))
+            (staging / IDS_FILE).write_text(json.dumps(item_ids))
+            seconds = time.perf_counter() - started
+            artifacts.write_manifest(
+                staging,
+                {
+                    "version": version,
+                    "model_version": model_manifest["version"],
+                    "catalog": catalog.name,
+                    "items": len(item_ids),
+                    "dim": int(index.d),
+                    "metric": "inner_product",
+                    "index_type": spec,
+                    "params": params,
+                    f"recall_at_{K}": round(recall, 4),
+                    "min_recall": cfg.min_recall,
+                    "verify_queries": len(queries),
+                    "sweep": sweep,
+                    "phases_seconds": {k: round(v, 3) for k, v in phases.items()},
+                    "build_seconds": round(seconds, 3),
+                },
+            )
+        phases["write"] = time.perf_counter() - t
+        if publish:
+            t = time.perf_counter()
+            artifacts.publish(config.indexes_dir, version)
+            prune(config.indexes_dir, cfg.keep_versions)
+            phases["publish"] = time.perf_counter() - t
+    seconds = time.perf_counter() - started
     log(
-        f"index {version}: {len(item_ids):,} items × {vectors.shape[1]} dims from model "
-        f"{model_manifest['version']} in {seconds:.1f}s"
+        f"index {version}: {len(item_ids):,} items × {index.d} dims, {spec} {params or ''} "
+        f"recall@{K} {recall:.3f}, from model {model_manifest['version']} in {seconds:.1f}s ("
+        + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items())
+        + ")"
+        + ("" if publish else "; not published")
     )
     return BuildResult(
-        version, config.indexes_dir / version, model_manifest["version"], len(item_ids), seconds
+        version,
+        config.indexes_dir / version,
+        str(model_manifest["version"]),
+        len(item_ids),
+        seconds,
+        recall,
+        spec,
+        params,
+        phases,
+        sweep,
     )
+
+
+def versions(root: Path) -> list[str]:
+    """Complete index versions under ``root``, oldest first (staging dirs are not versions)."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / artifacts.MANIFEST).is_file()
+    )
+
+
+def prune(root: Path, keep: int) -> list[str]:
+    """Deletes all but the newest ``keep`` versions; never the current one."""
+    current = artifacts.current(root).name
+    old = [v for v in versions(root) if v != current][: max(0, len(versions(root)) - keep)]
+    for version in old:
+        shutil.rmtree(root / version, ignore_errors=True)
+    return old
+
+
+def rollback(root: Path, to: str | None = None) -> str:
+    """Points ``CURRENT`` at ``to`` (default: the newest version older than the current one)
+    after verifying its checksums; returns the version now current."""
+    current = artifacts.current(root).name
+    if to is None:
+        older = [v for v in versions(root) if v < current]
+        if not older:
+            raise ArtifactError(f"no index version older than {current} to roll back to")
+        to = older[-1]
+    if to not in versions(root):
+        raise ArtifactError(f"no index version {to!r} in {root}; see `recsys index list`")
+    load_index(root / to)  # checksums, id count and dimension, before anything moves
+    artifacts.publish(root, to)
+    return to
 
 
 def read_item_ids(directory: Path) -> list[str]:
@@ -112,8 +399,9 @@ def read_item_ids(directory: Path) -> list[str]:
     return ids
 
 
-def load_index(directory: Path) -> tuple[faiss.Index, list[str], dict[str, object]]:
-    """Loads and verifies an index version: checksums, id count and dimension agree."""
+def load_index(directory: Path) -> tuple[faiss.Index, list[str], dict[str, Any]]:
+    """Loads and verifies an index version: checksums, id count and dimension agree; the
+    search parameters chosen at build time are set."""
     manifest = artifacts.read_manifest(directory)
     try:
         index = faiss.read_index(str(directory / INDEX_FILE))
@@ -127,4 +415,6 @@ def load_index(directory: Path) -> tuple[faiss.Index, list[str], dict[str, objec
         )
     if index.d != manifest["dim"]:
         raise ArtifactError(f"index {directory} has dim {index.d}, manifest says {manifest['dim']}")
+    for name, value in search_params(manifest).items():
+        _set_search_param(index, "ivf" if name == "nprobe" else "hnsw", value)
     return index, item_ids, manifest

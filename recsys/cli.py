@@ -67,7 +67,37 @@ def cmd_evaluate(config: Config, args: argparse.Namespace) -> None:
 def cmd_build_index(config: Config, args: argparse.Namespace) -> None:
     from index.build import build_index
 
-    build_index(config, load_dataset(config))
+    overrides: dict[str, object] = {}
+    if args.synthetic is not None:
+        overrides["synthetic_items"] = args.synthetic
+    if args.type:
+        overrides["type"] = args.type
+    config = config.with_overrides({"index": overrides})
+    build_index(config, load_dataset(config), publish=not args.no_publish, progress=True)
+
+
+def cmd_index(config: Config, args: argparse.Namespace) -> None:
+    from index.build import rollback, versions
+    from recsys import artifacts
+
+    root = config.indexes_dir
+    if args.action == "rollback":
+        before = artifacts.current(root).name
+        print(f"CURRENT: {before} → {rollback(root, args.to)}")
+        return
+    try:
+        current = artifacts.current(root).name
+    except RecsysError:
+        current = ""
+    print(f"{'':2}{'version':<24} {'model':<24} {'items':>10} {'type':<16} {'recall@10':>9}")
+    for version in versions(root):
+        m = artifacts.read_manifest(root / version, verify=False)
+        mark = "* " if version == current else "  "
+        recall = m.get("recall_at_10")
+        print(
+            f"{mark}{version:<24} {m.get('model_version', '?'):<24} {m.get('items', 0):>10,} "
+            f"{m.get('index_type', '?'):<16} {recall if recall is not None else '–':>9}"
+        )
 
 
 def cmd_init_features(config: Config, args: argparse.Namespace) -> None:
@@ -221,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train": (cmd_train, "train the two towers and publish a model version"),
         "evaluate": (cmd_evaluate, "train and score under the temporal/RecBole/TFRS protocols"),
         "build-index": (cmd_build_index, "embed the catalog and publish a FAISS index version"),
+        "index": (cmd_index, "list index versions (* = current) or roll back CURRENT"),
         "init-features": (cmd_init_features, "create the Feast store and backfill features"),
         "serve": (cmd_serve, "run the gRPC Recommend server"),
         "ingest": (cmd_ingest, "consume events from Kafka into the online store"),
@@ -266,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ablation", action="store_true", help="feature ablation on temporal")
     ev.add_argument("--export-splits", type=Path, help="write each split as RecBole atomic files")
     ev.add_argument("--out", type=Path, help="results JSON (default: artifacts/evaluation.json)")
+    bi = parsers["build-index"]
+    bi.add_argument("--synthetic", type=int, metavar="N", help="a synthetic catalog of N items")
+    bi.add_argument("--type", choices=("auto", "flat", "ivf", "ivf-sq8", "hnsw"))
+    bi.add_argument("--no-publish", action="store_true", help="write the version, keep CURRENT")
+    parsers["index"].add_argument("action", choices=("list", "rollback"))
+    parsers["index"].add_argument("--to", help="rollback: this version (default: the previous)")
     parsers["bench"].add_argument("--calls", type=int, default=1000)
     parsers["bench"].add_argument("--k", type=int, default=10)
     parsers["ingest"].add_argument(

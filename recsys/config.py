@@ -108,6 +108,26 @@ class ServingConfig(_Section):
     max_id_length: int = Field(128, ge=1)
 
 
+class IndexConfig(_Section):
+    type: Literal["auto", "flat", "ivf", "ivf-sq8", "hnsw"] = "auto"
+    """``auto``: exact ``flat`` below ``exact_below`` items, ``ivf`` (IVF-Flat) from there.
+    ``ivf-sq8`` stores 8-bit codes (4× less memory); ``hnsw`` is a graph (no training)."""
+    exact_below: int = Field(100_000, ge=1)
+    nlist: int = Field(0, ge=0)
+    """IVF lists; 0 picks 4·√items rounded to a power of two (4,096 at 1M items)."""
+    hnsw_m: int = Field(32, ge=4)
+    min_recall: float = Field(0.95, gt=0.0, le=1.0)
+    """Recall@10 against exact search a new index must reach before it is published."""
+    verify_queries: int = Field(500, ge=10)
+    """User-tower queries (random users at random moments of ML-100K) used to verify."""
+    keep_versions: int = Field(5, ge=2)
+    """Index versions kept on disk (the current one and the newest others)."""
+    synthetic_items: int = Field(0, ge=0)
+    """0: index ML-100K's catalog; N: a synthetic catalog of N items (the real ones first)."""
+    chunk_items: int = Field(100_000, ge=1)
+    """Items embedded and added per step: memory stays bounded for any catalog size."""
+
+
 class Config(_Section):
     # Factories, not instances: default paths resolve when a config is loaded, not at import.
     paths: PathsConfig = Field(default_factory=PathsConfig)
@@ -115,6 +135,7 @@ class Config(_Section):
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     feast: FeastConfig = Field(default_factory=FeastConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
 
     @property
     def models_dir(self) -> Path:

@@ -47,8 +47,20 @@ class Bundle:
     item_ids: list[str]
 
     @classmethod
-    def load(cls, models_dir: Path, index_dir: Path) -> Bundle:
+    def load(cls, models_dir: Path, index_dir: Path, model_version: str | None = None) -> Bundle:
+        """Loads an index and the model whose item tower built it.
+
+        Raises:
+            ArtifactError: ``model_version`` is given and is not the index's model (the
+                user tower would query another embedding space), or a file is corrupt.
+        """
         index, item_ids, manifest = load_index(index_dir)
+        if model_version is not None and model_version != manifest["model_version"]:
+            raise ArtifactError(
+                f"index {manifest['version']} was built by model {manifest['model_version']}'s "
+                f"item tower; it cannot serve model {model_version}'s user tower "
+                "(build an index with that model, or serve the index's model)"
+            )
         model_dir = models_dir / str(manifest["model_version"])
         model_manifest = artifacts.read_manifest(model_dir)
         tower = NumpyUserTower.load(model_dir)
