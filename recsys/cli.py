@@ -219,6 +219,13 @@ def cmd_bench(config: Config, args: argparse.Namespace) -> None:
     run(config, list(ml.users["user_id"]), calls=args.calls, k=args.k)
 
 
+def cmd_bench_index(config: Config, args: argparse.Namespace) -> None:
+    from index.bench import run
+
+    artifacts_out = config.paths.artifacts / "bench" / "index_recall_latency.png"
+    run(config, load_dataset(config), args.items, args.png or artifacts_out)
+
+
 def cmd_bench_ingest(config: Config, args: argparse.Namespace) -> None:
     from features.bench import run_bench
 
@@ -259,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         "recommend": (cmd_recommend, "call Recommend on a running server"),
         "broker": (cmd_broker, "run a local single-node Kafka broker (foreground)"),
         "bench": (cmd_bench, "sequential Recommend latency vs a null handler"),
+        "bench-index": (cmd_bench_index, "1M-item rebuild, search latency/recall, memory"),
         "bench-ingest": (cmd_bench_ingest, "ingest throughput from a local broker"),
         "bench-freshness": (
             cmd_bench_freshness,
@@ -308,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["ingest"].add_argument(
         "--metrics-port", type=int, default=0, help="serve Prometheus /metrics (0: off)"
     )
+    parsers["bench-index"].add_argument("--items", type=int, default=1_000_000)
+    parsers["bench-index"].add_argument("--png", type=Path, help="recall/latency plot path")
     parsers["bench-ingest"].add_argument("--events", type=int, help="default: all ratings")
     fresh = parsers["bench-freshness"]
     fresh.add_argument("--rates", type=float, nargs="+", default=[1000.0, 5000.0])

@@ -1,0 +1,134 @@
+"""``recsys bench-index``: a full rebuild of a synthetic catalog, then single-query search
+latency and recall across index parameters, and the loaded index's memory.
+
+The rebuild runs in a scratch artifacts folder (the real models are linked in), so nothing
+of the project's published indexes changes. Recall is measured on other queries than the
+build verified with, against a brute-force scan of the same vectors.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from index.build import _ExactTopK, build_index, load_index, recall_at_k, user_queries
+from recsys import artifacts
+from recsys.config import Config
+from recsys.data import MovieLens
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _latencies_us(index: faiss.Index, queries: np.ndarray) -> np.ndarray:
+    times = np.empty(len(queries))
+    for i in range(len(queries)):
+        started = time.perf_counter()
+        index.search(queries[i : i + 1], 10)
+        times[i] = time.perf_counter() - started
+    return times * 1e6
+
+
+def run(config: Config, ml: MovieLens, items: int, out_png: Path, queries: int = 1000) -> dict:
+    cfg = config.with_overrides({"index": {"synthetic_items": items}})
+    with tempfile.TemporaryDirectory(prefix="recsys-bench-index-") as tmp:
+        root = Path(tmp)
+        (root / "models").symlink_to(config.models_dir)
+        cfg = cfg.with_overrides({"paths": {"artifacts": str(root)}})
+        result = build_index(cfg, ml, progress=True)
+        faiss.omp_set_num_threads(1)
+        before = _rss_bytes()
+        index, ids, manifest = load_index(artifacts.current(cfg.indexes_dir))
+        memory = _rss_bytes() - before
+    test = user_queries(artifacts.current(config.models_dir), ml, queries, seed=12345)
+    ivf = faiss.extract_index_ivf(index)
+    ivf.make_direct_map()
+    vectors = ivf.reconstruct_n(0, ivf.ntotal)
+    exact = faiss.IndexFlatIP(index.d)
+    exact.add(vectors)
+    truth = _ExactTopK(test)
+    for start in range(0, len(vectors), 100_000):
+        truth.add(vectors[start : start + 100_000], start)
+    want = truth.truth()
+    exact_us = _latencies_us(exact, test[:50])
+    del vectors, exact
+    chosen = int(ivf.nprobe)
+    rows = []
+    for nprobe in (1, 2, 4, 8, 16, 32, 64, 128):
+        ivf.nprobe = nprobe
+        _, found = index.search(test, 10)
+        lat = _latencies_us(index, test)
+        rows.append(
+            {
+                "nprobe": nprobe,
+                "recall": recall_at_k(found, want),
+                "p50_us": float(np.percentile(lat, 50)),
+                "p99_us": float(np.percentile(lat, 99)),
+            }
+        )
+    ivf.nprobe = chosen
+    print(
+        f"\n{items:,} items: rebuild {result.seconds:.1f}s ("
+        + ", ".join(f"{k} {v:.1f}s" for k, v in result.phases.items())
+        + f"); {result.index_type}, nprobe {chosen} chosen at build recall {result.recall:.3f}"
+    )
+    print(f"loaded index + id map: {memory / 2**20:,.0f} MiB RSS ({len(ids):,} ids)")
+    print(
+        f"exact IndexFlatIP, 1 thread, single query: p50 {np.percentile(exact_us, 50):,.0f} µs, "
+        f"p99 {np.percentile(exact_us, 99):,.0f} µs"
+    )
+    print(
+        f"{'nprobe':>7} {'recall@10':>10} {'p50 µs':>8} {'p99 µs':>8}"
+        f"   ({len(test)} held-out queries)"
+    )
+    for r in rows:
+        mark = "  <- chosen" if r["nprobe"] == chosen else ""
+        print(
+            f"{r['nprobe']:>7} {r['recall']:>10.4f} {r['p50_us']:>8.0f} {r['p99_us']:>8.0f}{mark}"
+        )
+    _plot(rows, chosen, items, out_png, float(np.percentile(exact_us, 99)))
+    print(f"recall/latency curve: {out_png}")
+    return {
+        "result": result,
+        "memory": memory,
+        "rows": rows,
+        "exact_us": exact_us,
+        "manifest": manifest,
+    }
+
+
+def _plot(rows: list[dict], chosen: int, items: int, out: Path, exact_p99: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot([r["p99_us"] for r in rows], [r["recall"] for r in rows], "o-", label="p99")
+    ax.plot([r["p50_us"] for r in rows], [r["recall"] for r in rows], "s--", alpha=0.6, label="p50")
+    for r in rows:
+        ax.annotate(
+            f"nprobe {r['nprobe']}",
+            (r["p99_us"], r["recall"]),
+            fontsize=7,
+            xytext=(4, -10),
+            textcoords="offset points",
+        )
+    ax.axhline(0.95, color="grey", lw=0.8, ls=":")
+    ax.axvline(500, color="red", lw=0.8, ls=":", label="p99 target 500 µs")
+    ax.set_xscale("log")
+    ax.set_xlabel("single-query search latency, 1 thread (µs)")
+    ax.set_ylabel("recall@10 vs exact (held-out queries)")
+    ax.set_title(f"IVF-Flat, {items:,} items × 64 (exact scan p99 {exact_p99 / 1000:.0f} ms)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
