@@ -242,7 +242,7 @@ def build_index(
         catalog = (
             Catalog.synthetic(ml, cfg.synthetic_items, chunk=cfg.chunk_items)
             if cfg.synthetic_items
-            else Catalog(f"movielens-{len(ml.items)}", len(ml.items), ml, chunk=cfg.chunk_items)
+            else Catalog.movielens(ml, chunk=cfg.chunk_items)
         )
     started = time.perf_counter()
     phases: dict[str, float] = {"embed": 0.0, "train": 0.0, "add": 0.0, "exact": 0.0}
@@ -260,17 +260,20 @@ def build_index(
     train_size = 64 * faiss.extract_index_ivf(index).nlist if kind.startswith("ivf") else 0
     bar = tqdm(total=catalog.size, unit="item", disable=not progress, desc="embed+add")
 
+    def train_on_pending() -> np.ndarray:
+        sample = np.concatenate(pending)
+        pending.clear()
+        t = time.perf_counter()
+        index.train(sample[:train_size])
+        phases["train"] += time.perf_counter() - t
+        return sample
+
     def add(vectors: np.ndarray) -> None:
         if not index.is_trained:
             pending.append(vectors)
             if sum(len(p) for p in pending) < train_size:
                 return
-            sample = np.concatenate(pending)
-            t = time.perf_counter()
-            index.train(sample[:train_size])
-            phases["train"] += time.perf_counter() - t
-            vectors = sample
-            pending.clear()
+            vectors = train_on_pending()
         t = time.perf_counter()
         index.add(vectors)
         phases["add"] += time.perf_counter() - t
@@ -294,10 +297,7 @@ def build_index(
         if not item_ids:
             raise DataError(f"the catalog {catalog.name} is empty: nothing to index")
         if pending:  # a catalog smaller than the training sample
-            sample = np.concatenate(pending)
-            pending.clear()
-            index.train(sample)
-            index.add(sample)
+            add(train_on_pending())
         t = time.perf_counter()
         params, recall, sweep = tune(index, kind, queries, exact.truth(), cfg.min_recall)
         phases["verify"] = time.perf_counter() - t + phases.pop("exact")

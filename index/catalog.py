@@ -36,8 +36,8 @@ class Catalog:
     chunk: int = CHUNK
 
     @classmethod
-    def movielens(cls, ml: MovieLens) -> Catalog:
-        return cls("movielens", len(ml.items), ml)
+    def movielens(cls, ml: MovieLens, chunk: int = CHUNK) -> Catalog:
+        return cls("movielens", len(ml.items), ml, chunk=chunk)
 
     @classmethod
     def synthetic(cls, ml: MovieLens, size: int, seed: int = 0, chunk: int = CHUNK) -> Catalog:
