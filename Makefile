@@ -8,8 +8,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RECSYS := $(VENV)/bin/recsys
 INSTALLED := $(VENV)/.installed
-PROTOS := proto/recsys/v1/recommender.proto proto/recsys/v1/events.proto
-STUBS := recsys/v1/recommender_pb2.py recsys/v1/events_pb2.py
+PROTOS := proto/recsys/v1/recommender.proto proto/recsys/v1/events.proto proto/recsys/v1/admin.proto
+STUBS := recsys/v1/recommender_pb2.py recsys/v1/events_pb2.py recsys/v1/admin_pb2.py
 DATA := .cache/data/ml-100k/ml-100k.inter
 KAFKA_JARS := .cache/kafka/libs/.pom.sha256
 

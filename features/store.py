@@ -29,9 +29,14 @@ PROFILE_TIME = datetime(1997, 9, 1, tzinfo=UTC)
 """Profiles are static in ML-100K; they are stamped as known from before the first rating."""
 
 
-def open_store(config: Config) -> Any:
+def open_store(config: Config, timeout_ms: int | None = None) -> Any:
     """A ``feast.FeatureStore`` on the configured online store (SQLite or Redis), registry
-    cached forever."""
+    cached forever.
+
+    Args:
+        timeout_ms: Bound each Redis call (socket and connect timeouts) unless the
+            connection string sets its own; serving passes ``serving.store_timeout_ms``.
+    """
     from feast import FeatureStore, RepoConfig
 
     root = config.feast_dir
@@ -43,12 +48,19 @@ def open_store(config: Config) -> Any:
         online_store=(
             {"type": "sqlite", "path": str(root / "online.db")}
             if config.feast.online_store == "sqlite"
-            else {"type": "redis", "connection_string": config.feast.redis}
+            else {"type": "redis", "connection_string": _redis(config.feast.redis, timeout_ms)}
         ),
         offline_store={"type": "file"},
         entity_key_serialization_version=3,
     )
     return FeatureStore(repo_path=str(root), config=repo_config)
+
+
+def _redis(connection: str, timeout_ms: int | None) -> str:
+    if timeout_ms is None or "socket_timeout=" in connection:
+        return connection
+    seconds = timeout_ms / 1000
+    return f"{connection},socket_timeout={seconds},socket_connect_timeout={seconds}"
 
 
 @dataclass(frozen=True)

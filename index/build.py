@@ -27,10 +27,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from index import items
 from index.catalog import Catalog
 from recsys import artifacts
 from recsys.config import Config, IndexConfig
-from recsys.data import MovieLens
+from recsys.data import MovieLens, temporal_split
 from recsys.errors import ArtifactError, DataError
 from towers.encoding import FeatureSpace
 
@@ -255,6 +256,7 @@ def build_index(
     index = faiss.index_factory(queries.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
     exact = _ExactTopK(queries)
     item_ids: list[str] = []
+    genres: list[np.ndarray] = []
     seen: set[str] = set()
     pending: list[np.ndarray] = []  # embedded before the index could be trained
     train_size = 64 * faiss.extract_index_ivf(index).nlist if kind.startswith("ivf") else 0
@@ -286,6 +288,7 @@ def build_index(
                 ids, list(chunk["release_year"]), list(chunk["genres"]), list(chunk["title"])
             )
             vectors = np.ascontiguousarray(tower(inputs), np.float32)
+            genres.append(items.genre_bits(chunk["genres"], space.genres))
             phases["embed"] += time.perf_counter() - t
             t = time.perf_counter()
             exact.add(vectors, len(item_ids))
@@ -306,6 +309,9 @@ def build_index(
         with artifacts.staged_version(config.indexes_dir, version) as staging:
             faiss.write_index(index, str(staging / INDEX_FILE))
             (staging / IDS_FILE).write_text(json.dumps(item_ids))
+            past, _ = temporal_split(ml.interactions, config.model.test_fraction)
+            rows, shares = items.popular_rows(item_ids, items.interaction_counts(past))
+            items.write(staging, np.concatenate(genres), rows, shares)
             seconds = time.perf_counter() - started
             artifacts.write_manifest(
                 staging,
@@ -317,6 +323,7 @@ def build_index(
                     "dim": int(index.d),
                     "metric": "inner_product",
                     "index_type": spec,
+                    "genres": list(space.genres),
                     "params": params,
                     f"recall_at_{K}": round(recall, 4),
                     "min_recall": cfg.min_recall,

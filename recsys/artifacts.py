@@ -24,8 +24,11 @@ POINTER = "CURRENT"
 
 
 def new_version() -> str:
-    """A sortable, unique version name, e.g. ``20261127T140102Z-3fa9c1``."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    """A sortable, unique version name, e.g. ``20261127T140102123Z-3fa9c1`` (to the
+    millisecond, so versions built within one second still sort in build order)."""
+    now = time.time_ns()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 1_000_000_000))
+    return f"{stamp}{now // 1_000_000 % 1000:03d}Z-{secrets.token_hex(3)}"
 
 
 def sha256_file(path: Path) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import sys
 import threading
 import time
@@ -12,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from recsys import logs
 from recsys.config import Config, load_config
 from recsys.errors import RecsysError
 
@@ -329,12 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Libraries (kafka, feast, faiss, absl) log chatty INFO lines; ours stay at INFO.
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for package in ("recsys", "towers", "index", "features", "serving"):
-        logging.getLogger(package).setLevel(logging.INFO)
+    # The server's logs are for machines (JSON lines); the other commands' are for people.
+    logs.configure(structured=args.command == "serve")
     try:
         config = load_config(args.config)
         args.func(config, args)

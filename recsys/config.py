@@ -106,6 +106,29 @@ class ServingConfig(_Section):
     max_k: int = Field(100, ge=1)
     max_exclude: int = Field(1000, ge=0)
     max_id_length: int = Field(128, ge=1)
+    max_genres: int = Field(32, ge=0)
+    """Most genre names a request may list in include_genres plus exclude_genres."""
+    max_fetch: int = Field(4096, ge=1)
+    """Most candidates one search may fetch while over-fetching to survive filters."""
+    tower_runtime: Literal["numpy", "savedmodel"] = "numpy"
+    """``numpy``: the exported weights in NumPy (tens of µs); ``savedmodel``: the TF
+    SavedModel (for comparison; imports TensorFlow into the server)."""
+    store_timeout_ms: int = Field(25, ge=1)
+    """Bound on one online-store read; slower reads answer from default features (degraded)."""
+    store_retry_seconds: float = Field(1.0, gt=0)
+    """After a failed read, requests skip the store (degraded) this long before trying again."""
+    profile_cache_seconds: float = Field(30.0, ge=0)
+    """How stale a served profile may be (0: read it every request). Activity is never cached."""
+    profile_cache_users: int = Field(100_000, ge=1)
+    admin_port: int = Field(50052, ge=0, le=65535)
+    """Reload, rollback and status (RecommenderAdmin), on ``admin_host`` only. 0 picks a port."""
+    admin_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """Prometheus ``/metrics`` over HTTP on ``admin_host``; unset: not served."""
+    reload_poll_seconds: float = Field(2.0, ge=0)
+    """How often the index CURRENT pointer is checked for a new pair (0: only on Reload)."""
+    warmup_requests: int = Field(200, ge=0)
+    """Requests run on a freshly loaded pair before it serves (first-call costs)."""
 
 
 class IndexConfig(_Section):

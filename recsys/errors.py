@@ -51,3 +51,9 @@ class BrokerError(RecsysError):
     """The local Kafka broker could not be fetched, formatted or started."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceededError(RecsysError):
+    """The caller's deadline passed before the answer was ready."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

@@ -24,10 +24,27 @@ class RecommendClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def recommend(
-        self, user_id: str, k: int = 10, exclude: Sequence[str] = (), timeout: float = 5.0
+        self,
+        user_id: str,
+        k: int = 10,
+        exclude: Sequence[str] = (),
+        timeout: float = 5.0,
+        *,
+        include_seen: bool = False,
+        request_time_ms: int = 0,
+        include_genres: Sequence[str] = (),
+        exclude_genres: Sequence[str] = (),
     ) -> pb.RecommendResponse:
         return self._stub.Recommend(
-            pb.RecommendRequest(user_id=user_id, k=k, exclude_item_ids=list(exclude)),
+            pb.RecommendRequest(
+                user_id=user_id,
+                k=k,
+                exclude_item_ids=list(exclude),
+                include_seen=include_seen,
+                request_time_ms=request_time_ms,
+                include_genres=list(include_genres),
+                exclude_genres=list(exclude_genres),
+            ),
             timeout=timeout,
         )
 

@@ -1,10 +1,14 @@
-"""The gRPC server: Recommend, standard health, reflection. Built by one factory."""
+"""The gRPC servers: Recommend with health and reflection on the public port; reload,
+rollback and status on a separate admin port. Built by factories that tests and ``serve``
+share.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from typing import Any
 
@@ -12,37 +16,73 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from features.store import OnlineFeatures, open_store
 from recsys.config import Config
-from recsys.errors import RecsysError
+from recsys.errors import NotReadyError, RecsysError
+from recsys.v1 import admin_pb2, admin_pb2_grpc
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
-from serving.recommender import Bundle, Recommender
+from serving.live import Live, Status
+from serving.metrics import ServingMetrics
+from serving.recommender import Request, ServingPath
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["RecommenderAdmin"].full_name
+PATHS = {p: pb.ServingPath.Value(f"SERVING_PATH_{p.name}") for p in ServingPath}
+NO_DEADLINE = 1e6
+"""``time_remaining()`` above this many seconds means the caller set no deadline."""
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception, what: str) -> Any:
+    """The one place errors become status codes: ours carry theirs, anything else is
+    INTERNAL with the details in the server log."""
+    if isinstance(exc, RecsysError):
+        context.abort(exc.grpc_status_code(), str(exc))
+    log.exception("%s failed", what)
+    context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
-    """Converts messages and maps errors; the work is ``Recommender``'s."""
+    """Converts messages, passes the deadline on and maps errors; the work is
+    ``Recommender``'s. Answers UNAVAILABLE until ``live`` is set (loaded and warm)."""
 
-    def __init__(self, recommender: Recommender):
-        self._recommender = recommender
+    def __init__(self, live: Live | None = None, metrics: ServingMetrics | None = None):
+        self.live = live
+        self._metrics = metrics or ServingMetrics()
 
     def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        started = time.perf_counter()
+        remaining = context.time_remaining()
+        deadline = (
+            None if remaining is None or remaining > NO_DEADLINE else time.monotonic() + remaining
+        )
         try:
-            rec = self._recommender.recommend(
-                request.user_id, request.k, list(request.exclude_item_ids)
+            if self.live is None:
+                raise NotReadyError("the server is loading its model, index and features")
+            answer = self.live.recommender.recommend(
+                Request(
+                    request.user_id,
+                    request.k,
+                    request.exclude_item_ids,
+                    request.include_seen,
+                    request.request_time_ms,
+                    request.include_genres,
+                    request.exclude_genres,
+                ),
+                deadline,
             )
-        except RecsysError as exc:
-            context.abort(exc.grpc_status_code(), str(exc))
-        except Exception:
-            log.exception("Recommend failed for user_id=%r", request.user_id)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        except Exception as exc:
+            code = (
+                exc.grpc_status_code() if isinstance(exc, RecsysError) else grpc.StatusCode.INTERNAL
+            )
+            self._metrics.errors.labels(code.name).inc()
+            return _abort(context, exc, f"Recommend for user_id={request.user_id!r}")
+        self._metrics.observe(answer, time.perf_counter() - started)
         return pb.RecommendResponse(
-            items=[pb.ScoredItem(item_id=i.item_id, score=i.score) for i in rec.items],
-            model_version=rec.model_version,
-            index_version=rec.index_version,
+            items=[pb.ScoredItem(item_id=i.item_id, score=i.score) for i in answer.items],
+            model_version=answer.model_version,
+            index_version=answer.index_version,
+            path=PATHS[answer.path],
         )
 
 
@@ -53,10 +93,47 @@ class NullServicer(pb_grpc.RecommenderServicer):
         return pb.RecommendResponse()
 
 
+class AdminServicer(admin_pb2_grpc.RecommenderAdminServicer):
+    def __init__(self, live: Live):
+        self._live = live
+
+    @staticmethod
+    def _reply(status: Status) -> admin_pb2.StatusResponse:
+        return admin_pb2.StatusResponse(
+            model_version=status.model_version,
+            index_version=status.index_version,
+            items=status.items,
+            swaps=status.swaps,
+            last_error=status.last_error,
+        )
+
+    def Status(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._reply(self._live.status())
+
+    def Reload(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        try:
+            return self._reply(self._live.reload())
+        except Exception as exc:
+            return _abort(context, exc, "Reload")
+
+    def Rollback(self, request: admin_pb2.RollbackRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        try:
+            return self._reply(self._live.rollback(request.to_index_version or None))
+        except Exception as exc:
+            return _abort(context, exc, "Rollback")
+
+
+def _bind(server: grpc.Server, host: str, port: int) -> int:
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise RecsysError(f"cannot bind {host}:{port}; is another server using it?")
+    return bound
+
+
 def create_server(
     config: Config, servicer: pb_grpc.RecommenderServicer
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """Builds (not starts) the server with Recommend, health and reflection.
+    """Builds (not starts) the public server: Recommend, health and reflection.
 
     Health starts NOT_SERVING; the caller flips it once warm.
 
@@ -68,8 +145,7 @@ def create_server(
     pb_grpc.add_RecommenderServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    set_serving(health_servicer, False)
     reflection.enable_server_reflection(
         (
             SERVICE,
@@ -78,24 +154,16 @@ def create_server(
         ),
         server,
     )
-    port = server.add_insecure_port(f"{sc.host}:{sc.port}")
-    if port == 0:
-        raise RecsysError(f"cannot bind {sc.host}:{sc.port}; is another server using it?")
-    return server, port, health_servicer
+    return server, _bind(server, sc.host, sc.port), health_servicer
 
 
-def build_recommender(config: Config) -> Recommender:
-    """Loads the current model+index pair and opens the online store."""
-    return Recommender(
-        Bundle.load_current(config), OnlineFeatures(open_store(config)), config.serving
-    )
-
-
-def warm_up(recommender: Recommender, rounds: int = 20) -> None:
-    """Runs the hot path until first-call costs (registry load, connections) are paid."""
-    known = recommender.bundle.space.users.values[:1] or ("warmup",)
-    for i in range(rounds):
-        recommender.recommend(known[0] if i % 2 else f"__warmup_{i}__", 10)
+def create_admin_server(config: Config, live: Live) -> tuple[grpc.Server, int]:
+    """Builds (not starts) the admin server on ``serving.admin_host:admin_port``."""
+    sc = config.serving
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    admin_pb2_grpc.add_RecommenderAdminServicer_to_server(AdminServicer(live), server)
+    reflection.enable_server_reflection((ADMIN_SERVICE, reflection.SERVICE_NAME), server)
+    return server, _bind(server, sc.admin_host, sc.admin_port)
 
 
 def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
@@ -108,33 +176,62 @@ def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
         health_servicer.set(name, status)
 
 
+def load_live(config: Config, metrics: ServingMetrics | None = None) -> Live:
+    """Opens the online store and loads, verifies and warms the current pair."""
+    from features.online import FeatureReader
+
+    return Live(config, FeatureReader(config), metrics)
+
+
 def serve(config: Config, *, null: bool = False, ready: threading.Event | None = None) -> None:
     """Runs the server until SIGTERM/SIGINT, then drains in-flight calls.
+
+    The public port answers health (NOT_SERVING) while the pair loads and warms, and
+    Recommend only once it is SERVING.
 
     Args:
         config: The project configuration.
         null: Serve ``NullServicer`` instead (no model, index or store): a baseline.
         ready: Set once the server reports SERVING.
     """
-    if null:
-        server, port, health_servicer = create_server(config, NullServicer())
-        server.start()
-        what = "null handler"
-    else:
-        recommender = build_recommender(config)
-        server, port, health_servicer = create_server(config, RecommenderServicer(recommender))
-        server.start()
-        warm_up(recommender)
-        b = recommender.bundle
-        what = f"model {b.model_version}, index {b.index_version}, {len(b.item_ids):,} items"
-    set_serving(health_servicer, True)
-    print(f"serving on {config.serving.host}:{port} ({what})", flush=True)
+    import faiss
+
+    # One query at a time per request: OpenMP's idle threads add 20-30 ms tail spikes
+    # (faiss#2646), and gRPC's workers already give the parallelism.
+    faiss.omp_set_num_threads(1)
+    sc = config.serving
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    metrics = ServingMetrics()
+    recommend = RecommenderServicer(metrics=metrics)
+    server, port, health_servicer = create_server(config, NullServicer() if null else recommend)
+    server.start()
+    admin = None
+    if null:
+        what = "null handler"
+    else:
+        live = load_live(config, metrics)
+        recommend.live = live
+        admin, admin_port = create_admin_server(config, live)
+        admin.start()
+        if sc.metrics_port is not None:
+            metrics.serve(sc.metrics_port, sc.admin_host)
+        if sc.reload_poll_seconds:
+            live.watch(stop)
+        b = live.recommender.bundle
+        what = (
+            f"model {b.model_version}, index {b.index_version}, {len(b.item_ids):,} items, "
+            f"{sc.tower_runtime} tower; admin on {sc.admin_host}:{admin_port}"
+        )
+    set_serving(health_servicer, True)
+    print(f"serving on {sc.host}:{port} ({what})", flush=True)
+    log.info("serving", extra={"port": port, "detail": what})
     if ready is not None:
         ready.set()
     stop.wait()
     set_serving(health_servicer, False)
+    if admin is not None:
+        admin.stop(grace=None)
     server.stop(grace=5).wait()
     print("server stopped", flush=True)

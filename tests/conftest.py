@@ -4,6 +4,7 @@ stopped by the fixture that started it."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +41,7 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
                 "kafka_pom": str(REPO / "features" / "kafka" / "pom.xml"),
             },
             "model": {"epochs": 2},
-            "serving": {"port": 0},
+            "serving": {"port": 0, "admin_port": 0, "warmup_requests": 20},
         }
     )
 
@@ -77,33 +78,47 @@ def kafka(base_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 class RunningServer:
-    def __init__(self, config: Config, target: str, recommender: object, health: object):
+    def __init__(self, config: Config, target: str, live, health, metrics, admin_target: str):
         self.config = config
         self.target = target
-        self.recommender = recommender
+        self.live = live
         self.health = health
+        self.metrics = metrics
+        self.admin_target = admin_target
+
+
+@contextlib.contextmanager
+def running_server(config: Config) -> Iterator[RunningServer]:
+    """The real gRPC servers (public and admin) on ephemeral ports, warm and SERVING."""
+    from serving.metrics import ServingMetrics
+    from serving.server import (
+        RecommenderServicer,
+        create_admin_server,
+        create_server,
+        load_live,
+        set_serving,
+    )
+
+    metrics = ServingMetrics()
+    live = load_live(config, metrics)
+    grpc_server, port, health = create_server(config, RecommenderServicer(live, metrics))
+    admin, admin_port = create_admin_server(config, live)
+    grpc_server.start()
+    admin.start()
+    set_serving(health, True)
+    try:
+        yield RunningServer(
+            config, f"127.0.0.1:{port}", live, health, metrics, f"127.0.0.1:{admin_port}"
+        )
+    finally:
+        admin.stop(grace=None)
+        grpc_server.stop(grace=None).wait()
 
 
 @pytest.fixture(scope="session")
 def server(feature_store: Config) -> Iterator[RunningServer]:
-    """The real gRPC server on an ephemeral port, warm and SERVING."""
-    from serving.server import (
-        RecommenderServicer,
-        build_recommender,
-        create_server,
-        set_serving,
-        warm_up,
-    )
-
-    recommender = build_recommender(feature_store)
-    grpc_server, port, health = create_server(feature_store, RecommenderServicer(recommender))
-    grpc_server.start()
-    warm_up(recommender)
-    set_serving(health, True)
-    try:
-        yield RunningServer(feature_store, f"127.0.0.1:{port}", recommender, health)
-    finally:
-        grpc_server.stop(grace=None).wait()
+    with running_server(feature_store) as running:
+        yield running
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from features.store import OnlineFeatures, open_store
+from recsys.v1 import recommender_pb2 as pb
 from serving.client import RecommendClient
 
 pytestmark = pytest.mark.integration
@@ -25,7 +26,7 @@ def test_known_user_gets_k_ranked_items_with_versions(client, server) -> None:
     assert len({i.item_id for i in reply.items}) == 10
     scores = [i.score for i in reply.items]
     assert scores == sorted(scores, reverse=True)
-    bundle = server.recommender.bundle
+    bundle = server.live.recommender.bundle
     assert (reply.model_version, reply.index_version) == (
         bundle.model_version,
         bundle.index_version,
@@ -99,3 +100,89 @@ def test_health_reports_not_serving_when_told(server) -> None:
         finally:
             set_serving(server.health, True)
         assert c.serving()
+
+
+def test_the_answer_says_which_path_served_it(client) -> None:
+    assert client.recommend("196", k=3).path == pb.SERVING_PATH_PERSONALIZED
+    assert client.recommend("no-such-user-anywhere", k=3).path == pb.SERVING_PATH_COLD_START
+
+
+def test_filters_and_request_time_travel_over_the_wire(client, ml) -> None:
+    genres = {i: set(g) for i, g in zip(ml.items["item_id"], ml.items["genres"], strict=True)}
+    reply = client.recommend(
+        "196", k=10, include_genres=["Sci-Fi"], exclude_genres=["Action"], request_time_ms=1
+    )
+    assert len(reply.items) == 10
+    assert all(
+        "Sci-Fi" in genres[i.item_id] and "Action" not in genres[i.item_id] for i in reply.items
+    )
+    seen = client.recommend("196", k=100, include_seen=True)
+    unseen = client.recommend("196", k=100)
+    assert {i.item_id for i in seen.items} != {i.item_id for i in unseen.items}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"exclude": [""]}, "exclude_item_ids must be non-empty"),
+        ({"request_time_ms": -1}, "request_time_ms must be"),
+        ({"include_genres": ["Polka"]}, "unknown genre 'Polka'"),
+    ],
+)
+def test_bad_filters_are_invalid_argument(client, fields, message) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        client.recommend("196", k=5, **fields)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in info.value.details()
+
+
+def test_an_expired_deadline_is_deadline_exceeded_not_an_answer(client) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        client.recommend("196", k=5, timeout=1e-6)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(client.recommend("196", k=3).items) == 3
+
+
+def test_metrics_count_requests_by_path_and_time_each_stage(client, server) -> None:
+    m = server.metrics
+    before = m.value("recsys_recommend_requests_total", path="cold_start")
+    errors = m.value("recsys_recommend_errors_total", code="INVALID_ARGUMENT")
+    stage = m.value("recsys_recommend_stage_seconds_count", stage="tower")
+    client.recommend("metrics-probe-user", k=3)
+    client.recommend("196", k=3)
+    with pytest.raises(grpc.RpcError):
+        client.recommend("196", k=0)
+    assert m.value("recsys_recommend_requests_total", path="cold_start") == before + 1
+    assert m.value("recsys_recommend_errors_total", code="INVALID_ARGUMENT") == errors + 1
+    assert m.value("recsys_recommend_stage_seconds_count", stage="tower") == stage + 1
+    b = server.live.recommender.bundle
+    pair = {"model_version": b.model_version, "index_version": b.index_version}
+    assert m.value("recsys_serving_pair_info", **pair) == 1
+
+
+def test_recommend_is_unavailable_and_health_not_serving_until_loaded(feature_store) -> None:
+    from serving.server import RecommenderServicer, create_server
+
+    server, port, _ = create_server(feature_store, RecommenderServicer(live=None))
+    server.start()
+    try:
+        with RecommendClient(f"127.0.0.1:{port}") as c:
+            assert not c.serving()
+            with pytest.raises(grpc.RpcError) as info:
+                c.recommend("196", k=3)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(grace=None).wait()
+
+
+def test_admin_lives_on_its_own_port_only(server) -> None:
+    from recsys.v1 import admin_pb2, admin_pb2_grpc
+
+    with grpc.insecure_channel(server.admin_target) as channel:
+        status = admin_pb2_grpc.RecommenderAdminStub(channel).Status(
+            admin_pb2.StatusRequest(), timeout=5
+        )
+    assert status.index_version == server.live.recommender.bundle.index_version
+    with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as info:
+        admin_pb2_grpc.RecommenderAdminStub(channel).Reload(admin_pb2.ReloadRequest(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED

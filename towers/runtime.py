@@ -113,3 +113,32 @@ class NumpyItemTower(_Tower):
         if "year" in parts:
             x.append(w["year_emb"][inputs.year])
         return _mlp(np.concatenate(x, axis=-1), w, "item", self.config.normalize)
+
+
+class SavedModelUserTower:
+    """The user tower's SavedModel (``encoded`` signature) behind the NumPy tower's interface:
+    the reference runtime, selectable in serving for comparison. Imports TensorFlow."""
+
+    def __init__(self, model_dir: Path):
+        from towers.tf_env import tf
+
+        try:
+            self._fn = tf.saved_model.load(str(model_dir / "user_tower")).signatures["encoded"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise ArtifactError(f"cannot load {model_dir / 'user_tower'}: {exc}") from exc
+        self._tf = tf
+        self.config = load_tower_config(model_dir)
+        self.dim = self.config.dim
+
+    def __call__(self, inputs: UserInputs) -> np.ndarray:
+        tensors = {name: self._tf.constant(value) for name, value in inputs.as_dict().items()}
+        return self._fn(**tensors)["embedding"].numpy()
+
+
+def load_user_tower(
+    model_dir: Path, runtime: str = "numpy"
+) -> NumpyUserTower | SavedModelUserTower:
+    """The user tower on the named runtime: ``numpy`` or ``savedmodel``."""
+    if runtime == "savedmodel":
+        return SavedModelUserTower(model_dir)
+    return NumpyUserTower.load(model_dir)

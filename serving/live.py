@@ -1,0 +1,168 @@
+"""The serving pair, replaced whole: load beside, verify, warm, swap one reference.
+
+The servicer reads ``Live.recommender`` once per request, so a request that started on the
+old pair finishes on it while new requests take the new one; nothing serving is ever
+mutated (FAISS indexes are not safe to modify while searched). A pair that fails to load or
+verify is refused and the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from index.build import rollback
+from recsys import artifacts
+from recsys.config import Config
+from recsys.errors import ArtifactError
+from serving.metrics import ServingMetrics
+from serving.recommender import Bundle, Features, Recommender, Request
+
+log = logging.getLogger(__name__)
+PROBE_USERS = 8
+
+
+@dataclass(frozen=True)
+class Status:
+    model_version: str
+    index_version: str
+    items: int
+    swaps: int
+    last_error: str
+
+
+def verify(recommender: Recommender) -> None:
+    """Answers probe requests on a new pair before it may serve.
+
+    Raises:
+        ArtifactError: an answer is short, repeats items or has non-finite scores.
+    """
+    bundle = recommender.bundle
+    k = min(10, len(bundle.item_ids))
+    users = [*bundle.space.users.values[:PROBE_USERS], "__probe_unknown_user__"]
+    for user in users:
+        answer = recommender.recommend(Request(user, k=k, include_seen=True))
+        ids = [i.item_id for i in answer.items]
+        scores = np.array([i.score for i in answer.items], np.float64)
+        if len(ids) != k or len(set(ids)) != k or not np.isfinite(scores).all():
+            raise ArtifactError(
+                f"index {bundle.index_version} failed its probe for user {user!r}: "
+                f"{len(ids)} items, {len(set(ids))} distinct, scores {scores[:3]}"
+            )
+
+
+def warm_up(recommender: Recommender, requests: int) -> None:
+    """Runs the hot path (personalized, cold-start, filtered) until first-call costs are paid."""
+    bundle = recommender.bundle
+    users = list(bundle.space.users.values[:50]) or ["__warmup__"]
+    genres = bundle.meta.genre_names[:1]
+    for i in range(requests):
+        user = users[i % len(users)] if i % 4 else f"__warmup_{i}__"
+        recommender.recommend(Request(user, k=10, include_genres=genres if i % 8 == 1 else ()))
+
+
+class Live:
+    """Holds the serving ``Recommender`` and replaces it on reload or rollback."""
+
+    def __init__(
+        self,
+        config: Config,
+        features: Features,
+        metrics: ServingMetrics | None = None,
+    ):
+        self._config = config
+        self._features = features
+        self._metrics = metrics
+        self._reload_lock = threading.Lock()
+        self._refused: str | None = None
+        self.swaps = 0
+        self.last_error = ""
+        self.recommender = self._load(artifacts.current(config.indexes_dir).name)
+        if metrics is not None:
+            metrics.serving(self.recommender)
+
+    def _load(self, index_version: str) -> Recommender:
+        cfg = self._config
+        bundle = Bundle.load(
+            cfg.models_dir, cfg.indexes_dir / index_version, runtime=cfg.serving.tower_runtime
+        )
+        recommender = Recommender(bundle, self._features, cfg.serving)
+        verify(recommender)
+        warm_up(recommender, cfg.serving.warmup_requests)
+        return recommender
+
+    def status(self) -> Status:
+        b = self.recommender.bundle
+        return Status(
+            b.model_version, b.index_version, len(b.item_ids), self.swaps, self.last_error
+        )
+
+    def reload(self) -> Status:
+        """Serves the pair ``CURRENT`` names, if it is not the one serving.
+
+        Raises:
+            ArtifactError: the new pair failed to load or verify; the old one still serves.
+        """
+        with self._reload_lock:
+            target = artifacts.current(self._config.indexes_dir).name
+            serving = self.recommender.bundle.index_version
+            if target == serving:
+                return self.status()
+            started = time.perf_counter()
+            try:
+                fresh = self._load(target)
+            except ArtifactError as exc:
+                self.last_error = str(exc)
+                self._refused = target
+                if self._metrics is not None:
+                    self._metrics.refused.inc()
+                log.error(
+                    "refused index version; the old pair keeps serving",
+                    extra={"index_version": target, "serving": serving, "error": str(exc)},
+                )
+                raise
+            self.recommender = fresh  # the swap: one reference assignment
+            self.swaps += 1
+            self.last_error = ""
+            self._refused = None
+            if self._metrics is not None:
+                self._metrics.serving(fresh)
+            log.info(
+                "swapped model+index pair",
+                extra={
+                    "index_version": target,
+                    "model_version": fresh.bundle.model_version,
+                    "previous": serving,
+                    "seconds": round(time.perf_counter() - started, 3),
+                },
+            )
+            return self.status()
+
+    def rollback(self, to: str | None = None) -> Status:
+        """Points ``CURRENT`` back (verified first), then reloads."""
+        rollback(self._config.indexes_dir, to)
+        return self.reload()
+
+    def watch(self, stop: threading.Event) -> threading.Thread:
+        """Polls ``CURRENT`` every ``serving.reload_poll_seconds`` and reloads on change; a
+        refused version is not retried until ``CURRENT`` moves again."""
+        interval = self._config.serving.reload_poll_seconds
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                try:
+                    target = artifacts.current(self._config.indexes_dir).name
+                    if target not in (self.recommender.bundle.index_version, self._refused):
+                        self.reload()
+                except ArtifactError:
+                    pass  # logged by reload, or CURRENT is mid-publish: the next poll sees it
+                except Exception:
+                    log.exception("index watcher failed; the current pair keeps serving")
+
+        thread = threading.Thread(target=loop, name="index-watcher", daemon=True)
+        thread.start()
+        return thread
