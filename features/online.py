@@ -59,7 +59,7 @@ class FeatureReader:
         self._profile_view = store.get_feature_view(PROFILE_VIEW)
         self._activity_view = store.get_feature_view(ACTIVITY_VIEW)
         self._provider = get_provider(self._config)
-        self._bound_sqlite_wait(sc.store_timeout_ms)
+        self._bound_waits(sc.store_timeout_ms)
         self._cache_seconds = sc.profile_cache_seconds
         self._cache_size = sc.profile_cache_users
         self._profiles: dict[str, tuple[float, Profile]] = {}
@@ -68,14 +68,23 @@ class FeatureReader:
         self._lock = threading.Lock()
         self.last_error = ""
 
-    def _bound_sqlite_wait(self, timeout_ms: int) -> None:
+    def _bound_waits(self, timeout_ms: int) -> None:
+        """One read waits at most about ``timeout_ms``. Feast exposes no such setting for
+        these parts, so they are set on the clients Feast's online stores create."""
+        from feast.infra.online_stores.redis import RedisOnlineStore
         from feast.infra.online_stores.sqlite import SqliteOnlineStore
 
         online = self._provider.online_store
         if isinstance(online, SqliteOnlineStore):
-            # Feast's SQLite connection waits up to 5 s for a writer's lock; bound it like a
-            # network store's timeout. (No config field for it; the connection is Feast's.)
+            # SQLite waits up to 5 s for a writer's lock by default.
             online._get_conn(self._config).execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
+        elif isinstance(online, RedisOnlineStore):
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            # redis-py retries a timed-out call 3 times with backoff (~5 s in all); the
+            # socket timeout is in the connection string (``open_store``).
+            online._get_client(self._config.online_store).set_retry(Retry(NoBackoff(), 0))
 
     @property
     def available(self) -> bool:

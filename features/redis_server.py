@@ -72,6 +72,11 @@ class LocalRedis:
                 )
             time.sleep(0.05)
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (fault tests pause it with SIGSTOP)."""
+        return None if self._proc is None else self._proc.pid
+
     def _ping(self) -> bool:
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5) as s:

@@ -106,11 +106,15 @@ def running_server(config: Config) -> Iterator[RunningServer]:
     grpc_server.start()
     admin.start()
     set_serving(health, True)
+    stop = threading.Event()
+    if config.serving.reload_poll_seconds:
+        live.watch(stop)
     try:
         yield RunningServer(
             config, f"127.0.0.1:{port}", live, health, metrics, f"127.0.0.1:{admin_port}"
         )
     finally:
+        stop.set()
         admin.stop(grace=None)
         grpc_server.stop(grace=None).wait()
 
