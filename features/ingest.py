@@ -177,6 +177,9 @@ def make_consumer(config: Config, on_rebalance: Callable[[], None] = lambda: Non
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=kc.poll_max_records,
+        # A topic created (or grown) after the consumer joined is seen within seconds, not
+        # after the default 5 minutes.
+        metadata_max_age_ms=5000,
     )
     consumer.subscribe([kc.topic], listener=LogAssignment())
     return consumer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -11,19 +12,34 @@ from tqdm import tqdm
 from features.activity import rating_event_id
 from features.events import encode
 from recsys.config import Config
+from recsys.errors import BrokerError
 
 
-def ensure_topic(config: Config) -> None:
-    """Creates the events topic if it does not exist yet."""
+def ensure_topic(config: Config, timeout: float = 30.0) -> None:
+    """Creates the events topic if it does not exist yet, and returns once every partition
+    has a leader: a consumer that joins earlier can be assigned nothing until its next
+    metadata refresh."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     kc = config.kafka
     admin = KafkaAdminClient(bootstrap_servers=kc.bootstrap_servers)
     try:
-        admin.create_topics([NewTopic(kc.topic, kc.partitions, 1)])
-    except TopicAlreadyExistsError:
-        pass
+        with contextlib.suppress(TopicAlreadyExistsError):
+            admin.create_topics([NewTopic(kc.topic, kc.partitions, 1)])
+        deadline = time.monotonic() + timeout
+        while True:
+            (topic,) = admin.describe_topics([kc.topic])
+            partitions = topic.get("partitions") or []
+            if (
+                not topic.get("error_code")
+                and partitions
+                and all(p.get("leader_id", -1) >= 0 for p in partitions)
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise BrokerError(f"topic {kc.topic} has no leader for every partition yet")
+            time.sleep(0.1)
     finally:
         admin.close()
 

@@ -182,21 +182,53 @@ def cmd_recommend(config: Config, args: argparse.Namespace) -> None:
     import grpc
 
     from recsys.v1 import recommender_pb2 as pb
-    from recsys.v1 import recommender_pb2_grpc as pb_grpc
+    from serving.client import RecommendClient
 
     target = args.target or f"{config.serving.host}:{config.serving.port}"
-    with grpc.insecure_channel(target) as channel:
-        stub = pb_grpc.RecommenderStub(channel)
+    with RecommendClient(target) as client:
         try:
-            reply = stub.Recommend(
-                pb.RecommendRequest(user_id=args.user, k=args.k, exclude_item_ids=args.exclude),
-                timeout=args.timeout,
+            reply = client.recommend(
+                args.user,
+                args.k,
+                args.exclude,
+                args.timeout,
+                include_seen=args.include_seen,
+                request_time_ms=args.time_ms,
+                include_genres=args.genres,
+                exclude_genres=args.not_genres,
             )
         except grpc.RpcError as exc:
             raise RecsysError(f"Recommend failed: {exc.code().name}: {exc.details()}") from exc
-    print(f"user {args.user} (model {reply.model_version}, index {reply.index_version}):")
+    path = pb.ServingPath.Name(reply.path).removeprefix("SERVING_PATH_").lower()
+    print(f"user {args.user} ({path}; model {reply.model_version}, index {reply.index_version}):")
     for rank, item in enumerate(reply.items, 1):
         print(f"  {rank:2d}. item {item.item_id:>5}  score {item.score:.3f}")
+
+
+def cmd_admin(config: Config, args: argparse.Namespace) -> None:
+    import grpc
+
+    from recsys.v1 import admin_pb2, admin_pb2_grpc
+
+    sc = config.serving
+    target = args.target or f"{sc.admin_host}:{sc.admin_port}"
+    with grpc.insecure_channel(target) as channel:
+        stub = admin_pb2_grpc.RecommenderAdminStub(channel)
+        try:
+            if args.action == "reload":
+                reply = stub.Reload(admin_pb2.ReloadRequest(), timeout=args.timeout)
+            elif args.action == "rollback":
+                request = admin_pb2.RollbackRequest(to_index_version=args.to or "")
+                reply = stub.Rollback(request, timeout=args.timeout)
+            else:
+                reply = stub.Status(admin_pb2.StatusRequest(), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            raise RecsysError(f"{args.action} failed: {exc.code().name}: {exc.details()}") from exc
+    print(
+        f"serving model {reply.model_version}, index {reply.index_version} "
+        f"({reply.items:,} items); {reply.swaps} swaps since start"
+        + (f"; last reload refused: {reply.last_error}" if reply.last_error else "")
+    )
 
 
 def cmd_broker(config: Config, args: argparse.Namespace) -> None:
@@ -215,8 +247,7 @@ def cmd_bench(config: Config, args: argparse.Namespace) -> None:
     from serving.bench import run
 
     artifacts.current(config.indexes_dir)  # fails with what to run when nothing is published
-    ml = load_dataset(config)
-    run(config, list(ml.users["user_id"]), calls=args.calls, k=args.k)
+    run(config, load_dataset(config), calls=args.calls, k=args.k, index_items=args.index_items)
 
 
 def cmd_bench_index(config: Config, args: argparse.Namespace) -> None:
@@ -264,8 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         "ingest": (cmd_ingest, "consume events from Kafka into the online store"),
         "replay": (cmd_replay, "produce ML-100K (or synthetic) interactions to Kafka in order"),
         "recommend": (cmd_recommend, "call Recommend on a running server"),
+        "admin": (cmd_admin, "status, reload or rollback of a running server (admin port)"),
         "broker": (cmd_broker, "run a local single-node Kafka broker (foreground)"),
-        "bench": (cmd_bench, "sequential Recommend latency vs a null handler"),
+        "bench": (
+            cmd_bench,
+            "Recommend latency and stage costs vs a null handler (runtimes, stores side by side)",
+        ),
         "bench-index": (cmd_bench_index, "1M-item rebuild, search latency/recall, memory"),
         "bench-ingest": (cmd_bench_ingest, "ingest throughput from a local broker"),
         "bench-freshness": (
@@ -297,9 +332,18 @@ def build_parser() -> argparse.ArgumentParser:
     rec = parsers["recommend"]
     rec.add_argument("--user", required=True)
     rec.add_argument("--k", type=int, default=10)
-    rec.add_argument("--exclude", nargs="*", default=[])
+    rec.add_argument("--exclude", nargs="*", default=[], help="item ids not to return")
+    rec.add_argument("--genres", nargs="*", default=[], help="only items with one of these")
+    rec.add_argument("--not-genres", nargs="*", default=[], help="no items with any of these")
+    rec.add_argument("--include-seen", action="store_true", help="keep recently seen items")
+    rec.add_argument("--time-ms", type=int, default=0, help="request time (default: now)")
     rec.add_argument("--target", help="host:port (default: serving.host:serving.port)")
     rec.add_argument("--timeout", type=float, default=5.0)
+    admin = parsers["admin"]
+    admin.add_argument("action", choices=["status", "reload", "rollback"])
+    admin.add_argument("--to", help="rollback: the index version (default: the previous one)")
+    admin.add_argument("--target", help="host:port (default: serving.admin_host:admin_port)")
+    admin.add_argument("--timeout", type=float, default=300.0)
     ev = parsers["evaluate"]
     ev.add_argument("--protocol", choices=("temporal", "recbole", "tfrs", "all"), default="all")
     ev.add_argument("--ablation", action="store_true", help="feature ablation on temporal")
@@ -311,7 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--no-publish", action="store_true", help="write the version, keep CURRENT")
     parsers["index"].add_argument("action", choices=("list", "rollback"))
     parsers["index"].add_argument("--to", help="rollback: this version (default: the previous)")
-    parsers["bench"].add_argument("--calls", type=int, default=1000)
+    parsers["bench"].add_argument("--calls", type=int, default=2000)
+    parsers["bench"].add_argument(
+        "--index-items", type=int, default=0, help="also serve a synthetic index this large"
+    )
     parsers["bench"].add_argument("--k", type=int, default=10)
     parsers["ingest"].add_argument(
         "--metrics-port", type=int, default=0, help="serve Prometheus /metrics (0: off)"

@@ -129,6 +129,8 @@ class ServingConfig(_Section):
     """How often the index CURRENT pointer is checked for a new pair (0: only on Reload)."""
     warmup_requests: int = Field(200, ge=0)
     """Requests run on a freshly loaded pair before it serves (first-call costs)."""
+    timing_trailer: bool = False
+    """Send each request's stage times as trailing metadata ``recsys-timing-us`` (benchmarks)."""
 
 
 class IndexConfig(_Section):

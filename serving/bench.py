@@ -1,80 +1,214 @@
-"""Sequential Recommend latency over a real channel, against a null handler in the same run.
+"""Sequential Recommend latency over a real channel, side by side in one run: a null handler,
+the NumPy and SavedModel tower runtimes, the SQLite and Redis online stores, and optionally
+a large synthetic index.
 
-Both servers are ``recsys serve`` child processes on the same stack; the client is this
-process. Calls alternate between the two in blocks so machine noise hits both alike.
+Every server is a ``recsys serve`` child pinned to one core; the client is this process,
+pinned to the other. Calls rotate between the servers in blocks so machine noise hits all
+alike. Each server sends its stage times as trailing metadata (``serving.timing_trailer``),
+so one call gives the client's round trip and the server's hot path; the gRPC stage is the
+difference.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
+import grpc
 import numpy as np
 
 from recsys.config import Config
+from recsys.data import MovieLens
 from recsys.procs import child, free_port, write_config
+from recsys.v1 import recommender_pb2 as pb
+from recsys.v1 import recommender_pb2_grpc as pb_grpc
 from serving.client import RecommendClient
 
-BLOCK = 100
+BLOCK = 50
+STAGES = ("grpc", "features", "tower", "search", "filter", "hot_path")
 
 
-def percentiles(samples_s: Sequence[float]) -> dict[str, float]:
-    """p50/p90/p99/max in milliseconds."""
-    ms = np.asarray(samples_s) * 1000
+def percentiles(samples: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99/max of ``samples`` (any unit)."""
+    a = np.asarray(samples, np.float64)
     return {
-        "p50": float(np.percentile(ms, 50)),
-        "p90": float(np.percentile(ms, 90)),
-        "p99": float(np.percentile(ms, 99)),
-        "max": float(ms.max()),
+        "p50": float(np.percentile(a, 50)),
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+        "max": float(a.max()),
     }
 
 
-def _timed(client: RecommendClient, users: Sequence[str], k: int) -> list[float]:
+class _Target:
+    """One server under test: its channel, and every sample taken from it."""
+
+    def __init__(self, name: str, address: str):
+        self.name = name
+        self.channel = grpc.insecure_channel(address)
+        self.call = pb_grpc.RecommenderStub(self.channel).Recommend.with_call
+        self.total_us: list[float] = []
+        self.stages: dict[str, list[float]] = {s: [] for s in STAGES}
+
+    def run(self, requests: Sequence[pb.RecommendRequest], keep: bool = True) -> None:
+        for request in requests:
+            t = time.perf_counter()
+            _, call = self.call(request, timeout=10)
+            elapsed = (time.perf_counter() - t) * 1e6
+            if not keep:
+                continue
+            self.total_us.append(elapsed)
+            for key, value in call.trailing_metadata() or ():
+                if key != "recsys-timing-us":
+                    continue
+                for part in value.split(","):
+                    stage, us = part.split("=")
+                    if float(us):  # 0: the stage did not run (popular items: no tower)
+                        self.stages[stage].append(float(us))
+                self.stages["grpc"].append(elapsed - self.stages["hot_path"][-1])
+
+
+@contextlib.contextmanager
+def _servers(
+    config: Config, ml: MovieLens, work: Path, index_items: int, cpu: set[int] | None
+) -> Iterator[dict[str, str]]:
+    """Starts every variant; yields ``{name: address}`` once all are SERVING."""
+    from features.redis_server import LocalRedis
+    from features.store import initialise
+    from recsys.data import temporal_split
+
+    host = config.serving.host
+
+    def variant(**serving: object) -> Config:
+        ports = {"port": free_port(host), "admin_port": free_port(host)}
+        return config.with_overrides({"serving": {**ports, "timing_trailer": True, **serving}})
+
+    variants: dict[str, tuple[Config, list[str]]] = {
+        "null handler": (variant(), ["serve", "--null"]),
+        "numpy, sqlite": (variant(), ["serve"]),
+        "savedmodel, sqlite": (variant(tower_runtime="savedmodel"), ["serve"]),
+    }
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(LocalRedis(work / "redis"))
+        redis_cfg = variant().with_overrides(
+            {
+                "paths": {"state": str(work / "redis-state")},
+                "feast": {"online_store": "redis", "redis": redis.connection_string},
+            }
+        )
+        past, _ = temporal_split(ml.interactions, config.model.test_fraction)
+        initialise(redis_cfg, ml, past)
+        variants["numpy, redis"] = (redis_cfg, ["serve"])
+        if index_items:
+            variants[f"numpy, sqlite, {index_items:,} items"] = (
+                _large_index(variant(), ml, work, index_items),
+                ["serve"],
+            )
+        procs = {}
+        for name, (cfg, args) in variants.items():
+            slug = name.replace(", ", "-").replace(" ", "-").replace(",", "")
+            path = write_config(cfg, work / f"{slug}.yaml")
+            procs[name] = stack.enter_context(child(slug, path, args, work, quiet=True, cpus=cpu))
+        addresses = {name: f"{host}:{cfg.serving.port}" for name, (cfg, _) in variants.items()}
+        for name, address in addresses.items():
+            with RecommendClient(address) as client:
+                client.wait_until_serving(timeout=600, process=procs[name])
+        yield addresses
+
+
+def _large_index(config: Config, ml: MovieLens, work: Path, items: int) -> Config:
+    """A config whose index is a synthetic ``items``-item catalog, built once and reused."""
+    from index.build import build_index
+    from index.catalog import Catalog
+    from recsys import artifacts
+
+    root = config.paths.artifacts / "bench" / f"synthetic-{items}"
+    (root / "indexes").mkdir(parents=True, exist_ok=True)
+    if not (root / "models").exists():
+        (root / "models").symlink_to(config.models_dir)
+    cfg = config.with_overrides({"paths": {"artifacts": str(root)}})
+    model = artifacts.current(config.models_dir).name
+    try:
+        current = artifacts.read_manifest(artifacts.current(cfg.indexes_dir), verify=False)
+        fresh = current["model_version"] == model and current["items"] == items
+    except Exception:
+        fresh = False
+    if not fresh:
+        print(f"building a {items:,}-item synthetic index for model {model} (about a minute)")
+        build_index(cfg, ml, catalog=Catalog.synthetic(ml, items), progress=True)
+    return cfg
+
+
+def _requests(users: Sequence[str], calls: int, k: int) -> list[pb.RecommendRequest]:
+    """Known users, one in ten unknown (cold start), every fifth with a genre filter."""
     out = []
-    for user in users:
-        t = time.perf_counter()
-        client.recommend(user, k=k)
-        out.append(time.perf_counter() - t)
+    for i in range(calls):
+        user = users[i % len(users)] if i % 10 else f"bench-new-user-{i}"
+        genres = ["Drama"] if i % 5 == 2 else []
+        out.append(pb.RecommendRequest(user_id=user, k=k, include_genres=genres))
     return out
 
 
-def run(config: Config, users: Sequence[str], *, calls: int = 1000, k: int = 10) -> None:
-    """Prints a latency table for ``calls`` sequential calls to each server."""
-    work = config.paths.state / "bench"
+def run(
+    config: Config, ml: MovieLens, *, calls: int = 2000, k: int = 10, index_items: int = 0
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Prints the latency tables; returns ``{server: {"client": pcts, stage: pcts}}`` (µs)."""
+    work = config.paths.state / "bench" / "serving"
     work.mkdir(parents=True, exist_ok=True)
-    host = config.serving.host
-    configs = {
-        name: config.with_overrides({"serving": {"port": free_port(host)}})
-        for name in ("recommend", "null")
-    }
-    files = {name: write_config(cfg, work / f"{name}.yaml") for name, cfg in configs.items()}
-    samples: dict[str, list[float]] = {"null": [], "recommend": []}
-    with (
-        child("recommend", files["recommend"], ["serve"], work, quiet=True) as rec_proc,
-        child("null", files["null"], ["serve", "--null"], work, quiet=True) as null_proc,
-    ):
-        clients = {
-            name: RecommendClient(f"{host}:{cfg.serving.port}") for name, cfg in configs.items()
-        }
-        clients["recommend"].wait_until_serving(process=rec_proc)
-        clients["null"].wait_until_serving(process=null_proc)
-        cycle = [users[i % len(users)] for i in range(calls)]
-        for client in clients.values():
-            _timed(client, cycle[:200], k)  # warm-up: connections, first-call costs
-        for start in range(0, calls, BLOCK):
-            block = cycle[start : start + BLOCK]
-            for name, client in clients.items():
-                samples[name].extend(_timed(client, block, k))
-        for client in clients.values():
-            client.close()
-    rows = {name: percentiles(s) for name, s in samples.items()}
+    cores = sorted(os.sched_getaffinity(0))
+    server_cpu, client_cpu = ({cores[-1]}, {cores[0]}) if len(cores) > 1 else (None, None)
+    users = list(ml.users["user_id"])
+    requests = _requests(users, calls, k)
+    with _servers(config, ml, work, index_items, server_cpu) as addresses:
+        if client_cpu:
+            os.sched_setaffinity(0, client_cpu)
+        targets = [_Target(name, address) for name, address in addresses.items()]
+        try:
+            for target in targets:  # warm: connections, first-call costs
+                target.run(requests[:300], keep=False)
+            for start in range(0, calls, BLOCK):
+                for target in targets:
+                    target.run(requests[start : start + BLOCK])
+        finally:
+            for target in targets:
+                target.channel.close()
+            os.sched_setaffinity(0, set(cores))
+    return _report(targets, calls, k, server_cpu, client_cpu)
+
+
+def _report(
+    targets: list[_Target], calls: int, k: int, server_cpu: object, client_cpu: object
+) -> dict[str, dict[str, dict[str, float]]]:
+    result: dict[str, dict[str, dict[str, float]]] = {}
+    for t in targets:
+        result[t.name] = {"client": percentiles(t.total_us)}
+        result[t.name].update({s: percentiles(v) for s, v in t.stages.items() if v})
+    null_p50 = result["null handler"]["client"]["p50"]
     print(
-        f"\n{calls} sequential Recommend calls (k={k}) per server, "
-        f"{platform.node()} {platform.machine()}, Python {platform.python_version()}"
+        f"\n{calls} sequential Recommend calls per server (k={k}; 1 in 10 a new user, 1 in 5 "
+        f"genre-filtered), servers on CPU {server_cpu}, client on CPU {client_cpu}; "
+        f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
-    print(f"{'server':<12}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}")
-    for name, r in rows.items():
-        print(f"{name:<12}{r['p50']:>9.3f}{r['p90']:>9.3f}{r['p99']:>9.3f}{r['max']:>9.3f}")
-    ratio = rows["recommend"]["p50"] / rows["null"]["p50"]
-    print(f"recommend / null at p50: {ratio:.2f}x")
+    print("\nround trip seen by the client (ms)")
+    print(f"{'server':<34}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}{'p50 / null':>12}")
+    for name, r in result.items():
+        c = r["client"]
+        print(
+            f"{name:<34}{c['p50'] / 1e3:>8.3f}{c['p90'] / 1e3:>8.3f}{c['p99'] / 1e3:>8.3f}"
+            f"{c['max'] / 1e3:>8.3f}{c['p50'] / null_p50:>11.2f}x"
+        )
+    print(
+        "\nper stage, p50 / p99 (µs); gRPC = client round trip − server hot path, per call; "
+        "hot path = request in to answer ready inside the server"
+    )
+    header = ("gRPC", "features", "tower", "search", "filter", "hot path")
+    print(f"{'server':<34}" + "".join(f"{h:>15}" for h in header))
+    for name, r in result.items():
+        if "hot_path" not in r:
+            continue
+        cells = [f"{r[s]['p50']:.0f} / {r[s]['p99']:.0f}" if s in r else "-" for s in STAGES]
+        print(f"{name:<34}" + "".join(f"{c:>15}" for c in cells))
+    return result

@@ -23,7 +23,7 @@ from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
 from serving.live import Live, Status
 from serving.metrics import ServingMetrics
-from serving.recommender import Request, ServingPath
+from serving.recommender import Recommendation, Request, ServingPath
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
@@ -46,9 +46,15 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     """Converts messages, passes the deadline on and maps errors; the work is
     ``Recommender``'s. Answers UNAVAILABLE until ``live`` is set (loaded and warm)."""
 
-    def __init__(self, live: Live | None = None, metrics: ServingMetrics | None = None):
+    def __init__(
+        self,
+        live: Live | None = None,
+        metrics: ServingMetrics | None = None,
+        timing_trailer: bool = False,
+    ):
         self.live = live
         self._metrics = metrics or ServingMetrics()
+        self._timing = timing_trailer
 
     def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
         started = time.perf_counter()
@@ -78,12 +84,28 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             self._metrics.errors.labels(code.name).inc()
             return _abort(context, exc, f"Recommend for user_id={request.user_id!r}")
         self._metrics.observe(answer, time.perf_counter() - started)
+        if self._timing:
+            context.set_trailing_metadata((("recsys-timing-us", timing(answer, started)),))
         return pb.RecommendResponse(
             items=[pb.ScoredItem(item_id=i.item_id, score=i.score) for i in answer.items],
             model_version=answer.model_version,
             index_version=answer.index_version,
             path=PATHS[answer.path],
         )
+
+
+def timing(answer: Recommendation, started: float) -> str:
+    """``features=12.3,tower=...,hot_path=...``: microseconds per stage, and from request in
+    to answer ready (the hot path, without the gRPC stack)."""
+    s = answer.stages
+    parts = dict(
+        features=s.features,
+        tower=s.tower,
+        search=s.search,
+        filter=s.filter,
+        hot_path=time.perf_counter() - started,
+    )
+    return ",".join(f"{k}={v * 1e6:.1f}" for k, v in parts.items())
 
 
 class NullServicer(pb_grpc.RecommenderServicer):
@@ -204,7 +226,7 @@ def serve(config: Config, *, null: bool = False, ready: threading.Event | None =
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     metrics = ServingMetrics()
-    recommend = RecommenderServicer(metrics=metrics)
+    recommend = RecommenderServicer(metrics=metrics, timing_trailer=sc.timing_trailer)
     server, port, health_servicer = create_server(config, NullServicer() if null else recommend)
     server.start()
     admin = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -35,9 +36,11 @@ def make_version(root: Path, version: str, files: dict[str, bytes] | None = None
 
 
 def test_new_version_is_sortable_and_unique() -> None:
-    a, b = new_version(), new_version()
-    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", a)
-    assert a != b
+    a = new_version()
+    time.sleep(0.002)
+    b = new_version()
+    assert re.fullmatch(r"\d{8}T\d{9}Z-[0-9a-f]{6}", a)
+    assert a < b  # to the millisecond: two builds in one second still sort in order
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import urllib.request
 
 import pytest
 
+from recsys import artifacts
 from recsys.procs import child, free_port, write_config
 from serving.client import RecommendClient
 
@@ -31,6 +34,19 @@ def test_serve_process_metrics_logs_and_graceful_sigterm(feature_store, tmp_path
         assert 'recsys_recommend_requests_total{path="personalized"}' in text
         assert 'recsys_recommend_stage_seconds_bucket{le="0.0001",stage="search"}' in text
         assert "recsys_serving_pair_info{" in text
+        cli = [sys.executable, "-m", "recsys.cli", "--config", str(config_file)]
+        answer = subprocess.run(
+            [*cli, "recommend", "--user", "196", "--k", "3", "--genres", "Drama"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert "user 196 (personalized; model" in answer and " 3. item" in answer
+        status = subprocess.run(
+            [*cli, "admin", "status"], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+        assert f"serving model {config_model(config)}" in status and "0 swaps" in status
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     log = (tmp_path / "serve.log").read_text().splitlines()
@@ -38,3 +54,7 @@ def test_serve_process_metrics_logs_and_graceful_sigterm(feature_store, tmp_path
     records = [json.loads(line) for line in log if line.startswith("{")]
     serving = [r for r in records if r["msg"] == "serving"]
     assert serving and serving[0]["port"] == ports["port"] and serving[0]["level"] == "INFO"
+
+
+def config_model(config) -> str:
+    return artifacts.current(config.models_dir).name

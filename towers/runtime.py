@@ -30,8 +30,17 @@ def _masked_mean(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return (table[ids] * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
 
 
+_MLP_PARTS = ("hidden_w", "hidden_b", "out_w", "out_b")
+
+
 def _mlp(x: np.ndarray, w: dict[str, np.ndarray], prefix: str, normalize: bool) -> np.ndarray:
     hidden = np.maximum(x @ w[f"{prefix}_hidden_w"] + w[f"{prefix}_hidden_b"], 0.0)
+    return _output(hidden, w, prefix, normalize)
+
+
+def _output(
+    hidden: np.ndarray, w: dict[str, np.ndarray], prefix: str, normalize: bool
+) -> np.ndarray:
     out = hidden @ w[f"{prefix}_out_w"] + w[f"{prefix}_out_b"]
     if normalize:
         # tf.math.l2_normalize: x / sqrt(max(sum(x^2), 1e-12))
@@ -57,37 +66,57 @@ def load_tower_config(model_dir: Path) -> TowerConfig:
 
 
 class NumpyUserTower(_Tower):
-    """``UserInputs`` → ``[batch, dim] float32``, the same function as the SavedModel."""
+    """``UserInputs`` → ``[batch, dim] float32``, the same function as the SavedModel.
+
+    The first dense layer is folded into the embedding tables at load: its input is the
+    concatenation of embedding rows, so ``concat(rows) @ W`` equals the sum of each row's
+    ``row @ W_slice``, and each table can be multiplied by its slice once, ahead of time. A
+    request then adds a few precomputed 128-wide rows instead of building a 176-wide input
+    and multiplying it (~40 % less time per single query). The recent-items table is the
+    exception: it grows with the catalog, so the mean of its rows is multiplied per request.
+    """
 
     def __init__(self, weights: dict[str, np.ndarray], config: TowerConfig):
-        needs = ["user_emb", "user_hidden_w", "user_hidden_b", "user_out_w", "user_out_b"]
+        names = ["user_emb"]
         if "profile" in config.user_parts:
-            needs += ["gender_emb", "age_emb", "occupation_emb", "zip_emb"]
+            names += ["gender_emb", "age_emb", "occupation_emb", "zip_emb"]
         if "history" in config.user_parts:
-            needs.append("item_emb")
+            names.append("item_emb")
         if "time" in config.user_parts:
-            needs += ["hour_emb", "weekday_emb"]
-        super().__init__(weights, config, needs)
+            names += ["hour_emb", "weekday_emb"]
+        super().__init__(weights, config, names + [f"user_{p}" for p in _MLP_PARTS])
+        kernel = weights["user_hidden_w"]
+        widths = [weights[n].shape[1] for n in names]
+        if sum(widths) != kernel.shape[0]:
+            raise ArtifactError(
+                f"user_hidden_w has {kernel.shape[0]} input rows, the tables {sum(widths)}; "
+                "re-export the model"
+            )
+        self._folded: dict[str, np.ndarray] = {}
+        start = 0
+        for name, width in zip(names, widths, strict=True):
+            part = kernel[start : start + width]
+            self._folded[name] = part if name == "item_emb" else weights[name] @ part
+            start += width
 
     @classmethod
     def load(cls, model_dir: Path) -> NumpyUserTower:
         return cls(load_weights(model_dir / "weights.npz"), load_tower_config(model_dir))
 
     def __call__(self, inputs: UserInputs) -> np.ndarray:
-        w, parts = self._w, self.config.user_parts
-        x = [w["user_emb"][inputs.user]]
+        w, f, parts = self._w, self._folded, self.config.user_parts
+        hidden = f["user_emb"][inputs.user] + w["user_hidden_b"]
         if "profile" in parts:
-            x += [
-                w["gender_emb"][inputs.gender],
-                w["age_emb"][inputs.age],
-                w["occupation_emb"][inputs.occupation],
-                w["zip_emb"][inputs.zip],
-            ]
+            hidden += f["gender_emb"][inputs.gender]
+            hidden += f["age_emb"][inputs.age]
+            hidden += f["occupation_emb"][inputs.occupation]
+            hidden += f["zip_emb"][inputs.zip]
         if "history" in parts:
-            x.append(_masked_mean(w["item_emb"], inputs.history))
+            hidden += _masked_mean(w["item_emb"], inputs.history) @ f["item_emb"]
         if "time" in parts:
-            x += [w["hour_emb"][inputs.hour], w["weekday_emb"][inputs.weekday]]
-        return _mlp(np.concatenate(x, axis=-1), w, "user", self.config.normalize)
+            hidden += f["hour_emb"][inputs.hour]
+            hidden += f["weekday_emb"][inputs.weekday]
+        return _output(np.maximum(hidden, 0.0), w, "user", self.config.normalize)
 
 
 class NumpyItemTower(_Tower):
