@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from recsys.telemetry import in_process_values
+
 WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -15,6 +17,7 @@ class IngestMetrics:
     """The ingester's metrics in a registry of their own."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
+        in_process_values()
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.events = Counter("recsys_ingest_events", "Events consumed from Kafka", registry=r)

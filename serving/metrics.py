@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from recsys.telemetry import in_process_values
 from serving.recommender import Recommendation, Recommender
 
 BUCKETS = (
@@ -20,6 +21,7 @@ STAGES = ("features", "tower", "search", "filter")
 
 class ServingMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
+        in_process_values()
         self.registry = r = registry or CollectorRegistry()
         self.requests = Counter(
             "recsys_recommend_requests", "Answered Recommend requests", ["path"], registry=r
@@ -47,12 +49,12 @@ class ServingMetrics:
         }
         self.loaded = Gauge(
             "recsys_serving_pair_info",
-            "1 for the model and index versions serving, 0 for pairs served before",
+            "The model and index versions serving (value 1)",
             ["model_version", "index_version"],
             registry=r,
         )
         self.swaps = Counter("recsys_serving_swaps", "Model+index pairs swapped in", registry=r)
-        self._serving: tuple[str, str] | None = None
+        self._serving = False
         self.refused = Counter(
             "recsys_serving_reloads_refused",
             "New pairs that failed to load or verify (the old one kept serving)",
@@ -72,12 +74,11 @@ class ServingMetrics:
     def serving(self, recommender: Recommender) -> None:
         """Records the pair now serving (called by ``Live`` at start and on every swap)."""
         b = recommender.bundle
-        if self._serving is not None:
+        if self._serving:
             self.swaps.inc()
-            # Not ``clear()``: Feast puts prometheus_client in multiprocess mode, which lacks it.
-            self.loaded.labels(*self._serving).set(0)
-        self._serving = (b.model_version, b.index_version)
-        self.loaded.labels(*self._serving).set(1)
+        self._serving = True
+        self.loaded.clear()
+        self.loaded.labels(b.model_version, b.index_version).set(1)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Serves ``/metrics`` on ``host:port`` from a daemon thread."""

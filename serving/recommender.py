@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import faiss
 import numpy as np
@@ -64,8 +64,7 @@ class Request:
     exclude_genres: Sequence[str] = ()
 
 
-@dataclass(frozen=True)
-class ScoredItem:
+class ScoredItem(NamedTuple):
     item_id: str
     score: float
 
@@ -274,16 +273,18 @@ class Recommender:
         exclude: int,
     ) -> list[ScoredItem]:
         """The first ``k`` candidates that pass the genre masks and are not banned."""
-        keep = rows >= 0
-        if include or exclude:
-            genres = self.bundle.meta.genres[np.where(keep, rows, 0)]
-            if include:
-                keep &= (genres & np.uint64(include)) != 0
-            if exclude:
-                keep &= (genres & np.uint64(exclude)) == 0
+        if include or exclude or rows[-1] < 0:  # -1: an ANN index found fewer than asked
+            keep = rows >= 0
+            if include or exclude:
+                genres = self.bundle.meta.genres[np.where(keep, rows, 0)]
+                if include:
+                    keep &= (genres & np.uint64(include)) != 0
+                if exclude:
+                    keep &= (genres & np.uint64(exclude)) == 0
+            rows, scores = rows[keep], scores[keep]
         ids = self.bundle.item_ids
         items = []
-        for row, score in zip(rows[keep].tolist(), scores[keep].tolist(), strict=True):
+        for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
             item_id = ids[row]
             if item_id not in banned:
                 items.append(ScoredItem(item_id, score))

@@ -288,3 +288,17 @@ def test_load_missing_feature_space_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "missing.json"
     with pytest.raises(ArtifactError, match=r"missing\.json"):
         FeatureSpace.load(path)
+
+
+def test_one_user_encodes_as_the_same_row_of_a_batch(space: FeatureSpace) -> None:
+    rows = [
+        RawUser("u1", "F", 30, "student", "55455", ("i2", "nope", "i3"), 1_795_789_800_000),
+        RawUser("stranger", "X", 0, "astronaut", "t8h1n", (), 0),
+        RawUser("u3", "M", 56, "engineer", "", ("i5", "i4", "i3", "i2", "i1"), 42),
+    ]
+    batch = space.encode_users([*rows, rows[0]]).as_dict()  # a batch, not the one-user path
+    for i, row in enumerate(rows):
+        one = space.encode_users([row]).as_dict()
+        for name, value in one.items():
+            assert value.dtype == batch[name].dtype and value.shape[0] == 1
+            np.testing.assert_array_equal(value[0], batch[name][i], err_msg=name)

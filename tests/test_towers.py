@@ -56,6 +56,15 @@ def test_user_tower_numpy_matches_saved_model(model_dir, space, ml, split) -> No
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # normalized
 
 
+def test_one_user_numpy_path_matches_the_batch_path(model_dir, space, ml, split) -> None:
+    inputs = _user_batch(ml, space, split)
+    tower = NumpyUserTower.load(model_dir)
+    batch = tower(inputs)
+    for i in [0, 1, 57, len(inputs.user) - 1]:  # the last is the brand-new user
+        one = UserInputs(**{k: v[i : i + 1] for k, v in inputs.as_dict().items()})
+        np.testing.assert_allclose(tower(one), batch[i : i + 1], atol=1e-6, rtol=0)
+
+
 def test_item_tower_numpy_matches_saved_model(model_dir, space, ml) -> None:
     _, catalog = catalog_inputs(ml, space)
     assert (catalog.title > 0).any()

@@ -172,6 +172,8 @@ class FeatureSpace:
     history_length: int
 
     def encode_users(self, rows: Sequence[RawUser]) -> UserInputs:
+        if len(rows) == 1:
+            return self._encode_user(rows[0])
         n = len(rows)
         history = np.zeros((n, self.history_length), np.int32)
         for row, user in enumerate(rows):
@@ -191,6 +193,27 @@ class FeatureSpace:
             weekday=ints(day_of_week(u.request_time_ms) for u in rows),
             history=history,
         )
+
+    def _encode_user(self, u: RawUser) -> UserInputs:
+        """``encode_users`` for one user (the serving hot path): scalar lookups, one array."""
+        items = self.items._index
+        history = np.zeros((1, self.history_length), np.int32)
+        recent = [items.get(i, 0) for i in u.recent_items[: self.history_length]]
+        history[0, : len(recent)] = recent
+        scalars = np.array(
+            [
+                [self.users.lookup(u.user_id)],
+                [self.genders.lookup(u.gender)],
+                [age_bucket(int(u.age))],
+                [self.occupations.lookup(u.occupation)],
+                [self.zips.lookup(zip_prefix(u.zip_code))],
+                [hour_of_day(u.request_time_ms)],
+                [day_of_week(u.request_time_ms)],
+            ],
+            np.int32,
+        )
+        user, gender, age, occupation, zip_, hour, weekday = scalars
+        return UserInputs(user, gender, age, occupation, zip_, hour, weekday, history)
 
     def encode_items(
         self,
