@@ -21,6 +21,7 @@ not touch the store at all, so an outage costs one timeout, not one per request.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable
@@ -33,8 +34,10 @@ from features.repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW
 from features.store import UserFeatures, open_store
 from recsys.config import Config
 
-PROFILE = ["age", "gender", "occupation", "zip_code"]
-ACTIVITY = ["recent_items", "last_event_ms", "last_event_id"]
+log = logging.getLogger(__name__)
+PROFILE = ("age", "gender", "occupation", "zip_code")
+ACTIVITY = ("recent_items", "last_event_ms", "last_event_id")
+"""Passed as fresh lists: Feast's Redis ``online_read`` appends to the list it is given."""
 Profile = tuple[int, str, str, str] | None
 """(age, gender, occupation, zip code), or None when the store has no profile."""
 
@@ -100,12 +103,17 @@ class FeatureReader:
         try:
             profile = self._profile(user_id, key)
             _, values = self._provider.online_read(
-                self._config, self._activity_view, key, ACTIVITY
+                self._config, self._activity_view, key, [*ACTIVITY]
             )[0]
         except Exception as exc:  # any store failure degrades the answer, never the server
             with self._lock:
                 self._down_until = time.monotonic() + self._retry_seconds
                 self.last_error = f"{type(exc).__name__}: {exc}"
+            # At most one line per retry pause: only one read is tried per pause.
+            log.warning(
+                "online store read failed; answering from default features (degraded)",
+                extra={"error": self.last_error, "retry_seconds": self._retry_seconds},
+            )
             return None
         activity = EMPTY
         if _present(values, ACTIVITY):
@@ -125,7 +133,7 @@ class FeatureReader:
             hit = self._profiles.get(user_id)
             if hit is not None and now - hit[0] < self._cache_seconds:
                 return hit[1]
-        _, values = self._provider.online_read(self._config, self._profile_view, key, PROFILE)[0]
+        _, values = self._provider.online_read(self._config, self._profile_view, key, [*PROFILE])[0]
         profile: Profile = None
         if _present(values, PROFILE):
             profile = (

@@ -6,6 +6,7 @@ server keeps nothing on disk and binds to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -19,10 +20,19 @@ from recsys.errors import BrokerError
 class LocalRedis:
     """``redis-server`` in a child process on a free port; ``stop()`` leaves nothing behind."""
 
-    def __init__(self, work_dir: Path, *, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        cpus: set[int] | None = None,
+    ):
+        """``cpus`` pins the server to those cores (benchmarks keep it beside its client)."""
         self.work_dir = work_dir
         self.host = host
         self.port = port
+        self.cpus = cpus
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -60,6 +70,7 @@ class LocalRedis:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if (cpus := self.cpus) else None,
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -92,7 +92,9 @@ def _servers(
         "savedmodel, sqlite": (variant(tower_runtime="savedmodel"), ["serve"]),
     }
     with contextlib.ExitStack() as stack:
-        redis = stack.enter_context(LocalRedis(work / "redis"))
+        # Beside the servers, as a local Redis would share their host: unpinned, the
+        # scheduler can park it behind the client's core and a read waits a tick (~4 ms).
+        redis = stack.enter_context(LocalRedis(work / "redis", cpus=cpu))
         redis_cfg = variant().with_overrides(
             {
                 "paths": {"state": str(work / "redis-state")},

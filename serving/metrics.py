@@ -7,6 +7,8 @@ The histograms' buckets reach down to 25 µs: the stages cost tens of microsecon
 
 from __future__ import annotations
 
+import warnings
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from recsys.telemetry import in_process_values
@@ -77,7 +79,11 @@ class ServingMetrics:
         if self._serving:
             self.swaps.inc()
         self._serving = True
-        self.loaded.clear()
+        with warnings.catch_warnings():
+            # It warns whenever PROMETHEUS_MULTIPROC_DIR is set (Feast sets it), but our
+            # values are in-process (``in_process_values``), where clearing works.
+            warnings.simplefilter("ignore", UserWarning)
+            self.loaded.clear()
         self.loaded.labels(b.model_version, b.index_version).set(1)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
