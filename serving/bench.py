@@ -6,7 +6,9 @@ Every server is a ``recsys serve`` child pinned to one core; the client is this 
 pinned to the other. Calls rotate between the servers in blocks so machine noise hits all
 alike. Each server sends its stage times as trailing metadata (``serving.timing_trailer``),
 so one call gives the client's round trip and the server's hot path; the gRPC stage is the
-difference.
+difference. Before the servers start, the same requests run through the hot path as a plain
+object in this process, pinned to the servers' core: once with the store, once with
+features preloaded (what the rest costs when the store read has not just run).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from features.store import UserFeatures
 from recsys.config import Config
 from recsys.data import MovieLens
 from recsys.procs import child, free_port, write_config
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
 from serving.client import RecommendClient
+from serving.recommender import Features
 
 BLOCK = 50
 STAGES = ("grpc", "features", "tower", "search", "filter", "hot_path")
@@ -154,6 +158,54 @@ def _requests(users: Sequence[str], calls: int, k: int) -> list[pb.RecommendRequ
     return out
 
 
+class _Preloaded:
+    """Features read once, then served from memory: the hot path without the store, to see
+    what the store read costs beyond its own stage (it leaves the caches cold for the rest)."""
+
+    def __init__(self, reader: Features):
+        self._reader = reader
+        self._seen: dict[str, UserFeatures | None] = {}
+
+    def read(self, user_id: str) -> UserFeatures | None:
+        if user_id not in self._seen:
+            self._seen[user_id] = self._reader.read(user_id)
+        return self._seen[user_id]
+
+
+def _in_process(config: Config, requests: Sequence[pb.RecommendRequest], cpu: set[int] | None):
+    """The hot path as a plain object in this process (no gRPC), with the store and with
+    features preloaded: ``{variant: {stage: percentiles}}`` in µs."""
+    import faiss
+
+    from features.online import FeatureReader
+    from serving.recommender import Bundle, Recommender, Request
+
+    faiss.omp_set_num_threads(1)
+    if cpu:
+        os.sched_setaffinity(0, cpu)
+    bundle = Bundle.load_current(config.models_dir, config.indexes_dir)
+    reader = FeatureReader(config)
+    plain = [
+        Request(r.user_id, r.k, r.exclude_item_ids, include_genres=r.include_genres)
+        for r in requests
+    ]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, features in (("store", reader), ("preloaded", _Preloaded(reader))):
+        rec = Recommender(bundle, features, config.serving)
+        for request in plain:  # warm, and fill the preloaded features
+            rec.recommend(request)
+        samples: dict[str, list[float]] = {s: [] for s in STAGES[1:]}
+        for request in plain:
+            t = time.perf_counter()
+            answer = rec.recommend(request)
+            samples["hot_path"].append((time.perf_counter() - t) * 1e6)
+            for stage in ("features", "tower", "search", "filter"):
+                if value := getattr(answer.stages, stage):
+                    samples[stage].append(value * 1e6)
+        out[name] = {s: percentiles(v) for s, v in samples.items() if v}
+    return out
+
+
 def run(
     config: Config, ml: MovieLens, *, calls: int = 2000, k: int = 10, index_items: int = 0
 ) -> dict[str, dict[str, dict[str, float]]]:
@@ -164,6 +216,8 @@ def run(
     server_cpu, client_cpu = ({cores[-1]}, {cores[0]}) if len(cores) > 1 else (None, None)
     users = list(ml.users["user_id"])
     requests = _requests(users, calls, k)
+    in_process = _in_process(config, requests, server_cpu)
+    os.sched_setaffinity(0, set(cores))
     with _servers(config, ml, work, index_items, server_cpu) as addresses:
         if client_cpu:
             os.sched_setaffinity(0, client_cpu)
@@ -178,11 +232,16 @@ def run(
             for target in targets:
                 target.channel.close()
             os.sched_setaffinity(0, set(cores))
-    return _report(targets, calls, k, server_cpu, client_cpu)
+    return _report(targets, in_process, calls, k, server_cpu, client_cpu)
 
 
 def _report(
-    targets: list[_Target], calls: int, k: int, server_cpu: object, client_cpu: object
+    targets: list[_Target],
+    in_process: dict[str, dict[str, dict[str, float]]],
+    calls: int,
+    k: int,
+    server_cpu: object,
+    client_cpu: object,
 ) -> dict[str, dict[str, dict[str, float]]]:
     result: dict[str, dict[str, dict[str, float]]] = {}
     for t in targets:
@@ -213,4 +272,10 @@ def _report(
             continue
         cells = [f"{r[s]['p50']:.0f} / {r[s]['p99']:.0f}" if s in r else "-" for s in STAGES]
         print(f"{name:<34}" + "".join(f"{c:>15}" for c in cells))
+    for name, r in in_process.items():
+        cells = [f"{r[s]['p50']:.0f} / {r[s]['p99']:.0f}" if s in r else "-" for s in STAGES]
+        print(
+            f"{'in process, ' + name + ' (numpy, sqlite)':<34}" + "".join(f"{c:>15}" for c in cells)
+        )
+        result[f"in process, {name}"] = r
     return result
