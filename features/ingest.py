@@ -159,16 +159,7 @@ def process_batch(
 def make_consumer(config: Config, on_rebalance: Callable[[], None] = lambda: None) -> Any:
     """A consumer in the configured group; it logs each partition assignment it receives and
     calls ``on_rebalance`` whenever partitions are revoked or assigned."""
-    from kafka import ConsumerRebalanceListener, KafkaConsumer
-
-    class LogAssignment(ConsumerRebalanceListener):  # type: ignore[misc]
-        def on_partitions_revoked(self, revoked: Any) -> None:
-            on_rebalance()
-
-        def on_partitions_assigned(self, assigned: Any) -> None:
-            on_rebalance()
-            partitions = sorted(tp.partition for tp in assigned)
-            log.info("assigned partitions %s of %s", partitions, kc.topic)
+    from kafka import KafkaConsumer
 
     kc = config.kafka
     consumer = KafkaConsumer(
@@ -181,8 +172,67 @@ def make_consumer(config: Config, on_rebalance: Callable[[], None] = lambda: Non
         # after the default 5 minutes.
         metadata_max_age_ms=5000,
     )
-    consumer.subscribe([kc.topic], listener=LogAssignment())
+    _subscribe(consumer, config, on_rebalance)
     return consumer
+
+
+def _subscribe(consumer: Any, config: Config, on_rebalance: Callable[[], None]) -> None:
+    from kafka import ConsumerRebalanceListener
+
+    topic = config.kafka.topic
+
+    class LogAssignment(ConsumerRebalanceListener):  # type: ignore[misc]
+        def on_partitions_revoked(self, revoked: Any) -> None:
+            on_rebalance()
+
+        def on_partitions_assigned(self, assigned: Any) -> None:
+            on_rebalance()
+            partitions = sorted(tp.partition for tp in assigned)
+            log.info("assigned partitions %s of %s", partitions, topic)
+
+    consumer.subscribe([topic], listener=LogAssignment())
+
+
+REJOIN_AFTER_S = 15.0
+"""How long a consumer may hold no partitions of a topic that has some before it rejoins."""
+
+
+class _Starvation:
+    """Rejoins the group when this consumer has held no partitions for ``REJOIN_AFTER_S``
+    although the topic has partitions. kafka-python's group leader can assign with
+    incomplete topic metadata and then miss the follow-up rebalance, leaving the whole group
+    with nothing (dpkp/kafka-python#2377; seen here as "No partition metadata for topic").
+    A member that is idle because the group has more members than partitions rejoins at most
+    once per ``REJOIN_AFTER_S``, which the others ride out as an ordinary rebalance."""
+
+    def __init__(
+        self,
+        config: Config,
+        on_rebalance: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._config = config
+        self._on_rebalance = on_rebalance
+        self._clock = clock
+        self._since: float | None = None
+
+    def check(self, consumer: Any) -> None:
+        now = self._clock()
+        if consumer.assignment():
+            self._since = None
+        elif self._since is None:
+            self._since = now
+        elif now - self._since >= REJOIN_AFTER_S:
+            self._since = now
+            topic = self._config.kafka.topic
+            if consumer.partitions_for_topic(topic):
+                log.warning(
+                    "no partitions of %s assigned for %.0f s although it has some; rejoining",
+                    topic,
+                    REJOIN_AFTER_S,
+                )
+                consumer.unsubscribe()
+                _subscribe(consumer, self._config, self._on_rebalance)
 
 
 LAG_EVERY_S = 2.0
@@ -248,6 +298,7 @@ def run(
 
     cache = StateCache(config.kafka.state_cache_users)
     consumer = make_consumer(config, on_rebalance=cache.clear)
+    starvation = _Starvation(config, cache.clear)
     dead_letters = KafkaProducer(bootstrap_servers=config.kafka.bootstrap_servers, acks="all")
     metrics = metrics or IngestMetrics()
     stats = IngestStats()
@@ -258,6 +309,7 @@ def run(
             if time.monotonic() - lag_at >= LAG_EVERY_S:
                 lag_at = time.monotonic()
                 _measure_lag(consumer, metrics)
+                starvation.check(consumer)
             values = [record.value for records in polled.values() for record in records]
             if not values:
                 continue

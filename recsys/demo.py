@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from recsys.config import Config
 from recsys.errors import RecsysError
 from recsys.procs import child, free_port, write_config
+from recsys.v1 import recommender_pb2 as pb
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -104,8 +105,9 @@ def run_demo(config: Config, *, users: int = 3, events: int = 5) -> None:
                 consumed = set(rows["item_id"])
                 after = client.recommend(user, k=5)
                 kind = "new user, no profile" if user == NEW_USER else "known user"
+                paths = f"answered {_path(before[user])}, then {_path(after)}"
                 print(
-                    f"\n    user {user} ({kind}); consumed: "
+                    f"\n    user {user} ({kind}; {paths}); consumed: "
                     + ", ".join(titles[i][:30] for i in rows["item_id"])
                 )
                 _show(
@@ -116,6 +118,11 @@ def run_demo(config: Config, *, users: int = 3, events: int = 5) -> None:
     print(
         f"\ndemo finished in {time.monotonic() - started:.0f}s; broker, server and ingester stopped"
     )
+
+
+def _path(reply: pb.RecommendResponse) -> str:
+    """``cold start`` from ``SERVING_PATH_COLD_START``."""
+    return pb.ServingPath.Name(reply.path).removeprefix("SERVING_PATH_").lower().replace("_", " ")
 
 
 def _wait_ingested(

@@ -170,3 +170,5 @@ def ingester(server: RunningServer, kafka: str, ingest_metrics) -> Iterator[Conf
         thread.join(timeout=30)
     if errors:
         raise errors[0]
+    # A consumer left running would keep its partitions and starve the next test's.
+    assert not thread.is_alive(), "the ingester loop did not stop within 30 s"

@@ -187,3 +187,46 @@ def test_state_cache_is_lru() -> None:
     assert cache.get(["a"]) == {"a": Activity(("1",))}  # a is now the most recent
     cache.put({"c": Activity(("3",))})
     assert set(cache.get(["a", "b", "c"])) == {"a", "c"}
+
+
+class _IdleConsumer:
+    """What the starvation check reads of a consumer: its assignment and topic metadata."""
+
+    def __init__(self, assigned: set, partitions: set | None):
+        self.assigned = assigned
+        self.partitions = partitions
+        self.calls: list[str] = []
+
+    def assignment(self) -> set:
+        return self.assigned
+
+    def partitions_for_topic(self, topic: str) -> set | None:
+        return self.partitions
+
+    def unsubscribe(self) -> None:
+        self.calls.append("unsubscribe")
+
+    def subscribe(self, topics, listener=None) -> None:
+        self.calls.append(f"subscribe {topics[0]}")
+
+
+@pytest.mark.parametrize(
+    ("assigned", "partitions", "rejoins"),
+    [(set(), {0, 1, 2, 3}, True), ({"tp0"}, {0, 1, 2, 3}, False), (set(), None, False)],
+)
+def test_a_consumer_starved_of_partitions_rejoins_after_a_while(
+    base_config, assigned, partitions, rejoins
+) -> None:
+    from features import ingest
+
+    clock = [1000.0]
+    consumer = _IdleConsumer(assigned, partitions)
+    starvation = ingest._Starvation(base_config, lambda: None, clock=lambda: clock[0])
+    starvation.check(consumer)
+    clock[0] += ingest.REJOIN_AFTER_S - 1
+    starvation.check(consumer)
+    assert consumer.calls == []  # not before its time
+    clock[0] += 2
+    starvation.check(consumer)
+    topic = base_config.kafka.topic
+    assert consumer.calls == (["unsubscribe", f"subscribe {topic}"] if rejoins else [])
