@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import time
 
+import grpc
 import pytest
 
 from features.redis_server import LocalRedis
@@ -55,3 +57,26 @@ def test_a_hung_then_dead_store_degrades_within_the_deadline_and_recovers(redis_
         assert reply.path == pb.SERVING_PATH_DEGRADED and len(reply.items) == 10
         assert server.metrics.value("recsys_recommend_requests_total", path="degraded") >= 3
         assert server.metrics.value("recsys_recommend_errors_total", code="INTERNAL") == 0
+
+
+def test_a_deadline_shorter_than_the_store_wait_is_deadline_exceeded(feature_store) -> None:
+    """The store hangs longer than the caller will wait: the caller gets DEADLINE_EXCEEDED
+    on time, and the server stops work on that request once the read returns."""
+    config = feature_store.with_overrides(
+        {"serving": {"store_timeout_ms": 300, "store_retry_seconds": 0.1}}
+    )
+    with running_server(config) as server, RecommendClient(server.target) as client:
+        lock = sqlite3.connect(config.feast_dir / "online.db", timeout=0)
+        lock.execute("BEGIN EXCLUSIVE")  # the store now answers only after its timeout
+        try:
+            with pytest.raises(grpc.RpcError) as info:
+                client.recommend("196", k=5, timeout=0.05)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            time.sleep(0.4)  # the server's read times out; it does not answer a dead request
+            code = "DEADLINE_EXCEEDED"
+            assert server.metrics.value("recsys_recommend_errors_total", code=code) == 1
+        finally:
+            lock.rollback()
+            lock.close()
+        time.sleep(0.2)
+        assert client.recommend("196", k=5).path == pb.SERVING_PATH_PERSONALIZED
