@@ -13,7 +13,7 @@ STUBS := recsys/v1/recommender_pb2.py recsys/v1/events_pb2.py recsys/v1/admin_pb
 DATA := .cache/data/ml-100k/ml-100k.inter
 KAFKA_JARS := .cache/kafka/libs/.pom.sha256
 
-.PHONY: demo test setup venv proto data kafka-jars redis broker lint clean
+.PHONY: demo test setup venv proto data kafka-jars redis broker loadtest lint clean
 
 demo: setup
 	@echo "==> recsys demo (train, index, features, Kafka + server + ingester, the loop)"
@@ -56,6 +56,10 @@ redis:
 	@command -v redis-server >/dev/null || { \
 	  echo "==> [setup 5/5] redis-server (Debian package)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
+
+# The latency SLO gate: Locust at loadtest.rate for loadtest.seconds, beside a null handler.
+loadtest: setup
+	$(RECSYS) loadtest --baseline
 
 broker: setup
 	$(RECSYS) broker

@@ -242,6 +242,35 @@ def cmd_broker(config: Config, args: argparse.Namespace) -> None:
             threading.Event().wait()
 
 
+def cmd_loadtest(config: Config, args: argparse.Namespace) -> None:
+    from recsys import artifacts
+    from serving.loadtest.run import run
+
+    overrides = {
+        key: value
+        for key, value in {
+            "rate": args.rate,
+            "seconds": args.seconds,
+            "users": args.users,
+            "slo_p99_ms": args.slo_p99_ms,
+            "slo_p999_ms": args.slo_p999_ms,
+        }.items()
+        if value is not None
+    }
+    config = config.with_overrides({"loadtest": overrides})
+    if args.target is None and not args.null:
+        artifacts.current(config.indexes_dir)  # fails with what to run when nothing is published
+    out = args.out or config.paths.state / "loadtest" / time.strftime("%Y%m%dT%H%M%SZ")
+    run(
+        config,
+        load_dataset(config),
+        out,
+        target=args.target,
+        null=args.null,
+        baseline=args.baseline,
+    )
+
+
 def cmd_bench(config: Config, args: argparse.Namespace) -> None:
     from recsys import artifacts
     from serving.bench import run
@@ -296,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
         "replay": (cmd_replay, "produce ML-100K (or synthetic) interactions to Kafka in order"),
         "recommend": (cmd_recommend, "call Recommend on a running server"),
         "admin": (cmd_admin, "status, reload or rollback of a running server (admin port)"),
+        "loadtest": (
+            cmd_loadtest,
+            "Locust at a fixed rate; µs histogram, plots, summary; fails on the latency SLO",
+        ),
         "broker": (cmd_broker, "run a local single-node Kafka broker (foreground)"),
         "bench": (
             cmd_bench,
@@ -339,6 +372,18 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--time-ms", type=int, default=0, help="request time (default: now)")
     rec.add_argument("--target", help="host:port (default: serving.host:serving.port)")
     rec.add_argument("--timeout", type=float, default=5.0)
+    lt = parsers["loadtest"]
+    lt.add_argument("--target", help="host:port of a running server (default: start one)")
+    lt.add_argument("--null", action="store_true", help="load a null-handler server instead")
+    lt.add_argument(
+        "--baseline", action="store_true", help="first the same run against a null handler"
+    )
+    lt.add_argument("--rate", type=float, help="requests/s (loadtest.rate)")
+    lt.add_argument("--seconds", type=float, help="duration (loadtest.seconds)")
+    lt.add_argument("--users", type=int, help="simulated callers (loadtest.users)")
+    lt.add_argument("--slo-p99-ms", type=float, help="loadtest.slo_p99_ms")
+    lt.add_argument("--slo-p999-ms", type=float, help="loadtest.slo_p999_ms")
+    lt.add_argument("--out", type=Path, help="results folder (default: .state/loadtest/<time>)")
     admin = parsers["admin"]
     admin.add_argument("action", choices=["status", "reload", "rollback"])
     admin.add_argument("--to", help="rollback: the index version (default: the previous one)")

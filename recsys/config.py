@@ -153,6 +153,19 @@ class IndexConfig(_Section):
     """Items embedded and added per step: memory stays bounded for any catalog size."""
 
 
+class LoadTestConfig(_Section):
+    rate: float = Field(1000.0, gt=0)
+    """Requests per second, held constant (Locust's ``constant_throughput`` per user)."""
+    seconds: float = Field(60.0, gt=0)
+    users: int = Field(50, ge=1)
+    """Simulated callers, each with its own channel; the rate is split between them."""
+    new_user_share: float = Field(0.1, ge=0, le=1)
+    """Share of calls from users the model never saw (cold start)."""
+    slo_p99_ms: float = Field(10.0, gt=0)
+    slo_p999_ms: float | None = Field(None, gt=0)
+    """The run fails when p99 (or p99.9, when set) is above these, or any request fails."""
+
+
 class Config(_Section):
     # Factories, not instances: default paths resolve when a config is loaded, not at import.
     paths: PathsConfig = Field(default_factory=PathsConfig)
@@ -161,6 +174,7 @@ class Config(_Section):
     feast: FeastConfig = Field(default_factory=FeastConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
+    loadtest: LoadTestConfig = Field(default_factory=LoadTestConfig)
 
     @property
     def models_dir(self) -> Path:

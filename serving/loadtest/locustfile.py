@@ -1,0 +1,123 @@
+"""The Locust user for ``recsys loadtest``: Recommend over gRPC with a realistic mix.
+
+Loaded only by the ``locust`` process ``serving.loadtest.run`` starts: importing locust
+patches the process with gevent, which must never happen next to the server or TensorFlow.
+gRPC is made gevent-cooperative before any channel exists.
+
+Each call is fired as a Locust request event (Locust's CSV and HTML) and also kept at
+microsecond resolution (Locust rounds response times below 100 ms to whole milliseconds):
+``(start unix seconds, latency µs, ok)`` rows written to ``--recsys-samples`` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import Any
+
+import grpc
+import grpc.experimental.gevent as grpc_gevent
+import numpy as np
+from locust import User, constant_throughput, events, task
+
+from recsys.v1 import recommender_pb2 as pb
+from recsys.v1 import recommender_pb2_grpc as pb_grpc
+
+grpc_gevent.init_gevent()
+SAMPLES: list[tuple[float, float, bool]] = []
+
+
+@events.init_command_line_parser.add_listener
+def _arguments(parser: Any) -> None:
+    parser.add_argument("--recsys-traffic", help="traffic JSON written by recsys loadtest")
+    parser.add_argument("--recsys-samples", help="where to write the µs samples (.npy)")
+    parser.add_argument("--recsys-rate", type=float, default=100.0, help="total requests/s")
+
+
+@events.quitting.add_listener
+def _write_samples(environment: Any, **_: Any) -> None:
+    path = environment.parsed_options.recsys_samples
+    if path:
+        np.save(path, np.array(SAMPLES, dtype=np.float64).reshape(-1, 3))
+
+
+class Traffic:
+    """The request mix, from the file ``recsys loadtest`` writes.
+
+    Known users are drawn in proportion to how active they were (a popularity skew); a
+    share of calls comes from never-seen users (cold start); k varies; some calls exclude
+    popular items or filter by genre.
+    """
+
+    def __init__(self, spec: dict[str, Any], seed: int):
+        self.rng = random.Random(seed)
+        self.users: list[str] = spec["users"]
+        self.cumulative = list(np.cumsum(spec["user_weights"]))
+        self.items: list[str] = spec["popular_items"]
+        self.genres: list[str] = spec["genres"]
+        self.new_user_share: float = spec["new_user_share"]
+        self.ks: list[int] = spec["ks"]
+
+    def request(self) -> pb.RecommendRequest:
+        rng = self.rng
+        if rng.random() < self.new_user_share:
+            user = f"loadtest-new-{rng.randrange(10**9)}"
+        else:
+            user = rng.choices(self.users, cum_weights=self.cumulative)[0]
+        request = pb.RecommendRequest(user_id=user, k=rng.choice(self.ks))
+        draw = rng.random()
+        if draw < 0.2:
+            request.exclude_item_ids.extend(rng.sample(self.items, rng.randint(1, 5)))
+        elif draw < 0.35:
+            request.include_genres.append(rng.choice(self.genres))
+        elif draw < 0.45:
+            request.exclude_genres.append(rng.choice(self.genres))
+        return request
+
+
+class RecommendUser(User):
+    """One simulated caller on its own channel, pacing itself to its share of the rate."""
+
+    host = "127.0.0.1:50051"
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        with open(options.recsys_traffic) as f:
+            spec = json.load(f)
+        self.traffic = Traffic(spec, seed=id(self))
+        self.channel = grpc.insecure_channel(self.host.removeprefix("grpc://"))
+        self.stub = pb_grpc.RecommenderStub(self.channel)
+        users = max(1, self.environment.runner.target_user_count or 1)
+        self._pace = constant_throughput(options.recsys_rate / users)
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    def wait_time(self) -> float:
+        """Each user's share of the total rate, whatever the calls take (open-loop pacing
+        up to the point where every user is busy)."""
+        return float(self._pace(self))
+
+    @task
+    def recommend(self) -> None:
+        request = self.traffic.request()
+        started_wall = time.time()
+        started = time.perf_counter()
+        exception: Exception | None = None
+        size = 0
+        try:
+            reply = self.stub.Recommend(request, timeout=5.0)
+            size = reply.ByteSize()
+        except grpc.RpcError as exc:
+            exception = exc
+        seconds = time.perf_counter() - started
+        SAMPLES.append((started_wall, seconds * 1e6, exception is None))
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name="Recommend",
+            response_time=seconds * 1000,
+            response_length=size,
+            exception=exception,
+            context={},
+        )

@@ -1,0 +1,110 @@
+"""What a load run measured, from the µs samples the Locust user keeps: percentiles, the
+achieved rate, failures, the SLO verdict, and a latency-over-time and CDF plot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recsys.config import LoadTestConfig
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One run. Latencies in milliseconds.
+
+    Attributes:
+        requests: Calls made; ``failures`` of them ended in an error.
+        rate: Calls per second achieved over the run.
+    """
+
+    requests: int
+    failures: int
+    seconds: float
+    rate: float
+    p50: float
+    p90: float
+    p99: float
+    p999: float
+    max: float
+
+
+def summarize(samples: np.ndarray) -> Summary:
+    """``samples``: ``[n, 3]`` rows of (start unix seconds, latency µs, ok)."""
+    if len(samples) == 0:
+        return Summary(0, 0, 0.0, 0.0, *([float("nan")] * 5))
+    start, micros, ok = samples[:, 0], samples[:, 1], samples[:, 2]
+    seconds = float(start.max() - start.min()) or 1e-9
+    ms = micros / 1000
+    p50, p90, p99, p999 = (float(np.percentile(ms, q)) for q in (50, 90, 99, 99.9))
+    return Summary(
+        requests=len(samples),
+        failures=int((ok == 0).sum()),
+        seconds=seconds,
+        rate=len(samples) / seconds,
+        p50=p50,
+        p90=p90,
+        p99=p99,
+        p999=p999,
+        max=float(ms.max()),
+    )
+
+
+def violations(summary: Summary, slo: LoadTestConfig) -> list[str]:
+    """Why the run fails its SLO (empty: it passes)."""
+    out = []
+    if summary.requests == 0:
+        out.append("no requests were made")
+    if summary.failures:
+        out.append(f"{summary.failures} of {summary.requests} requests failed")
+    if summary.p99 > slo.slo_p99_ms:
+        out.append(f"p99 {summary.p99:.2f} ms > SLO {slo.slo_p99_ms:g} ms")
+    if slo.slo_p999_ms is not None and summary.p999 > slo.slo_p999_ms:
+        out.append(f"p99.9 {summary.p999:.2f} ms > SLO {slo.slo_p999_ms:g} ms")
+    return out
+
+
+def render(summary: Summary, slo: LoadTestConfig, label: str) -> str:
+    """A one-screen summary."""
+    s = summary
+    verdict = violations(s, slo)
+    lines = [
+        f"{label}: {s.requests:,} requests in {s.seconds:.1f} s ({s.rate:,.0f}/s, "
+        f"target {slo.rate:,.0f}/s), {s.failures} failed",
+        f"  latency ms  p50 {s.p50:.2f}  p90 {s.p90:.2f}  p99 {s.p99:.2f}  "
+        f"p99.9 {s.p999:.2f}  max {s.max:.2f}",
+        "  SLO " + ("met" if not verdict else "NOT met: " + "; ".join(verdict)),
+    ]
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, np.ndarray], path: Path) -> None:
+    """Latency over time (1 s p50/p99 windows) and the latency CDF, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (over_time, cdf) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, samples in runs.items():
+        if len(samples) == 0:
+            continue
+        t = samples[:, 0] - samples[:, 0].min()
+        ms = samples[:, 1] / 1000
+        second = t.astype(int)
+        windows = np.unique(second)
+        for q, style in ((50, "-"), (99, "--")):
+            values = [np.percentile(ms[second == w], q) for w in windows]
+            over_time.plot(windows, values, style, label=f"{name} p{q}")
+        ordered = np.sort(ms)
+        cdf.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered), label=name)
+    over_time.set(xlabel="seconds into the run", ylabel="latency ms (1 s windows)", yscale="log")
+    cdf.set(xlabel="latency ms", ylabel="share of requests", xscale="log")
+    for ax in (over_time, cdf):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,181 @@
+"""``recsys loadtest``: headless Locust at a fixed request rate against a server it starts
+(or one given by address), with our own µs histogram, plots, a summary and an SLO gate.
+
+Locust runs in a process of its own (it patches its process with gevent), pinned to one
+core; a server this command starts is pinned to another, so the load generator and the
+server do not take turns on one core. Machine facts are written beside each result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from recsys.config import Config
+from recsys.data import MovieLens
+from recsys.errors import RecsysError
+from recsys.procs import child, free_port, write_config
+from serving.client import RecommendClient
+from serving.loadtest.report import Summary, plot, render, summarize, violations
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+
+
+class SloError(RecsysError):
+    """A load run broke its latency SLO or had failed requests."""
+
+
+def write_traffic(config: Config, ml: MovieLens, path: Path) -> Path:
+    """The request mix the Locust users draw from (see ``locustfile.Traffic``)."""
+    activity = ml.interactions["user_id"].value_counts()
+    popular = ml.interactions["item_id"].value_counts().index[:200]
+    genres = sorted({g for gs in ml.items["genres"] for g in gs})
+    ks = [k for k in (5, 10, 20, 50) if k <= config.serving.max_k] or [config.serving.max_k]
+    spec = {
+        "users": [str(u) for u in activity.index],
+        "user_weights": [float(w) for w in activity.to_numpy()],
+        "popular_items": [str(i) for i in popular],
+        "genres": genres,
+        "new_user_share": config.loadtest.new_user_share,
+        "ks": ks,
+    }
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def machine_facts() -> dict[str, object]:
+    return {
+        "host": platform.node(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _cores() -> tuple[set[int] | None, set[int] | None]:
+    """(server cores, load-generator cores): apart when there are two or more."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None, None
+    return {cores[-1]}, set(cores[:-1])
+
+
+@contextlib.contextmanager
+def _server(config: Config, out: Path, null: bool, cpus: set[int] | None) -> Iterator[str]:
+    """Starts ``recsys serve`` (``--null``: the null handler); yields its address."""
+    host = config.serving.host
+    cfg = config.with_overrides(
+        {"serving": {"port": free_port(host), "admin_port": free_port(host)}}
+    )
+    name = "null-server" if null else "server"
+    path = write_config(cfg, out / f"{name}.yaml")
+    args = ["serve", "--null"] if null else ["serve"]
+    with child(name, path, args, out, quiet=True, cpus=cpus) as proc:
+        address = f"{host}:{cfg.serving.port}"
+        with RecommendClient(address) as client:
+            client.wait_until_serving(timeout=600, process=proc)
+        yield address
+
+
+def run_locust(
+    config: Config, address: str, traffic: Path, out: Path, cpus: set[int] | None
+) -> np.ndarray:
+    """Runs headless Locust against ``address``; returns the ``[n, 3]`` µs samples."""
+    lt = config.loadtest
+    samples = out / "samples.npy"
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "--users", str(lt.users), "--spawn-rate", str(lt.users),
+        "--run-time", f"{lt.seconds:g}s", "--stop-timeout", "10",
+        "--host", address, "--csv", str(out / "locust"), "--html", str(out / "locust.html"),
+        "--only-summary", "--loglevel", "WARNING",
+        "--recsys-traffic", str(traffic), "--recsys-samples", str(samples),
+        "--recsys-rate", str(lt.rate),
+    ]  # fmt: skip
+    with (out / "locust.log").open("wb") as log:
+        done = subprocess.run(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=lt.seconds + 300,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            check=False,
+        )
+    if not samples.exists():
+        tail = (out / "locust.log").read_text(errors="replace")[-2000:]
+        raise RecsysError(f"locust exited with code {done.returncode} and no samples:\n{tail}")
+    return np.load(samples)
+
+
+def run(
+    config: Config,
+    ml: MovieLens,
+    out: Path,
+    *,
+    target: str | None = None,
+    null: bool = False,
+    baseline: bool = False,
+) -> dict[str, Summary]:
+    """One load run (and, with ``baseline``, the same run against a null handler first).
+
+    Writes Locust's CSV and HTML, ``samples.npy``, ``latency.png``, ``summary.txt`` and
+    ``result.json`` (with machine facts) under ``out``.
+
+    Raises:
+        SloError: the measured run broke ``loadtest.slo_p99_ms`` (or p99.9), or a request
+            failed.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    server_cpus, load_cpus = _cores()
+    traffic = write_traffic(config, ml, out / "traffic.json")
+    plan = [("null handler", True)] if baseline else []
+    plan.append(("null handler" if null else "recommend", null))
+    results: dict[str, np.ndarray] = {}
+    for name, is_null in plan:
+        run_dir = out / name.replace(" ", "-")
+        run_dir.mkdir(exist_ok=True)
+        print(
+            f"==> {name}: {config.loadtest.rate:g}/s for {config.loadtest.seconds:g}s", flush=True
+        )
+        with contextlib.ExitStack() as stack:
+            address = target or stack.enter_context(_server(config, run_dir, is_null, server_cpus))
+            results[name] = run_locust(config, address, traffic, run_dir, load_cpus)
+    summaries = {name: summarize(samples) for name, samples in results.items()}
+    text = "\n".join(render(s, config.loadtest, name) for name, s in summaries.items())
+    if baseline:
+        ratio = summaries[plan[-1][0]].p99 / summaries["null handler"].p99
+        text += f"\n{plan[-1][0]} p99 / null handler p99: {ratio:.2f}x"
+    facts = machine_facts()
+    text += (
+        f"\nserver on CPU {server_cpus}, Locust on CPU {load_cpus}; {facts['host']}, "
+        f"{facts['cpus']} cores, Python {facts['python']}"
+    )
+    print(text, flush=True)
+    (out / "summary.txt").write_text(text + "\n")
+    plot(results, out / "latency.png")
+    (out / "result.json").write_text(
+        json.dumps(
+            {
+                "machine": facts,
+                "loadtest": config.loadtest.model_dump(),
+                "runs": {name: asdict(s) for name, s in summaries.items()},
+            },
+            indent=2,
+        )
+    )
+    broken = violations(summaries[plan[-1][0]], config.loadtest)
+    if broken:
+        raise SloError(f"SLO not met: {'; '.join(broken)} (details in {out})")
+    return summaries

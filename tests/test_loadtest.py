@@ -1,0 +1,86 @@
+"""``recsys loadtest``: the report's arithmetic and gate on known samples, and a short real
+run (Locust in its own process, a real server) that passes a generous SLO and fails a
+strict one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from recsys.config import LoadTestConfig
+from recsys.procs import write_config
+from serving.loadtest.report import render, summarize, violations
+
+
+def _samples(latencies_us, ok=None, start=1000.0, rate=100.0) -> np.ndarray:
+    n = len(latencies_us)
+    ok = np.ones(n) if ok is None else np.asarray(ok, np.float64)
+    return np.column_stack([start + np.arange(n) / rate, latencies_us, ok])
+
+
+def test_summary_percentiles_rate_and_failures() -> None:
+    latencies = np.arange(1, 1001, dtype=np.float64) * 10  # 10 µs .. 10 ms
+    ok = np.ones(1000)
+    ok[:3] = 0
+    s = summarize(_samples(latencies, ok))
+    assert s.requests == 1000 and s.failures == 3
+    assert s.rate == pytest.approx(1000 / 9.99)
+    assert s.p50 == pytest.approx(np.percentile(latencies, 50) / 1000)
+    assert s.p99 == pytest.approx(np.percentile(latencies, 99) / 1000)
+    assert s.max == pytest.approx(10.0)
+
+
+def test_the_gate_fails_on_p99_p999_and_any_failure() -> None:
+    fast = summarize(_samples(np.full(1000, 2000.0)))  # 2 ms each
+    assert violations(fast, LoadTestConfig(slo_p99_ms=10)) == []
+    assert "SLO met" in render(fast, LoadTestConfig(slo_p99_ms=10), "x")
+    slow = violations(fast, LoadTestConfig(slo_p99_ms=1.5))
+    assert slow == ["p99 2.00 ms > SLO 1.5 ms"]
+    tail = summarize(_samples(np.r_[np.full(995, 1000.0), np.full(5, 50_000.0)]))
+    assert violations(tail, LoadTestConfig(slo_p99_ms=10)) == []  # 0.5 % slow: p99 is fine
+    assert violations(tail, LoadTestConfig(slo_p99_ms=10, slo_p999_ms=20)) == [
+        f"p99.9 {tail.p999:.2f} ms > SLO 20 ms"
+    ]
+    failed = summarize(_samples(np.full(10, 100.0), ok=[1] * 9 + [0]))
+    assert violations(failed, LoadTestConfig()) == ["1 of 10 requests failed"]
+    assert violations(summarize(np.empty((0, 3))), LoadTestConfig()) == ["no requests were made"]
+
+
+def _loadtest(config_file, out, *args) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "recsys.cli", "--config", str(config_file), "loadtest"]
+    return subprocess.run(
+        [*command, "--rate", "40", "--seconds", "4", "--users", "4", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.integration
+def test_a_short_run_passes_a_generous_slo_and_fails_a_strict_one(server, tmp_path) -> None:
+    config_file = write_config(server.config, tmp_path / "config.yaml")
+    passed = _loadtest(config_file, tmp_path / "pass", "--slo-p99-ms", "2000")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    out = tmp_path / "pass"
+    result = json.loads((out / "result.json").read_text())
+    run = result["runs"]["recommend"]
+    assert run["failures"] == 0 and run["requests"] >= 100  # ~40/s for 4 s
+    assert result["machine"]["cpus"] >= 1
+    for name in (
+        "summary.txt",
+        "latency.png",
+        "recommend/locust_stats.csv",
+        "recommend/locust.html",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    # The same traffic against the running session server, with an SLO no server meets.
+    strict = _loadtest(
+        config_file, tmp_path / "strict", "--target", server.target, "--slo-p99-ms", "0.001"
+    )
+    assert strict.returncode != 0
+    assert "SLO not met: p99" in strict.stderr
