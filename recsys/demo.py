@@ -104,7 +104,7 @@ def run_demo(config: Config, *, users: int = 3, events: int = 5) -> None:
             for user, rows in batches.items():
                 consumed = set(rows["item_id"])
                 after = client.recommend(user, k=5)
-                kind = "new user, no profile" if user == NEW_USER else "known user"
+                kind = "new user, no profile" if user == NEW_USER else "has a profile"
                 paths = f"answered {_path(before[user])}, then {_path(after)}"
                 print(
                     f"\n    user {user} ({kind}; {paths}); consumed: "
