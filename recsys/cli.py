@@ -244,7 +244,7 @@ def cmd_broker(config: Config, args: argparse.Namespace) -> None:
 
 def cmd_loadtest(config: Config, args: argparse.Namespace) -> None:
     from recsys import artifacts
-    from serving.loadtest.run import run
+    from serving.loadtest.run import ramp, run
 
     overrides = {
         key: value
@@ -261,6 +261,17 @@ def cmd_loadtest(config: Config, args: argparse.Namespace) -> None:
     if args.target is None and not args.null:
         artifacts.current(config.indexes_dir)  # fails with what to run when nothing is published
     out = args.out or config.paths.state / "loadtest" / time.strftime("%Y%m%dT%H%M%SZ")
+    if args.ramp:
+        ramp(
+            config,
+            load_dataset(config),
+            out,
+            args.ramp,
+            target=args.target,
+            null=args.null,
+            baseline=args.baseline,
+        )
+        return
     run(
         config,
         load_dataset(config),
@@ -379,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline", action="store_true", help="first the same run against a null handler"
     )
     lt.add_argument("--rate", type=float, help="requests/s (loadtest.rate)")
+    lt.add_argument(
+        "--ramp",
+        type=float,
+        nargs="+",
+        help="step through these rates instead; report the highest that holds the SLO",
+    )
     lt.add_argument("--seconds", type=float, help="duration (loadtest.seconds)")
     lt.add_argument("--users", type=int, help="simulated callers (loadtest.users)")
     lt.add_argument("--slo-p99-ms", type=float, help="loadtest.slo_p99_ms")

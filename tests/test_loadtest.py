@@ -13,7 +13,7 @@ import pytest
 
 from recsys.config import LoadTestConfig
 from recsys.procs import write_config
-from serving.loadtest.report import render, summarize, violations
+from serving.loadtest.report import held, render, summarize, violations
 
 
 def _samples(latencies_us, ok=None, start=1000.0, rate=100.0) -> np.ndarray:
@@ -50,6 +50,13 @@ def test_the_gate_fails_on_p99_p999_and_any_failure() -> None:
     assert violations(summarize(np.empty((0, 3))), LoadTestConfig()) == ["no requests were made"]
 
 
+def test_a_ramp_step_holds_only_if_it_met_the_slo_at_the_offered_rate() -> None:
+    at_100 = summarize(_samples(np.full(500, 2000.0), rate=100.0))
+    assert held(at_100, LoadTestConfig(rate=100, slo_p99_ms=10))
+    assert not held(at_100, LoadTestConfig(rate=100, slo_p99_ms=1))  # too slow
+    assert not held(at_100, LoadTestConfig(rate=200, slo_p99_ms=10))  # did not keep up
+
+
 def _loadtest(config_file, out, *args) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "recsys.cli", "--config", str(config_file), "loadtest"]
     return subprocess.run(
@@ -84,3 +91,22 @@ def test_a_short_run_passes_a_generous_slo_and_fails_a_strict_one(server, tmp_pa
     )
     assert strict.returncode != 0
     assert "SLO not met: p99" in strict.stderr
+
+
+@pytest.mark.integration
+def test_a_ramp_reports_the_highest_rate_that_held(server, tmp_path) -> None:
+    config_file = write_config(server.config, tmp_path / "config.yaml")
+    command = [sys.executable, "-m", "recsys.cli", "--config", str(config_file), "loadtest"]
+    done = subprocess.run(
+        [
+            *command, "--target", server.target, "--ramp", "15", "30", "--seconds", "3",
+            "--users", "3", "--slo-p99-ms", "2000", "--out", str(tmp_path / "ramp"),
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((tmp_path / "ramp" / "ramp.json").read_text())
+    assert [s["offered"] for s in result["steps"]] == [15, 30]
+    assert all(s["held"] and s["failures"] == 0 for s in result["steps"])
+    assert result["best"] == {"recommend": 30}
+    assert "highest rate holding p99 <= 2000 ms, recommend: 30" in done.stdout

@@ -66,6 +66,15 @@ def violations(summary: Summary, slo: LoadTestConfig) -> list[str]:
     return out
 
 
+ACHIEVED_SHARE = 0.95
+"""A ramp step holds only if the server kept up with at least this share of the rate."""
+
+
+def held(summary: Summary, slo: LoadTestConfig) -> bool:
+    """True when a step at ``slo.rate`` met the SLO and was actually served at that rate."""
+    return not violations(summary, slo) and summary.rate >= ACHIEVED_SHARE * slo.rate
+
+
 def render(summary: Summary, slo: LoadTestConfig, label: str) -> str:
     """A one-screen summary."""
     s = summary

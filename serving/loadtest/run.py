@@ -15,7 +15,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from recsys.data import MovieLens
 from recsys.errors import RecsysError
 from recsys.procs import child, free_port, write_config
 from serving.client import RecommendClient
-from serving.loadtest.report import Summary, plot, render, summarize, violations
+from serving.loadtest.report import Summary, held, plot, render, summarize, violations
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -179,3 +179,63 @@ def run(
     if broken:
         raise SloError(f"SLO not met: {'; '.join(broken)} (details in {out})")
     return summaries
+
+
+def ramp(
+    config: Config,
+    ml: MovieLens,
+    out: Path,
+    rates: Sequence[float],
+    *,
+    target: str | None = None,
+    null: bool = False,
+    baseline: bool = False,
+) -> dict[str, float | None]:
+    """Steps through ``rates`` (``loadtest.seconds`` each) against one server and returns,
+    per server, the highest rate whose step held the SLO and kept up (``report.held``).
+
+    Stops a server's ramp at the first step that does not hold: past the knee, higher rates
+    only queue more. Writes ``ramp.txt`` and ``ramp.json``; never fails on the SLO.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    server_cpus, load_cpus = _cores()
+    traffic = write_traffic(config, ml, out / "traffic.json")
+    plan = [("null handler", True)] if baseline else []
+    plan.append(("null handler", True) if null else ("recommend", False))
+    best: dict[str, float | None] = {}
+    lines = [f"{'server':<14}{'rate/s':>8}{'achieved':>10}{'p50 ms':>9}{'p99 ms':>9}  holds"]
+    steps = []
+    for name, is_null in plan:
+        best[name] = None
+        with contextlib.ExitStack() as stack:
+            server_dir = out / name.replace(" ", "-")
+            server_dir.mkdir(exist_ok=True)
+            address = target or stack.enter_context(
+                _server(config, server_dir, is_null, server_cpus)
+            )
+            for rate in sorted(rates):
+                step = config.with_overrides({"loadtest": {"rate": rate}})
+                step_dir = server_dir / f"{rate:g}"
+                step_dir.mkdir(exist_ok=True)
+                print(f"==> {name}: {rate:g}/s for {step.loadtest.seconds:g}s", flush=True)
+                summary = summarize(run_locust(step, address, traffic, step_dir, load_cpus))
+                ok = held(summary, step.loadtest)
+                lines.append(
+                    f"{name:<14}{rate:>8g}{summary.rate:>10.0f}{summary.p50:>9.2f}"
+                    f"{summary.p99:>9.2f}  {'yes' if ok else 'no'}"
+                )
+                steps.append({"server": name, "offered": rate, "held": ok, **asdict(summary)})
+                if not ok:
+                    break
+                best[name] = rate
+    slo = config.loadtest.slo_p99_ms
+    lines += [
+        f"highest rate holding p99 <= {slo:g} ms, {name}: {rate}" for name, rate in best.items()
+    ]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    (out / "ramp.txt").write_text(text + "\n")
+    (out / "ramp.json").write_text(
+        json.dumps({"machine": machine_facts(), "steps": steps, "best": best}, indent=2)
+    )
+    return best
