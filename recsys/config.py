@@ -157,8 +157,9 @@ class LoadTestConfig(_Section):
     rate: float = Field(1000.0, gt=0)
     """Requests per second, held constant (Locust's ``constant_throughput`` per user)."""
     seconds: float = Field(60.0, gt=0)
-    users: int = Field(50, ge=1)
-    """Simulated callers, each with its own channel; the rate is split between them."""
+    users: int = Field(10, ge=1)
+    """Simulated callers, each with its own channel; the rate is split between them. Locust's
+    own latency grows with users on its one core (BENCHMARKS.md): 10 sustain 1,000/s."""
     new_user_share: float = Field(0.1, ge=0, le=1)
     """Share of calls from users the model never saw (cold start)."""
     slo_p99_ms: float = Field(10.0, gt=0)
