@@ -93,16 +93,19 @@ class NumpyUserTower(_Tower):
                 f"user_hidden_w has {kernel.shape[0]} input rows, the tables {sum(widths)}; "
                 "re-export the model"
             )
-        self._folded: dict[str, np.ndarray] = {}
-        start = 0
-        for name, width in zip(names, widths, strict=True):
-            self._folded[name] = weights[name] @ kernel[start : start + width]
-            start += width
+        bounds = np.cumsum([0, *widths]).tolist()
+        folded = [
+            weights[n] @ kernel[a:b] for n, a, b in zip(names, bounds[:-1], bounds[1:], strict=True)
+        ]
+        # All folded tables stacked, so one query is one gather and one weighted sum; the
+        # batch path reads each table as a view into the stack.
+        self._stack = np.concatenate(folded)
+        rows = np.cumsum([0] + [len(t) for t in folded]).tolist()
+        self._offset = dict(zip(names, rows[:-1], strict=True))
+        self._folded = {
+            n: self._stack[a:b] for n, a, b in zip(names, rows[:-1], rows[1:], strict=True)
+        }
         self._hidden_b = weights["user_hidden_b"]
-        # All folded tables stacked, so one query is one gather and one weighted sum.
-        self._stack = np.concatenate([self._folded[n] for n in names])
-        offsets = np.cumsum([0] + [len(self._folded[n]) for n in names])
-        self._offset = dict(zip(names, offsets.tolist(), strict=False))
 
     @classmethod
     def load(cls, model_dir: Path) -> NumpyUserTower:
