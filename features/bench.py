@@ -150,7 +150,7 @@ def run_freshness(
 
     from features.events import encode
     from features.synthetic import synthetic_interactions
-    from recsys.procs import child, free_port, write_config
+    from recsys.procs import child, serving_ports, write_config
     from serving.client import RecommendClient
 
     load_cpus, system_cpus = _cores()
@@ -162,7 +162,7 @@ def run_freshness(
     logs.mkdir(parents=True, exist_ok=True)
     print(f"logs in {logs}", flush=True)
     with scratch_stack(config, ml) as (cfg, store):
-        cfg = cfg.with_overrides({"serving": {"port": free_port(cfg.serving.host)}})
+        cfg = cfg.with_overrides({"serving": serving_ports(cfg)})
         config_file = write_config(cfg, logs / "config.yaml")
         features = OnlineFeatures(store)
         replay(cfg, ml.interactions.head(1), progress=False)  # creates the topic

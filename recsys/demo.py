@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from recsys.config import Config
 from recsys.errors import RecsysError
-from recsys.procs import child, free_port, write_config
+from recsys.procs import child, serving_ports, write_config
 from recsys.v1 import recommender_pb2 as pb
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def run_demo(config: Config, *, users: int = 3, events: int = 5) -> None:
         run_config = config.with_overrides(
             {
                 "kafka": {"bootstrap_servers": broker.bootstrap_servers},
-                "serving": {"port": free_port(config.serving.host)},
+                "serving": serving_ports(config),
             }
         )
         config_file = write_config(run_config, demo_dir / "config.yaml")

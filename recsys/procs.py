@@ -21,6 +21,13 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def serving_ports(config: Config) -> dict[str, int]:
+    """Free public and admin ports, as ``serving`` overrides for a server child: a second
+    server on the defaults would fail to bind (the admin port included)."""
+    host = config.serving.host
+    return {"port": free_port(host), "admin_port": free_port(config.serving.admin_host)}
+
+
 def write_config(config: Config, path: Path) -> Path:
     """Writes ``config`` as YAML for a child process to load with ``--config``."""
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))

@@ -26,7 +26,7 @@ import numpy as np
 from features.store import UserFeatures
 from recsys.config import Config
 from recsys.data import MovieLens
-from recsys.procs import child, free_port, write_config
+from recsys.procs import child, serving_ports, write_config
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
 from serving.client import RecommendClient
@@ -87,7 +87,7 @@ def _servers(
     host = config.serving.host
 
     def variant(**serving: object) -> Config:
-        ports = {"port": free_port(host), "admin_port": free_port(host)}
+        ports = serving_ports(config)
         return config.with_overrides({"serving": {**ports, "timing_trailer": True, **serving}})
 
     variants: dict[str, tuple[Config, list[str]]] = {
@@ -178,17 +178,15 @@ def _in_process(config: Config, requests: Sequence[pb.RecommendRequest], cpu: se
     import faiss
 
     from features.online import FeatureReader
-    from serving.recommender import Bundle, Recommender, Request
+    from serving.recommender import Bundle, Recommender
+    from serving.server import request_from
 
     faiss.omp_set_num_threads(1)
     if cpu:
         os.sched_setaffinity(0, cpu)
     bundle = Bundle.load_current(config.models_dir, config.indexes_dir)
     reader = FeatureReader(config)
-    plain = [
-        Request(r.user_id, r.k, r.exclude_item_ids, include_genres=r.include_genres)
-        for r in requests
-    ]
+    plain = [request_from(r) for r in requests]
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, features in (("store", reader), ("preloaded", _Preloaded(reader))):
         rec = Recommender(bundle, features, config.serving)

@@ -130,6 +130,7 @@ class Live:
             self.last_error = ""
             self._refused = None
             if self._metrics is not None:
+                self._metrics.swaps.inc()
                 self._metrics.serving(fresh)
             log.info(
                 "swapped model+index pair",

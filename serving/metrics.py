@@ -56,7 +56,6 @@ class ServingMetrics:
             registry=r,
         )
         self.swaps = Counter("recsys_serving_swaps", "Model+index pairs swapped in", registry=r)
-        self._serving = False
         self.refused = Counter(
             "recsys_serving_reloads_refused",
             "New pairs that failed to load or verify (the old one kept serving)",
@@ -76,9 +75,6 @@ class ServingMetrics:
     def serving(self, recommender: Recommender) -> None:
         """Records the pair now serving (called by ``Live`` at start and on every swap)."""
         b = recommender.bundle
-        if self._serving:
-            self.swaps.inc()
-        self._serving = True
         with warnings.catch_warnings():
             # It warns whenever PROMETHEUS_MULTIPROC_DIR is set (Feast sets it), but our
             # values are in-process (``in_process_values``), where clearing works.

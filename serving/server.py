@@ -33,13 +33,32 @@ NO_DEADLINE = 1e6
 """``time_remaining()`` above this many seconds means the caller set no deadline."""
 
 
-def _abort(context: grpc.ServicerContext, exc: Exception, what: str) -> Any:
+def _status(exc: Exception) -> grpc.StatusCode:
     """The one place errors become status codes: ours carry theirs, anything else is
-    INTERNAL with the details in the server log."""
-    if isinstance(exc, RecsysError):
-        context.abort(exc.grpc_status_code(), str(exc))
-    log.exception("%s failed", what)
-    context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+    INTERNAL."""
+    return exc.grpc_status_code() if isinstance(exc, RecsysError) else grpc.StatusCode.INTERNAL
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception, what: str) -> Any:
+    """Ends the call with ``exc``'s status; unexpected errors are logged with their details
+    and answered INTERNAL without them."""
+    if not isinstance(exc, RecsysError):
+        log.exception("%s failed", what)
+        context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+    context.abort(_status(exc), str(exc))
+
+
+def request_from(message: pb.RecommendRequest) -> Request:
+    """The hot path's request from the wire message."""
+    return Request(
+        message.user_id,
+        message.k,
+        message.exclude_item_ids,
+        message.include_seen,
+        message.request_time_ms,
+        message.include_genres,
+        message.exclude_genres,
+    )
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
@@ -65,23 +84,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         try:
             if self.live is None:
                 raise NotReadyError("the server is loading its model, index and features")
-            answer = self.live.recommender.recommend(
-                Request(
-                    request.user_id,
-                    request.k,
-                    request.exclude_item_ids,
-                    request.include_seen,
-                    request.request_time_ms,
-                    request.include_genres,
-                    request.exclude_genres,
-                ),
-                deadline,
-            )
+            answer = self.live.recommender.recommend(request_from(request), deadline)
         except Exception as exc:
-            code = (
-                exc.grpc_status_code() if isinstance(exc, RecsysError) else grpc.StatusCode.INTERNAL
-            )
-            self._metrics.errors.labels(code.name).inc()
+            self._metrics.errors.labels(_status(exc).name).inc()
             return _abort(context, exc, f"Recommend for user_id={request.user_id!r}")
         self._metrics.observe(answer, time.perf_counter() - started)
         if self._timing:

@@ -24,7 +24,7 @@ import numpy as np
 from recsys.config import Config
 from recsys.data import MovieLens
 from recsys.errors import RecsysError
-from recsys.procs import child, free_port, write_config
+from recsys.procs import child, serving_ports, write_config
 from serving.client import RecommendClient
 from serving.loadtest.report import Summary, held, plot, render, summarize, violations
 
@@ -76,9 +76,7 @@ def _cores() -> tuple[set[int] | None, set[int] | None]:
 def _server(config: Config, out: Path, null: bool, cpus: set[int] | None) -> Iterator[str]:
     """Starts ``recsys serve`` (``--null``: the null handler); yields its address."""
     host = config.serving.host
-    cfg = config.with_overrides(
-        {"serving": {"port": free_port(host), "admin_port": free_port(host)}}
-    )
+    cfg = config.with_overrides({"serving": serving_ports(config)})
     name = "null-server" if null else "server"
     path = write_config(cfg, out / f"{name}.yaml")
     args = ["serve", "--null"] if null else ["serve"]
@@ -87,6 +85,13 @@ def _server(config: Config, out: Path, null: bool, cpus: set[int] | None) -> Ite
         with RecommendClient(address) as client:
             client.wait_until_serving(timeout=600, process=proc)
         yield address
+
+
+def _plan(null: bool, baseline: bool) -> list[tuple[str, bool]]:
+    """The servers to load, in order, as (name, is the null handler): the measured one last,
+    the null handler first when it is the baseline."""
+    measured = ("null handler", True) if null else ("recommend", False)
+    return [("null handler", True), measured] if baseline else [measured]
 
 
 def run_locust(
@@ -140,8 +145,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     server_cpus, load_cpus = _cores()
     traffic = write_traffic(config, ml, out / "traffic.json")
-    plan = [("null handler", True)] if baseline else []
-    plan.append(("null handler" if null else "recommend", null))
+    plan = _plan(null, baseline)
     results: dict[str, np.ndarray] = {}
     for name, is_null in plan:
         run_dir = out / name.replace(" ", "-")
@@ -200,8 +204,7 @@ def ramp(
     out.mkdir(parents=True, exist_ok=True)
     server_cpus, load_cpus = _cores()
     traffic = write_traffic(config, ml, out / "traffic.json")
-    plan = [("null handler", True)] if baseline else []
-    plan.append(("null handler", True) if null else ("recommend", False))
+    plan = _plan(null, baseline)
     best: dict[str, float | None] = {}
     lines = [f"{'server':<14}{'rate/s':>8}{'achieved':>10}{'p50 ms':>9}{'p99 ms':>9}  holds"]
     steps = []
