@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _quiet(_: str) -> None:
     pass
+
+
+def wait_until(predicate, timeout: float, what: str, every: float = 0.2) -> None:
+    """Polls ``predicate`` until true; fails with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout:.0f}s")
+        time.sleep(every)
 
 
 @pytest.fixture(scope="session")

@@ -27,20 +27,13 @@ from features.events import encode
 from features.store import OnlineFeatures, open_store
 from recsys.config import Config
 from recsys.procs import child, free_port, write_config
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
 USERS = 150
 EVENTS = 12_000
 RATE = 3_000  # events/s: the stream lasts ~4 s, long enough to act inside it
-
-
-def _wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout:.0f}s")
-        time.sleep(0.2)
 
 
 @dataclass
@@ -105,7 +98,7 @@ class Stream:
         producer.send(self.config.kafka.topic, key=key, value=value)
         producer.flush()
         producer.close()
-        _wait_until(
+        wait_until(
             lambda: features.read_activity([user])[user].last_event_ms > 0,
             120,
             "no ingester started consuming",
@@ -119,7 +112,7 @@ class Stream:
             got = features.read_activity(self.users)
             return all(got[u].last_event_id == self.expected[u].last_event_id for u in self.users)
 
-        _wait_until(caught_up, timeout, "the ingesters did not catch up")
+        wait_until(caught_up, timeout, "the ingesters did not catch up")
         assert features.read_activity(self.users) == self.expected
 
 
@@ -147,7 +140,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(feature_store, kafka, ml,
     with child("ingester-a", config_file, ["ingest"], tmp_path, quiet=True) as first:
         stream.wait_consuming(features)
         producer.start()
-        _wait_until(lambda: stream.ingested_users(features) >= 10, 90, "nothing was written")
+        wait_until(lambda: stream.ingested_users(features) >= 10, 90, "nothing was written")
         assert progress["sent"] < EVENTS, "the stream ended before the kill: raise EVENTS"
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
@@ -176,7 +169,7 @@ def test_broker_restart_mid_stream_ingester_reconnects(feature_store, ml, tmp_pa
         with child("ingester", config_file, ["ingest"], tmp_path, quiet=True) as ingester:
             stream.wait_consuming(features)
             stream.produce(stream.events[:half], {})
-            _wait_until(lambda: stream.ingested_users(features) >= 10, 90, "nothing was written")
+            wait_until(lambda: stream.ingested_users(features) >= 10, 90, "nothing was written")
             broker.stop()
             time.sleep(3.0)  # the ingester polls, commits and measures lag against no broker
             assert ingester.poll() is None, "the ingester died with the broker"
@@ -202,7 +195,7 @@ def test_two_ingesters_in_one_group_share_partitions(feature_store, kafka, ml, t
         def both_assigned() -> bool:
             return all("assigned partitions [" in log.read_text() for log in logs)
 
-        _wait_until(both_assigned, 60, "both ingesters did not get partitions")
+        wait_until(both_assigned, 60, "both ingesters did not get partitions")
         stream.produce(stream.events, {})
         stream.wait_caught_up(features)
         counts = [

@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import shutil
 import threading
-import time
 
 import grpc
 import pytest
@@ -18,7 +17,7 @@ from recsys.v1 import admin_pb2, admin_pb2_grpc
 from serving.client import RecommendClient
 from serving.live import Live
 from serving.recommender import Request
-from tests.conftest import running_server
+from tests.conftest import running_server, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -66,14 +65,6 @@ class Traffic:
         self._client.close()
 
 
-def wait_for(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout:.0f}s")
-        time.sleep(0.05)
-
-
 def runs(versions: list[str]) -> list[str]:
     """Consecutive duplicates collapsed: the order in which versions answered."""
     return [v for i, v in enumerate(versions) if i == 0 or versions[i - 1] != v]
@@ -85,22 +76,26 @@ def test_swap_refusal_and_rollback_under_traffic_fail_no_request(scratch, ml) ->
     with running_server(scratch) as server:
         traffic = Traffic(server.target, ["196", "1", "42", "new-user-during-swap"])
         try:
-            wait_for(lambda: len(traffic.versions) > 50)
+            wait_until(lambda: len(traffic.versions) > 50, 60, "traffic did not start")
             second = build_index(scratch, ml, log=quiet).version
-            wait_for(lambda: server.live.status().index_version == second)
+            wait_until(lambda: server.live.status().index_version == second, 60, "no swap")
             served = len(traffic.versions)
-            wait_for(lambda: len(traffic.versions) > served + 50)
+            wait_until(lambda: len(traffic.versions) > served + 50, 60, "traffic stalled")
 
             bad = build_index(scratch, ml, log=quiet, publish=False).version
             index_file = scratch.indexes_dir / bad / INDEX_FILE
             index_file.write_bytes(index_file.read_bytes()[:-64])  # truncated on disk
             artifacts.publish(scratch.indexes_dir, bad)
-            wait_for(lambda: server.metrics.value("recsys_serving_reloads_refused_total") == 1)
+            wait_until(
+                lambda: server.metrics.value("recsys_serving_reloads_refused_total") == 1,
+                60,
+                "the corrupt index was not refused",
+            )
             status = server.live.status()
             assert status.index_version == second
             assert "corrupt" in status.last_error
             served = len(traffic.versions)
-            wait_for(lambda: len(traffic.versions) > served + 50)
+            wait_until(lambda: len(traffic.versions) > served + 50, 60, "traffic stalled")
 
             with grpc.insecure_channel(server.admin_target) as channel:
                 admin = admin_pb2_grpc.RecommenderAdminStub(channel)
@@ -112,7 +107,7 @@ def test_swap_refusal_and_rollback_under_traffic_fail_no_request(scratch, ml) ->
                     admin.Rollback(admin_pb2.RollbackRequest(to_index_version="nope"), timeout=60)
                 assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             served = len(traffic.versions)
-            wait_for(lambda: len(traffic.versions) > served + 50)
+            wait_until(lambda: len(traffic.versions) > served + 50, 60, "traffic stalled")
         finally:
             traffic.stop()
     assert traffic.errors == []
