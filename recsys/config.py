@@ -155,7 +155,8 @@ class IndexConfig(_Section):
 
 class LoadTestConfig(_Section):
     rate: float = Field(1000.0, gt=0)
-    """Requests per second, held constant (Locust's ``constant_throughput`` per user)."""
+    """Requests per second offered: Poisson arrivals at this mean rate, whatever the server does
+    (open loop); latency counts from each arrival's due time."""
     seconds: float = Field(60.0, gt=0)
     users: int = Field(10, ge=1)
     """Simulated callers, each with its own channel; the rate is split between them. Locust's

@@ -6,7 +6,9 @@ gRPC is made gevent-cooperative before any channel exists.
 
 Each call is fired as a Locust request event (Locust's CSV and HTML) and also kept at
 microsecond resolution (Locust rounds response times below 100 ms to whole milliseconds):
-``(start unix seconds, latency µs, ok)`` rows written to ``--recsys-samples`` at the end.
+``(start unix seconds, latency µs, ok, server µs)`` rows written to ``--recsys-samples`` at
+the end. Server µs is the hot path as the server timed it (its ``recsys-timing-us`` trailer),
+NaN when the server sends none (the null handler).
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from typing import Any
 import grpc
 import grpc.experimental.gevent as grpc_gevent
 import numpy as np
-from locust import User, constant_throughput, events, task
+from locust import User, events, task
 
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
 
 grpc_gevent.init_gevent()
-SAMPLES: list[tuple[float, float, bool]] = []
+SAMPLES: list[tuple[float, float, bool, float]] = []
 
 
 @events.init_command_line_parser.add_listener
@@ -39,7 +41,7 @@ def _arguments(parser: Any) -> None:
 def _write_samples(environment: Any, **_: Any) -> None:
     path = environment.parsed_options.recsys_samples
     if path:
-        np.save(path, np.array(SAMPLES, dtype=np.float64).reshape(-1, 3))
+        np.save(path, np.array(SAMPLES, dtype=np.float64).reshape(-1, 4))
 
 
 class Traffic:
@@ -89,30 +91,40 @@ class RecommendUser(User):
         self.channel = grpc.insecure_channel(self.host.removeprefix("grpc://"))
         self.stub = pb_grpc.RecommenderStub(self.channel)
         users = max(1, self.environment.runner.target_user_count or 1)
-        self._pace = constant_throughput(options.recsys_rate / users)
+        self._rate = options.recsys_rate / users
+        self._due = time.perf_counter()  # the first call goes at once
 
     def on_stop(self) -> None:
         self.channel.close()
 
     def wait_time(self) -> float:
-        """Each user's share of the total rate, whatever the calls take (open-loop pacing
-        up to the point where every user is busy)."""
-        return float(self._pace(self))
+        """Until this user's next arrival. Arrivals are a Poisson process at the user's share
+        of the rate, scheduled independently of how long calls take (open loop up to the point
+        where every user is busy); together the users' arrivals are Poisson at the total rate.
+        """
+        self._due += self.traffic.rng.expovariate(self._rate)
+        return max(0.0, self._due - time.perf_counter())
 
     @task
     def recommend(self) -> None:
         request = self.traffic.request()
-        started_wall = time.time()
-        started = time.perf_counter()
+        # Latency counts from the arrival's due time, not from when this user got round to
+        # sending it: a call that waited for the user's previous one (the generator or the
+        # server falling behind) shows as latency rather than as a call never made
+        # (coordinated omission).
+        started = self._due
+        started_wall = time.time() - (time.perf_counter() - started)
         exception: Exception | None = None
         size = 0
+        server_us = float("nan")
         try:
-            reply = self.stub.Recommend(request, timeout=5.0)
+            reply, call = self.stub.Recommend.with_call(request, timeout=5.0)
             size = reply.ByteSize()
+            server_us = _hot_path_us(call.trailing_metadata())
         except grpc.RpcError as exc:
             exception = exc
         seconds = time.perf_counter() - started
-        SAMPLES.append((started_wall, seconds * 1e6, exception is None))
+        SAMPLES.append((started_wall, seconds * 1e6, exception is None, server_us))
         self.environment.events.request.fire(
             request_type="grpc",
             name="Recommend",
@@ -121,3 +133,11 @@ class RecommendUser(User):
             exception=exception,
             context={},
         )
+
+
+def _hot_path_us(trailer: Any) -> float:
+    """The ``hot_path`` part of a ``recsys-timing-us`` trailer (``features=..,hot_path=..``)."""
+    for key, value in trailer or ():
+        if key == "recsys-timing-us":
+            return float(dict(part.split("=") for part in value.split(","))["hot_path"])
+    return float("nan")

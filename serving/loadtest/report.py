@@ -18,6 +18,9 @@ class Summary:
     Attributes:
         requests: Calls made; ``failures`` of them ended in an error.
         rate: Calls per second achieved over the run.
+        server_p50, server_p99: The hot path as the server timed it (NaN when the server does
+            not say: the null handler).
+        cpu_ms: Server CPU time per request, when the server's process was known.
     """
 
     requests: int
@@ -29,16 +32,25 @@ class Summary:
     p99: float
     p999: float
     max: float
+    server_p50: float = float("nan")
+    server_p99: float = float("nan")
+    cpu_ms: float | None = None
 
 
-def summarize(samples: np.ndarray) -> Summary:
-    """``samples``: ``[n, 3]`` rows of (start unix seconds, latency µs, ok)."""
+def summarize(samples: np.ndarray, cpu_seconds: float | None = None) -> Summary:
+    """``samples``: ``[n, 3 or 4]`` rows of (start unix seconds, latency µs, ok, server µs);
+    ``cpu_seconds``: the server's CPU time over the run, when known."""
     if len(samples) == 0:
         return Summary(0, 0, 0.0, 0.0, *([float("nan")] * 5))
     start, micros, ok = samples[:, 0], samples[:, 1], samples[:, 2]
     seconds = float(start.max() - start.min()) or 1e-9
     ms = micros / 1000
     p50, p90, p99, p999 = (float(np.percentile(ms, q)) for q in (50, 90, 99, 99.9))
+    server = samples[:, 3] / 1000 if samples.shape[1] > 3 else np.empty(0)
+    server = server[~np.isnan(server)]
+    server_p50, server_p99 = (
+        (float(np.percentile(server, q)) for q in (50, 99)) if len(server) else (np.nan,) * 2
+    )
     return Summary(
         requests=len(samples),
         failures=int((ok == 0).sum()),
@@ -49,6 +61,9 @@ def summarize(samples: np.ndarray) -> Summary:
         p99=p99,
         p999=p999,
         max=float(ms.max()),
+        server_p50=float(server_p50),
+        server_p99=float(server_p99),
+        cpu_ms=None if cpu_seconds is None else cpu_seconds * 1000 / len(samples),
     )
 
 
@@ -66,15 +81,6 @@ def violations(summary: Summary, slo: LoadTestConfig) -> list[str]:
     return out
 
 
-ACHIEVED_SHARE = 0.95
-"""A ramp step holds only if the server kept up with at least this share of the rate."""
-
-
-def held(summary: Summary, slo: LoadTestConfig) -> bool:
-    """True when a step at ``slo.rate`` met the SLO and was actually served at that rate."""
-    return not violations(summary, slo) and summary.rate >= ACHIEVED_SHARE * slo.rate
-
-
 def render(summary: Summary, slo: LoadTestConfig, label: str) -> str:
     """A one-screen summary."""
     s = summary
@@ -86,6 +92,13 @@ def render(summary: Summary, slo: LoadTestConfig, label: str) -> str:
         f"p99.9 {s.p999:.2f}  max {s.max:.2f}",
         "  SLO " + ("met" if not verdict else "NOT met: " + "; ".join(verdict)),
     ]
+    server = []
+    if not np.isnan(s.server_p50):
+        server.append(f"hot path p50 {s.server_p50:.2f}  p99 {s.server_p99:.2f} ms")
+    if s.cpu_ms is not None:
+        server.append(f"CPU {s.cpu_ms:.2f} ms/request")
+    if server:
+        lines.insert(2, "  in the server: " + ", ".join(server))
     return "\n".join(lines)
 
 
