@@ -37,13 +37,16 @@ def test_summary_percentiles_rate_and_failures() -> None:
 def test_the_server_columns_hot_path_and_cpu_per_request() -> None:
     rows = _samples(np.full(100, 3000.0))
     server_us = np.r_[np.full(98, 400.0), np.full(2, 5000.0)]
-    with_server = summarize(np.column_stack([rows, server_us]), cpu_seconds=0.05)
+    late_us = np.r_[np.full(50, 100.0), np.full(50, 300.0)]
+    with_server = summarize(np.column_stack([rows, server_us, late_us]), cpu_seconds=0.05)
     assert with_server.server_p50 == pytest.approx(0.4)
     assert with_server.server_p99 == pytest.approx(np.percentile(server_us, 99) / 1000)
     assert with_server.cpu_ms == pytest.approx(0.5)  # 50 ms of CPU over 100 requests
-    assert "in the server: hot path p50 0.40" in render(with_server, LoadTestConfig(), "x")
+    assert with_server.late_p50 == pytest.approx(0.2) and with_server.late_p99 == 0.3
+    text = render(with_server, LoadTestConfig(), "x")
+    assert "in the server: hot path p50 0.40" in text and "sent after due: p50 0.20" in text
     null = summarize(np.column_stack([rows, np.full(100, np.nan)]))  # no trailer
-    assert np.isnan(null.server_p50) and null.cpu_ms is None
+    assert np.isnan(null.server_p50) and np.isnan(null.late_p50) and null.cpu_ms is None
     assert "in the server" not in render(null, LoadTestConfig(), "x")
 
 
@@ -83,7 +86,8 @@ def test_a_short_run_passes_a_generous_slo_and_fails_a_strict_one(server, tmp_pa
     result = json.loads((out / "result.json").read_text())
     run = result["runs"]["recommend"]
     assert run["failures"] == 0 and run["requests"] >= 100  # ~40/s for 4 s
-    assert 0 < run["server_p50"] < run["p50"]  # the server's part of each call, from its trailer
+    assert 0 < run["server_p50"] < run["p50"]  # the server's part, from its trailer
+    assert run["late_p50"] >= 0
     assert run["cpu_ms"] > 0
     assert result["machine"]["cpus"] >= 1
     for name in (

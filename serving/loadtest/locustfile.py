@@ -27,7 +27,7 @@ from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
 
 grpc_gevent.init_gevent()
-SAMPLES: list[tuple[float, float, bool, float]] = []
+SAMPLES: list[tuple[float, float, bool, float, float]] = []
 
 
 @events.init_command_line_parser.add_listener
@@ -41,7 +41,7 @@ def _arguments(parser: Any) -> None:
 def _write_samples(environment: Any, **_: Any) -> None:
     path = environment.parsed_options.recsys_samples
     if path:
-        np.save(path, np.array(SAMPLES, dtype=np.float64).reshape(-1, 4))
+        np.save(path, np.array(SAMPLES, dtype=np.float64).reshape(-1, 5))
 
 
 class Traffic:
@@ -113,7 +113,8 @@ class RecommendUser(User):
         # server falling behind) shows as latency rather than as a call never made
         # (coordinated omission).
         started = self._due
-        started_wall = time.time() - (time.perf_counter() - started)
+        lag = time.perf_counter() - started
+        started_wall = time.time() - lag
         exception: Exception | None = None
         size = 0
         server_us = float("nan")
@@ -124,7 +125,7 @@ class RecommendUser(User):
         except grpc.RpcError as exc:
             exception = exc
         seconds = time.perf_counter() - started
-        SAMPLES.append((started_wall, seconds * 1e6, exception is None, server_us))
+        SAMPLES.append((started_wall, seconds * 1e6, exception is None, server_us, lag * 1e6))
         self.environment.events.request.fire(
             request_type="grpc",
             name="Recommend",

@@ -21,6 +21,8 @@ class Summary:
         server_p50, server_p99: The hot path as the server timed it (NaN when the server does
             not say: the null handler).
         cpu_ms: Server CPU time per request, when the server's process was known.
+        late_p50, late_p99: How long after its due time a call was sent (part of its
+            latency): the generator waking late, or its user still busy with the last call.
     """
 
     requests: int
@@ -35,22 +37,21 @@ class Summary:
     server_p50: float = float("nan")
     server_p99: float = float("nan")
     cpu_ms: float | None = None
+    late_p50: float = float("nan")
+    late_p99: float = float("nan")
 
 
 def summarize(samples: np.ndarray, cpu_seconds: float | None = None) -> Summary:
-    """``samples``: ``[n, 3 or 4]`` rows of (start unix seconds, latency µs, ok, server µs);
-    ``cpu_seconds``: the server's CPU time over the run, when known."""
+    """``samples``: ``[n, 3 to 5]`` rows of (due unix seconds, latency µs, ok, server µs,
+    late µs); ``cpu_seconds``: the server's CPU time over the run, when known."""
     if len(samples) == 0:
         return Summary(0, 0, 0.0, 0.0, *([float("nan")] * 5))
     start, micros, ok = samples[:, 0], samples[:, 1], samples[:, 2]
     seconds = float(start.max() - start.min()) or 1e-9
     ms = micros / 1000
     p50, p90, p99, p999 = (float(np.percentile(ms, q)) for q in (50, 90, 99, 99.9))
-    server = samples[:, 3] / 1000 if samples.shape[1] > 3 else np.empty(0)
-    server = server[~np.isnan(server)]
-    server_p50, server_p99 = (
-        (float(np.percentile(server, q)) for q in (50, 99)) if len(server) else (np.nan,) * 2
-    )
+    server_p50, server_p99 = _p50_p99(samples, 3)
+    late_p50, late_p99 = _p50_p99(samples, 4)
     return Summary(
         requests=len(samples),
         failures=int((ok == 0).sum()),
@@ -61,10 +62,21 @@ def summarize(samples: np.ndarray, cpu_seconds: float | None = None) -> Summary:
         p99=p99,
         p999=p999,
         max=float(ms.max()),
-        server_p50=float(server_p50),
-        server_p99=float(server_p99),
+        server_p50=server_p50,
+        server_p99=server_p99,
         cpu_ms=None if cpu_seconds is None else cpu_seconds * 1000 / len(samples),
+        late_p50=late_p50,
+        late_p99=late_p99,
     )
+
+
+def _p50_p99(samples: np.ndarray, column: int) -> tuple[float, float]:
+    """p50 and p99 in ms of an optional µs column, NaN where absent or empty."""
+    values = samples[:, column] / 1000 if samples.shape[1] > column else np.empty(0)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return float("nan"), float("nan")
+    return float(np.percentile(values, 50)), float(np.percentile(values, 99))
 
 
 def violations(summary: Summary, slo: LoadTestConfig) -> list[str]:
@@ -99,6 +111,8 @@ def render(summary: Summary, slo: LoadTestConfig, label: str) -> str:
         server.append(f"CPU {s.cpu_ms:.2f} ms/request")
     if server:
         lines.insert(2, "  in the server: " + ", ".join(server))
+    if not np.isnan(s.late_p50):
+        lines.insert(2, f"  sent after due: p50 {s.late_p50:.2f}  p99 {s.late_p99:.2f} ms")
     return "\n".join(lines)
 
 
