@@ -279,6 +279,7 @@ def cmd_loadtest(config: Config, args: argparse.Namespace) -> None:
         target=args.target,
         null=args.null,
         baseline=args.baseline,
+        swap=args.swap,
     )
 
 
@@ -395,6 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         nargs="+",
         help="step through these rates instead; report the highest that holds the SLO",
+    )
+    lt.add_argument(
+        "--swap",
+        action="store_true",
+        help="swap to a freshly built index version halfway through; p99 during it vs the rest",
     )
     lt.add_argument("--seconds", type=float, help="duration (loadtest.seconds)")
     lt.add_argument("--users", type=int, help="simulated callers (loadtest.users)")

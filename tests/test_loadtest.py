@@ -122,3 +122,21 @@ def test_a_ramp_reports_the_highest_rate_that_held(server, tmp_path) -> None:
     assert all(s["held"] and s["failures"] == 0 for s in result["steps"])
     assert result["best"] == {"recommend": 30}
     assert "highest rate holding p99 <= 2000 ms, recommend: 30" in done.stdout
+
+
+@pytest.mark.integration
+def test_a_hot_swap_mid_run_loses_no_request(server, tmp_path) -> None:
+    config_file = write_config(server.config, tmp_path / "config.yaml")
+    serving_before = (server.config.indexes_dir / "CURRENT").read_text()
+    out = tmp_path / "swap"
+    done = _loadtest(config_file, out, "--swap", "--seconds", "8", "--slo-p99-ms", "2000")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((out / "result.json").read_text())
+    swap = result["swap"]
+    assert swap["to"] != serving_before.strip()
+    assert swap["during"]["requests"] > 0 and swap["during"]["failures"] == 0
+    assert result["runs"]["recommend"]["failures"] == 0
+    assert "swap to " in done.stdout
+    # The swap moved a scratch CURRENT only: the real one is untouched.
+    assert (server.config.indexes_dir / "CURRENT").read_text() == serving_before
+    assert (out / "artifacts" / "indexes" / "CURRENT").read_text().strip() == swap["to"]

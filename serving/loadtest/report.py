@@ -70,6 +70,12 @@ def summarize(samples: np.ndarray, cpu_seconds: float | None = None) -> Summary:
     )
 
 
+def split(samples: np.ndarray, start: float, end: float) -> tuple[Summary, Summary]:
+    """(calls due within [start, end] unix seconds, all the others)."""
+    inside = (samples[:, 0] >= start) & (samples[:, 0] <= end)
+    return summarize(samples[inside]), summarize(samples[~inside])
+
+
 def _p50_p99(samples: np.ndarray, column: int) -> tuple[float, float]:
     """p50 and p99 in ms of an optional µs column, NaN where absent or empty."""
     values = samples[:, column] / 1000 if samples.shape[1] > column else np.empty(0)
@@ -116,8 +122,11 @@ def render(summary: Summary, slo: LoadTestConfig, label: str) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: dict[str, np.ndarray], path: Path) -> None:
-    """Latency over time (1 s p50/p99 windows) and the latency CDF, one line per run."""
+def plot(
+    runs: dict[str, np.ndarray], path: Path, spans: dict[str, tuple[float, float]] | None = None
+) -> None:
+    """Latency over time (1 s p50/p99 windows) and the latency CDF, one line per run;
+    ``spans`` shades a run's event (unix seconds from, to: a swap) on the time axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,6 +137,9 @@ def plot(runs: dict[str, np.ndarray], path: Path) -> None:
         if len(samples) == 0:
             continue
         t = samples[:, 0] - samples[:, 0].min()
+        if spans and name in spans:
+            start, end = (x - samples[:, 0].min() for x in spans[name])
+            over_time.axvspan(start, end, alpha=0.2, color="grey", label=f"{name}: swap")
         ms = samples[:, 1] / 1000
         second = t.astype(int)
         windows = np.unique(second)

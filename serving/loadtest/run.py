@@ -15,18 +15,22 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
 
+from recsys import artifacts
 from recsys.config import Config
 from recsys.data import MovieLens
 from recsys.errors import RecsysError
 from recsys.procs import child, serving_ports, write_config
+from recsys.v1 import admin_pb2, admin_pb2_grpc
 from serving.client import RecommendClient
-from serving.loadtest.report import Summary, plot, render, summarize, violations
+from serving.loadtest.report import Summary, plot, render, split, summarize, violations
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -80,10 +84,12 @@ def cpu_seconds(pid: int) -> float:
 
 @dataclass
 class Target:
-    """A server to load; ``pid`` when it is ours (its CPU time is then measured)."""
+    """A server to load; ``pid`` and ``admin`` when it is ours (its CPU time is then
+    measured, and it can be told to reload)."""
 
     address: str
     pid: int | None = None
+    admin: str | None = None
 
     def cpu(self) -> float | None:
         return None if self.pid is None else cpu_seconds(self.pid)
@@ -102,7 +108,11 @@ def _server(config: Config, out: Path, null: bool, cpus: set[int] | None) -> Ite
         address = f"{host}:{cfg.serving.port}"
         with RecommendClient(address) as client:
             client.wait_until_serving(timeout=600, process=proc)
-        yield Target(address, proc.pid)
+        yield Target(address, proc.pid, f"{cfg.serving.admin_host}:{cfg.serving.admin_port}")
+
+
+LOCUST_START_S = 2.0
+"""About how long Locust takes to start sending (scenario events are timed from launch)."""
 
 
 def _given(address: str | None) -> Target | None:
@@ -121,9 +131,15 @@ def _plan(null: bool, baseline: bool) -> list[tuple[str, bool]]:
 
 
 def run_locust(
-    config: Config, target: Target, traffic: Path, out: Path, cpus: set[int] | None
+    config: Config,
+    target: Target,
+    traffic: Path,
+    out: Path,
+    cpus: set[int] | None,
+    during: Callable[[], None] | None = None,
 ) -> Summary:
-    """Runs headless Locust against ``target``; keeps its µs samples as ``samples.npy``."""
+    """Runs headless Locust against ``target``; keeps its µs samples as ``samples.npy``.
+    ``during`` runs in a thread beside it (a scenario's event: a swap)."""
     lt = config.loadtest
     address = target.address
     samples = out / "samples.npy"
@@ -137,7 +153,8 @@ def run_locust(
         "--recsys-rate", str(lt.rate),
     ]  # fmt: skip
     cpu_before = target.cpu()
-    with (out / "locust.log").open("wb") as log:
+    with (out / "locust.log").open("wb") as log, ThreadPoolExecutor(1) as beside:
+        event = beside.submit(during) if during else None
         done = subprocess.run(
             command,
             stdout=log,
@@ -146,12 +163,82 @@ def run_locust(
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
             check=False,
         )
+        if event is not None:
+            event.result()  # its error, if any, is the run's
     if not samples.exists():
         tail = (out / "locust.log").read_text(errors="replace")[-2000:]
         raise RecsysError(f"locust exited with code {done.returncode} and no samples:\n{tail}")
     cpu_after = target.cpu()
     used = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     return summarize(np.load(samples), cpu_seconds=used)
+
+
+def swap_pair(config: Config, out: Path) -> tuple[Config, str]:
+    """A scratch artifacts root under ``out`` serving the current index version, with a second
+    version of the same model freshly built beside it (``recsys build-index``), so a swap
+    never moves the real ``CURRENT``. Returns (a config using it, the version to swap to)."""
+    root = out / "artifacts"
+    (root / "indexes").mkdir(parents=True)
+    (root / "models").symlink_to(config.models_dir)
+    serving = artifacts.current(config.indexes_dir)
+    (root / "indexes" / serving.name).symlink_to(serving)
+    cfg = config.with_overrides({"paths": {"artifacts": str(root)}})
+    artifacts.publish(cfg.indexes_dir, serving.name)
+    print("==> building a second index version to swap to", flush=True)
+    with child("build-index", write_config(cfg, out / "build.yaml"), ["build-index"], out) as p:
+        if p.wait(timeout=1800):
+            raise RecsysError(f"recsys build-index failed (exit {p.returncode}); see {out}")
+    fresh = artifacts.current(cfg.indexes_dir).name
+    artifacts.publish(cfg.indexes_dir, serving.name)
+    return cfg, fresh
+
+
+@dataclass
+class Swap:
+    """``at`` seconds after it is called: publishes index version ``to`` and has the server
+    reload it (admin ``Reload``: load beside, verify, warm, swap); keeps when that started and
+    ended (unix seconds)."""
+
+    config: Config
+    target: Target
+    to: str
+    at: float
+    started: float = 0.0
+    ended: float = 0.0
+
+    def __call__(self) -> None:
+        time.sleep(self.at)
+        self.started = time.time()
+        artifacts.publish(self.config.indexes_dir, self.to)
+        with grpc.insecure_channel(self.target.admin or "") as channel:
+            stub = admin_pb2_grpc.RecommenderAdminStub(channel)
+            reply = stub.Reload(admin_pb2.ReloadRequest(), timeout=300)
+        self.ended = time.time()
+        if reply.index_version != self.to:
+            raise RecsysError(f"the server serves {reply.index_version}, not {self.to}")
+
+    def report(self, samples: np.ndarray) -> tuple[str, dict[str, object], Summary]:
+        """Calls due from the swap's start to a second after its end, against the rest:
+        (summary line, facts for ``result.json``, the calls during the swap)."""
+        during, outside = split(samples, self.started, self.ended + SWAP_DRAIN_S)
+        ratio = during.p99 / outside.p99
+        text = (
+            f"swap to {self.to}: {self.ended - self.started:.2f} s; calls due during it and "
+            f"{SWAP_DRAIN_S:g} s after: {during.requests:,}, {during.failures} failed, "
+            f"p99 {during.p99:.2f} ms vs {outside.p99:.2f} ms outside ({ratio:.2f}x)"
+        )
+        facts = {
+            "to": self.to,
+            "seconds": self.ended - self.started,
+            "during": asdict(during),
+            "outside": asdict(outside),
+            "p99_ratio": ratio,
+        }
+        return text, facts, during
+
+
+SWAP_DRAIN_S = 1.0
+"""After a swap ends, calls due this long still count as during it (the queue drains)."""
 
 
 def run(
@@ -162,8 +249,12 @@ def run(
     target: str | None = None,
     null: bool = False,
     baseline: bool = False,
+    swap: bool = False,
 ) -> dict[str, Summary]:
     """One load run (and, with ``baseline``, the same run against a null handler first).
+
+    With ``swap``, the measured server (one this command starts) swaps to a freshly built
+    index version halfway through, and the summary compares p99 during the swap with the rest.
 
     Writes Locust's CSV and HTML, ``samples.npy``, ``latency.png``, ``summary.txt`` and
     ``result.json`` (with machine facts) under ``out``.
@@ -172,10 +263,14 @@ def run(
         SloError: the measured run broke ``loadtest.slo_p99_ms`` (or p99.9), or a request
             failed.
     """
+    if swap and (target or null):
+        raise RecsysError("--swap needs a Recommend server this command starts (no --target)")
     out.mkdir(parents=True, exist_ok=True)
     server_cpus, load_cpus = _cores()
     traffic = write_traffic(config, ml, out / "traffic.json")
     plan = _plan(null, baseline)
+    swap_config, swap_to = swap_pair(config, out) if swap else (config, "")
+    swapped: Swap | None = None
     summaries: dict[str, Summary] = {}
     for name, is_null in plan:
         run_dir = out / name.replace(" ", "-")
@@ -184,11 +279,20 @@ def run(
             f"==> {name}: {config.loadtest.rate:g}/s for {config.loadtest.seconds:g}s", flush=True
         )
         with contextlib.ExitStack() as stack:
+            cfg = config if is_null else swap_config
             server = _given(target) or stack.enter_context(
-                _server(config, run_dir, is_null, server_cpus)
+                _server(cfg, run_dir, is_null, server_cpus)
             )
-            summaries[name] = run_locust(config, server, traffic, run_dir, load_cpus)
+            if swap and not is_null:
+                swapped = Swap(cfg, server, swap_to, at=LOCUST_START_S + cfg.loadtest.seconds / 2)
+            summaries[name] = run_locust(config, server, traffic, run_dir, load_cpus, swapped)
     text = "\n".join(render(s, config.loadtest, name) for name, s in summaries.items())
+    swap_facts = None
+    broken = violations(summaries[plan[-1][0]], config.loadtest)
+    if swapped is not None:
+        swap_text, swap_facts, during = swapped.report(_samples(out, plan[-1][0]))
+        text += "\n" + swap_text
+        broken += [f"during the swap: {v}" for v in violations(during, config.loadtest)]
     if baseline:
         ratio = summaries[plan[-1][0]].p99 / summaries["null handler"].p99
         text += f"\n{plan[-1][0]} p99 / null handler p99: {ratio:.2f}x"
@@ -199,18 +303,19 @@ def run(
     )
     print(text, flush=True)
     (out / "summary.txt").write_text(text + "\n")
-    plot({name: _samples(out, name) for name, _ in plan}, out / "latency.png")
+    spans = {plan[-1][0]: (swapped.started, swapped.ended + SWAP_DRAIN_S)} if swapped else None
+    plot({name: _samples(out, name) for name, _ in plan}, out / "latency.png", spans)
     (out / "result.json").write_text(
         json.dumps(
             {
                 "machine": facts,
                 "loadtest": config.loadtest.model_dump(),
                 "runs": {name: asdict(s) for name, s in summaries.items()},
+                "swap": swap_facts,
             },
             indent=2,
         )
     )
-    broken = violations(summaries[plan[-1][0]], config.loadtest)
     if broken:
         raise SloError(f"SLO not met: {'; '.join(broken)} (details in {out})")
     return summaries
