@@ -30,11 +30,14 @@ from recsys.errors import RecsysError
 
 
 @contextlib.contextmanager
-def scratch_stack(config: Config, ml: MovieLens) -> Iterator[tuple[Config, Any]]:
+def scratch_stack(
+    config: Config, ml: MovieLens, history: pd.DataFrame | None = None
+) -> Iterator[tuple[Config, Any]]:
     """A throw-away broker, online store (and ``redis-server`` for Redis) for one benchmark.
 
     Yields:
-        The config pointing at them and an empty, initialised ``feast.FeatureStore``.
+        The config pointing at them and an initialised ``feast.FeatureStore``: profiles
+        materialized, activity backfilled from ``history`` (default: none).
     """
     jars = ensure_jars(config.paths.kafka_pom, config.paths.kafka_jars)
     with (
@@ -49,7 +52,7 @@ def scratch_stack(config: Config, ml: MovieLens) -> Iterator[tuple[Config, Any]]
         broker = stack.enter_context(LocalBroker(jars, work / "kafka"))
         overrides["kafka"] = {"bootstrap_servers": broker.bootstrap_servers}
         cfg = config.with_overrides(overrides)
-        yield cfg, initialise(cfg, ml, ml.interactions.head(0))
+        yield cfg, initialise(cfg, ml, ml.interactions.head(0) if history is None else history)
 
 
 def run_bench(config: Config, ml: MovieLens, events: int | None = None) -> dict[str, float]:
@@ -176,7 +179,7 @@ def run_freshness(
             client.wait_until_serving(process=server)
             cold = [i.item_id for i in client.recommend(f"cold-{run}", k=10).items]
             probes = _Probes(item=cold[0])
-            _wait_consuming(cfg, features, ingester, run, probes.item)
+            wait_consuming(cfg, features, ingester, run, probes.item)
             # Everything is encoded before the clock starts; event time is the planned send time.
             start_ms = int(time.time() * 1000) + 1000
             events = []
@@ -242,10 +245,10 @@ GIVE_UP_S = 30.0
 """After the stream ends, probes still unseen this much later count as lost."""
 
 
-def _wait_consuming(
+def wait_consuming(
     config: Config, features: OnlineFeatures, ingester: Any, run: str, item: str
 ) -> None:
-    """Sends a marker event and waits until the ingester has written it."""
+    """Sends a marker event and waits until the ingester (a child process) has written it."""
     from kafka import KafkaProducer
 
     from features.events import encode

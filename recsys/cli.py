@@ -280,6 +280,7 @@ def cmd_loadtest(config: Config, args: argparse.Namespace) -> None:
         null=args.null,
         baseline=args.baseline,
         swap=args.swap,
+        ingest=args.ingest,
     )
 
 
@@ -401,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--swap",
         action="store_true",
         help="swap to a freshly built index version halfway through; p99 during it vs the rest",
+    )
+    lt.add_argument(
+        "--ingest",
+        type=float,
+        metavar="EVENTS_PER_S",
+        help="stream events through Kafka into the store the server reads, all run long",
     )
     lt.add_argument("--seconds", type=float, help="duration (loadtest.seconds)")
     lt.add_argument("--users", type=int, help="simulated callers (loadtest.users)")

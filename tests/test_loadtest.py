@@ -140,3 +140,17 @@ def test_a_hot_swap_mid_run_loses_no_request(server, tmp_path) -> None:
     # The swap moved a scratch CURRENT only: the real one is untouched.
     assert (server.config.indexes_dir / "CURRENT").read_text() == serving_before
     assert (out / "artifacts" / "indexes" / "CURRENT").read_text().strip() == swap["to"]
+
+
+@pytest.mark.integration
+def test_a_run_with_events_streaming_into_the_store_loses_no_event(server, tmp_path) -> None:
+    config_file = write_config(server.config, tmp_path / "config.yaml")
+    out = tmp_path / "ingest"
+    done = _loadtest(config_file, out, "--ingest", "20", "--seconds", "5", "--slo-p99-ms", "2000")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((out / "result.json").read_text())
+    stream = result["stream"]
+    assert stream["sent"] >= 100 and stream["probes"] >= 5  # 20/s for 7 s, a probe a second
+    assert stream["probes_lost"] == 0 and stream["readable_p99_ms"] > 0
+    assert result["runs"]["recommend"]["failures"] == 0
+    assert "stream: " in done.stdout

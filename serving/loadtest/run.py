@@ -31,6 +31,7 @@ from recsys.procs import child, serving_ports, write_config
 from recsys.v1 import admin_pb2, admin_pb2_grpc
 from serving.client import RecommendClient
 from serving.loadtest.report import Summary, plot, render, split, summarize, violations
+from serving.loadtest.stream import Stream, stream_stack
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -136,10 +137,10 @@ def run_locust(
     traffic: Path,
     out: Path,
     cpus: set[int] | None,
-    during: Callable[[], None] | None = None,
+    during: Sequence[Callable[[], None]] = (),
 ) -> Summary:
     """Runs headless Locust against ``target``; keeps its µs samples as ``samples.npy``.
-    ``during`` runs in a thread beside it (a scenario's event: a swap)."""
+    Each of ``during`` runs in a thread beside it (a scenario: a swap, an event stream)."""
     lt = config.loadtest
     address = target.address
     samples = out / "samples.npy"
@@ -153,8 +154,8 @@ def run_locust(
         "--recsys-rate", str(lt.rate),
     ]  # fmt: skip
     cpu_before = target.cpu()
-    with (out / "locust.log").open("wb") as log, ThreadPoolExecutor(1) as beside:
-        event = beside.submit(during) if during else None
+    with (out / "locust.log").open("wb") as log, ThreadPoolExecutor(len(during) or 1) as beside:
+        events = [beside.submit(scenario) for scenario in during]
         done = subprocess.run(
             command,
             stdout=log,
@@ -163,7 +164,7 @@ def run_locust(
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
             check=False,
         )
-        if event is not None:
+        for event in events:
             event.result()  # its error, if any, is the run's
     if not samples.exists():
         tail = (out / "locust.log").read_text(errors="replace")[-2000:]
@@ -250,11 +251,14 @@ def run(
     null: bool = False,
     baseline: bool = False,
     swap: bool = False,
+    ingest: float | None = None,
 ) -> dict[str, Summary]:
     """One load run (and, with ``baseline``, the same run against a null handler first).
 
-    With ``swap``, the measured server (one this command starts) swaps to a freshly built
-    index version halfway through, and the summary compares p99 during the swap with the rest.
+    Scenarios, for a Recommend server this command starts: with ``swap``, it swaps to a
+    freshly built index version halfway through, and the summary compares p99 during the
+    swap with the rest; with ``ingest``, events stream at that rate through Kafka into the
+    online store it reads for the whole run (``stream.py``), and a lost probe event fails it.
 
     Writes Locust's CSV and HTML, ``samples.npy``, ``latency.png``, ``summary.txt`` and
     ``result.json`` (with machine facts) under ``out``.
@@ -263,14 +267,15 @@ def run(
         SloError: the measured run broke ``loadtest.slo_p99_ms`` (or p99.9), or a request
             failed.
     """
-    if swap and (target or null):
-        raise RecsysError("--swap needs a Recommend server this command starts (no --target)")
+    if (swap or ingest) and (target or null):
+        raise RecsysError("--swap and --ingest need a Recommend server this command starts")
     out.mkdir(parents=True, exist_ok=True)
     server_cpus, load_cpus = _cores()
     traffic = write_traffic(config, ml, out / "traffic.json")
     plan = _plan(null, baseline)
     swap_config, swap_to = swap_pair(config, out) if swap else (config, "")
     swapped: Swap | None = None
+    streamed: Stream | None = None
     summaries: dict[str, Summary] = {}
     for name, is_null in plan:
         run_dir = out / name.replace(" ", "-")
@@ -280,12 +285,17 @@ def run(
         )
         with contextlib.ExitStack() as stack:
             cfg = config if is_null else swap_config
+            if ingest and not is_null:
+                cfg, features = stack.enter_context(stream_stack(cfg, ml, out, server_cpus))
+                seconds = LOCUST_START_S + cfg.loadtest.seconds
+                streamed = Stream(cfg, features, ml, ingest, seconds, load_cpus)
             server = _given(target) or stack.enter_context(
                 _server(cfg, run_dir, is_null, server_cpus)
             )
             if swap and not is_null:
                 swapped = Swap(cfg, server, swap_to, at=LOCUST_START_S + cfg.loadtest.seconds / 2)
-            summaries[name] = run_locust(config, server, traffic, run_dir, load_cpus, swapped)
+            during = [s for s in (swapped, streamed) if s is not None and not is_null]
+            summaries[name] = run_locust(config, server, traffic, run_dir, load_cpus, during)
     text = "\n".join(render(s, config.loadtest, name) for name, s in summaries.items())
     swap_facts = None
     broken = violations(summaries[plan[-1][0]], config.loadtest)
@@ -293,6 +303,12 @@ def run(
         swap_text, swap_facts, during = swapped.report(_samples(out, plan[-1][0]))
         text += "\n" + swap_text
         broken += [f"during the swap: {v}" for v in violations(during, config.loadtest)]
+    stream_facts = None
+    if streamed is not None:
+        stream_text, stream_facts = streamed.report()
+        text += "\n" + stream_text
+        if stream_facts["probes_lost"]:
+            broken.append(f"{stream_facts['probes_lost']} probe events never became readable")
     if baseline:
         ratio = summaries[plan[-1][0]].p99 / summaries["null handler"].p99
         text += f"\n{plan[-1][0]} p99 / null handler p99: {ratio:.2f}x"
@@ -312,6 +328,7 @@ def run(
                 "loadtest": config.loadtest.model_dump(),
                 "runs": {name: asdict(s) for name, s in summaries.items()},
                 "swap": swap_facts,
+                "stream": stream_facts,
             },
             indent=2,
         )
