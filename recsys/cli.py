@@ -244,7 +244,7 @@ def cmd_broker(config: Config, args: argparse.Namespace) -> None:
 
 def cmd_loadtest(config: Config, args: argparse.Namespace) -> None:
     from recsys import artifacts
-    from serving.loadtest.run import ramp, run
+    from serving.loadtest.run import compare, ramp, run
 
     overrides = {
         key: value
@@ -261,6 +261,9 @@ def cmd_loadtest(config: Config, args: argparse.Namespace) -> None:
     if args.target is None and not args.null:
         artifacts.current(config.indexes_dir)  # fails with what to run when nothing is published
     out = args.out or config.paths.state / "loadtest" / time.strftime("%Y%m%dT%H%M%SZ")
+    if args.compare:
+        compare(config, load_dataset(config), out, index_items=args.index_items)
+        return
     if args.ramp:
         ramp(
             config,
@@ -397,6 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         nargs="+",
         help="step through these rates instead; report the highest that holds the SLO",
+    )
+    lt.add_argument(
+        "--compare",
+        action="store_true",
+        help="the same load against each variant in turn: null, tower runtimes, stores, indexes",
+    )
+    lt.add_argument(
+        "--index-items",
+        type=int,
+        default=0,
+        help="with --compare: a synthetic catalog of this size, IVF and flat (e.g. 1000000)",
     )
     lt.add_argument(
         "--swap",

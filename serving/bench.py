@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -76,12 +77,21 @@ class _Target:
 
 
 @contextlib.contextmanager
-def _servers(
-    config: Config, ml: MovieLens, work: Path, index_items: int, cpu: set[int] | None
-) -> Iterator[dict[str, str]]:
-    """Starts every variant; yields ``{name: address}`` once all are SERVING."""
+def variant_servers(
+    config: Config,
+    ml: MovieLens,
+    work: Path,
+    index_items: int,
+    cpu: set[int] | None,
+    exact_too: bool = False,
+) -> Iterator[dict[str, tuple[str, subprocess.Popen[bytes]]]]:
+    """Starts every variant pinned to ``cpu``: a null handler, the NumPy and SavedModel tower
+    runtimes on SQLite, NumPy on Redis, and with ``index_items`` a synthetic catalog of that
+    size (``index.type: auto``: IVF at 1M; with ``exact_too``, exact flat beside it).
+    Yields ``{name: (address, process)}`` once all are SERVING."""
     from features.redis_server import LocalRedis
     from features.store import initialise
+    from index.build import index_spec
     from recsys.data import temporal_split
 
     host = config.serving.host
@@ -108,34 +118,37 @@ def _servers(
         past, _ = temporal_split(ml.interactions, config.model.test_fraction)
         initialise(redis_cfg, ml, past)
         variants["numpy, redis"] = (redis_cfg, ["serve"])
-        if index_items:
-            variants[f"numpy, sqlite, {index_items:,} items"] = (
-                _large_index(variant(), ml, work, index_items),
-                ["serve"],
-            )
+        for kind in (["auto", "flat"] if exact_too else ["auto"]) if index_items else []:
+            large = _large_index(variant(), ml, index_items, kind)
+            built = index_spec(large.index, index_items)[0]
+            variants[f"numpy, sqlite, {index_items:,} items {built}"] = (large, ["serve"])
         procs = {}
         for name, (cfg, args) in variants.items():
             slug = name.replace(", ", "-").replace(" ", "-").replace(",", "")
             path = write_config(cfg, work / f"{slug}.yaml")
             procs[name] = stack.enter_context(child(slug, path, args, work, quiet=True, cpus=cpu))
-        addresses = {name: f"{host}:{cfg.serving.port}" for name, (cfg, _) in variants.items()}
-        for name, address in addresses.items():
+        servers = {
+            name: (f"{host}:{cfg.serving.port}", procs[name]) for name, (cfg, _) in variants.items()
+        }
+        for address, process in servers.values():
             with RecommendClient(address) as client:
-                client.wait_until_serving(timeout=600, process=procs[name])
-        yield addresses
+                client.wait_until_serving(timeout=600, process=process)
+        yield servers
 
 
-def _large_index(config: Config, ml: MovieLens, work: Path, items: int) -> Config:
-    """A config whose index is a synthetic ``items``-item catalog, built once and reused."""
+def _large_index(config: Config, ml: MovieLens, items: int, kind: str = "auto") -> Config:
+    """A config whose index is a synthetic ``items``-item catalog (``index.type`` ``kind``),
+    built once per model and reused."""
     from index.build import build_index
     from index.catalog import Catalog
     from recsys import artifacts
 
-    root = config.paths.artifacts / "bench" / f"synthetic-{items}"
+    name = f"synthetic-{items}" if kind == "auto" else f"synthetic-{items}-{kind}"
+    root = config.paths.artifacts / "bench" / name
     (root / "indexes").mkdir(parents=True, exist_ok=True)
     if not (root / "models").exists():
         (root / "models").symlink_to(config.models_dir)
-    cfg = config.with_overrides({"paths": {"artifacts": str(root)}})
+    cfg = config.with_overrides({"paths": {"artifacts": str(root)}, "index": {"type": kind}})
     model = artifacts.current(config.models_dir).name
     try:
         current = artifacts.read_manifest(artifacts.current(cfg.indexes_dir), verify=False)
@@ -216,10 +229,10 @@ def run(
     requests = _requests(users, calls, k)
     in_process = _in_process(config, requests, server_cpu)
     os.sched_setaffinity(0, set(cores))
-    with _servers(config, ml, work, index_items, server_cpu) as addresses:
+    with variant_servers(config, ml, work, index_items, server_cpu) as servers:
         if client_cpu:
             os.sched_setaffinity(0, client_cpu)
-        targets = [_Target(name, address) for name, address in addresses.items()]
+        targets = [_Target(name, address) for name, (address, _) in servers.items()]
         try:
             for target in targets:  # warm: connections, first-call costs
                 target.run(requests[:300], keep=False)

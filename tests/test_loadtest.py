@@ -154,3 +154,17 @@ def test_a_run_with_events_streaming_into_the_store_loses_no_event(server, tmp_p
     assert stream["probes_lost"] == 0 and stream["readable_p99_ms"] > 0
     assert result["runs"]["recommend"]["failures"] == 0
     assert "stream: " in done.stdout
+
+
+@pytest.mark.integration
+def test_compare_loads_each_variant_in_turn(server, tmp_path) -> None:
+    config_file = write_config(server.config, tmp_path / "config.yaml")
+    out = tmp_path / "compare"
+    done = _loadtest(config_file, out, "--compare", "--seconds", "2", "--slo-p99-ms", "2000")
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = json.loads((out / "compare.json").read_text())["runs"]
+    assert set(runs) == {"null handler", "numpy, sqlite", "savedmodel, sqlite", "numpy, redis"}
+    for name, run in runs.items():
+        assert run["requests"] > 0 and run["failures"] == 0, name
+        assert run["cpu_ms"] > 0, name
+    assert "numpy, redis" in (out / "compare.txt").read_text()

@@ -401,3 +401,57 @@ def ramp(
         json.dumps({"machine": machine_facts(), "steps": steps, "best": best}, indent=2)
     )
     return best
+
+
+def compare(config: Config, ml: MovieLens, out: Path, index_items: int = 0) -> dict[str, Summary]:
+    """The same load against each variant in turn, side by side in one run: the null handler,
+    NumPy vs SavedModel tower, SQLite vs Redis store, and with ``index_items`` a synthetic
+    catalog of that size behind an IVF and an exact flat index (``serving.bench``'s servers,
+    all pinned to the server core). Writes ``compare.txt`` and ``compare.json``; never fails
+    on the SLO.
+    """
+    from serving.bench import variant_servers
+
+    out.mkdir(parents=True, exist_ok=True)
+    server_cpus, load_cpus = _cores()
+    traffic = write_traffic(config, ml, out / "traffic.json")
+    lt = config.loadtest
+    summaries: dict[str, Summary] = {}
+    with variant_servers(config, ml, out, index_items, server_cpus, exact_too=True) as servers:
+        for name, (address, process) in servers.items():
+            print(f"==> {name}: {lt.rate:g}/s for {lt.seconds:g}s", flush=True)
+            run_dir = out / name.replace(", ", "-").replace(" ", "-").replace(",", "")
+            run_dir.mkdir(exist_ok=True)
+            target = Target(address, process.pid)
+            summaries[name] = run_locust(config, target, traffic, run_dir, load_cpus)
+    lines = [
+        f"{lt.rate:g} requests/s for {lt.seconds:g} s to each, one after another; SLO p99 <= "
+        f"{lt.slo_p99_ms:g} ms",
+        f"{'server':<36}{'achieved':>9}{'p50 ms':>9}{'p99 ms':>9}{'hot p50':>9}{'hot p99':>9}"
+        f"{'CPU ms':>8}{'failed':>8}  SLO",
+    ]
+    for name, s in summaries.items():
+        lines.append(
+            f"{name:<36}{s.rate:>9.0f}{s.p50:>9.2f}{s.p99:>9.2f}{s.server_p50:>9.2f}"
+            f"{s.server_p99:>9.2f}{s.cpu_ms or float('nan'):>8.2f}{s.failures:>8}  "
+            f"{'met' if not violations(s, lt) else 'not met'}"
+        )
+    facts = machine_facts()
+    lines.append(
+        f"servers on CPU {server_cpus}, Locust on CPU {load_cpus}; {facts['host']}, "
+        f"{facts['cpus']} cores, Python {facts['python']}"
+    )
+    text = "\n".join(lines)
+    print(text, flush=True)
+    (out / "compare.txt").write_text(text + "\n")
+    (out / "compare.json").write_text(
+        json.dumps(
+            {
+                "machine": facts,
+                "loadtest": lt.model_dump(),
+                "runs": {name: asdict(s) for name, s in summaries.items()},
+            },
+            indent=2,
+        )
+    )
+    return summaries
