@@ -20,18 +20,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 
-from recsys import artifacts
 from recsys.config import Config
 from recsys.data import MovieLens
 from recsys.errors import RecsysError
 from recsys.procs import child, serving_ports, write_config
-from recsys.v1 import admin_pb2, admin_pb2_grpc
 from serving.client import RecommendClient
-from serving.loadtest.report import Summary, plot, render, split, summarize, violations
+from serving.loadtest.report import Summary, plot, render, summarize, violations
 from serving.loadtest.stream import Stream, stream_stack
+from serving.loadtest.swap import SWAP_DRAIN_S, Swap, swap_pair
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -174,74 +172,6 @@ def run_locust(
     return summarize(np.load(samples), cpu_seconds=used)
 
 
-def swap_pair(config: Config, out: Path) -> tuple[Config, str]:
-    """A scratch artifacts root under ``out`` serving the current index version, with a second
-    version of the same model freshly built beside it (``recsys build-index``), so a swap
-    never moves the real ``CURRENT``. Returns (a config using it, the version to swap to)."""
-    root = out / "artifacts"
-    (root / "indexes").mkdir(parents=True)
-    (root / "models").symlink_to(config.models_dir)
-    serving = artifacts.current(config.indexes_dir)
-    (root / "indexes" / serving.name).symlink_to(serving)
-    cfg = config.with_overrides({"paths": {"artifacts": str(root)}})
-    artifacts.publish(cfg.indexes_dir, serving.name)
-    print("==> building a second index version to swap to", flush=True)
-    with child("build-index", write_config(cfg, out / "build.yaml"), ["build-index"], out) as p:
-        if p.wait(timeout=1800):
-            raise RecsysError(f"recsys build-index failed (exit {p.returncode}); see {out}")
-    fresh = artifacts.current(cfg.indexes_dir).name
-    artifacts.publish(cfg.indexes_dir, serving.name)
-    return cfg, fresh
-
-
-@dataclass
-class Swap:
-    """``at`` seconds after it is called: publishes index version ``to`` and has the server
-    reload it (admin ``Reload``: load beside, verify, warm, swap); keeps when that started and
-    ended (unix seconds)."""
-
-    config: Config
-    target: Target
-    to: str
-    at: float
-    started: float = 0.0
-    ended: float = 0.0
-
-    def __call__(self) -> None:
-        time.sleep(self.at)
-        self.started = time.time()
-        artifacts.publish(self.config.indexes_dir, self.to)
-        with grpc.insecure_channel(self.target.admin or "") as channel:
-            stub = admin_pb2_grpc.RecommenderAdminStub(channel)
-            reply = stub.Reload(admin_pb2.ReloadRequest(), timeout=300)
-        self.ended = time.time()
-        if reply.index_version != self.to:
-            raise RecsysError(f"the server serves {reply.index_version}, not {self.to}")
-
-    def report(self, samples: np.ndarray) -> tuple[str, dict[str, object], Summary]:
-        """Calls due from the swap's start to a second after its end, against the rest:
-        (summary line, facts for ``result.json``, the calls during the swap)."""
-        during, outside = split(samples, self.started, self.ended + SWAP_DRAIN_S)
-        ratio = during.p99 / outside.p99
-        text = (
-            f"swap to {self.to}: {self.ended - self.started:.2f} s; calls due during it and "
-            f"{SWAP_DRAIN_S:g} s after: {during.requests:,}, {during.failures} failed, "
-            f"p99 {during.p99:.2f} ms vs {outside.p99:.2f} ms outside ({ratio:.2f}x)"
-        )
-        facts = {
-            "to": self.to,
-            "seconds": self.ended - self.started,
-            "during": asdict(during),
-            "outside": asdict(outside),
-            "p99_ratio": ratio,
-        }
-        return text, facts, during
-
-
-SWAP_DRAIN_S = 1.0
-"""After a swap ends, calls due this long still count as during it (the queue drains)."""
-
-
 def run(
     config: Config,
     ml: MovieLens,
@@ -293,9 +223,10 @@ def run(
                 _server(cfg, run_dir, is_null, server_cpus)
             )
             if swap and not is_null:
-                swapped = Swap(cfg, server, swap_to, at=LOCUST_START_S + cfg.loadtest.seconds / 2)
-            during = [s for s in (swapped, streamed) if s is not None and not is_null]
-            summaries[name] = run_locust(config, server, traffic, run_dir, load_cpus, during)
+                at = LOCUST_START_S + cfg.loadtest.seconds / 2
+                swapped = Swap(cfg, server.admin or "", swap_to, at)
+            scenarios = [s for s in (swapped, streamed) if s is not None and not is_null]
+            summaries[name] = run_locust(config, server, traffic, run_dir, load_cpus, scenarios)
     text = "\n".join(render(s, config.loadtest, name) for name, s in summaries.items())
     swap_facts = None
     broken = violations(summaries[plan[-1][0]], config.loadtest)

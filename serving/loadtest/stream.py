@@ -134,7 +134,7 @@ class Stream:
             f"produce → readable p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
             f"{len(self.readable)}/{len(self.sent_at)} readable"
         )
-        facts = {
+        facts: dict[str, object] = {
             "rate": self.rate,
             "sent": self.sent,
             "achieved_rate": self.sent / self.sending_s,
