@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from recsys import logs
 from recsys.config import Config, load_config
-from recsys.errors import RecsysError
+from recsys.errors import ConfigError, RecsysError
 
 if TYPE_CHECKING:  # the data module pulls in pandas; keep `recsys --help` fast
     from recsys.data import MovieLens
@@ -242,9 +242,31 @@ def cmd_broker(config: Config, args: argparse.Namespace) -> None:
             threading.Event().wait()
 
 
+def _loadtest_mode_error(args: argparse.Namespace) -> str | None:
+    """Why these flags cannot go together (None: they can)."""
+
+    def given(*flags: str) -> list[str]:
+        return [f"--{f}" for f in flags if getattr(args, f.replace("-", "_"))]
+
+    scenarios = given("swap", "ingest")
+    if args.compare and (clash := given("target", "null", "baseline", "ramp") + scenarios):
+        return f"--compare starts its own servers and runs alone, not with {' '.join(clash)}"
+    if args.index_items and not args.compare:
+        return "--index-items goes with --compare only"
+    if scenarios and (clash := given("target", "null", "ramp")):
+        return (
+            f"{' '.join(scenarios)}: a scenario needs one run against a Recommend server this "
+            f"command starts, not {' '.join(clash)}"
+        )
+    return None
+
+
 def cmd_loadtest(config: Config, args: argparse.Namespace) -> None:
     from recsys import artifacts
     from serving.loadtest.run import compare, ramp, run
+
+    if error := _loadtest_mode_error(args):
+        raise ConfigError(error)
 
     overrides = {
         key: value

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from recsys.cli import _loadtest_mode_error, build_parser
 from recsys.config import LoadTestConfig
 from recsys.procs import write_config
 from serving.loadtest.report import render, summarize, violations
@@ -64,6 +65,33 @@ def test_the_gate_fails_on_p99_p999_and_any_failure() -> None:
     failed = summarize(_samples(np.full(10, 100.0), ok=[1] * 9 + [0]))
     assert violations(failed, LoadTestConfig()) == ["1 of 10 requests failed"]
     assert violations(summarize(np.empty((0, 3))), LoadTestConfig()) == ["no requests were made"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (
+            "--compare --ramp 100 200",
+            "--compare starts its own servers and runs alone, not with --ramp",
+        ),
+        ("--compare --swap --baseline", "not with --baseline --swap"),
+        ("--index-items 1000", "--index-items goes with --compare only"),
+        ("--swap --target 127.0.0.1:1", "--swap: a scenario needs one run"),
+        ("--swap --ingest 10 --ramp 1 2", "--swap --ingest: a scenario needs one run"),
+        ("--ingest 10 --null", "not --null"),
+    ],
+)
+def test_loadtest_refuses_flags_that_do_not_go_together(flags, error) -> None:
+    args = build_parser().parse_args(["loadtest", *flags.split()])
+    assert error in (_loadtest_mode_error(args) or "")
+
+
+@pytest.mark.parametrize(
+    "flags", ["", "--baseline --swap --ingest 50", "--ramp 100 200 --target h:1", "--compare"]
+)
+def test_loadtest_accepts_flags_that_go_together(flags) -> None:
+    args = build_parser().parse_args(["loadtest", *flags.split()])
+    assert _loadtest_mode_error(args) is None
 
 
 def _loadtest(config_file, out, *args) -> subprocess.CompletedProcess[str]:
