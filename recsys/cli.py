@@ -248,6 +248,8 @@ def _loadtest_mode_error(args: argparse.Namespace) -> str | None:
     def given(*flags: str) -> list[str]:
         return [f"--{f}" for f in flags if getattr(args, f.replace("-", "_"))]
 
+    if args.ingest is not None and args.ingest <= 0:
+        return f"--ingest is events per second, more than 0 (got {args.ingest:g})"
     scenarios = given("swap", "ingest")
     if args.compare and (clash := given("target", "null", "baseline", "ramp") + scenarios):
         return f"--compare starts its own servers and runs alone, not with {' '.join(clash)}"

@@ -119,9 +119,10 @@ def variant_servers(
         initialise(redis_cfg, ml, past)
         variants["numpy, redis"] = (redis_cfg, ["serve"])
         for kind in (["auto", "flat"] if exact_too else ["auto"]) if index_items else []:
-            large = _large_index(variant(), ml, index_items, kind)
-            built = index_spec(large.index, index_items)[0]
-            variants[f"numpy, sqlite, {index_items:,} items {built}"] = (large, ["serve"])
+            built = index_spec(config.index.model_copy(update={"type": kind}), index_items)[0]
+            name = f"numpy, sqlite, {index_items:,} items {built}"
+            if name not in variants:  # below index.exact_below, auto is flat already
+                variants[name] = (_large_index(variant(), ml, index_items, kind), ["serve"])
         procs = {}
         for name, (cfg, args) in variants.items():
             slug = name.replace(", ", "-").replace(" ", "-").replace(",", "")

@@ -29,10 +29,24 @@ def test_summary_percentiles_rate_and_failures() -> None:
     ok[:3] = 0
     s = summarize(_samples(latencies, ok))
     assert s.requests == 1000 and s.failures == 3
-    assert s.rate == pytest.approx(1000 / 9.99)
+    # From the first due time (0 s) to the last answer (9.99 s + 10 ms).
+    assert s.seconds == pytest.approx(10.0) and s.rate == pytest.approx(100.0)
     assert s.p50 == pytest.approx(np.percentile(latencies, 50) / 1000)
     assert s.p99 == pytest.approx(np.percentile(latencies, 99) / 1000)
     assert s.max == pytest.approx(10.0)
+
+
+def test_calls_never_sent_count_in_the_percentiles_not_in_the_throughput() -> None:
+    answered = _samples(np.full(100, 1000.0), rate=100.0)  # 1 ms each, 1 s of arrivals
+    # A backlog at the end: 100 arrivals due over the last second, never sent, waiting 0-1 s.
+    waited_us = np.linspace(1e6, 0, 100)
+    unsent = np.column_stack([1001.0 + np.arange(100) / 100, waited_us, np.full(100, -1.0)])
+    s = summarize(np.vstack([answered, unsent]))
+    assert s.requests == 100 and s.unsent == 100 and s.failures == 0
+    assert s.rate == pytest.approx(100 / 0.991)  # what was answered, per second it took
+    assert s.p99 > 900  # the backlog's wait shows; the answered calls alone say 1 ms
+    assert "100 fell due but never went out" in render(s, LoadTestConfig(), "x")
+    assert "p99" in violations(s, LoadTestConfig(slo_p99_ms=10))[0]
 
 
 def test_the_server_columns_hot_path_and_cpu_per_request() -> None:

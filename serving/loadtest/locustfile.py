@@ -6,9 +6,12 @@ gRPC is made gevent-cooperative before any channel exists.
 
 Each call is fired as a Locust request event (Locust's CSV and HTML) and also kept at
 microsecond resolution (Locust rounds response times below 100 ms to whole milliseconds):
-``(start unix seconds, latency µs, ok, server µs)`` rows written to ``--recsys-samples`` at
-the end. Server µs is the hot path as the server timed it (its ``recsys-timing-us`` trailer),
-NaN when the server sends none (the null handler).
+``(due unix seconds, latency µs, status, server µs, late µs)`` rows written to
+``--recsys-samples`` at the end. Latency counts from the arrival's due time; late is how long
+after it the call was sent; status is 1 (answered), 0 (failed) or -1 (fell due but was never
+sent before the run ended: its latency is the wait so far, a lower bound). Server µs is the
+hot path as the server timed it (its ``recsys-timing-us`` trailer), NaN when the server sends
+none (the null handler).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
 
 grpc_gevent.init_gevent()
-SAMPLES: list[tuple[float, float, bool, float, float]] = []
+SAMPLES: list[tuple[float, float, float, float, float]] = []
+UNSENT = -1.0
 
 
 @events.init_command_line_parser.add_listener
@@ -92,18 +96,28 @@ class RecommendUser(User):
         self.stub = pb_grpc.RecommenderStub(self.channel)
         users = max(1, self.environment.runner.target_user_count or 1)
         self._rate = options.recsys_rate / users
-        self._due = time.perf_counter()  # the first call goes at once
+        self._next = time.perf_counter()  # due time of the next arrival; the first goes at once
 
     def on_stop(self) -> None:
+        """Arrivals that fell due but were never sent (the user was still busy when the run
+        ended) are kept too, with their wait so far: a run that fell behind shows its backlog
+        instead of leaving it out (coordinated omission)."""
+        now, wall = time.perf_counter(), time.time()
+        while self._next <= now:
+            waited = now - self._next
+            SAMPLES.append((wall - waited, waited * 1e6, UNSENT, float("nan"), waited * 1e6))
+            self._advance()
         self.channel.close()
+
+    def _advance(self) -> None:
+        self._next += self.traffic.rng.expovariate(self._rate)
 
     def wait_time(self) -> float:
         """Until this user's next arrival. Arrivals are a Poisson process at the user's share
         of the rate, scheduled independently of how long calls take (open loop up to the point
         where every user is busy); together the users' arrivals are Poisson at the total rate.
         """
-        self._due += self.traffic.rng.expovariate(self._rate)
-        return max(0.0, self._due - time.perf_counter())
+        return max(0.0, self._next - time.perf_counter())
 
     @task
     def recommend(self) -> None:
@@ -112,7 +126,8 @@ class RecommendUser(User):
         # sending it: a call that waited for the user's previous one (the generator or the
         # server falling behind) shows as latency rather than as a call never made
         # (coordinated omission).
-        started = self._due
+        started = self._next
+        self._advance()
         lag = time.perf_counter() - started
         started_wall = time.time() - lag
         exception: Exception | None = None
@@ -125,7 +140,8 @@ class RecommendUser(User):
         except grpc.RpcError as exc:
             exception = exc
         seconds = time.perf_counter() - started
-        SAMPLES.append((started_wall, seconds * 1e6, exception is None, server_us, lag * 1e6))
+        status = 1.0 if exception is None else 0.0
+        SAMPLES.append((started_wall, seconds * 1e6, status, server_us, lag * 1e6))
         self.environment.events.request.fire(
             request_type="grpc",
             name="Recommend",

@@ -17,7 +17,10 @@ class Summary:
 
     Attributes:
         requests: Calls made; ``failures`` of them ended in an error.
-        rate: Calls per second achieved over the run.
+        seconds: From the first call's due time to the last call's answer.
+        rate: Calls answered (or failed) per second over ``seconds``: the throughput.
+        p50 … max: Over the calls made and those that fell due but were never sent
+            (``unsent``, counted with their wait so far).
         server_p50, server_p99: The hot path as the server timed it (NaN when the server does
             not say: the null handler).
         cpu_ms: Server CPU time per request, when the server's process was known.
@@ -39,24 +42,30 @@ class Summary:
     cpu_ms: float | None = None
     late_p50: float = float("nan")
     late_p99: float = float("nan")
+    unsent: int = 0
 
 
 def summarize(samples: np.ndarray, cpu_seconds: float | None = None) -> Summary:
-    """``samples``: ``[n, 3 to 5]`` rows of (due unix seconds, latency µs, ok, server µs,
-    late µs); ``cpu_seconds``: the server's CPU time over the run, when known."""
+    """``samples``: ``[n, 3 to 5]`` rows of (due unix seconds, latency µs, status, server µs,
+    late µs), status 1 answered, 0 failed, -1 never sent (``locustfile``); ``cpu_seconds``:
+    the server's CPU time over the run, when known."""
     if len(samples) == 0:
-        return Summary(0, 0, 0.0, 0.0, *([float("nan")] * 5))
-    start, micros, ok = samples[:, 0], samples[:, 1], samples[:, 2]
-    seconds = float(start.max() - start.min()) or 1e-9
+        nan = float("nan")
+        return Summary(0, 0, 0.0, 0.0, p50=nan, p90=nan, p99=nan, p999=nan, max=nan)
+    due, micros, status = samples[:, 0], samples[:, 1], samples[:, 2]
+    sent = status >= 0
+    requests = int(sent.sum())
+    end = (due + micros / 1e6)[sent].max() if requests else due.max()
+    seconds = float(end - due.min()) or 1e-9
     ms = micros / 1000
     p50, p90, p99, p999 = (float(np.percentile(ms, q)) for q in (50, 90, 99, 99.9))
     server_p50, server_p99 = _p50_p99(samples, 3)
     late_p50, late_p99 = _p50_p99(samples, 4)
     return Summary(
-        requests=len(samples),
-        failures=int((ok == 0).sum()),
+        requests=requests,
+        failures=int((status == 0).sum()),
         seconds=seconds,
-        rate=len(samples) / seconds,
+        rate=requests / seconds,
         p50=p50,
         p90=p90,
         p99=p99,
@@ -64,9 +73,10 @@ def summarize(samples: np.ndarray, cpu_seconds: float | None = None) -> Summary:
         max=float(ms.max()),
         server_p50=server_p50,
         server_p99=server_p99,
-        cpu_ms=None if cpu_seconds is None else cpu_seconds * 1000 / len(samples),
+        cpu_ms=None if cpu_seconds is None or not requests else cpu_seconds * 1000 / requests,
         late_p50=late_p50,
         late_p99=late_p99,
+        unsent=int((status < 0).sum()),
     )
 
 
@@ -105,7 +115,8 @@ def render(summary: Summary, slo: LoadTestConfig, label: str) -> str:
     verdict = violations(s, slo)
     lines = [
         f"{label}: {s.requests:,} requests in {s.seconds:.1f} s ({s.rate:,.0f}/s, "
-        f"target {slo.rate:,.0f}/s), {s.failures} failed",
+        f"target {slo.rate:,.0f}/s), {s.failures} failed"
+        + (f", {s.unsent:,} fell due but never went out" if s.unsent else ""),
         f"  latency ms  p50 {s.p50:.2f}  p90 {s.p90:.2f}  p99 {s.p99:.2f}  "
         f"p99.9 {s.p999:.2f}  max {s.max:.2f}",
         "  SLO " + ("met" if not verdict else "NOT met: " + "; ".join(verdict)),

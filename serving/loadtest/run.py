@@ -151,22 +151,28 @@ def run_locust(
         "--recsys-traffic", str(traffic), "--recsys-samples", str(samples),
         "--recsys-rate", str(lt.rate),
     ]  # fmt: skip
+    samples.unlink(missing_ok=True)  # a rerun into the same folder
     cpu_before = target.cpu()
     with (out / "locust.log").open("wb") as log, ThreadPoolExecutor(len(during) or 1) as beside:
-        events = [beside.submit(scenario) for scenario in during]
-        done = subprocess.run(
+        # Locust first, the scenarios' threads after: no fork while threads run.
+        locust = subprocess.Popen(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
-            timeout=lt.seconds + 300,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
-            check=False,
         )
+        try:
+            events = [beside.submit(scenario) for scenario in during]
+            locust.wait(timeout=lt.seconds + 300)
+        finally:
+            if locust.poll() is None:
+                locust.kill()
+                locust.wait()
         for event in events:
             event.result()  # its error, if any, is the run's
     if not samples.exists():
         tail = (out / "locust.log").read_text(errors="replace")[-2000:]
-        raise RecsysError(f"locust exited with code {done.returncode} and no samples:\n{tail}")
+        raise RecsysError(f"locust exited with code {locust.returncode} and no samples:\n{tail}")
     cpu_after = target.cpu()
     used = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     return summarize(np.load(samples), cpu_seconds=used)

@@ -68,6 +68,7 @@ class Stream:
     sending_s: float = 0.0
     sent_at: dict[str, float] = field(default_factory=dict)
     readable: dict[str, float] = field(default_factory=dict)
+    check_error: Exception | None = None
 
     def __call__(self) -> None:
         from kafka import KafkaProducer
@@ -79,9 +80,11 @@ class Stream:
         probe_every = max(1, int(self.rate / PROBES_PER_S))
         run = f"{time.time():.0f}"
         done = threading.Event()
-        checker = threading.Thread(target=self._check, args=(done,), name="probe-checker")
-        checker.start()
+        checker = threading.Thread(
+            target=self._check, args=(done,), name="probe-checker", daemon=True
+        )
         producer = KafkaProducer(bootstrap_servers=self.config.kafka.bootstrap_servers, linger_ms=5)
+        checker.start()
         try:
             started = time.perf_counter()
             for n, row in enumerate(events.itertuples(index=False)):
@@ -103,8 +106,16 @@ class Stream:
             producer.close()
             done.set()
             checker.join()
+        if self.check_error is not None:
+            raise RecsysError(f"the probe checker failed: {self.check_error}")
 
     def _check(self, done: threading.Event) -> None:
+        try:
+            self._poll(done)
+        except Exception as exc:  # reported by __call__, not lost with the thread
+            self.check_error = exc
+
+    def _poll(self, done: threading.Event) -> None:
         if self.cpus:
             os.sched_setaffinity(0, self.cpus)
         give_up: float | None = None
