@@ -32,6 +32,10 @@ from recsys.v1 import recommender_pb2_grpc as pb_grpc
 grpc_gevent.init_gevent()
 SAMPLES: list[tuple[float, float, float, float, float]] = []
 UNSENT = -1.0
+STOPPING: list[float] = []
+"""When the run began to stop: arrivals due after it are not the run's."""
+STOP_GRACE_S = 0.1
+"""Nor are those due just before it: Locust stops sending some 30 ms before it says so."""
 
 
 @events.init_command_line_parser.add_listener
@@ -39,6 +43,11 @@ def _arguments(parser: Any) -> None:
     parser.add_argument("--recsys-traffic", help="traffic JSON written by recsys loadtest")
     parser.add_argument("--recsys-samples", help="where to write the µs samples (.npy)")
     parser.add_argument("--recsys-rate", type=float, default=100.0, help="total requests/s")
+
+
+@events.test_stopping.add_listener
+def _stopping(**_: Any) -> None:
+    STOPPING.append(time.perf_counter())
 
 
 @events.quitting.add_listener
@@ -99,13 +108,16 @@ class RecommendUser(User):
         self._next = time.perf_counter()  # due time of the next arrival; the first goes at once
 
     def on_stop(self) -> None:
-        """Arrivals that fell due but were never sent (the user was still busy when the run
-        ended) are kept too, with their wait so far: a run that fell behind shows its backlog
-        instead of leaving it out (coordinated omission)."""
+        """Arrivals that fell due before the run ended but were never sent (the user was
+        still busy) are kept too, with their wait until the end: a run that fell behind shows
+        its backlog instead of leaving it out (coordinated omission)."""
         now, wall = time.perf_counter(), time.time()
-        while self._next <= now:
-            waited = now - self._next
-            SAMPLES.append((wall - waited, waited * 1e6, UNSENT, float("nan"), waited * 1e6))
+        end = min([now, *STOPPING])
+        while self._next <= end - STOP_GRACE_S:
+            waited = end - self._next
+            SAMPLES.append(
+                (wall - (now - self._next), waited * 1e6, UNSENT, float("nan"), waited * 1e6)
+            )
             self._advance()
         self.channel.close()
 
