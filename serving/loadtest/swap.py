@@ -1,7 +1,8 @@
 """``recsys loadtest --swap``: an index hot swap in the middle of a steady run.
 
-A second index version of the current model is built into a scratch artifacts root whose
-other version folders are links to the real ones, so the real ``CURRENT`` never moves.
+A second index version of the current model is built into a scratch artifacts root (the
+served version's folder and the models folder are links to the real ones), so the real
+``CURRENT`` never moves.
 Halfway through the run it is published there and the server is told to reload (admin
 ``Reload``: load beside, verify, warm, swap); the calls due during the swap are compared
 with the rest.
