@@ -1,5 +1,5 @@
 """What a load run measured, from the µs samples the Locust user keeps: percentiles, the
-achieved rate, failures, the SLO verdict, and a latency-over-time and CDF plot."""
+throughput, failures, the SLO verdict, and a latency-over-time and CDF plot."""
 
 from __future__ import annotations
 

@@ -298,7 +298,7 @@ def ramp(
     plan = _plan(null, baseline)
     best: dict[str, float | None] = {}
     lines = [
-        f"{'server':<14}{'rate/s':>8}{'achieved':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'server':<14}{'rate/s':>8}{'answered':>10}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'hot p99':>9}{'CPU ms':>8}  holds"
     ]
     steps = []
@@ -364,13 +364,13 @@ def compare(config: Config, ml: MovieLens, out: Path, index_items: int = 0) -> d
     lines = [
         f"{lt.rate:g} requests/s for {lt.seconds:g} s to each, one after another; SLO p99 <= "
         f"{lt.slo_p99_ms:g} ms",
-        f"{'server':<36}{'achieved':>9}{'p50 ms':>9}{'p99 ms':>9}{'hot p50':>9}{'hot p99':>9}"
-        f"{'CPU ms':>8}{'failed':>8}  SLO",
+        f"{'server':<36}{'answered':>9}{'p50 ms':>9}{'p99 ms':>9}{'hot p50':>9}{'hot p99':>9}"
+        f"{'CPU ms':>8}{'failed':>8}{'unsent':>8}  SLO",
     ]
     for name, s in summaries.items():
         lines.append(
             f"{name:<36}{s.rate:>9.0f}{s.p50:>9.2f}{s.p99:>9.2f}{s.server_p50:>9.2f}"
-            f"{s.server_p99:>9.2f}{s.cpu_ms or float('nan'):>8.2f}{s.failures:>8}  "
+            f"{s.server_p99:>9.2f}{s.cpu_ms or float('nan'):>8.2f}{s.failures:>8}{s.unsent:>8}  "
             f"{'met' if not violations(s, lt) else 'not met'}"
         )
     facts = machine_facts()
