@@ -28,6 +28,11 @@ def serving_ports(config: Config) -> dict[str, int]:
     return {"port": free_port(host), "admin_port": free_port(config.serving.admin_host)}
 
 
+def slug(name: str) -> str:
+    """A display name as a file or folder name: ``numpy, sqlite`` → ``numpy-sqlite``."""
+    return name.replace(", ", "-").replace(" ", "-").replace(",", "")
+
+
 def write_config(config: Config, path: Path) -> Path:
     """Writes ``config`` as YAML for a child process to load with ``--config``."""
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))

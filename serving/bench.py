@@ -27,7 +27,7 @@ import numpy as np
 from features.store import UserFeatures
 from recsys.config import Config
 from recsys.data import MovieLens
-from recsys.procs import child, serving_ports, write_config
+from recsys.procs import child, serving_ports, slug, write_config
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
 from serving.client import RecommendClient
@@ -125,9 +125,9 @@ def variant_servers(
                 variants[name] = (_large_index(variant(), ml, index_items, kind), ["serve"])
         procs = {}
         for name, (cfg, args) in variants.items():
-            slug = name.replace(", ", "-").replace(" ", "-").replace(",", "")
-            path = write_config(cfg, work / f"{slug}.yaml")
-            procs[name] = stack.enter_context(child(slug, path, args, work, quiet=True, cpus=cpu))
+            file = slug(name)
+            path = write_config(cfg, work / f"{file}.yaml")
+            procs[name] = stack.enter_context(child(file, path, args, work, quiet=True, cpus=cpu))
         servers = {
             name: (f"{host}:{cfg.serving.port}", procs[name]) for name, (cfg, _) in variants.items()
         }

@@ -25,7 +25,7 @@ import numpy as np
 from recsys.config import Config
 from recsys.data import MovieLens
 from recsys.errors import RecsysError
-from recsys.procs import child, serving_ports, write_config
+from recsys.procs import child, serving_ports, slug, write_config
 from serving.client import RecommendClient
 from serving.loadtest.report import Summary, plot, render, summarize, violations
 from serving.loadtest.stream import Stream, stream_stack
@@ -65,6 +65,28 @@ def machine_facts() -> dict[str, object]:
         "kernel": platform.release(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _placement(server_cpus: set[int] | None, load_cpus: set[int] | None) -> str:
+    """Where the run ran: the summaries' last line."""
+    facts = machine_facts()
+    return (
+        f"server on CPU {server_cpus}, Locust on CPU {load_cpus}; {facts['host']}, "
+        f"{facts['cpus']} cores, Python {facts['python']}"
+    )
+
+
+def _write_result(
+    path: Path, config: Config, summaries: dict[str, Summary], **more: object
+) -> None:
+    """The runs as JSON, with machine facts and the load settings."""
+    result = {
+        "machine": machine_facts(),
+        "loadtest": config.loadtest.model_dump(),
+        "runs": {name: asdict(s) for name, s in summaries.items()},
+        **more,
+    }
+    path.write_text(json.dumps(result, indent=2))
 
 
 def _cores() -> tuple[set[int] | None, set[int] | None]:
@@ -118,8 +140,12 @@ def _given(address: str | None) -> Target | None:
     return None if address is None else Target(address)
 
 
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
 def _samples(out: Path, name: str) -> np.ndarray:
-    return np.load(out / name.replace(" ", "-") / "samples.npy")
+    return np.load(out / slug(name) / "samples.npy")
 
 
 def _plan(null: bool, baseline: bool) -> list[tuple[str, bool]]:
@@ -214,7 +240,7 @@ def run(
     streamed: Stream | None = None
     summaries: dict[str, Summary] = {}
     for name, is_null in plan:
-        run_dir = out / name.replace(" ", "-")
+        run_dir = out / slug(name)
         run_dir.mkdir(exist_ok=True)
         print(
             f"==> {name}: {config.loadtest.rate:g}/s for {config.loadtest.seconds:g}s", flush=True
@@ -233,11 +259,13 @@ def run(
                 swapped = Swap(cfg, server.admin or "", swap_to, at)
             scenarios = [s for s in (swapped, streamed) if s is not None and not is_null]
             summaries[name] = run_locust(config, server, traffic, run_dir, load_cpus, scenarios)
+    samples = {name: _samples(out, name) for name, _ in plan}
+    measured = plan[-1][0]
     text = "\n".join(render(s, config.loadtest, name) for name, s in summaries.items())
     swap_facts = None
-    broken = violations(summaries[plan[-1][0]], config.loadtest)
+    broken = violations(summaries[measured], config.loadtest)
     if swapped is not None:
-        swap_text, swap_facts, during = swapped.report(_samples(out, plan[-1][0]))
+        swap_text, swap_facts, during = swapped.report(samples[measured])
         text += "\n" + swap_text
         broken += [f"during the swap: {v}" for v in violations(during, config.loadtest)]
     stream_facts = None
@@ -247,29 +275,14 @@ def run(
         if stream_facts["probes_lost"]:
             broken.append(f"{stream_facts['probes_lost']} probe events never became readable")
     if baseline:
-        ratio = summaries[plan[-1][0]].p99 / summaries["null handler"].p99
-        text += f"\n{plan[-1][0]} p99 / null handler p99: {ratio:.2f}x"
-    facts = machine_facts()
-    text += (
-        f"\nserver on CPU {server_cpus}, Locust on CPU {load_cpus}; {facts['host']}, "
-        f"{facts['cpus']} cores, Python {facts['python']}"
-    )
+        ratio = summaries[measured].p99 / summaries["null handler"].p99
+        text += f"\n{measured} p99 / null handler p99: {ratio:.2f}x"
+    text += "\n" + _placement(server_cpus, load_cpus)
     print(text, flush=True)
     (out / "summary.txt").write_text(text + "\n")
-    spans = {plan[-1][0]: (swapped.started, swapped.ended + SWAP_DRAIN_S)} if swapped else None
-    plot({name: _samples(out, name) for name, _ in plan}, out / "latency.png", spans)
-    (out / "result.json").write_text(
-        json.dumps(
-            {
-                "machine": facts,
-                "loadtest": config.loadtest.model_dump(),
-                "runs": {name: asdict(s) for name, s in summaries.items()},
-                "swap": swap_facts,
-                "stream": stream_facts,
-            },
-            indent=2,
-        )
-    )
+    spans = {measured: (swapped.started, swapped.ended + SWAP_DRAIN_S)} if swapped else None
+    plot(samples, out / "latency.png", spans)
+    _write_result(out / "result.json", config, summaries, swap=swap_facts, stream=stream_facts)
     if broken:
         raise SloError(f"SLO not met: {'; '.join(broken)} (details in {out})")
     return summaries
@@ -305,7 +318,7 @@ def ramp(
     for name, is_null in plan:
         best[name] = None
         with contextlib.ExitStack() as stack:
-            server_dir = out / name.replace(" ", "-")
+            server_dir = out / slug(name)
             server_dir.mkdir(exist_ok=True)
             server = _given(target) or stack.enter_context(
                 _server(config, server_dir, is_null, server_cpus)
@@ -320,7 +333,7 @@ def ramp(
                 lines.append(
                     f"{name:<14}{rate:>8g}{summary.rate:>10.0f}{summary.p50:>9.2f}"
                     f"{summary.p99:>9.2f}{summary.server_p99:>9.2f}"
-                    f"{summary.cpu_ms if summary.cpu_ms is not None else float('nan'):>8.2f}"
+                    f"{_or_nan(summary.cpu_ms):>8.2f}"
                     f"  {'yes' if ok else 'no'}"
                 )
                 steps.append({"server": name, "offered": rate, "held": ok, **asdict(summary)})
@@ -357,7 +370,7 @@ def compare(config: Config, ml: MovieLens, out: Path, index_items: int = 0) -> d
     with variant_servers(config, ml, out, index_items, server_cpus, exact_too=True) as servers:
         for name, (address, process) in servers.items():
             print(f"==> {name}: {lt.rate:g}/s for {lt.seconds:g}s", flush=True)
-            run_dir = out / name.replace(", ", "-").replace(" ", "-").replace(",", "")
+            run_dir = out / slug(name)
             run_dir.mkdir(exist_ok=True)
             target = Target(address, process.pid)
             summaries[name] = run_locust(config, target, traffic, run_dir, load_cpus)
@@ -370,25 +383,12 @@ def compare(config: Config, ml: MovieLens, out: Path, index_items: int = 0) -> d
     for name, s in summaries.items():
         lines.append(
             f"{name:<36}{s.rate:>9.0f}{s.p50:>9.2f}{s.p99:>9.2f}{s.server_p50:>9.2f}"
-            f"{s.server_p99:>9.2f}{s.cpu_ms or float('nan'):>8.2f}{s.failures:>8}{s.unsent:>8}  "
+            f"{s.server_p99:>9.2f}{_or_nan(s.cpu_ms):>8.2f}{s.failures:>8}{s.unsent:>8}  "
             f"{'met' if not violations(s, lt) else 'not met'}"
         )
-    facts = machine_facts()
-    lines.append(
-        f"servers on CPU {server_cpus}, Locust on CPU {load_cpus}; {facts['host']}, "
-        f"{facts['cpus']} cores, Python {facts['python']}"
-    )
+    lines.append(_placement(server_cpus, load_cpus))
     text = "\n".join(lines)
     print(text, flush=True)
     (out / "compare.txt").write_text(text + "\n")
-    (out / "compare.json").write_text(
-        json.dumps(
-            {
-                "machine": facts,
-                "loadtest": lt.model_dump(),
-                "runs": {name: asdict(s) for name, s in summaries.items()},
-            },
-            indent=2,
-        )
-    )
+    _write_result(out / "compare.json", config, summaries)
     return summaries
