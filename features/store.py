@@ -10,9 +10,8 @@ from __future__ import annotations
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -63,9 +62,9 @@ def _redis(connection: str, timeout_ms: int | None) -> str:
     return f"{connection},socket_timeout={seconds},socket_connect_timeout={seconds}"
 
 
-@dataclass(frozen=True)
-class UserFeatures:
-    """What the online store knows about one user; defaults where it knows nothing."""
+class UserFeatures(NamedTuple):
+    """What the online store knows about one user; defaults where it knows nothing (a named
+    tuple: one is built per user on every Recommend request)."""
 
     user_id: str
     age: int = 0

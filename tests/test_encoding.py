@@ -296,7 +296,7 @@ def test_one_user_encodes_as_the_same_row_of_a_batch(space: FeatureSpace) -> Non
         RawUser("stranger", "X", 0, "astronaut", "t8h1n", (), 0),
         RawUser("u3", "M", 56, "engineer", "", ("i5", "i4", "i3", "i2", "i1"), 42),
     ]
-    batch = space.encode_users([*rows, rows[0]]).as_dict()  # a batch, not the one-user path
+    batch = space.encode_users([*rows, rows[0]]).as_dict()
     for i, row in enumerate(rows):
         one = space.encode_users([row]).as_dict()
         for name, value in one.items():

@@ -12,7 +12,7 @@ from recsys.errors import ArtifactError
 from towers.encoding import FeatureSpace, RawUser, UserInputs
 from towers.examples import HistoryIndex, catalog_inputs, query_inputs, training_examples
 from towers.protocols import temporal_split_protocol
-from towers.runtime import NumpyItemTower, NumpyUserTower
+from towers.runtime import NumpyItemTower, NumpyUserTower, SavedModelUserTower
 from towers.tf_env import tf
 
 
@@ -56,13 +56,60 @@ def test_user_tower_numpy_matches_saved_model(model_dir, space, ml, split) -> No
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # normalized
 
 
-def test_one_user_numpy_path_matches_the_batch_path(model_dir, space, ml, split) -> None:
+def test_a_users_embedding_is_bit_for_bit_the_same_alone_or_in_any_batch(
+    model_dir, space, ml, split
+) -> None:
+    """Batch-invariant: serving a request in a batch must not move its scores."""
     inputs = _user_batch(ml, space, split)
     tower = NumpyUserTower.load(model_dir)
     batch = tower(inputs)
     for i in [0, 1, 57, len(inputs.user) - 1]:  # the last is the brand-new user
         one = UserInputs(**{k: v[i : i + 1] for k, v in inputs.as_dict().items()})
-        np.testing.assert_allclose(tower(one), batch[i : i + 1], atol=1e-6, rtol=0)
+        np.testing.assert_array_equal(tower(one), batch[i : i + 1])
+        part = UserInputs(**{k: v[i : i + 3] for k, v in inputs.as_dict().items()})
+        np.testing.assert_array_equal(tower(part)[0], batch[i])
+
+
+def _raw_users(ml, space) -> list[RawUser]:
+    profiles = ml.users.set_index("user_id")
+    raws = [
+        RawUser(
+            u,
+            profiles.loc[u, "gender"],
+            int(profiles.loc[u, "age"]),
+            profiles.loc[u, "occupation"],
+            profiles.loc[u, "zip_code"],
+            ("nope", "50", "181", "1", "not-an-item", "100")[: int(u) % 7],
+            889_000_000_000 + int(u) * 3_599_000,
+        )
+        for u in list(profiles.index[:60])
+    ]
+    longer = tuple(str(i) for i in range(1, space.history_length + 6))  # truncated
+    raws += [
+        RawUser("nobody"),
+        RawUser("new", "X", 0, "astronaut", "t8h1n", ("50", "not-an-item"), 1_795_789_800_000),
+        RawUser("long", "F", 30, "writer", "T8H1N", longer, 5),
+    ]
+    return raws
+
+
+def test_embed_from_raw_features_is_encode_then_tower_bit_for_bit(model_dir, space, ml) -> None:
+    raws = _raw_users(ml, space)
+    tower = NumpyUserTower.load(model_dir)
+    embedded = tower.embed(space, raws)
+    np.testing.assert_array_equal(embedded, tower(space.encode_users(raws)))
+    alone = np.concatenate([tower.embed(space, [r]) for r in raws])
+    np.testing.assert_array_equal(alone, embedded)
+
+
+def test_both_runtimes_embed_raw_features_alike(model_dir, space, ml) -> None:
+    raws = _raw_users(ml, space)
+    np.testing.assert_allclose(
+        SavedModelUserTower(model_dir).embed(space, raws),
+        NumpyUserTower.load(model_dir).embed(space, raws),
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 def test_item_tower_numpy_matches_saved_model(model_dir, space, ml) -> None:

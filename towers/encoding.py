@@ -7,11 +7,13 @@ to a defined embedding instead of failing.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,6 +45,11 @@ class Vocab:
         """Rows an embedding table needs, the unknown bucket included."""
         return len(self.values) + 1
 
+    @property
+    def index(self) -> Mapping[str, int]:
+        """Value → index, without the unknown bucket (``index.get(v, 0)`` is ``lookup``)."""
+        return self._index
+
     def lookup(self, value: str) -> int:
         return self._index.get(value, 0)
 
@@ -55,7 +62,7 @@ def age_bucket(age: int) -> int:
     """Maps an age in years to 1..7; 0 for unknown (age <= 0)."""
     if age <= 0:
         return 0
-    return 1 + sum(age >= b for b in AGE_BOUNDARIES)
+    return 1 + bisect.bisect_right(AGE_BOUNDARIES, age)
 
 
 AGE_BUCKETS = len(AGE_BOUNDARIES) + 2
@@ -97,9 +104,9 @@ def day_of_week(time_ms: int) -> int:
     return int((time_ms // 86_400_000 + 3) % 7)
 
 
-@dataclass(frozen=True)
-class RawUser:
-    """A user's raw tower features at request time, as the online store and request give them.
+class RawUser(NamedTuple):
+    """A user's raw tower features at request time, as the online store and request give them
+    (a named tuple: the hot path builds one per request).
 
     Attributes:
         user_id: Any id; ids unseen in training fall in the unknown bucket.
@@ -172,8 +179,6 @@ class FeatureSpace:
     history_length: int
 
     def encode_users(self, rows: Sequence[RawUser]) -> UserInputs:
-        if len(rows) == 1:
-            return self._encode_user(rows[0])
         n = len(rows)
         history = np.zeros((n, self.history_length), np.int32)
         for row, user in enumerate(rows):
@@ -193,27 +198,6 @@ class FeatureSpace:
             weekday=ints(day_of_week(u.request_time_ms) for u in rows),
             history=history,
         )
-
-    def _encode_user(self, u: RawUser) -> UserInputs:
-        """``encode_users`` for one user (the serving hot path): scalar lookups, one array."""
-        items = self.items._index
-        history = np.zeros((1, self.history_length), np.int32)
-        recent = [items.get(i, 0) for i in u.recent_items[: self.history_length]]
-        history[0, : len(recent)] = recent
-        scalars = np.array(
-            [
-                [self.users.lookup(u.user_id)],
-                [self.genders.lookup(u.gender)],
-                [age_bucket(int(u.age))],
-                [self.occupations.lookup(u.occupation)],
-                [self.zips.lookup(zip_prefix(u.zip_code))],
-                [hour_of_day(u.request_time_ms)],
-                [day_of_week(u.request_time_ms)],
-            ],
-            np.int32,
-        )
-        user, gender, age, occupation, zip_, hour, weekday = scalars
-        return UserInputs(user, gender, age, occupation, zip_, hour, weekday, history)
 
     def encode_items(
         self,

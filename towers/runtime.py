@@ -7,12 +7,24 @@ with the SavedModels (≤ 1e-5) is tested in ``tests/test_towers.py``.
 
 from __future__ import annotations
 
+import functools
+import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from recsys.errors import ArtifactError
-from towers.encoding import ItemInputs, UserInputs
+from towers.encoding import (
+    FeatureSpace,
+    ItemInputs,
+    RawUser,
+    UserInputs,
+    age_bucket,
+    day_of_week,
+    hour_of_day,
+    zip_prefix,
+)
 from towers.model_config import TowerConfig
 
 
@@ -66,92 +78,163 @@ def load_tower_config(model_dir: Path) -> TowerConfig:
 
 
 class NumpyUserTower(_Tower):
-    """``UserInputs`` → ``[batch, dim] float32``, the same function as the SavedModel.
+    """``UserInputs`` (or raw features) → ``[batch, dim] float32``, the same function as the
+    SavedModel.
 
     The first dense layer is folded into the embedding tables at load: its input is the
     concatenation of embedding rows (and the mean of the recent items' rows), so
     ``concat(rows) @ W`` equals the sum of each row's ``row @ W_slice``, and each table is
-    multiplied by its slice once, ahead of time. A query then adds a few precomputed
-    hidden-width rows instead of building the concatenated input and multiplying it. The
-    folded tables take ``rows × hidden`` floats (1.3 MB for ML-100K's vocabularies). A
-    single query takes a scalar-indexed path: the serving hot path is one user at a time.
+    multiplied by its slice once, ahead of time. The folded tables are stacked (with one zero
+    row at the end, for history padding), so a user is ``R`` rows of the stack and ``R``
+    weights: 1 for each scalar input, ``1/n`` for each of ``n`` recent items, 0 for padding.
+    A batch is then one gather and one weighted sum.
+
+    Batch-invariant: every matrix product is a stack of one-row products, so a user's
+    embedding is bit-for-bit the same alone or in any batch (a 2-D ``[B, h] @ [h, d]`` lets
+    BLAS pick kernels by ``B``, which moves the last bits and can swap near-tied items). The
+    folded tables take ``rows × hidden`` floats (1.3 MB for ML-100K's vocabularies).
     """
 
     def __init__(self, weights: dict[str, np.ndarray], config: TowerConfig):
         names = ["user_emb"]
         if "profile" in config.user_parts:
             names += ["gender_emb", "age_emb", "occupation_emb", "zip_emb"]
-        if "history" in config.user_parts:
-            names.append("item_emb")
         if "time" in config.user_parts:
             names += ["hour_emb", "weekday_emb"]
+        history = "history" in config.user_parts
+        if history:
+            names.append("item_emb")
         super().__init__(weights, config, names + [f"user_{p}" for p in _MLP_PARTS])
+        # The kernel's input rows follow the Keras concatenation order.
+        order = ["user_emb", "gender_emb", "age_emb", "occupation_emb", "zip_emb", "item_emb"]
+        order += ["hour_emb", "weekday_emb"]
+        concat = [n for n in order if n in names]
         kernel = weights["user_hidden_w"]
-        widths = [weights[n].shape[1] for n in names]
-        if sum(widths) != kernel.shape[0]:
+        widths = {n: weights[n].shape[1] for n in concat}
+        if sum(widths.values()) != kernel.shape[0]:
             raise ArtifactError(
-                f"user_hidden_w has {kernel.shape[0]} input rows, the tables {sum(widths)}; "
-                "re-export the model"
+                f"user_hidden_w has {kernel.shape[0]} input rows, the tables "
+                f"{sum(widths.values())}; re-export the model"
             )
-        bounds = np.cumsum([0, *widths]).tolist()
-        folded = [
-            weights[n] @ kernel[a:b] for n, a, b in zip(names, bounds[:-1], bounds[1:], strict=True)
-        ]
-        # All folded tables stacked, so one query is one gather and one weighted sum; the
-        # batch path reads each table as a view into the stack.
-        self._stack = np.concatenate(folded)
-        rows = np.cumsum([0] + [len(t) for t in folded]).tolist()
-        self._offset = dict(zip(names, rows[:-1], strict=True))
-        self._folded = {
-            n: self._stack[a:b] for n, a, b in zip(names, rows[:-1], rows[1:], strict=True)
-        }
-        self._hidden_b = weights["user_hidden_b"]
+        bounds = dict(zip(concat, np.cumsum([0, *widths.values()]).tolist(), strict=False))
+        folded = {n: weights[n] @ kernel[bounds[n] : bounds[n] + widths[n]] for n in names}
+        # Every query has exactly one user-id row at weight 1, so the hidden bias is added to
+        # those rows once, here, instead of to every query.
+        folded["user_emb"] = folded["user_emb"] + weights["user_hidden_b"]
+        hidden = kernel.shape[1]
+        self._stack = np.concatenate([*folded.values(), np.zeros((1, hidden), np.float32)])
+        starts = np.cumsum([0] + [len(t) for t in folded.values()]).tolist()
+        self._offset = dict(zip(names, starts[:-1], strict=False))
+        self._pad = starts[-1]
+        """The zero row: history slots beyond a user's recent items point here."""
+        self._scalars = [n for n in names if n != "item_emb"]
+        self._history = history
+        self._out_w = weights["user_out_w"]
+        self._out_b = weights["user_out_b"]
+        self._tables: dict[int, np.ndarray] = {}
 
     @classmethod
     def load(cls, model_dir: Path) -> NumpyUserTower:
         return cls(load_weights(model_dir / "weights.npz"), load_tower_config(model_dir))
 
     def __call__(self, inputs: UserInputs) -> np.ndarray:
-        if len(inputs.user) == 1:
-            return self._one(inputs)
-        f, parts = self._folded, self.config.user_parts
-        hidden = f["user_emb"][inputs.user] + self._hidden_b
-        if "profile" in parts:
-            hidden += f["gender_emb"][inputs.gender]
-            hidden += f["age_emb"][inputs.age]
-            hidden += f["occupation_emb"][inputs.occupation]
-            hidden += f["zip_emb"][inputs.zip]
-        if "history" in parts:
-            hidden += _masked_mean(f["item_emb"], inputs.history)
-        if "time" in parts:
-            hidden += f["hour_emb"][inputs.hour]
-            hidden += f["weekday_emb"][inputs.weekday]
-        return _output(np.maximum(hidden, 0.0), self._w, "user", self.config.normalize)
+        """Encoded inputs (training's and evaluation's form) → ``[batch, dim]``."""
+        columns = {
+            "user_emb": inputs.user,
+            "gender_emb": inputs.gender,
+            "age_emb": inputs.age,
+            "occupation_emb": inputs.occupation,
+            "zip_emb": inputs.zip,
+            "hour_emb": inputs.hour,
+            "weekday_emb": inputs.weekday,
+        }
+        o = self._offset
+        parts = [o[n] + columns[n].astype(np.intp)[:, np.newaxis] for n in self._scalars]
+        counts = np.zeros(len(inputs.user), np.intp)
+        if self._history:
+            history = inputs.history.astype(np.intp)
+            known = history > 0
+            # Known items first, in order (unknown ones and padding are masked out).
+            order = np.argsort(~known, axis=1, kind="stable")
+            history = np.take_along_axis(history, order, axis=1)
+            counts = known.sum(axis=1)
+            slots = np.arange(history.shape[1]) < counts[:, np.newaxis]
+            parts.append(np.where(slots, history + o["item_emb"], self._pad))
+        return self._forward(np.concatenate(parts, axis=1), counts)
 
-    def _one(self, inputs: UserInputs) -> np.ndarray:
-        """The same function for one user: the stacked table's rows for each input (the
-        recent items' rows weighted 1/n, their mean) gathered and summed in one step."""
-        o, parts = self._offset, self.config.user_parts
-        rows = [o["user_emb"] + int(inputs.user[0])]
-        if "profile" in parts:
-            rows += [
-                o["gender_emb"] + int(inputs.gender[0]),
-                o["age_emb"] + int(inputs.age[0]),
-                o["occupation_emb"] + int(inputs.occupation[0]),
-                o["zip_emb"] + int(inputs.zip[0]),
-            ]
-        if "time" in parts:
-            rows += [o["hour_emb"] + int(inputs.hour[0]), o["weekday_emb"] + int(inputs.weekday[0])]
-        weights = [1.0] * len(rows)
-        if "history" in parts:
-            history = inputs.history[0]
-            history = history[history > 0]
-            if len(history):
-                rows += (history + o["item_emb"]).tolist()
-                weights += [1.0 / len(history)] * len(history)
-        hidden = np.asarray(weights, np.float32) @ self._stack[rows] + self._hidden_b
+    def embed(self, space: FeatureSpace, users: Sequence[RawUser]) -> np.ndarray:
+        """Raw features → ``[len(users), dim]``: ``space.encode_users`` and ``__call__`` in one
+        step, straight into rows of the stack (the serving hot path)."""
+        o, pad, parts = self._offset, self._pad, self.config.user_parts
+        items, length = space.items.index, space.history_length
+        user, user_ix = o["user_emb"], space.users.index
+        profile = "profile" in parts
+        if profile:
+            gender, gender_ix = o["gender_emb"], space.genders.index
+            age, occupation = o["age_emb"], o["occupation_emb"]
+            occupation_ix, zip_, zip_ix = space.occupations.index, o["zip_emb"], space.zips.index
+        time = "time" in parts
+        if time:
+            hour, weekday = o["hour_emb"], o["weekday_emb"]
+        item = o.get("item_emb", 0)
+        rows: list[int] = []
+        counts: list[int] = []
+        for u in users:
+            rows.append(user + user_ix.get(u.user_id, 0))
+            if profile:
+                rows += (
+                    gender + gender_ix.get(u.gender, 0),
+                    age + age_bucket(int(u.age)),
+                    occupation + occupation_ix.get(u.occupation, 0),
+                    zip_ + zip_ix.get(zip_prefix(u.zip_code), 0),
+                )
+            if time:
+                t = u.request_time_ms
+                rows += (hour + hour_of_day(t), weekday + day_of_week(t))
+            if self._history:
+                recent = [item + i for i in map(items.get, u.recent_items[:length], _ZEROS) if i]
+                rows += recent
+                rows += _pads(pad, length - len(recent))
+                counts.append(len(recent))
+        width = len(self._scalars) + (length if self._history else 0)
+        grid = np.fromiter(rows, np.intp, len(users) * width).reshape(len(users), width)
+        return self._forward(grid, np.array(counts or [0] * len(users), np.intp))
+
+    def _forward(self, rows: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """``[batch, R]`` rows of the stack (the scalar inputs, then the known recent items,
+        then padding) and ``[batch]`` how many recent items are known → ``[batch, dim]``, one
+        user's arithmetic independent of the rest of the batch."""
+        weights = self._weight_table(rows.shape[1])[counts]
+        hidden = (weights[:, np.newaxis, :] @ self._stack[rows])[:, 0, :]
         np.maximum(hidden, 0.0, out=hidden)
-        return _output(hidden[np.newaxis], self._w, "user", self.config.normalize)
+        out = (hidden[:, np.newaxis, :] @ self._out_w)[:, 0, :]
+        out += self._out_b
+        if self.config.normalize:
+            out /= np.sqrt(np.maximum((out * out).sum(axis=-1, keepdims=True), 1e-12))
+        return out
+
+    def _weight_table(self, width: int) -> np.ndarray:
+        """``[slots + 1, width] float32``; row n: the weights of a user with n known recent
+        items (1 for each scalar input, 1/n for each recent item, 0 for padding), so a batch's
+        weights are one gather."""
+        table = self._tables.get(width)
+        if table is None:
+            scalars = len(self._scalars)
+            table = np.zeros((width - scalars + 1, width), np.float32)
+            table[:, :scalars] = 1.0
+            for n in range(1, width - scalars + 1):
+                table[n, scalars : scalars + n] = np.float32(1.0) / np.float32(n)
+            self._tables[width] = table
+        return table
+
+
+_ZEROS = itertools.repeat(0)
+"""The default of ``dict.get`` for every recent item: an unknown item is the masked bucket."""
+
+
+@functools.cache
+def _pads(pad: int, n: int) -> tuple[int, ...]:
+    return (pad,) * n
 
 
 class NumpyItemTower(_Tower):
@@ -197,6 +280,9 @@ class SavedModelUserTower:
     def __call__(self, inputs: UserInputs) -> np.ndarray:
         tensors = {name: self._tf.constant(value) for name, value in inputs.as_dict().items()}
         return self._fn(**tensors)["embedding"].numpy()
+
+    def embed(self, space: FeatureSpace, users: Sequence[RawUser]) -> np.ndarray:
+        return np.asarray(self(space.encode_users(users)), np.float32)
 
 
 def load_user_tower(
