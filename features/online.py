@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 PROFILE = ("age", "gender", "occupation", "zip_code")
 ACTIVITY = ("recent_items", "last_event_ms", "last_event_id")
 """Passed as fresh lists: Feast's Redis ``online_read`` appends to the list it is given."""
+_JOIN_KEYS = ["user_id"]
 Profile = tuple[int, str, str, str] | None
 """(age, gender, occupation, zip code), or None when the store has no profile."""
 
@@ -95,16 +96,25 @@ class FeatureReader:
         return time.monotonic() >= self._down_until
 
     def read(self, user_id: str) -> UserFeatures | None:
-        """The user's features (defaults where the store has none), or ``None`` when the store
-        failed, timed out, or is being left alone after a failure."""
+        """One user's features (defaults where the store has none), or ``None`` when the
+        store failed, timed out, or is being left alone after a failure."""
+        features = self.read_many([user_id])
+        return None if features is None else features[0]
+
+    def read_many(self, user_ids: Sequence[str]) -> list[UserFeatures] | None:
+        """Each user's features, in order: one ``online_read`` of the activity view for all
+        of them (SQLite takes every key in one query, Redis pipelines them), and one of the
+        profile view for those whose profile is not cached. ``None`` when the store failed,
+        timed out, or is being left alone after a failure: the whole batch is degraded."""
         if not self.available:
             return None
-        key = [EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])]
         try:
-            profile = self._profile(user_id, key)
-            _, values = self._provider.online_read(
-                self._config, self._activity_view, key, [*ACTIVITY]
-            )[0]
+            keys = [
+                EntityKey(join_keys=_JOIN_KEYS, entity_values=[Value(string_val=u)])
+                for u in user_ids
+            ]
+            profiles = self._profiles_of(user_ids, keys)
+            rows = self._provider.online_read(self._config, self._activity_view, keys, [*ACTIVITY])
         except Exception as exc:  # any store failure degrades the answer, never the server
             with self._lock:
                 self._down_until = time.monotonic() + self._retry_seconds
@@ -115,37 +125,55 @@ class FeatureReader:
                 extra={"error": self.last_error, "retry_seconds": self._retry_seconds},
             )
             return None
-        activity = EMPTY
-        if _present(values, ACTIVITY):
-            activity = Activity(
-                tuple(values["recent_items"].string_list_val.val),  # type: ignore[index]
-                values["last_event_ms"].int64_val,  # type: ignore[index]
-                values["last_event_id"].string_val,  # type: ignore[index]
-            )
-        if profile is None:
-            return UserFeatures(user_id, activity=activity)
-        age, gender, occupation, zip_code = profile
-        return UserFeatures(user_id, age, gender, occupation, zip_code, activity, has_profile=True)
+        out = []
+        for user_id, profile, (_, values) in zip(user_ids, profiles, rows, strict=True):
+            activity = EMPTY
+            if _present(values, ACTIVITY):
+                activity = Activity(
+                    tuple(values["recent_items"].string_list_val.val),  # type: ignore[index]
+                    values["last_event_ms"].int64_val,  # type: ignore[index]
+                    values["last_event_id"].string_val,  # type: ignore[index]
+                )
+            if profile is None:
+                out.append(UserFeatures(user_id, activity=activity))
+            else:
+                age, gender, occupation, zip_code = profile
+                out.append(UserFeatures(user_id, age, gender, occupation, zip_code, activity, True))
+        return out
 
-    def _profile(self, user_id: str, key: list[EntityKey]) -> Profile:
+    def _profiles_of(self, user_ids: Sequence[str], keys: list[EntityKey]) -> list[Profile]:
+        """Each user's profile: from the cache while fresh, the rest in one read."""
         now = time.monotonic()
+        profiles: list[Profile] = [None] * len(user_ids)
+        missing = list(range(len(user_ids)))
         if self._cache_seconds:
-            hit = self._profiles.get(user_id)
-            if hit is not None and now - hit[0] < self._cache_seconds:
-                return hit[1]
-        _, values = self._provider.online_read(self._config, self._profile_view, key, [*PROFILE])[0]
-        profile: Profile = None
-        if _present(values, PROFILE):
-            profile = (
-                int(values["age"].int64_val),  # type: ignore[index]
-                values["gender"].string_val,  # type: ignore[index]
-                values["occupation"].string_val,  # type: ignore[index]
-                values["zip_code"].string_val,  # type: ignore[index]
-            )
+            cache, missing = self._profiles, []
+            for i, user_id in enumerate(user_ids):
+                hit = cache.get(user_id)
+                if hit is not None and now - hit[0] < self._cache_seconds:
+                    profiles[i] = hit[1]
+                else:
+                    missing.append(i)
+        if not missing:
+            return profiles
+        rows = self._provider.online_read(
+            self._config, self._profile_view, [keys[i] for i in missing], [*PROFILE]
+        )
+        for i, (_, values) in zip(missing, rows, strict=True):
+            if _present(values, PROFILE):
+                profiles[i] = (
+                    int(values["age"].int64_val),  # type: ignore[index]
+                    values["gender"].string_val,  # type: ignore[index]
+                    values["occupation"].string_val,  # type: ignore[index]
+                    values["zip_code"].string_val,  # type: ignore[index]
+                )
         if self._cache_seconds:
             with self._lock:
-                if len(self._profiles) >= self._cache_size:
-                    # Oldest insertion first: with a TTL, that is the entry closest to expiry.
-                    self._profiles.pop(next(iter(self._profiles)))
-                self._profiles[user_id] = (now, profile)
-        return profile
+                for i in missing:
+                    if len(self._profiles) >= self._cache_size:
+                        # Oldest insertion first: with a TTL, that is the entry closest to
+                        # expiry.
+                        self._profiles.pop(next(iter(self._profiles)))
+                    self._profiles.pop(user_ids[i], None)  # a refreshed entry goes last
+                    self._profiles[user_ids[i]] = (now, profiles[i])
+        return profiles

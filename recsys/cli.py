@@ -113,7 +113,15 @@ def cmd_init_features(config: Config, args: argparse.Namespace) -> None:
 def cmd_serve(config: Config, args: argparse.Namespace) -> None:
     from serving.server import serve
 
-    serve(config, null=args.null)
+    if args.workers == 1:
+        serve(config, null=args.null)
+        return
+    from serving.workers import Supervisor
+
+    def worker(cfg: Config, on_ready: Callable[[], object]) -> None:
+        serve(cfg, null=args.null, on_ready=on_ready)
+
+    sys.exit(Supervisor(config, args.workers, worker).run())
 
 
 def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
@@ -401,6 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["replay"].add_argument("--seed", type=int, default=0, help="of --synthetic")
     parsers["serve"].add_argument(
         "--null", action="store_true", help="answer with an empty list (latency baseline)"
+    )
+    parsers["serve"].add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT); worker i's admin and metrics "
+        "ports are serving.admin_port + i and serving.metrics_port + i",
     )
     rec = parsers["recommend"]
     rec.add_argument("--user", required=True)

@@ -103,6 +103,9 @@ class ServingConfig(_Section):
     port: int = Field(50051, ge=0, le=65535)
     """0 picks a free port (tests)."""
     workers: int = Field(8, ge=1)
+    """gRPC worker threads: the most calls in the server at once, so the largest batch."""
+    max_batch: int = Field(64, ge=1)
+    """The most waiting requests served together in one batch."""
     max_k: int = Field(100, ge=1)
     max_exclude: int = Field(1000, ge=0)
     max_id_length: int = Field(128, ge=1)

@@ -71,7 +71,8 @@ class _Target:
                     continue
                 for part in value.split(","):
                     stage, us = part.split("=")
-                    if float(us):  # 0: the stage did not run (popular items: no tower)
+                    # 0: the stage did not run (popular items: no tower); batch is a size
+                    if stage in self.stages and float(us):
                         self.stages[stage].append(float(us))
                 self.stages["grpc"].append(elapsed - self.stages["hot_path"][-1])
 
@@ -178,12 +179,15 @@ class _Preloaded:
 
     def __init__(self, reader: Features):
         self._reader = reader
-        self._seen: dict[str, UserFeatures | None] = {}
+        self._seen: dict[str, UserFeatures] = {}
 
-    def read(self, user_id: str) -> UserFeatures | None:
-        if user_id not in self._seen:
-            self._seen[user_id] = self._reader.read(user_id)
-        return self._seen[user_id]
+    def read_many(self, user_ids: Sequence[str]) -> list[UserFeatures] | None:
+        missing = [u for u in user_ids if u not in self._seen]
+        read = self._reader.read_many(missing) if missing else []
+        if read is None:
+            return None
+        self._seen.update(zip(missing, read, strict=True))
+        return [self._seen[u] for u in user_ids]
 
 
 def _in_process(config: Config, requests: Sequence[pb.RecommendRequest], cpu: set[int] | None):
@@ -193,7 +197,7 @@ def _in_process(config: Config, requests: Sequence[pb.RecommendRequest], cpu: se
 
     from features.online import FeatureReader
     from serving.recommender import Bundle, Recommender
-    from serving.server import request_from
+    from serving.wire import request_from
 
     faiss.omp_set_num_threads(1)
     if cpu:

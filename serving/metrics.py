@@ -1,5 +1,6 @@
 """Prometheus metrics of the Recommend server: requests by path, errors by status code,
-latency per stage and overall, the loaded versions, swaps and refused reloads.
+latency overall and per stage, the batch sizes served and the CPU they took, the process's
+CPU time, the loaded versions, swaps and refused reloads.
 
 One registry per server process, served by ``serving.metrics_port``; tests read it directly.
 The histograms' buckets reach down to 25 µs: the stages cost tens of microseconds.
@@ -9,16 +10,24 @@ from __future__ import annotations
 
 import warnings
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 from recsys.telemetry import in_process_values
-from serving.recommender import Recommendation, Recommender
+from serving.recommender import Recommendation, Recommender, Stages
 
 BUCKETS = (
     25e-6, 50e-6, 100e-6, 150e-6, 250e-6, 500e-6,
     1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3,
 )  # fmt: skip
 STAGES = ("features", "tower", "search", "filter")
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
 class ServingMetrics:
@@ -40,11 +49,25 @@ class ServingMetrics:
         )
         stage = Histogram(
             "recsys_recommend_stage_seconds",
-            "Time per hot-path stage",
+            "Time per hot-path stage, per batch (a batch reads, embeds and searches once)",
             ["stage"],
             buckets=BUCKETS,
             registry=r,
         )
+        self.batch = Histogram(
+            "recsys_recommend_batch_size",
+            "Requests served together in one batch (those that arrived while the last one ran)",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.cpu = Counter(
+            "recsys_recommend_cpu_seconds",
+            "CPU time the batches took in the thread that ran them (over requests answered: "
+            "the hot path's CPU per request; the whole process's, gRPC stack included, is "
+            "process_cpu_seconds_total over requests)",
+            registry=r,
+        )
+        ProcessCollector(registry=r)
         self._stages = [stage.labels(s) for s in STAGES]
         self._paths = {
             p: self.requests.labels(p) for p in ("personalized", "cold_start", "degraded")
@@ -63,14 +86,19 @@ class ServingMetrics:
         )
 
     def observe(self, answer: Recommendation, seconds: float) -> None:
+        """One answered request: its path and its server-side latency."""
         self._paths[answer.path.name.lower()].inc()
         self.latency.observe(seconds)
-        s = answer.stages
+
+    def observe_batch(self, stages: Stages, size: int, cpu_seconds: float) -> None:
+        """One batch: its stage times, how many requests it held, and its CPU time."""
         for child, value in zip(
-            self._stages, (s.features, s.tower, s.search, s.filter), strict=True
+            self._stages, (stages.features, stages.tower, stages.search, stages.filter), strict=True
         ):
-            if value:  # a popular-items answer runs no tower and no search
+            if value:  # a batch of popular-items answers runs no tower and no search
                 child.observe(value)
+        self.batch.observe(size)
+        self.cpu.inc(cpu_seconds)
 
     def serving(self, recommender: Recommender) -> None:
         """Records the pair now serving (called by ``Live`` at start and on every swap)."""

@@ -3,6 +3,13 @@
 Knows nothing of gRPC; the servicer converts requests and maps errors. A ``Recommender``
 serves one model+index pair for its whole life; a reload builds a new one beside it and
 swaps the reference (``serving.live``), so a request never mixes two pairs.
+
+Requests are served in batches (``serving.batching`` gathers whatever is waiting): one feature
+read for all their users, one user-tower call on ``[B, …]``, one FAISS search per fetch size,
+then each request's own filtering. Every stage computes each request's part independently of
+the others (the tower is batch-invariant, the search fetch is a function of the request
+alone), so a request gets the same items and scores alone or in any batch. Each request keeps
+its own validation, deadline and errors: one that fails fails alone.
 """
 
 from __future__ import annotations
@@ -23,8 +30,13 @@ from index.items import ItemMeta
 from recsys import artifacts
 from recsys.config import ServingConfig
 from recsys.errors import ArtifactError, DeadlineExceededError, InvalidRequestError
-from towers.encoding import FeatureSpace, RawUser, UserInputs
+from towers.encoding import FeatureSpace, RawUser
 from towers.runtime import load_user_tower
+
+MIN_FETCH = 64
+"""The fewest candidates a search fetches; fetches are powers of two from here."""
+FILTERS_KEPT = 64
+"""Genre-filter bitmaps kept per pair (1M items: 125 kB each)."""
 
 
 class ServingPath(enum.Enum):
@@ -38,16 +50,19 @@ class ServingPath(enum.Enum):
 class UserTower(Protocol):
     dim: int
 
-    def __call__(self, inputs: UserInputs) -> np.ndarray: ...
+    def embed(self, space: FeatureSpace, users: Sequence[RawUser]) -> np.ndarray:
+        """Raw features → ``[len(users), dim] float32``."""
+        ...
 
 
 class Features(Protocol):
-    def read(self, user_id: str) -> UserFeatures | None: ...
+    def read_many(self, user_ids: Sequence[str]) -> Sequence[UserFeatures] | None:
+        """Each user's features in order, or ``None`` when the store failed."""
+        ...
 
 
-@dataclass(frozen=True)
-class Request:
-    """One Recommend request, as the hot path sees it.
+class Request(NamedTuple):
+    """One Recommend request, as the hot path sees it (a named tuple: one is built per call).
 
     Attributes:
         request_time_ms: The moment the answer is for (time features); 0: now.
@@ -69,23 +84,16 @@ class ScoredItem(NamedTuple):
     score: float
 
 
-@dataclass(frozen=True)
-class Stages:
-    """Seconds spent in each stage of one request."""
+class Stages(NamedTuple):
+    """Seconds spent in each stage of the batch a request was served in (the feature read, the
+    tower and the search ran once for all of it; filter is every request's own filtering), and
+    how many requests the batch held."""
 
     features: float = 0.0
     tower: float = 0.0
     search: float = 0.0
     filter: float = 0.0
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    items: list[ScoredItem]
-    model_version: str
-    index_version: str
-    path: ServingPath
-    stages: Stages
+    batch: int = 1
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,68 @@ class Bundle:
         return cls.load(models_dir, artifacts.current(indexes_dir), runtime=runtime)
 
 
+class Recommendation:
+    """One answer: index rows and scores, best first, and the pair and path that produced it.
+
+    Attributes:
+        rows: ``[n] int64`` rows of the bundle's index.
+        scores: ``[n] float32``.
+    """
+
+    __slots__ = ("bundle", "path", "rows", "scores", "stages")
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        rows: np.ndarray,
+        scores: np.ndarray,
+        path: ServingPath,
+        stages: Stages,
+    ):
+        self.bundle = bundle
+        self.rows = rows
+        self.scores = scores
+        self.path = path
+        self.stages = stages
+
+    @property
+    def model_version(self) -> str:
+        return self.bundle.model_version
+
+    @property
+    def index_version(self) -> str:
+        return self.bundle.index_version
+
+    @property
+    def items(self) -> list[ScoredItem]:
+        ids = self.bundle.item_ids
+        return [
+            ScoredItem(ids[r], s)
+            for r, s in zip(self.rows.tolist(), self.scores.tolist(), strict=True)
+        ]
+
+
+Selected = tuple[np.ndarray, np.ndarray]
+"""``[n] int64`` rows and ``[n] float32`` scores, best first."""
+Outcome = Recommendation | Exception
+"""An answer, or the error that request alone fails with (``RecsysError`` subclasses say
+what to do; anything else is an internal error)."""
+
+
+class _Work:
+    """One valid request on its way through a batch."""
+
+    __slots__ = ("banned", "deadline", "exclude", "features", "include", "request", "slot")
+
+    def __init__(self, slot: int, request: Request, deadline: float | None, masks: tuple[int, int]):
+        self.slot = slot
+        self.request = request
+        self.deadline = deadline
+        self.include, self.exclude = masks
+        self.features = UserFeatures(request.user_id)
+        self.banned: frozenset[str] | set[str] = frozenset()
+
+
 class Recommender:
     """Answers Recommend for one loaded model+index pair."""
 
@@ -156,6 +226,7 @@ class Recommender:
         self._features = features
         self._config = config
         self._limit = min(bundle.index.ntotal, config.max_fetch)
+        self._filters: dict[tuple[int, int], tuple[faiss.SearchParameters, object, np.ndarray]] = {}
 
     def validate(self, request: Request) -> tuple[int, int]:
         """Checks the request against the limits; returns the include and exclude genre masks.
@@ -164,32 +235,35 @@ class Recommender:
             InvalidRequestError: with a message that says what is allowed.
         """
         cfg = self._config
-        user_id, k = request.user_id, request.k
+        user_id, k, exclude = request.user_id, request.k, request.exclude
         if not user_id:
             raise InvalidRequestError("user_id is empty; pass the id of the user to recommend for")
         if len(user_id) > cfg.max_id_length:
             raise InvalidRequestError(f"user_id is longer than {cfg.max_id_length} characters")
         if not 1 <= k <= cfg.max_k:
             raise InvalidRequestError(f"k must be between 1 and {cfg.max_k}, got {k}")
-        if len(request.exclude) > cfg.max_exclude:
-            raise InvalidRequestError(
-                f"at most {cfg.max_exclude} exclude_item_ids are allowed, "
-                f"got {len(request.exclude)}"
-            )
-        if any(not item or len(item) > cfg.max_id_length for item in request.exclude):
-            raise InvalidRequestError(
-                f"exclude_item_ids must be non-empty and at most {cfg.max_id_length} characters"
-            )
+        if exclude:
+            if len(exclude) > cfg.max_exclude:
+                raise InvalidRequestError(
+                    f"at most {cfg.max_exclude} exclude_item_ids are allowed, got {len(exclude)}"
+                )
+            longest = cfg.max_id_length
+            if any(not item or len(item) > longest for item in exclude):
+                raise InvalidRequestError(
+                    f"exclude_item_ids must be non-empty and at most {longest} characters"
+                )
         if request.request_time_ms < 0:
             raise InvalidRequestError(
                 f"request_time_ms must be milliseconds since the epoch or 0 (now), "
                 f"got {request.request_time_ms}"
             )
-        genres = len(request.include_genres) + len(request.exclude_genres)
-        if genres > cfg.max_genres:
+        include_genres, exclude_genres = request.include_genres, request.exclude_genres
+        if not include_genres and not exclude_genres:
+            return 0, 0
+        if len(include_genres) + len(exclude_genres) > cfg.max_genres:
             raise InvalidRequestError(f"at most {cfg.max_genres} genre filters are allowed")
         meta = self.bundle.meta
-        return meta.genre_mask(request.include_genres), meta.genre_mask(request.exclude_genres)
+        return meta.genre_mask(include_genres), meta.genre_mask(exclude_genres)
 
     def recommend(self, request: Request, deadline: float | None = None) -> Recommendation:
         """Top ``k`` items for the user, without excluded, filtered or recently seen items.
@@ -201,102 +275,260 @@ class Recommender:
             InvalidRequestError: the request breaks a limit.
             DeadlineExceededError: the deadline passed before the answer was ready.
         """
-        include, exclude = self.validate(request)
-        bundle = self.bundle
-        _check(deadline)
+        outcome = self.recommend_batch([request], [deadline])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def recommend_batch(
+        self, requests: Sequence[Request], deadlines: Sequence[float | None] | None = None
+    ) -> list[Outcome]:
+        """``recommend`` for several requests at once: each outcome is the answer, or the
+        error that request alone would have raised.
+
+        Args:
+            deadlines: Each request's ``time.monotonic()`` deadline (``None``: none).
+        """
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        work: list[_Work] = []
+        for i, request in enumerate(requests):
+            try:
+                masks = self.validate(request)
+            except InvalidRequestError as exc:
+                outcomes[i] = exc
+                continue
+            work.append(_Work(i, request, deadlines[i] if deadlines else None, masks))
+        work = _in_time(work, outcomes)
         t0 = time.perf_counter()
-        features = self._features.read(request.user_id)
+        features = self._features.read_many([w.request.user_id for w in work]) if work else []
         t1 = time.perf_counter()
-        known = bundle.space.users.lookup(request.user_id) > 0
-        if features is None:
-            path, features = ServingPath.DEGRADED, UserFeatures(request.user_id)
-        else:
-            path = ServingPath.PERSONALIZED if known else ServingPath.COLD_START
-        _check(deadline)
-        banned = set(request.exclude)
-        if not request.include_seen:
-            banned.update(features.activity.recent_items)
-        if known or features.has_profile or features.activity.recent_items:
-            query = self.user_vector(features, request.request_time_ms or _now_ms())
-            t2 = time.perf_counter()
-            items, searched = self._search(query, request.k, banned, include, exclude)
-            t3 = time.perf_counter()
-            stages = Stages(t1 - t0, t2 - t1, searched, t3 - t2 - searched)
-        else:  # nothing to personalize on: the most popular items
-            meta = bundle.meta
-            items = self._select(
-                meta.popular, meta.popular_share, request.k, banned, include, exclude
-            )
-            stages = Stages(t1 - t0, 0.0, 0.0, time.perf_counter() - t1)
-        return Recommendation(items, bundle.model_version, bundle.index_version, path, stages)
+        degraded = features is None
+        if features is not None:
+            for w, f in zip(work, features, strict=True):
+                w.features = f
+        work = _in_time(work, outcomes)
+        lookup = self.bundle.space.users.index
+        towered: list[_Work] = []
+        paths: list[ServingPath] = []
+        for w in work:
+            f = w.features
+            known = f.user_id in lookup
+            recent = f.activity.recent_items
+            if degraded:
+                paths.append(ServingPath.DEGRADED)
+            else:
+                paths.append(ServingPath.PERSONALIZED if known else ServingPath.COLD_START)
+            exclude = w.request.exclude
+            if not w.request.include_seen and recent:
+                w.banned = set(recent).union(exclude) if exclude else frozenset(recent)
+            elif exclude:
+                w.banned = frozenset(exclude)
+            if known or f.has_profile or recent:
+                towered.append(w)
+        results: dict[int, Selected | Exception] = {}
+        towered, vectors = self._embed(towered, results)
+        t2 = time.perf_counter()
+        searched = self._search(towered, vectors, results)
+        meta = self.bundle.meta
+        for w in work:
+            if w.slot not in results:  # nothing to personalize on: the most popular items
+                results[w.slot] = self._try_select(w, meta.popular, meta.popular_share)
+        t4 = time.perf_counter()
+        # Stages that did not run count 0; filtering is everything after the tower but FAISS.
+        stages = Stages(
+            t1 - t0 if work else 0.0,
+            t2 - t1 if len(vectors) else 0.0,
+            searched,
+            t4 - t2 - searched if work else 0.0,
+            len(requests),
+        )
+        for w, path in zip(work, paths, strict=True):
+            result = results[w.slot]
+            if isinstance(result, Exception):
+                outcomes[w.slot] = result
+            else:
+                outcomes[w.slot] = Recommendation(self.bundle, *result, path, stages)
+        return outcomes  # type: ignore[return-value]  # every slot is filled by now
 
     def user_vector(self, features: UserFeatures, request_time_ms: int) -> np.ndarray:
         """``[1, dim] float32`` from the user's features and the request time."""
-        raw = RawUser(
-            features.user_id,
-            features.gender,
-            features.age,
-            features.occupation,
-            features.zip_code,
-            features.activity.recent_items,
-            request_time_ms,
-        )
-        inputs = self.bundle.space.encode_users([raw])
-        return np.ascontiguousarray(self.bundle.tower(inputs), np.float32)
+        work = _Work(0, Request(features.user_id, request_time_ms=request_time_ms), None, (0, 0))
+        work.features = features
+        return self._vectors([work])
+
+    def _embed(
+        self, work: list[_Work], results: dict[int, Selected | Exception]
+    ) -> tuple[list[_Work], np.ndarray]:
+        """``[len(work), dim]`` user-tower queries, one tower call for the batch. Should that
+        raise, each request is run alone, and one that still fails fails alone (its error in
+        ``results``)."""
+        if not work:
+            return work, np.zeros((0, self.bundle.tower.dim), np.float32)
+        try:
+            return work, self._vectors(work)
+        except Exception:
+            kept, vectors = [], []
+            for w in work:
+                try:
+                    vectors.append(self._vectors([w]))
+                    kept.append(w)
+                except Exception as exc:
+                    results[w.slot] = exc
+            dim = self.bundle.tower.dim
+            return kept, np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
+
+    def _vectors(self, work: Sequence[_Work]) -> np.ndarray:
+        """``[len(work), dim] float32`` user-tower queries."""
+        now = 0
+        raws = []
+        for w in work:
+            f = w.features
+            t = w.request.request_time_ms
+            if not t:
+                now = now or _now_ms()
+                t = now
+            recent = f.activity.recent_items
+            raws.append(RawUser(f.user_id, f.gender, f.age, f.occupation, f.zip_code, recent, t))
+        return np.ascontiguousarray(self.bundle.tower.embed(self.bundle.space, raws), np.float32)
 
     def _search(
-        self, query: np.ndarray, k: int, banned: set[str], include: int, exclude: int
-    ) -> tuple[list[ScoredItem], float]:
-        """Over-fetches enough to survive exclusions, widening while filters leave fewer
-        than ``k``. Returns the items and the seconds spent in FAISS."""
-        fetch = min(k + len(banned), self._limit)
-        if include or exclude:
-            fetch = min(max(4 * fetch, 64), self._limit)
-        searched = 0.0
-        while True:
+        self, work: Sequence[_Work], vectors: np.ndarray, results: dict[int, Selected | Exception]
+    ) -> float:
+        """Each request's top ``k`` into ``results``: one FAISS search per fetch size and genre
+        filter in the batch, then widening (×4 while exclusions leave fewer than ``k``) for a
+        request that needs it. Returns the seconds spent in FAISS."""
+        groups: dict[tuple[int, int, int], list[int]] = {}
+        for i, w in enumerate(work):
+            groups.setdefault((self._fetch(w), w.include, w.exclude), []).append(i)
+        index, searched = self.bundle.index, 0.0
+        for (fetch, include, exclude), members in groups.items():
+            queries = vectors if len(members) == len(vectors) else vectors[members]
+            params = self._genre_filter(include, exclude)
             t = time.perf_counter()
-            scores, rows = self.bundle.index.search(query, fetch)
+            scores, rows = index.search(queries, fetch, params=params)
             searched += time.perf_counter() - t
-            items = self._select(rows[0], scores[0], k, banned, include, exclude)
-            exhausted = rows[0][-1] < 0  # an ANN index found fewer than asked
-            if len(items) == k or fetch >= self._limit or exhausted:
-                return items, searched
-            fetch = min(4 * fetch, self._limit)
+            for j, i in enumerate(members):
+                w = work[i]
+                try:
+                    picked = self._select(w, rows[j], scores[j])
+                    fetched, last = fetch, rows[j][-1]
+                    # Widen while exclusions leave fewer than k, unless the catalog is
+                    # exhausted or the index found fewer than asked (a filter passes fewer).
+                    while len(picked[0]) < w.request.k and fetched < self._limit and last >= 0:
+                        fetched = min(4 * fetched, self._limit)
+                        t = time.perf_counter()
+                        wide_scores, wide_rows = index.search(
+                            queries[j : j + 1], fetched, params=params
+                        )
+                        searched += time.perf_counter() - t
+                        picked = self._select(w, wide_rows[0], wide_scores[0])
+                        last = wide_rows[0][-1]
+                    results[w.slot] = picked
+                except Exception as exc:  # this request fails alone
+                    results[w.slot] = exc
+        return searched
 
-    def _select(
-        self,
-        rows: np.ndarray,
-        scores: np.ndarray,
-        k: int,
-        banned: set[str],
-        include: int,
-        exclude: int,
-    ) -> list[ScoredItem]:
-        """The first ``k`` candidates that pass the genre masks and are not banned."""
-        if include or exclude or rows[-1] < 0:  # -1: an ANN index found fewer than asked
-            keep = rows >= 0
-            if include or exclude:
-                genres = self.bundle.meta.genres[np.where(keep, rows, 0)]
-                if include:
-                    keep &= (genres & np.uint64(include)) != 0
-                if exclude:
-                    keep &= (genres & np.uint64(exclude)) == 0
+    def _fetch(self, w: _Work) -> int:
+        """How many candidates to fetch for one request: enough to survive its exclusions,
+        rounded up to a power of two from ``MIN_FETCH`` (genre filters run inside the search).
+        A function of the request alone, so its answer does not depend on its batch."""
+        need = w.request.k + len(w.banned)
+        return min(max(MIN_FETCH, 1 << (need - 1).bit_length()), self._limit)
+
+    def _genre_filter(self, include: int, exclude: int) -> faiss.SearchParameters | None:
+        """FAISS search parameters that only consider items passing the genre masks (a bitmap
+        over the index's rows, kept per mask pair), so a filtered search fetches what an
+        unfiltered one does instead of over-fetching and widening; ``None`` without filters."""
+        if not include and not exclude:
+            return None
+        key = (include, exclude)
+        kept = self._filters.get(key)
+        if kept is None:
+            genres = self.bundle.meta.genres
+            passes = (genres & np.uint64(include)) != 0 if include else np.ones(len(genres), bool)
+            if exclude:
+                passes &= (genres & np.uint64(exclude)) == 0
+            bitmap = np.packbits(passes, bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(passes), faiss.swig_ptr(bitmap))
+            if len(self._filters) >= FILTERS_KEPT:
+                self._filters.pop(next(iter(self._filters)))
+            # The bitmap and selector are kept with the parameters: FAISS holds bare pointers.
+            kept = self._filters[key] = (
+                _search_parameters(self.bundle.index, selector),
+                selector,
+                bitmap,
+            )
+        return kept[0]
+
+    def _try_select(self, w: _Work, rows: np.ndarray, scores: np.ndarray) -> Selected | Exception:
+        try:
+            return self._select(w, rows, scores)
+        except Exception as exc:  # this request fails alone
+            return exc
+
+    def _select(self, w: _Work, rows: np.ndarray, scores: np.ndarray) -> Selected:
+        """The first ``k`` candidates that are not banned: ``[n]`` rows and ``[n]`` scores.
+        (Genre filters ran in the search; the popular-items list is filtered here.)"""
+        k, banned, include, exclude = w.request.k, w.banned, w.include, w.exclude
+        if rows[-1] < 0:  # the index found fewer than asked
+            found = rows >= 0
+            rows, scores = rows[found], scores[found]
+        if include or exclude:  # popular items: filtered here, not in a search
+            genres = self.bundle.meta.genres[rows]
+            keep = np.ones(len(rows), bool)
+            if include:
+                keep &= (genres & np.uint64(include)) != 0
+            if exclude:
+                keep &= (genres & np.uint64(exclude)) == 0
             rows, scores = rows[keep], scores[keep]
+        if not banned:
+            return rows[:k], scores[:k]
         ids = self.bundle.item_ids
-        items = []
-        for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
-            item_id = ids[row]
-            if item_id not in banned:
-                items.append(ScoredItem(item_id, score))
-                if len(items) == k:
+        picked = []
+        # At most len(banned) of the first k + len(banned) candidates can be banned.
+        for j, row in enumerate(rows[: k + len(banned)].tolist()):
+            if ids[row] not in banned:
+                picked.append(j)
+                if len(picked) == k:
                     break
-        return items
+        return rows[picked], scores[picked]
+
+
+def _in_time(work: list[_Work], outcomes: list[Outcome | None]) -> list[_Work]:
+    """The requests whose deadline has not passed; the others fail with DEADLINE_EXCEEDED."""
+    if all(w.deadline is None for w in work):
+        return work
+    now = time.monotonic()
+    kept = []
+    for w in work:
+        if w.deadline is not None and now > w.deadline:
+            outcomes[w.slot] = DeadlineExceededError(
+                "the deadline passed before the answer was ready"
+            )
+        else:
+            kept.append(w)
+    return kept
+
+
+def _search_parameters(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
+    """Parameters with ``selector`` that keep the index's own search setting (passing
+    parameters replaces it: an IVF index would fall back to nprobe 1)."""
+    params: faiss.SearchParameters
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # not an IVF index
+        hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+        if hnsw is None:
+            params = faiss.SearchParameters()
+        else:
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in the stubs
+            params.efSearch = hnsw.efSearch  # type: ignore[attr-defined]
+    else:
+        params = faiss.SearchParametersIVF()
+        params.nprobe = ivf.nprobe
+    params.sel = selector
+    return params
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _check(deadline: float | None) -> None:
-    if deadline is not None and time.monotonic() > deadline:
-        raise DeadlineExceededError("the deadline passed before the answer was ready")

@@ -9,6 +9,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -20,15 +21,14 @@ from recsys.config import Config
 from recsys.errors import NotReadyError, RecsysError
 from recsys.v1 import admin_pb2, admin_pb2_grpc
 from recsys.v1 import recommender_pb2 as pb
-from recsys.v1 import recommender_pb2_grpc as pb_grpc
+from serving.batching import Batcher
 from serving.live import Live, Status
 from serving.metrics import ServingMetrics
-from serving.recommender import Recommendation, Request, ServingPath
+from serving.recommender import Outcome, Recommendation, Request, Stages
+from serving.wire import SERVICE, Encoders, add_recommender, request_from
 
 log = logging.getLogger(__name__)
-SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["RecommenderAdmin"].full_name
-PATHS = {p: pb.ServingPath.Value(f"SERVING_PATH_{p.name}") for p in ServingPath}
 NO_DEADLINE = 1e6
 """``time_remaining()`` above this many seconds means the caller set no deadline."""
 
@@ -48,34 +48,29 @@ def _abort(context: grpc.ServicerContext, exc: Exception, what: str) -> Any:
     context.abort(_status(exc), str(exc))
 
 
-def request_from(message: pb.RecommendRequest) -> Request:
-    """The hot path's request from the wire message."""
-    return Request(
-        message.user_id,
-        message.k,
-        message.exclude_item_ids,
-        message.include_seen,
-        message.request_time_ms,
-        message.include_genres,
-        message.exclude_genres,
-    )
+Item = tuple[Request, float | None]
+"""A request and its ``time.monotonic()`` deadline (``None``: the caller set none)."""
 
 
-class RecommenderServicer(pb_grpc.RecommenderServicer):
+class RecommenderServicer:
     """Converts messages, passes the deadline on and maps errors; the work is
-    ``Recommender``'s. Answers UNAVAILABLE until ``live`` is set (loaded and warm)."""
+    ``Recommender``'s, on batches of whatever calls are waiting (``serving.batching``).
+    Answers UNAVAILABLE until ``live`` is set (loaded and warm)."""
 
     def __init__(
         self,
         live: Live | None = None,
         metrics: ServingMetrics | None = None,
         timing_trailer: bool = False,
+        max_batch: int = 64,
     ):
         self.live = live
         self._metrics = metrics or ServingMetrics()
         self._timing = timing_trailer
+        self._batcher: Batcher[Item, Recommendation] = Batcher(self._run, max_batch)
+        self._encoders = Encoders()
 
-    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> bytes:  # noqa: N802
         started = time.perf_counter()
         remaining = context.time_remaining()
         deadline = (
@@ -84,40 +79,48 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         try:
             if self.live is None:
                 raise NotReadyError("the server is loading its model, index and features")
-            answer = self.live.recommender.recommend(request_from(request), deadline)
+            answer = self._batcher.submit((request_from(request), deadline))
         except Exception as exc:
             self._metrics.errors.labels(_status(exc).name).inc()
             return _abort(context, exc, f"Recommend for user_id={request.user_id!r}")
         self._metrics.observe(answer, time.perf_counter() - started)
         if self._timing:
             context.set_trailing_metadata((("recsys-timing-us", timing(answer, started)),))
-        return pb.RecommendResponse(
-            items=[pb.ScoredItem(item_id=i.item_id, score=i.score) for i in answer.items],
-            model_version=answer.model_version,
-            index_version=answer.index_version,
-            path=PATHS[answer.path],
-        )
+        return self._encoders.encode(answer)
+
+    def _run(self, items: Sequence[Item]) -> list[Outcome]:
+        """One batch, on the pair serving now (read once: a batch never mixes two pairs)."""
+        recommender = self.live.recommender  # type: ignore[union-attr]  # set before submit
+        cpu = time.thread_time()
+        outcomes = recommender.recommend_batch([r for r, _ in items], [d for _, d in items])
+        cpu = time.thread_time() - cpu
+        for outcome in outcomes:
+            if isinstance(outcome, Recommendation):
+                self._metrics.observe_batch(outcome.stages, len(items), cpu)
+                break
+        else:
+            self._metrics.observe_batch(Stages(batch=len(items)), len(items), cpu)
+        return outcomes
 
 
 def timing(answer: Recommendation, started: float) -> str:
-    """``features=12.3,tower=...,hot_path=...``: microseconds per stage, and from request in
-    to answer ready (the hot path, without the gRPC stack)."""
+    """``features=12.3,tower=...,batch=3,hot_path=...``: microseconds per stage of the batch the
+    request was served in, its size, and the time from request in to answer ready (the hot
+    path, waiting for its batch included, without the gRPC stack)."""
     s = answer.stages
-    parts = dict(
-        features=s.features,
-        tower=s.tower,
-        search=s.search,
-        filter=s.filter,
-        hot_path=time.perf_counter() - started,
+    return (
+        f"features={s.features * 1e6:.1f},tower={s.tower * 1e6:.1f},"
+        f"search={s.search * 1e6:.1f},filter={s.filter * 1e6:.1f},batch={s.batch},"
+        f"hot_path={(time.perf_counter() - started) * 1e6:.1f}"
     )
-    return ",".join(f"{k}={v * 1e6:.1f}" for k, v in parts.items())
 
 
-class NullServicer(pb_grpc.RecommenderServicer):
-    """Answers Recommend with an empty list: the cost of the gRPC stack alone (benchmarks)."""
+class NullServicer:
+    """Answers Recommend with an empty response: the cost of the gRPC stack alone
+    (benchmarks), registered the same way as ``RecommenderServicer``."""
 
-    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return pb.RecommendResponse()
+    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> bytes:  # noqa: N802
+        return b""
 
 
 class AdminServicer(admin_pb2_grpc.RecommenderAdminServicer):
@@ -158,7 +161,7 @@ def _bind(server: grpc.Server, host: str, port: int) -> int:
 
 
 def create_server(
-    config: Config, servicer: pb_grpc.RecommenderServicer
+    config: Config, servicer: RecommenderServicer | NullServicer
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Builds (not starts) the public server: Recommend, health and reflection.
 
@@ -169,7 +172,7 @@ def create_server(
     """
     sc = config.serving
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=sc.workers))
-    pb_grpc.add_RecommenderServicer_to_server(servicer, server)
+    add_recommender(server, servicer.Recommend)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     set_serving(health_servicer, False)
@@ -210,7 +213,9 @@ def load_live(config: Config, metrics: ServingMetrics | None = None) -> Live:
     return Live(config, FeatureReader(config), metrics)
 
 
-def serve(config: Config, *, null: bool = False, ready: threading.Event | None = None) -> None:
+def serve(
+    config: Config, *, null: bool = False, on_ready: Callable[[], object] | None = None
+) -> None:
     """Runs the server until SIGTERM/SIGINT, then drains in-flight calls.
 
     The public port answers health (NOT_SERVING) while the pair loads and warms, and
@@ -219,7 +224,7 @@ def serve(config: Config, *, null: bool = False, ready: threading.Event | None =
     Args:
         config: The project configuration.
         null: Serve ``NullServicer`` instead (no model, index or store): a baseline.
-        ready: Set once the server reports SERVING.
+        on_ready: Called once the server reports SERVING.
     """
     import faiss
 
@@ -231,7 +236,9 @@ def serve(config: Config, *, null: bool = False, ready: threading.Event | None =
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     metrics = ServingMetrics()
-    recommend = RecommenderServicer(metrics=metrics, timing_trailer=sc.timing_trailer)
+    recommend = RecommenderServicer(
+        metrics=metrics, timing_trailer=sc.timing_trailer, max_batch=sc.max_batch
+    )
     server, port, health_servicer = create_server(config, NullServicer() if null else recommend)
     server.start()
     admin = None
@@ -254,8 +261,8 @@ def serve(config: Config, *, null: bool = False, ready: threading.Event | None =
     set_serving(health_servicer, True)
     print(f"serving on {sc.host}:{port} ({what})", flush=True)
     log.info("serving", extra={"port": port, "detail": what})
-    if ready is not None:
-        ready.set()
+    if on_ready is not None:
+        on_ready()
     stop.wait()
     set_serving(health_servicer, False)
     if admin is not None:

@@ -5,6 +5,7 @@ stopped by the fixture that started it."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -127,6 +128,22 @@ def running_server(config: Config) -> Iterator[RunningServer]:
         stop.set()
         admin.stop(grace=None)
         grpc_server.stop(grace=None).wait()
+
+
+@pytest.fixture
+def scratch(feature_store: Config, tmp_path: Path) -> Config:
+    """Indexes of their own (the session's current one copied), the session's models and store."""
+    from recsys import artifacts
+
+    root = tmp_path / "artifacts"
+    (root / "indexes").mkdir(parents=True)
+    (root / "models").symlink_to(feature_store.models_dir)
+    current = artifacts.current(feature_store.indexes_dir)
+    shutil.copytree(current, root / "indexes" / current.name)
+    artifacts.publish(root / "indexes", current.name)
+    return feature_store.with_overrides(
+        {"paths": {"artifacts": str(root)}, "serving": {"reload_poll_seconds": 0.1}}
+    )
 
 
 @pytest.fixture(scope="session")

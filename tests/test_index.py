@@ -73,6 +73,47 @@ def test_ivf_on_a_synthetic_catalog_reaches_the_recall_it_records(scratch, ml) -
     assert recall_at_k(flat, truth.truth()) == 1.0
 
 
+def test_genre_filters_run_inside_an_ivf_search_at_its_own_nprobe(
+    scratch, feature_store, ml
+) -> None:
+    """A filtered search on an IVF index keeps the nprobe the build chose and gives the first
+    k passing items of the same probed lists: what fetching them all and filtering gives."""
+    from features.online import FeatureReader
+    from serving.recommender import Recommender, Request
+
+    config = scratch.with_overrides({"index": {"type": "ivf", "nlist": 64}})
+    build_index(config, ml, catalog=Catalog.synthetic(ml, 20_000, chunk=7_000), log=lambda _: None)
+    bundle = Bundle.load_current(config.models_dir, config.indexes_dir)
+    nprobe = faiss.extract_index_ivf(bundle.index).nprobe
+    assert nprobe > 1
+    rec = Recommender(bundle, FeatureReader(config), config.serving)
+    genres = bundle.meta.genre_names
+    horror, drama = 1 << genres.index("Horror"), 1 << genres.index("Drama")
+    for user in ("196", "1", "42"):
+        t = 889_000_000_000
+        query = rec.user_vector(FeatureReader(config).read(user), t)
+        _, everything = bundle.index.search(query, bundle.index.ntotal)
+        rows = everything[0][everything[0] >= 0]
+        g = bundle.meta.genres[rows]
+        for include, exclude, k in ((horror, 0, 20), (0, drama, 50), (horror, drama, 10)):
+            passing = rows[
+                ((g & np.uint64(include)) != 0 if include else True)
+                & ((g & np.uint64(exclude)) == 0)
+            ]
+            answer = rec.recommend(
+                Request(
+                    user,
+                    k=k,
+                    include_seen=True,
+                    request_time_ms=t,
+                    include_genres=["Horror"] if include else [],
+                    exclude_genres=["Drama"] if exclude else [],
+                )
+            )
+            assert answer.rows.tolist() == passing[:k].tolist()
+    assert faiss.extract_index_ivf(bundle.index).nprobe == nprobe  # untouched by the filters
+
+
 def index_vectors(index: faiss.Index) -> np.ndarray:
     """The stored vectors of an IVF-Flat index, in id order."""
     ivf = faiss.extract_index_ivf(index)

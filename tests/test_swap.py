@@ -5,7 +5,6 @@ corrupt one is refused while the old keeps serving; rollback goes through the ad
 from __future__ import annotations
 
 import random
-import shutil
 import threading
 
 import grpc
@@ -20,20 +19,6 @@ from serving.recommender import Request
 from tests.conftest import running_server, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def scratch(feature_store, tmp_path):
-    """Indexes of their own (the session's current one copied), the session's models and store."""
-    root = tmp_path / "artifacts"
-    (root / "indexes").mkdir(parents=True)
-    (root / "models").symlink_to(feature_store.models_dir)
-    current = artifacts.current(feature_store.indexes_dir)
-    shutil.copytree(current, root / "indexes" / current.name)
-    artifacts.publish(root / "indexes", current.name)
-    return feature_store.with_overrides(
-        {"paths": {"artifacts": str(root)}, "serving": {"reload_poll_seconds": 0.1}}
-    )
 
 
 class Traffic:
@@ -125,11 +110,11 @@ class GatedReader:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def read(self, user_id: str):
-        if user_id == self._user:
+    def read_many(self, user_ids):
+        if self._user in user_ids:
             self.entered.set()
             self.release.wait(timeout=30)
-        return self._reader.read(user_id)
+        return self._reader.read_many(user_ids)
 
 
 def test_a_request_in_flight_during_a_swap_finishes_on_its_old_pair(scratch, ml) -> None:

@@ -17,7 +17,6 @@ none (the null handler).
 from __future__ import annotations
 
 import json
-import random
 import time
 from typing import Any
 
@@ -26,8 +25,8 @@ import grpc.experimental.gevent as grpc_gevent
 import numpy as np
 from locust import User, events, task
 
-from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
+from serving.loadtest.traffic import Traffic
 
 grpc_gevent.init_gevent()
 SAMPLES: list[tuple[float, float, float, float, float]] = []
@@ -55,40 +54,6 @@ def _write_samples(environment: Any, **_: Any) -> None:
     path = environment.parsed_options.recsys_samples
     if path:
         np.save(path, np.array(SAMPLES, dtype=np.float64).reshape(-1, 5))
-
-
-class Traffic:
-    """The request mix, from the file ``recsys loadtest`` writes.
-
-    Known users are drawn in proportion to how active they were (a popularity skew); a
-    share of calls comes from never-seen users (cold start); k varies; some calls exclude
-    popular items or filter by genre.
-    """
-
-    def __init__(self, spec: dict[str, Any], seed: int):
-        self.rng = random.Random(seed)
-        self.users: list[str] = spec["users"]
-        self.cumulative = list(np.cumsum(spec["user_weights"]))
-        self.items: list[str] = spec["popular_items"]
-        self.genres: list[str] = spec["genres"]
-        self.new_user_share: float = spec["new_user_share"]
-        self.ks: list[int] = spec["ks"]
-
-    def request(self) -> pb.RecommendRequest:
-        rng = self.rng
-        if rng.random() < self.new_user_share:
-            user = f"loadtest-new-{rng.randrange(10**9)}"
-        else:
-            user = rng.choices(self.users, cum_weights=self.cumulative)[0]
-        request = pb.RecommendRequest(user_id=user, k=rng.choice(self.ks))
-        draw = rng.random()
-        if draw < 0.2:
-            request.exclude_item_ids.extend(rng.sample(self.items, rng.randint(1, 5)))
-        elif draw < 0.35:
-            request.include_genres.append(rng.choice(self.genres))
-        elif draw < 0.45:
-            request.exclude_genres.append(rng.choice(self.genres))
-        return request
 
 
 class RecommendUser(User):

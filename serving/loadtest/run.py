@@ -38,13 +38,13 @@ class SloError(RecsysError):
     """A load run broke its latency SLO or had failed requests."""
 
 
-def write_traffic(config: Config, ml: MovieLens, path: Path) -> Path:
-    """The request mix the Locust users draw from (see ``locustfile.Traffic``)."""
+def traffic_spec(config: Config, ml: MovieLens) -> dict[str, object]:
+    """The request mix the Locust users draw from (``traffic.Traffic``)."""
     activity = ml.interactions["user_id"].value_counts()
     popular = ml.interactions["item_id"].value_counts().index[:200]
     genres = sorted({g for gs in ml.items["genres"] for g in gs})
     ks = [k for k in (5, 10, 20, 50) if k <= config.serving.max_k] or [config.serving.max_k]
-    spec = {
+    return {
         "users": [str(u) for u in activity.index],
         "user_weights": [float(w) for w in activity.to_numpy()],
         "popular_items": [str(i) for i in popular],
@@ -52,7 +52,10 @@ def write_traffic(config: Config, ml: MovieLens, path: Path) -> Path:
         "new_user_share": config.loadtest.new_user_share,
         "ks": ks,
     }
-    path.write_text(json.dumps(spec))
+
+
+def write_traffic(config: Config, ml: MovieLens, path: Path) -> Path:
+    path.write_text(json.dumps(traffic_spec(config, ml)))
     return path
 
 
