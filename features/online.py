@@ -1,12 +1,14 @@
-"""The serving read path: one user's features per request, through Feast's online-store
+"""The serving read path: the features of a batch of users, through Feast's online-store
 interface, bounded in time, with an explicit, bounded profile cache.
 
 ``FeatureStore.get_online_features`` costs ~0.4 ms a call here, most of it generic
 request assembly (entity-row dicts, registry lookups, Arrow and proto conversions) that
-answers the same question every time. The hot path instead calls the provider's
+answers the same question every time. The hot path instead calls the online store's
 ``online_read`` (Feast's ``OnlineStore`` interface, so any online store plugs in) with the
-feature views resolved once from the registry: ~50 µs a view on SQLite. The registry is
-never read per request, so a registry refresh cannot stall one.
+feature views resolved once from the registry, once per view for a whole batch of users (SQLite
+takes every key in one query, Redis pipelines them). On SQLite it reads through
+``features.online_store`` (the same store and tables, a leaner read: ~25 µs instead of ~40
+for one user). The registry is never read per request, so a registry refresh cannot stall one.
 
 Profiles are batch-materialized and change rarely; the activity view is what the stream
 writes. So activity is read on every request (freshness is the product), and profiles may be
@@ -14,9 +16,10 @@ cached for ``serving.profile_cache_seconds`` (0 turns the cache off): that is th
 how stale a served profile can be.
 
 Reads are bounded by ``serving.store_timeout_ms`` (the Redis socket timeout, the SQLite busy
-timeout). A read that fails or times out makes ``read`` return ``None`` (the caller answers
-from default features, flagged degraded), and for ``serving.store_retry_seconds`` requests do
-not touch the store at all, so an outage costs one timeout, not one per request.
+timeout). A read that fails or times out makes ``read_many`` return ``None`` (the caller
+answers the whole batch from default features, flagged degraded), and for
+``serving.store_retry_seconds`` requests do not touch the store at all, so an outage costs
+one timeout, not one per request.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
@@ -62,7 +66,7 @@ class FeatureReader:
         # Resolved once: the registry is never consulted on the hot path.
         self._profile_view = store.get_feature_view(PROFILE_VIEW)
         self._activity_view = store.get_feature_view(ACTIVITY_VIEW)
-        self._provider = get_provider(self._config)
+        self._store = self._online_store(get_provider(self._config).online_store)
         self._bound_waits(sc.store_timeout_ms)
         self._cache_seconds = sc.profile_cache_seconds
         self._cache_size = sc.profile_cache_users
@@ -72,13 +76,25 @@ class FeatureReader:
         self._lock = threading.Lock()
         self.last_error = ""
 
+    @staticmethod
+    def _online_store(configured: Any) -> Any:
+        """The ``OnlineStore`` to read through: Feast's SQLite store with the leaner read
+        (``features.online_store``) in place of Feast's own; any other store as configured."""
+        from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+        from features.online_store import ServingSqliteOnlineStore
+
+        if type(configured) is SqliteOnlineStore:
+            return ServingSqliteOnlineStore()
+        return configured
+
     def _bound_waits(self, timeout_ms: int) -> None:
         """One read waits at most about ``timeout_ms``. Feast exposes no such setting for
         these parts, so they are set on the clients Feast's online stores create."""
         from feast.infra.online_stores.redis import RedisOnlineStore
         from feast.infra.online_stores.sqlite import SqliteOnlineStore
 
-        online = self._provider.online_store
+        online = self._store
         if isinstance(online, SqliteOnlineStore):
             # SQLite waits up to 5 s for a writer's lock by default.
             online._get_conn(self._config).execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
@@ -114,7 +130,7 @@ class FeatureReader:
                 for u in user_ids
             ]
             profiles = self._profiles_of(user_ids, keys)
-            rows = self._provider.online_read(self._config, self._activity_view, keys, [*ACTIVITY])
+            rows = self._store.online_read(self._config, self._activity_view, keys, [*ACTIVITY])
         except Exception as exc:  # any store failure degrades the answer, never the server
             with self._lock:
                 self._down_until = time.monotonic() + self._retry_seconds
@@ -156,7 +172,7 @@ class FeatureReader:
                     missing.append(i)
         if not missing:
             return profiles
-        rows = self._provider.online_read(
+        rows = self._store.online_read(
             self._config, self._profile_view, [keys[i] for i in missing], [*PROFILE]
         )
         for i, (_, values) in zip(missing, rows, strict=True):

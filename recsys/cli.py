@@ -113,7 +113,9 @@ def cmd_init_features(config: Config, args: argparse.Namespace) -> None:
 def cmd_serve(config: Config, args: argparse.Namespace) -> None:
     from serving.server import serve
 
-    if args.workers == 1:
+    if args.workers is not None:
+        config = config.with_overrides({"serving": {"processes": args.workers}})
+    if config.serving.processes == 1:
         serve(config, null=args.null)
         return
     from serving.workers import Supervisor
@@ -121,7 +123,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> None:
     def worker(cfg: Config, on_ready: Callable[[], object]) -> None:
         serve(cfg, null=args.null, on_ready=on_ready)
 
-    sys.exit(Supervisor(config, args.workers, worker).run())
+    sys.exit(Supervisor(config, config.serving.processes, worker).run())
 
 
 def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
@@ -261,8 +263,15 @@ def _loadtest_mode_error(args: argparse.Namespace) -> str | None:
     scenarios = given("swap", "ingest")
     if args.compare and (clash := given("target", "null", "baseline", "ramp") + scenarios):
         return f"--compare starts its own servers and runs alone, not with {' '.join(clash)}"
+    alone = given("target", "null", "baseline", "ramp", "compare", "workers") + scenarios
+    if args.transports and alone:
+        return (
+            f"--transports starts its own null servers and runs alone, not with {' '.join(alone)}"
+        )
     if args.index_items and not args.compare:
         return "--index-items goes with --compare only"
+    if args.workers is not None and (clash := given("target", "compare")):
+        return f"--workers is for the servers this command starts, not with {' '.join(clash)}"
     if scenarios and (clash := given("target", "null", "ramp")):
         return (
             f"{' '.join(scenarios)}: a scenario needs one run against a Recommend server this "
@@ -290,11 +299,18 @@ def cmd_loadtest(config: Config, args: argparse.Namespace) -> None:
         if value is not None
     }
     config = config.with_overrides({"loadtest": overrides})
+    if args.workers is not None:
+        config = config.with_overrides({"serving": {"processes": args.workers}})
     if args.target is None and not args.null:
         artifacts.current(config.indexes_dir)  # fails with what to run when nothing is published
     out = args.out or config.paths.state / "loadtest" / time.strftime("%Y%m%dT%H%M%SZ")
     if args.compare:
         compare(config, load_dataset(config), out, index_items=args.index_items)
+        return
+    if args.transports:
+        from serving.loadtest.transports import compare as transports
+
+        transports(config, load_dataset(config), out, args.transports, rounds=args.rounds)
         return
     if args.ramp:
         ramp(
@@ -413,9 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["serve"].add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="server processes sharing the port (SO_REUSEPORT); worker i's admin and metrics "
-        "ports are serving.admin_port + i and serving.metrics_port + i",
+        help="server processes sharing the port (SO_REUSEPORT; serving.processes); worker i's "
+        "admin and metrics ports are serving.admin_port + i and serving.metrics_port + i",
     )
     rec = parsers["recommend"]
     rec.add_argument("--user", required=True)
@@ -431,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--target", help="host:port of a running server (default: start one)")
     lt.add_argument("--null", action="store_true", help="load a null-handler server instead")
     lt.add_argument(
+        "--workers", type=int, help="server processes for the servers it starts (serve --workers)"
+    )
+    lt.add_argument(
         "--baseline", action="store_true", help="first the same run against a null handler"
     )
     lt.add_argument("--rate", type=float, help="requests/s (loadtest.rate)")
@@ -439,6 +457,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         nargs="+",
         help="step through these rates instead; report the highest that holds the SLO",
+    )
+    lt.add_argument(
+        "--transports",
+        type=float,
+        nargs="+",
+        metavar="RATE",
+        help="Python gRPC alone: threaded vs grpc.aio null servers at these rates, alternating",
+    )
+    lt.add_argument(
+        "--rounds", type=int, default=2, help="rounds per rate and kind of --transports"
     )
     lt.add_argument(
         "--compare",

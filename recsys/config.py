@@ -102,8 +102,11 @@ class ServingConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
     """0 picks a free port (tests)."""
+    processes: int = Field(1, ge=1)
+    """Server processes sharing the port (``SO_REUSEPORT``); ``recsys serve --workers N``. Worker
+    i's admin and metrics ports are ``admin_port + i`` and ``metrics_port + i``."""
     workers: int = Field(8, ge=1)
-    """gRPC worker threads: the most calls in the server at once, so the largest batch."""
+    """gRPC worker threads per process: the most calls in it at once, so the largest batch."""
     max_batch: int = Field(64, ge=1)
     """The most waiting requests served together in one batch."""
     max_k: int = Field(100, ge=1)
@@ -164,6 +167,9 @@ class LoadTestConfig(_Section):
     users: int = Field(10, ge=1)
     """Simulated callers, each with its own channel; the rate is split between them. Locust's
     own latency grows with users on its one core (BENCHMARKS.md): 10 sustain 1,000/s."""
+    connections: int = Field(0, ge=0)
+    """TCP connections the users share; 0: one for a one-process server, eight per worker for
+    several (``SO_REUSEPORT`` spreads connections, not calls)."""
     new_user_share: float = Field(0.1, ge=0, le=1)
     """Share of calls from users the model never saw (cold start)."""
     slo_p99_ms: float = Field(10.0, gt=0)

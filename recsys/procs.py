@@ -21,6 +21,25 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(host: str, n: int) -> int:
+    """The first of ``n`` consecutive free ports (``n`` server workers take port + i)."""
+    if n == 1:
+        return free_port(host)
+    for _ in range(200):
+        base = free_port(host)
+        if base + n > 65535:
+            continue
+        try:
+            with contextlib.ExitStack() as taken:
+                for port in range(base, base + n):
+                    s = taken.enter_context(socket.socket())
+                    s.bind((host, port))
+            return base
+        except OSError:
+            continue
+    raise OSError(f"found no {n} consecutive free ports on {host}")
+
+
 def serving_ports(config: Config) -> dict[str, int]:
     """Free public and admin ports, as ``serving`` overrides for a server child: a second
     server on the defaults would fail to bind (the admin port included)."""

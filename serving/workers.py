@@ -49,6 +49,7 @@ def worker_config(config: Config, index: int, port: int) -> Config:
         {
             "serving": {
                 "port": port,
+                "processes": 1,
                 "admin_port": sc.admin_port + index if sc.admin_port else 0,
                 "metrics_port": None if sc.metrics_port is None else sc.metrics_port + index,
             }

@@ -93,6 +93,8 @@ def test_the_gate_fails_on_p99_p999_and_any_failure() -> None:
         ("--swap --target 127.0.0.1:1", "--swap: a scenario needs one run"),
         ("--swap --ingest 10 --ramp 1 2", "--swap --ingest: a scenario needs one run"),
         ("--ingest 10 --null", "not --null"),
+        ("--workers 2 --target h:1", "--workers is for the servers this command starts"),
+        ("--transports 100 --baseline", "--transports starts its own null servers"),
     ],
 )
 def test_loadtest_refuses_flags_that_do_not_go_together(flags, error) -> None:
@@ -101,7 +103,15 @@ def test_loadtest_refuses_flags_that_do_not_go_together(flags, error) -> None:
 
 
 @pytest.mark.parametrize(
-    "flags", ["", "--baseline --swap --ingest 50", "--ramp 100 200 --target h:1", "--compare"]
+    "flags",
+    [
+        "",
+        "--baseline --swap --ingest 50",
+        "--ramp 100 200 --target h:1",
+        "--compare",
+        "--baseline --workers 2",
+        "--transports 100 200 --rounds 1",
+    ],
 )
 def test_loadtest_accepts_flags_that_go_together(flags) -> None:
     args = build_parser().parse_args(["loadtest", *flags.split()])
@@ -145,6 +155,21 @@ def test_a_short_run_passes_a_generous_slo_and_fails_a_strict_one(server, tmp_pa
     )
     assert strict.returncode != 0
     assert "SLO not met: p99" in strict.stderr
+
+
+@pytest.mark.integration
+def test_a_run_against_two_worker_processes_loads_both(server, tmp_path) -> None:
+    config_file = write_config(server.config, tmp_path / "config.yaml")
+    done = _loadtest(
+        config_file, tmp_path / "workers", "--workers", "2", "--users", "16", "--slo-p99-ms", "2000"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = json.loads((tmp_path / "workers" / "result.json").read_text())["runs"]["recommend"]
+    hot = run["hot"]
+    # The server also counts the calls Locust sent in its last moments but does not report.
+    assert run["failures"] == 0 and 0 <= hot["requests"] - run["requests"] <= 16
+    assert len(hot["per_worker"]) == 2 and min(hot["per_worker"]) > 0
+    assert hot["batch_mean"] >= 1 and hot["cpu_ms"] > 0 and hot["stage_us"]["features"] > 0
 
 
 @pytest.mark.integration
@@ -196,6 +221,19 @@ def test_a_run_with_events_streaming_into_the_store_loses_no_event(server, tmp_p
     assert stream["probes_lost"] == 0 and stream["readable_p99_ms"] > 0
     assert result["runs"]["recommend"]["failures"] == 0
     assert "stream: " in done.stdout
+
+
+@pytest.mark.integration
+def test_transports_loads_a_threaded_and_an_aio_null_server_alike(server, tmp_path) -> None:
+    config_file = write_config(server.config, tmp_path / "config.yaml")
+    out = tmp_path / "transports"
+    done = _loadtest(config_file, out, "--transports", "30", "--rounds", "1", "--seconds", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    medians = json.loads((out / "transports.json").read_text())["medians"]
+    for kind in ("sync", "aio"):
+        m = medians[kind]["30.0"]
+        assert m["answered_per_s"] > 10 and m["cpu_ms"] > 0 and m["switches_per_call"] > 0, kind
+    assert "aio / sync CPU per call" in done.stdout
 
 
 @pytest.mark.integration

@@ -122,15 +122,20 @@ class NumpyUserTower(_Tower):
         # those rows once, here, instead of to every query.
         folded["user_emb"] = folded["user_emb"] + weights["user_hidden_b"]
         hidden = kernel.shape[1]
-        self._stack = np.concatenate([*folded.values(), np.zeros((1, hidden), np.float32)])
+        stack = np.concatenate([*folded.values(), np.zeros((1, hidden), np.float32)])
+        # One more column, 1 in the user-id rows: the hidden layer then carries a constant 1
+        # (ReLU keeps it), and the output bias rides on it as one more row of the output
+        # kernel, so the output layer is one product.
+        ones = np.zeros((len(stack), 1), np.float32)
+        ones[: len(folded["user_emb"])] = 1.0
+        self._stack = np.concatenate([stack, ones], axis=1)
         starts = np.cumsum([0] + [len(t) for t in folded.values()]).tolist()
         self._offset = dict(zip(names, starts[:-1], strict=False))
         self._pad = starts[-1]
         """The zero row: history slots beyond a user's recent items point here."""
         self._scalars = [n for n in names if n != "item_emb"]
         self._history = history
-        self._out_w = weights["user_out_w"]
-        self._out_b = weights["user_out_b"]
+        self._out = np.concatenate([weights["user_out_w"], weights["user_out_b"][np.newaxis]])
         self._tables: dict[int, np.ndarray] = {}
 
     @classmethod
@@ -204,13 +209,14 @@ class NumpyUserTower(_Tower):
         """``[batch, R]`` rows of the stack (the scalar inputs, then the known recent items,
         then padding) and ``[batch]`` how many recent items are known → ``[batch, dim]``, one
         user's arithmetic independent of the rest of the batch."""
-        weights = self._weight_table(rows.shape[1])[counts]
-        hidden = (weights[:, np.newaxis, :] @ self._stack[rows])[:, 0, :]
+        weights = self._weight_table(rows.shape[1])[counts][:, np.newaxis, :]
+        hidden = weights @ self._stack[rows]  # [batch, 1, hidden + 1]
         np.maximum(hidden, 0.0, out=hidden)
-        out = (hidden[:, np.newaxis, :] @ self._out_w)[:, 0, :]
-        out += self._out_b
+        out = (hidden @ self._out)[:, 0, :]
         if self.config.normalize:
-            out /= np.sqrt(np.maximum((out * out).sum(axis=-1, keepdims=True), 1e-12))
+            # tf.math.l2_normalize: x / sqrt(max(sum(x^2), 1e-12)); the sum as a one-row product
+            norm = (out[:, np.newaxis, :] @ out[:, :, np.newaxis])[:, 0, :]
+            out /= np.sqrt(np.maximum(norm, 1e-12, out=norm), out=norm)
         return out
 
     def _weight_table(self, width: int) -> np.ndarray:

@@ -16,6 +16,7 @@ none (the null handler).
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from typing import Any
@@ -33,6 +34,7 @@ SAMPLES: list[tuple[float, float, float, float, float]] = []
 UNSENT = -1.0
 STOPPING: list[float] = []
 """When the run began to stop: arrivals due after it are not the run's."""
+_USER_NUMBERS = itertools.count()
 STOP_GRACE_S = 0.1
 """Nor are those due just before it: Locust stops sending some 30 ms before it says so."""
 
@@ -42,6 +44,9 @@ def _arguments(parser: Any) -> None:
     parser.add_argument("--recsys-traffic", help="traffic JSON written by recsys loadtest")
     parser.add_argument("--recsys-samples", help="where to write the µs samples (.npy)")
     parser.add_argument("--recsys-rate", type=float, default=100.0, help="total requests/s")
+    parser.add_argument(
+        "--recsys-connections", type=int, default=1, help="TCP connections the users share"
+    )
 
 
 @events.test_stopping.add_listener
@@ -66,7 +71,13 @@ class RecommendUser(User):
         with open(options.recsys_traffic) as f:
             spec = json.load(f)
         self.traffic = Traffic(spec, seed=id(self))
-        self.channel = grpc.insecure_channel(self.host.removeprefix("grpc://"))
+        # Channels to one address share one connection unless their arguments differ: users
+        # spread over --recsys-connections of them, so a server of several workers on
+        # SO_REUSEPORT (which spreads connections, not calls) gets all of its workers loaded.
+        connection = next(_USER_NUMBERS) % max(1, options.recsys_connections)
+        self.channel = grpc.insecure_channel(
+            self.host.removeprefix("grpc://"), options=[("recsys.connection", connection)]
+        )
         self.stub = pb_grpc.RecommenderStub(self.channel)
         users = max(1, self.environment.runner.target_user_count or 1)
         self._rate = options.recsys_rate / users

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys.config import LoadTestConfig
+from serving.loadtest.target import HotPath
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class Summary:
         cpu_ms: Server CPU time per request, when the server's process was known.
         late_p50, late_p99: How long after its due time a call was sent (part of its
             latency): the generator waking late, or its user still busy with the last call.
+        hot: What the server's metrics say its hot path did (batch sizes, CPU and stage
+            times per request), when it serves them.
+        steal_pct: The most of any core's time the hypervisor took during the run (a VM's
+            noisy neighbours: over a few percent, compare runs with care).
     """
 
     requests: int
@@ -43,9 +48,16 @@ class Summary:
     late_p50: float = float("nan")
     late_p99: float = float("nan")
     unsent: int = 0
+    hot: HotPath | None = None
+    steal_pct: float | None = None
 
 
-def summarize(samples: np.ndarray, cpu_seconds: float | None = None) -> Summary:
+def summarize(
+    samples: np.ndarray,
+    cpu_seconds: float | None = None,
+    hot: HotPath | None = None,
+    steal_pct: float | None = None,
+) -> Summary:
     """``samples``: ``[n, 3 to 5]`` rows of (due unix seconds, latency µs, status, server µs,
     late µs), status 1 answered, 0 failed, -1 never sent (``locustfile``); ``cpu_seconds``:
     the server's CPU time over the run, when known."""
@@ -77,6 +89,8 @@ def summarize(samples: np.ndarray, cpu_seconds: float | None = None) -> Summary:
         late_p50=late_p50,
         late_p99=late_p99,
         unsent=int((status < 0).sum()),
+        hot=hot,
+        steal_pct=steal_pct,
     )
 
 
@@ -126,8 +140,20 @@ def render(summary: Summary, slo: LoadTestConfig, label: str) -> str:
         server.append(f"hot path p50 {s.server_p50:.2f}  p99 {s.server_p99:.2f} ms")
     if s.cpu_ms is not None:
         server.append(f"CPU {s.cpu_ms:.2f} ms/request")
+    if s.steal_pct is not None and s.steal_pct >= 1:
+        server.append(f"CPU steal up to {s.steal_pct:.0f} % of a core")
     if server:
         lines.insert(2, "  in the server: " + ", ".join(server))
+    if s.hot is not None:
+        h = s.hot
+        stages = "  ".join(f"{k} {v:.0f}" for k, v in h.stage_us.items())
+        lines.insert(
+            3,
+            f"  hot path: {h.batches:,} batches, mean {h.batch_mean:.2f} requests (p50 <= "
+            f"{h.batch_p50:g}, max <= {h.batch_max:g}); CPU {h.cpu_ms:.3f} ms/request; "
+            f"µs/request: {stages}"
+            + (f"; requests per worker {h.per_worker}" if len(h.per_worker) > 1 else ""),
+        )
     if not np.isnan(s.late_p50):
         lines.insert(2, f"  sent after due: p50 {s.late_p50:.2f}  p99 {s.late_p99:.2f} ms")
     return "\n".join(lines)

@@ -15,9 +15,9 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +25,11 @@ import numpy as np
 from recsys.config import Config
 from recsys.data import MovieLens
 from recsys.errors import RecsysError
-from recsys.procs import child, serving_ports, slug, write_config
-from serving.client import RecommendClient
+from recsys.procs import slug
 from serving.loadtest.report import Summary, plot, render, summarize, violations
 from serving.loadtest.stream import Stream, stream_stack
 from serving.loadtest.swap import SWAP_DRAIN_S, Swap, swap_pair
+from serving.loadtest.target import Target, cpu_times, hot_path, started_server, steal_pct
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -100,41 +100,6 @@ def _cores() -> tuple[set[int] | None, set[int] | None]:
     return {cores[-1]}, set(cores[:-1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process (all its threads) has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class Target:
-    """A server to load; ``pid`` and ``admin`` when it is ours (its CPU time is then
-    measured, and it can be told to reload)."""
-
-    address: str
-    pid: int | None = None
-    admin: str | None = None
-
-    def cpu(self) -> float | None:
-        return None if self.pid is None else cpu_seconds(self.pid)
-
-
-@contextlib.contextmanager
-def _server(config: Config, out: Path, null: bool, cpus: set[int] | None) -> Iterator[Target]:
-    """Starts ``recsys serve`` (``--null``: the null handler); yields it. It sends its stage
-    times as a trailer (``serving.timing_trailer``), so the samples carry its hot path."""
-    host = config.serving.host
-    cfg = config.with_overrides({"serving": {**serving_ports(config), "timing_trailer": True}})
-    name = "null-server" if null else "server"
-    path = write_config(cfg, out / f"{name}.yaml")
-    args = ["serve", "--null"] if null else ["serve"]
-    with child(name, path, args, out, quiet=True, cpus=cpus) as proc:
-        address = f"{host}:{cfg.serving.port}"
-        with RecommendClient(address) as client:
-            client.wait_until_serving(timeout=600, process=proc)
-        yield Target(address, proc.pid, f"{cfg.serving.admin_host}:{cfg.serving.admin_port}")
-
-
 LOCUST_START_S = 2.0
 """About how long Locust takes to start sending (scenario events are timed from launch)."""
 
@@ -158,6 +123,17 @@ def _plan(null: bool, baseline: bool) -> list[tuple[str, bool]]:
     return [("null handler", True), measured] if baseline else [measured]
 
 
+def connections(config: Config) -> int:
+    """TCP connections the Locust users share: ``loadtest.connections``, or by default one
+    for one server process (the cheapest for both sides) and eight per worker otherwise
+    (``SO_REUSEPORT`` spreads connections, not calls), at most one per user."""
+    lt = config.loadtest
+    if lt.connections:
+        return lt.connections
+    processes = config.serving.processes
+    return 1 if processes == 1 else min(lt.users, 8 * processes)
+
+
 def run_locust(
     config: Config,
     target: Target,
@@ -178,10 +154,10 @@ def run_locust(
         "--host", address, "--csv", str(out / "locust"), "--html", str(out / "locust.html"),
         "--only-summary", "--loglevel", "WARNING",
         "--recsys-traffic", str(traffic), "--recsys-samples", str(samples),
-        "--recsys-rate", str(lt.rate),
+        "--recsys-rate", str(lt.rate), "--recsys-connections", str(connections(config)),
     ]  # fmt: skip
     samples.unlink(missing_ok=True)  # a rerun into the same folder
-    cpu_before = target.cpu()
+    cpu_before, metrics_before, ticks_before = target.cpu(), target.scrape(), cpu_times()
     with (out / "locust.log").open("wb") as log, ThreadPoolExecutor(len(during) or 1) as beside:
         # Locust first, the scenarios' threads after: no fork while threads run.
         locust = subprocess.Popen(
@@ -202,9 +178,14 @@ def run_locust(
     if not samples.exists():
         tail = (out / "locust.log").read_text(errors="replace")[-2000:]
         raise RecsysError(f"locust exited with code {locust.returncode} and no samples:\n{tail}")
-    cpu_after = target.cpu()
+    cpu_after, metrics_after = target.cpu(), target.scrape()
     used = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
-    return summarize(np.load(samples), cpu_seconds=used)
+    return summarize(
+        np.load(samples),
+        cpu_seconds=used,
+        hot=hot_path(metrics_before, metrics_after),
+        steal_pct=steal_pct(ticks_before, cpu_times()),
+    )
 
 
 def run(
@@ -255,11 +236,11 @@ def run(
                 seconds = LOCUST_START_S + cfg.loadtest.seconds
                 streamed = Stream(cfg, features, ml, ingest, seconds, load_cpus)
             server = _given(target) or stack.enter_context(
-                _server(cfg, run_dir, is_null, server_cpus)
+                started_server(cfg, run_dir, is_null, server_cpus)
             )
             if swap and not is_null:
                 at = LOCUST_START_S + cfg.loadtest.seconds / 2
-                swapped = Swap(cfg, server.admin or "", swap_to, at)
+                swapped = Swap(cfg, server.admins, swap_to, at)
             scenarios = [s for s in (swapped, streamed) if s is not None and not is_null]
             summaries[name] = run_locust(config, server, traffic, run_dir, load_cpus, scenarios)
     samples = {name: _samples(out, name) for name, _ in plan}
@@ -324,7 +305,7 @@ def ramp(
             server_dir = out / slug(name)
             server_dir.mkdir(exist_ok=True)
             server = _given(target) or stack.enter_context(
-                _server(config, server_dir, is_null, server_cpus)
+                started_server(config, server_dir, is_null, server_cpus)
             )
             for rate in sorted(rates):
                 step = config.with_overrides({"loadtest": {"rate": rate}})

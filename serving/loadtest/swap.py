@@ -50,11 +50,11 @@ def swap_pair(config: Config, out: Path) -> tuple[Config, str]:
 @dataclass
 class Swap:
     """``at`` seconds after it is called: publishes index version ``to`` and has the server
-    reload it (admin ``Reload``: load beside, verify, warm, swap); keeps when that started and
-    ended (unix seconds)."""
+    reload it (admin ``Reload`` on every worker, in turn: load beside, verify, warm, swap);
+    keeps when that started and ended (unix seconds)."""
 
     config: Config
-    admin: str
+    admins: list[str]
     to: str
     at: float
     started: float = 0.0
@@ -64,12 +64,13 @@ class Swap:
         time.sleep(self.at)
         self.started = time.time()
         artifacts.publish(self.config.indexes_dir, self.to)
-        with grpc.insecure_channel(self.admin) as channel:
-            stub = admin_pb2_grpc.RecommenderAdminStub(channel)
-            reply = stub.Reload(admin_pb2.ReloadRequest(), timeout=300)
+        for admin in self.admins:
+            with grpc.insecure_channel(admin) as channel:
+                stub = admin_pb2_grpc.RecommenderAdminStub(channel)
+                reply = stub.Reload(admin_pb2.ReloadRequest(), timeout=300)
+            if reply.index_version != self.to:
+                raise RecsysError(f"{admin} serves {reply.index_version}, not {self.to}")
         self.ended = time.time()
-        if reply.index_version != self.to:
-            raise RecsysError(f"the server serves {reply.index_version}, not {self.to}")
 
     def report(self, samples: np.ndarray) -> tuple[str, dict[str, object], Summary]:
         """Calls due from the swap's start to a second after its end, against the rest:
