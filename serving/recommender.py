@@ -462,24 +462,27 @@ class Recommender:
 
     def _try_select(self, w: _Work, rows: np.ndarray, scores: np.ndarray) -> Selected | Exception:
         try:
-            return self._select(w, rows, scores)
+            return self._select(w, rows, scores, genres=True)
         except Exception as exc:  # this request fails alone
             return exc
 
-    def _select(self, w: _Work, rows: np.ndarray, scores: np.ndarray) -> Selected:
-        """The first ``k`` candidates that are not banned: ``[n]`` rows and ``[n]`` scores.
-        (Genre filters ran in the search; the popular-items list is filtered here.)"""
+    def _select(
+        self, w: _Work, rows: np.ndarray, scores: np.ndarray, genres: bool = False
+    ) -> Selected:
+        """The first ``k`` candidates that are not banned (and, with ``genres``, pass the
+        genre masks: for the popular-items list; a search applied them already): ``[n]`` rows
+        and ``[n]`` scores."""
         k, banned, include, exclude = w.request.k, w.banned, w.include, w.exclude
         if rows[-1] < 0:  # the index found fewer than asked
             found = rows >= 0
             rows, scores = rows[found], scores[found]
-        if include or exclude:  # popular items: filtered here, not in a search
-            genres = self.bundle.meta.genres[rows]
+        if genres and (include or exclude):
+            bits = self.bundle.meta.genres[rows]
             keep = np.ones(len(rows), bool)
             if include:
-                keep &= (genres & np.uint64(include)) != 0
+                keep &= (bits & np.uint64(include)) != 0
             if exclude:
-                keep &= (genres & np.uint64(exclude)) == 0
+                keep &= (bits & np.uint64(exclude)) == 0
             rows, scores = rows[keep], scores[keep]
         if not banned:
             return rows[:k], scores[:k]
