@@ -5,6 +5,7 @@ share.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -258,6 +259,10 @@ def serve(
             f"model {b.model_version}, index {b.index_version}, {len(b.item_ids):,} items, "
             f"{sc.tower_runtime} tower; admin on {sc.admin_host}:{admin_port}"
         )
+    # Everything loaded so far (TF, Feast, the bundle) lives as long as the process: out of
+    # the collector's sight, a full collection no longer walks it (one took 239 ms under load).
+    gc.collect()
+    gc.freeze()
     set_serving(health_servicer, True)
     print(f"serving on {sc.host}:{port} ({what})", flush=True)
     log.info("serving", extra={"port": port, "detail": what})
