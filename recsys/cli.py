@@ -380,7 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
         "fetch-data": (cmd_fetch_data, "download and check MovieLens-100K"),
         "fetch-kafka": (cmd_fetch_kafka, "download the Kafka broker jars from Maven Central"),
         "train": (cmd_train, "train the two towers and publish a model version"),
-        "evaluate": (cmd_evaluate, "train and score under the temporal/RecBole/TFRS protocols"),
+        "evaluate": (
+            cmd_evaluate,
+            "train and score under the stream/temporal/RecBole/TFRS protocols",
+        ),
         "build-index": (cmd_build_index, "embed the catalog and publish a FAISS index version"),
         "index": (cmd_index, "list index versions (* = current) or roll back CURRENT"),
         "init-features": (cmd_init_features, "create the Feast store and backfill features"),
@@ -501,8 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("--target", help="host:port (default: serving.admin_host:admin_port)")
     admin.add_argument("--timeout", type=float, default=300.0)
     ev = parsers["evaluate"]
-    ev.add_argument("--protocol", choices=("temporal", "recbole", "tfrs", "all"), default="all")
-    ev.add_argument("--ablation", action="store_true", help="feature ablation on temporal")
+    ev.add_argument(
+        "--protocol", choices=("stream", "temporal", "recbole", "tfrs", "all"), default="all"
+    )
+    ev.add_argument("--ablation", action="store_true", help="user-tower ablation (stream)")
     ev.add_argument("--export-splits", type=Path, help="write each split as RecBole atomic files")
     ev.add_argument("--out", type=Path, help="results JSON (default: artifacts/evaluation.json)")
     bi = parsers["build-index"]

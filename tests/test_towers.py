@@ -205,8 +205,13 @@ def test_training_examples_use_only_strictly_earlier_history(ml, space, split) -
 
 def test_manifest_records_test_metrics_a_baseline_and_the_report(model_dir) -> None:
     manifest = artifacts.read_manifest(model_dir)
+    stream = manifest["metrics"]["stream"]
+    for name in ("model", "frozen", "popularity", "trailing_popularity", "item_knn"):
+        assert 0.0 < stream[name]["ndcg@10"] <= 1.0
+        assert stream[name]["events"] == manifest["split"]["test"]
+    assert stream["freshness_lift"] == stream["model"]["ndcg@10"] / stream["frozen"]["ndcg@10"]
     for name in ("model", "popularity"):
-        assert 0.0 < manifest["metrics"][name]["ndcg@10"] <= 1.0
+        assert 0.0 < manifest["metrics"]["temporal"][name]["ndcg@10"] <= 1.0
     assert manifest["split"]["protocol"] == "temporal"
     assert (model_dir / "training.png").stat().st_size > 1000
     assert 1 <= manifest["best_epoch"] <= manifest["hyperparameters"]["epochs"]

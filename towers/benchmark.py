@@ -1,8 +1,11 @@
 """``recsys evaluate``: train and score the towers under each protocol, and ablations.
 
-Each protocol trains its own model on its own training part (the best epoch picked on its
-validation part, where it has one) and is scored beside a popularity baseline computed by the
-same evaluator. Results go to the console and to a JSON file.
+``stream`` is the primary protocol (:mod:`towers.stream`): every test event predicted from
+the history the stream had just updated, beside popularity, trailing popularity and item-KNN
+baselines and the same model on frozen histories. The other protocols each train their own
+model on their own training part (the best epoch picked on its validation part, where it has
+one) and are scored beside a popularity baseline computed by the same evaluator. Results go
+to the console and to a JSON file.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from recsys.config import ModelConfig
 from recsys.data import MovieLens
+from towers.examples import fit_feature_space
 from towers.experiments import evaluate_split
 from towers.protocols import (
     Split,
@@ -22,9 +26,10 @@ from towers.protocols import (
     tfrs_split,
     write_recbole_atomic,
 )
-from towers.train import fit
+from towers.stream import StreamEvaluator, evaluate_stream, select_baselines, stream_summary
+from towers.train import Fitted, fit
 
-PROTOCOLS = ("temporal", "recbole", "tfrs")
+PROTOCOLS = ("stream", "temporal", "recbole", "tfrs")
 USER_PARTS_BY_PROTOCOL: dict[str, tuple[str, ...]] = {"recbole": ("profile",)}
 """User-tower inputs that differ from the configured model, per protocol. RecBole's protocol
 holds out interactions drawn at random across each user's whole timeline and queries once
@@ -41,7 +46,7 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
 
 
 def make_split(protocol: str, ml: MovieLens, mc: ModelConfig) -> Split:
-    if protocol == "temporal":
+    if protocol in ("stream", "temporal"):
         return temporal_split_protocol(ml.interactions, mc.test_fraction, mc.valid_fraction or None)
     if protocol == "recbole":
         return recbole_split(ml.interactions)
@@ -59,8 +64,12 @@ def run(
     export_dir: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Trains and scores one model per protocol (and per ablation row on ``temporal``)."""
+    """Trains and scores one model per protocol (and per ablation row on ``stream``).
+
+    ``stream`` and ``temporal`` share one split, so they share one trained model.
+    """
     results: dict[str, Any] = {}
+    fitted_by_split: dict[str, Fitted] = {}
     for protocol in protocols:
         pmc = mc
         if protocol in USER_PARTS_BY_PROTOCOL:
@@ -70,35 +79,50 @@ def run(
             for path in write_recbole_atomic(split, export_dir, f"ml-100k-{protocol}"):
                 log(f"wrote {path}")
         log(f"\n== {protocol}: {split.description}; user tower: id + {', '.join(pmc.user_parts)}")
-        fitted = fit(pmc, ml, split, log=log, progress=False)
-        metrics = evaluate_split(ml, fitted.space, fitted.user_fn, fitted.item_vectors(ml), split)
-        results[protocol] = {
-            **metrics,
+        fitted = fitted_by_split.get(split.name)
+        if fitted is None:
+            fitted = fit(pmc, ml, split, log=log, progress=False)
+            fitted_by_split[split.name] = fitted
+        about = {
             "best_epoch": fitted.best_epoch,
             "user_parts": list(pmc.user_parts),
             "train_seconds": round(fitted.seconds, 1),
             "description": split.description,
         }
+        vectors = fitted.item_vectors(ml)
+        if protocol == "stream":
+            stream = evaluate_stream(ml, fitted.space, fitted.user_fn, vectors, split, log=log)
+            results[protocol] = {**stream, **about}
+            log(stream_summary(stream))
+            continue
+        metrics = evaluate_split(ml, fitted.space, fitted.user_fn, vectors, split)
+        results[protocol] = {**metrics, **about}
         log(_table({protocol: metrics["model"], "popularity": metrics["popularity"]}))
     if ablation:
-        split = make_split("temporal", ml, mc)
+        split = make_split("stream", ml, mc)
+        valid = StreamEvaluator(
+            ml, fit_feature_space(ml, split.train, mc.history_length), split, "valid"
+        )
+        chosen = select_baselines(valid)
         rows: dict[str, dict[str, float]] = {}
         for name, parts in ABLATIONS.items():
-            log(f"\n== ablation on temporal: {name}")
+            log(f"\n== ablation on stream: {name}")
             variant = mc.model_copy(update={"user_parts": parts})
             fitted = fit(variant, ml, split, log=log, progress=False)
-            metrics = evaluate_split(
-                ml, fitted.space, fitted.user_fn, fitted.item_vectors(ml), split
+            stream = evaluate_stream(
+                ml, fitted.space, fitted.user_fn, fitted.item_vectors(ml), split, chosen=chosen
             )
-            rows[name] = metrics["model"]
-            rows["popularity"] = metrics["popularity"]
+            rows[name] = stream["model"]
+            rows[f"{name}, frozen"] = stream["frozen"]
+            for baseline in ("item_knn", "trailing_popularity", "popularity"):
+                rows[baseline] = stream[baseline]
         results["ablation"] = rows
         log("\n" + _table(rows))
     return results
 
 
 def _table(rows: dict[str, dict[str, float]]) -> str:
-    keys = [k for k in next(iter(rows.values())) if k != "users"]
+    keys = [k for k in next(iter(rows.values())) if k not in ("users", "events")]
     lines = [f"{'':<18}" + "".join(f"{k:>16}" for k in keys)]
     lines += [f"{name:<18}" + "".join(f"{m[k]:>16.4f}" for k in keys) for name, m in rows.items()]
     return "\n".join(lines)

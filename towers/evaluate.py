@@ -157,3 +157,86 @@ def topk_accuracy(
         higher = np.count_nonzero(block > positive_scores[:, None], axis=1)
         hits += int(np.count_nonzero(higher < k))
     return hits / n_pairs
+
+
+def next_item_ranks(
+    scores: np.ndarray, seen: Sequence[np.ndarray], targets: np.ndarray
+) -> np.ndarray:
+    """Each event's 0-based rank of its one target item, seen items excluded.
+
+    The rank is the number of unexcluded items scoring strictly higher than the target plus
+    those tied with it at a lower column, i.e. its position in a stable sort by descending
+    score, so ties never favour the target and constant scores (popularity) are ranked the
+    same way every run. A target the user has already seen can never be recommended and
+    ranks at infinity (a miss at every cut-off).
+
+    Args:
+        scores: ``[events, items]`` float, higher is better. Not modified.
+        seen: ``events`` arrays of item columns (int) to exclude.
+        targets: ``[events]`` int, each event's item column.
+
+    Returns:
+        ``[events] float64`` ranks, ``inf`` for a seen target.
+
+    Raises:
+        ValueError: Shapes disagree, or a target is out of range.
+    """
+    scores = np.asarray(scores)
+    targets = np.asarray(targets, np.int64)
+    if scores.ndim != 2 or targets.shape != (len(scores),) or len(seen) != len(scores):
+        raise ValueError(
+            f"scores must be [events, items] with one target and one seen array per row, got "
+            f"{scores.shape}, {targets.shape} and {len(seen)}"
+        )
+    n_events, n_items = scores.shape
+    if n_events and (targets.min() < 0 or targets.max() >= n_items):
+        raise ValueError(f"targets must be item columns in [0, {n_items})")
+    masked = scores.astype(np.float64, copy=True)
+    lengths = np.fromiter((len(s) for s in seen), np.int64, n_events)
+    if lengths.sum():
+        rows = np.repeat(np.arange(n_events), lengths)
+        masked[rows, np.concatenate([np.asarray(s, np.int64) for s in seen])] = -np.inf
+    rows = np.arange(n_events)
+    target = masked[rows, targets][:, np.newaxis]
+    higher = np.count_nonzero(masked > target, axis=1)
+    tied_before = np.count_nonzero(
+        (masked == target) & (np.arange(n_items) < targets[:, np.newaxis]), axis=1
+    )
+    ranks = (higher + tied_before).astype(np.float64)
+    ranks[np.isneginf(target[:, 0])] = np.inf
+    return ranks
+
+
+def next_item_metrics(
+    ranks: np.ndarray, k: int = 10, recall_at: Sequence[int] = (50,)
+) -> dict[str, float]:
+    """Recall@k (= HR@k with one target), NDCG@k, MRR@k and Recall at extra cut-offs.
+
+    Args:
+        ranks: ``[events]`` 0-based ranks of each event's target (:func:`next_item_ranks`).
+        k: Main cut-off, >= 1.
+        recall_at: Extra cut-offs at which only Recall is reported.
+
+    Returns:
+        ``{"recall@k", "ndcg@k", "mrr@k", "recall@j"..., "events"}``, averaged over events.
+
+    Raises:
+        ValueError: No events, or a cut-off below 1.
+    """
+    ranks = np.asarray(ranks, np.float64)
+    if ranks.size == 0:
+        raise ValueError("no events to evaluate")
+    if k < 1 or any(int(j) < 1 for j in recall_at):
+        raise ValueError(f"cut-offs must be >= 1, got k={k}, recall_at={list(recall_at)}")
+    hit = ranks < k
+    finite = np.where(hit, ranks, 0.0)
+    metrics = {
+        f"recall@{k}": float(hit.mean()),
+        f"ndcg@{k}": float(np.where(hit, 1.0 / np.log2(finite + 2.0), 0.0).mean()),
+        f"mrr@{k}": float(np.where(hit, 1.0 / (finite + 1.0), 0.0).mean()),
+    }
+    for j in recall_at:
+        if int(j) != k:
+            metrics[f"recall@{int(j)}"] = float((ranks < int(j)).mean())
+    metrics["events"] = float(ranks.size)
+    return metrics

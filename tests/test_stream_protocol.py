@@ -1,0 +1,150 @@
+"""The stream evaluation protocol: the walk folds exactly what the ingester would have, the ranking
+excludes everything seen, and the baselines count what they say they count."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.activity import EMPTY, apply_events, ratings_to_interactions
+from towers.evaluate import next_item_metrics, next_item_ranks
+from towers.examples import fit_feature_space
+from towers.protocols import temporal_split_protocol
+from towers.stream import ItemKNN, Popularity, StreamEvaluator, TrailingPopularity, walk
+
+DAY_S = 86_400
+
+
+def _frame(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
+    users, items, times = zip(*rows, strict=True)
+    return pd.DataFrame(
+        {"user_id": users, "item_id": items, "rating": 4.0, "timestamp": np.array(times)}
+    )
+
+
+COLUMN = {item: c for c, item in enumerate(["a", "b", "c", "d", "e"])}
+
+
+def test_ranks_order_ties_by_column_and_exclude_what_was_seen() -> None:
+    scores = np.array(
+        [
+            [1.0, 3.0, 3.0, 0.0, 2.0],  # target c: b ties it at a lower column
+            [1.0, 3.0, 3.0, 0.0, 2.0],  # target c with b seen: nothing ahead of it
+            [1.0, 3.0, 3.0, 0.0, 2.0],  # target b, seen: never recommendable
+            [5.0, 5.0, 5.0, 5.0, 5.0],  # target e, constant scores: last by column
+        ]
+    )
+    seen = [np.array([], np.int64), np.array([1]), np.array([1, 3]), np.array([0])]
+    ranks = next_item_ranks(scores, seen, np.array([2, 2, 1, 4]))
+    np.testing.assert_array_equal(ranks, [1.0, 0.0, math.inf, 3.0])
+    metrics = next_item_metrics(ranks, k=2, recall_at=(4,))
+    assert metrics["recall@2"] == pytest.approx(2 / 4)
+    assert metrics["ndcg@2"] == pytest.approx((1 / math.log2(3) + 1.0) / 4)
+    assert metrics["mrr@2"] == pytest.approx((1 / 2 + 1.0) / 4)
+    assert metrics["recall@4"] == pytest.approx(3 / 4)
+    assert metrics["events"] == 4
+
+
+def test_ranks_refuse_mismatched_shapes_and_metrics_refuse_nothing() -> None:
+    with pytest.raises(ValueError, match="one target"):
+        next_item_ranks(np.zeros((2, 3)), [np.array([])], np.array([0, 1]))
+    with pytest.raises(ValueError, match="item columns"):
+        next_item_ranks(np.zeros((1, 3)), [np.array([])], np.array([3]))
+    with pytest.raises(ValueError, match="no events"):
+        next_item_metrics(np.array([]))
+
+
+def test_the_walk_folds_every_earlier_event_and_nothing_later() -> None:
+    known = _frame([("1", "a", 10), ("1", "b", 20), ("2", "c", 15)])
+    part = _frame([("1", "c", 30), ("2", "d", 30), ("1", "d", 40), ("1", "e", 40), ("3", "a", 35)])
+    w = walk(known, part, COLUMN, history_length=2)
+    # Event-time order across users, ties by event id.
+    assert list(zip(w.users, w.times_ms.tolist(), strict=True)) == [
+        ("1", 30_000), ("2", 30_000), ("3", 35_000), ("1", 40_000), ("1", 40_000)
+    ]  # fmt: skip
+    np.testing.assert_array_equal(w.targets, [2, 3, 0, 3, 4])
+    everything = pd.concat([known, part])
+    for i, (user, t) in enumerate(zip(w.users, w.times_ms.tolist(), strict=True)):
+        before = everything[(everything["user_id"] == user) & (everything["timestamp"] * 1000 < t)]
+        events = ratings_to_interactions(user, list(before["item_id"]), list(before["timestamp"]))
+        assert w.states[i] == apply_events(EMPTY, events, 2)
+        assert sorted(w.seen[i].tolist()) == sorted(COLUMN[x] for x in before["item_id"])
+        past = known[known["user_id"] == user]
+        assert sorted(w.frozen_seen[i].tolist()) == sorted(COLUMN[x] for x in past["item_id"])
+    # The two events at 40 s do not see each other; the history keeps the newest two only.
+    assert w.states[3] == w.states[4]
+    assert w.states[3].recent_items == ("c", "b")
+    assert w.frozen_states[3].recent_items == ("b", "a")
+    assert w.states[2] == EMPTY  # a user the past never saw
+    np.testing.assert_array_equal(w.recent[3], [2, 1])
+    np.testing.assert_array_equal(w.recent[2], [-1, -1])
+
+
+def test_trailing_popularity_counts_only_the_window_strictly_before_each_event() -> None:
+    known = _frame([("1", "a", 0), ("2", "a", DAY_S), ("3", "b", 2 * DAY_S)])
+    part = _frame([("4", "c", 2 * DAY_S + 10), ("5", "d", 2 * DAY_S + 10)])
+    stream = pd.concat([known, part], ignore_index=True)
+    w = walk(known, part, COLUMN, history_length=3)
+    train_counts = np.array([0.0, 0.0, 0.0, 0.0, 9.0])
+    scores = TrailingPopularity(stream, COLUMN, 1, train_counts)(w, slice(0, 2))
+    # Within the last day: b (2 days) only; a at day 1 is 1 day + 10 s ago; e breaks ties.
+    np.testing.assert_array_equal(np.floor(scores), [[0, 1, 0, 0, 0]] * 2)
+    assert np.argmax(scores[0] - np.floor(scores[0])) == 4
+    wider = TrailingPopularity(stream, COLUMN, 7, train_counts)(w, slice(0, 2))
+    np.testing.assert_array_equal(np.floor(wider), [[2, 1, 0, 0, 0]] * 2)
+
+
+def test_item_knn_sums_cosine_over_the_last_items_and_falls_back_to_popularity() -> None:
+    train = _frame([("1", "a", 1), ("1", "b", 2), ("2", "a", 3), ("2", "c", 4), ("3", "d", 5)])
+    part = _frame([("1", "e", 10), ("9", "e", 10)])
+    w = walk(train, part, COLUMN, history_length=3)
+    counts = np.array([2.0, 1.0, 1.0, 1.0, 0.0])
+    knn = ItemKNN(train, COLUMN, 1, counts)
+    user_1, new_user = knn(w, slice(0, 2))
+    # User 1's last item is b: b's only co-occurrence is a, cos = 1 / sqrt(1 * 2).
+    np.testing.assert_allclose(user_1[:4], [1 / math.sqrt(2), 0, 0, 0], atol=1e-5)
+    assert np.argsort(-new_user)[:2].tolist() == [0, 1]  # popularity, ties by column
+    two = ItemKNN(train, COLUMN, 2, counts)(w, slice(0, 1))[0]
+    # b and a vote: a gets b's cosine, b gets a's, c gets a's.
+    np.testing.assert_allclose(two[:3], [1 / math.sqrt(2)] * 3, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def evaluator(ml):
+    split = temporal_split_protocol(ml.interactions, 0.2, 0.1)
+    return StreamEvaluator(ml, fit_feature_space(ml, split.train, 20), split, "valid")
+
+
+def test_an_oracle_hits_every_event_and_an_anti_oracle_none(evaluator) -> None:
+    def oracle(walk, rows):
+        scores = np.zeros((len(walk.targets[rows]), len(evaluator.column)))
+        scores[np.arange(len(scores)), walk.targets[rows]] = 1.0
+        return scores
+
+    assert evaluator.baseline(oracle)["ndcg@10"] == pytest.approx(1.0)
+    assert evaluator.baseline(lambda w, r: -oracle(w, r))["recall@50"] == 0.0
+
+
+def test_a_model_scoring_by_popularity_equals_the_popularity_baseline(evaluator) -> None:
+    vectors = evaluator.train_counts.astype(np.float32)[:, np.newaxis]
+    model = evaluator.model(lambda inputs: np.ones((len(inputs.user), 1), np.float32), vectors)
+    assert model == evaluator.baseline(Popularity(evaluator.train_counts))
+    assert model["events"] == len(evaluator.stream) - len(evaluator.train)
+
+
+def test_frozen_histories_feed_the_tower_the_state_at_the_cut(evaluator) -> None:
+    w = evaluator.walk
+    live = evaluator._inputs["live"].history
+    frozen = evaluator._inputs["frozen"].history
+    # Before a user's first event of the part, live and frozen are the same state; later ones
+    # differ wherever the user has acted since.
+    first = {}
+    for i, user in enumerate(w.users):
+        first.setdefault(user, i)
+    for i in first.values():
+        np.testing.assert_array_equal(live[i], frozen[i])
+    later = [i for i, u in enumerate(w.users) if i != first[u]]
+    assert np.mean([not np.array_equal(live[i], frozen[i]) for i in later]) > 0.9

@@ -1,0 +1,458 @@
+"""The stream protocol: predict each next event from the history the stream has just updated.
+
+This is the question the server is asked all day: given everything this user has done up to
+now, what do they do next? The model is trained on the past exactly as ``recsys train`` does
+(the temporal cut, with a validation tail). Then the evaluated part is walked in event-time
+order. Before each event the user tower is queried with the user's state at that moment: the
+profile, the activity the ingester would have folded from every earlier event (past ones and
+earlier ones of the part, through the same :mod:`features.activity` fold), and the event's own
+time as request time. The event's item is ranked against the whole catalog with everything
+the user interacted with before excluded.
+
+Baselines a team would ship instead of a model are scored on the same events by the same
+ranking (:class:`Popularity`, :class:`TrailingPopularity`, :class:`ItemKNN`), and the model is
+scored a second time with histories frozen at the start of the part (a nightly batch system):
+the difference is what freshness buys.
+
+Metrics are averaged over events, not users: a heavy user asks more often, as in serving.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import pandas as pd
+
+from features.activity import EMPTY, Activity, apply_events, point_in_time, ratings_to_interactions
+from recsys.data import MovieLens
+from towers.encoding import FeatureSpace, UserInputs
+from towers.evaluate import next_item_metrics, next_item_ranks
+from towers.examples import Profiles
+from towers.protocols import Split
+
+UserFn = Callable[[UserInputs], np.ndarray]
+"""Encoded user inputs → ``[batch, dim]`` embeddings."""
+History = Literal["live", "frozen"]
+"""``live``: every earlier event folded in; ``frozen``: the state at the start of the part."""
+CHUNK = 2048
+"""Events ranked at a time: ``[CHUNK, items]`` float64 is 27 MB for ML-100K's catalog."""
+DAY_MS = 86_400_000
+TRAILING_WINDOWS_DAYS = (1, 7, 30)
+KNN_LAST_ITEMS = (1, 2, 3, 5, 10, 20)
+
+
+@dataclass(frozen=True, eq=False)
+class Walk:
+    """One part's events in event-time order (ties by event id), each with what was known
+    just before it.
+
+    Attributes:
+        users: ``[events]`` user ids.
+        times_ms: ``[events] int64`` event times.
+        targets: ``[events] int64`` catalog columns of the events' items.
+        states: ``[events]`` each user's activity just before the event (strictly earlier
+            events only, as :func:`features.activity.point_in_time` defines it).
+        seen: ``[events]`` ``int64`` columns of every item the user interacted with before.
+        frozen_states: ``[events]`` the user's activity at the start of the part.
+        frozen_seen: ``[events]`` the items the user had interacted with by then.
+        recent: ``[events, history_length] int64`` columns of ``states``' recent items, most
+            recent first, ``-1``-padded (for baselines that read the sequence).
+    """
+
+    users: list[str]
+    times_ms: np.ndarray
+    targets: np.ndarray
+    states: list[Activity]
+    seen: list[np.ndarray]
+    frozen_states: list[Activity]
+    frozen_seen: list[np.ndarray]
+    recent: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def walk(
+    known: pd.DataFrame, part: pd.DataFrame, column: dict[str, int], history_length: int
+) -> Walk:
+    """Walks ``part`` in event-time order with every user's state folded from ``known`` and
+    the earlier events of ``part``.
+
+    Args:
+        known: Interactions before the part (``user_id``, ``item_id``, ``timestamp`` s).
+        part: The interactions to predict, all at or after ``known``'s.
+        column: Item id → catalog column.
+        history_length: Recent items kept by the activity fold.
+
+    Returns:
+        The walk.
+    """
+    frames = [known.assign(_target=False), part.assign(_target=True)]
+    events = pd.concat(frames, ignore_index=True)
+    rows: list[tuple[int, str, int, str, Activity, np.ndarray, Activity, np.ndarray]] = []
+    for user_id, group in events.groupby("user_id", sort=False):
+        interactions = ratings_to_interactions(
+            user_id, list(group["item_id"]), list(group["timestamp"])
+        )
+        paired = sorted(
+            zip(interactions, group["_target"], strict=True),
+            key=lambda p: (p[0].event_time_ms, p[0].event_id),
+        )
+        timeline = [event for event, _ in paired]
+        times = [e.event_time_ms for e in timeline]
+        cols = np.array([column[e.item_id] for e in timeline], np.int64)
+        past = np.array([not is_target for _, is_target in paired], bool)
+        frozen = apply_events(EMPTY, [e for e, later in paired if not later], history_length)
+        frozen_seen = cols[past]
+        states = point_in_time(timeline, history_length)
+        for (event, is_target), state in zip(paired, states, strict=True):
+            if is_target:
+                cut = bisect.bisect_left(times, event.event_time_ms)
+                rows.append(
+                    (event.event_time_ms, event.event_id, column[event.item_id], user_id,
+                     state, cols[:cut], frozen, frozen_seen)
+                )  # fmt: skip
+    rows.sort(key=lambda r: (r[0], r[1]))
+    recent = np.full((len(rows), history_length), -1, np.int64)
+    for i, r in enumerate(rows):
+        items = r[4].recent_items[:history_length]
+        recent[i, : len(items)] = [column[item] for item in items]
+    return Walk(
+        users=[r[3] for r in rows],
+        times_ms=np.array([r[0] for r in rows], np.int64),
+        targets=np.array([r[2] for r in rows], np.int64),
+        states=[r[4] for r in rows],
+        seen=[r[5] for r in rows],
+        frozen_states=[r[6] for r in rows],
+        frozen_seen=[r[7] for r in rows],
+        recent=recent,
+    )
+
+
+def counts(interactions: pd.DataFrame, column: dict[str, int]) -> np.ndarray:
+    """``[items] float64`` interaction counts per catalog column."""
+    cols = interactions["item_id"].map(column).to_numpy(np.int64)
+    return np.bincount(cols, minlength=len(column)).astype(np.float64)
+
+
+class Scorer(Protocol):
+    """Scores the whole catalog for a slice of a walk's events."""
+
+    def __call__(self, walk: Walk, rows: slice) -> np.ndarray:
+        """``[rows, items] float``, higher is better."""
+        ...
+
+
+def _tiebreak(popularity: np.ndarray) -> np.ndarray:
+    """Training popularity scaled into [0, 0.5): added to integer-valued or sparse scores it
+    orders their ties by popularity and nothing else."""
+    return 0.5 * popularity / (popularity.max() + 1.0)
+
+
+class Popularity:
+    """The most interacted-with items of the training period, for everyone."""
+
+    def __init__(self, train_counts: np.ndarray):
+        self._scores = np.asarray(train_counts, np.float64)
+
+    def __call__(self, walk: Walk, rows: slice) -> np.ndarray:
+        n = len(range(*rows.indices(len(walk))))
+        return np.broadcast_to(self._scores, (n, len(self._scores)))
+
+
+class TrailingPopularity:
+    """The most interacted-with items over a trailing window before each event.
+
+    Counts every user's events strictly before the event's time (what the stream has seen by
+    then), ties ordered by training popularity.
+
+    Args:
+        stream: All interactions the stream could have seen (past and the part itself).
+        column: Item id → catalog column.
+        window_days: The window.
+        train_counts: ``[items]`` training-period counts, for ties.
+    """
+
+    def __init__(
+        self,
+        stream: pd.DataFrame,
+        column: dict[str, int],
+        window_days: int,
+        train_counts: np.ndarray,
+    ):
+        order = np.argsort(stream["timestamp"].to_numpy(np.int64), kind="stable")
+        self._times = stream["timestamp"].to_numpy(np.int64)[order] * 1000
+        self._cols = stream["item_id"].map(column).to_numpy(np.int64)[order]
+        self._window_ms = window_days * DAY_MS
+        self._tiebreak = _tiebreak(train_counts)
+        self.window_days = window_days
+
+    def __call__(self, walk: Walk, rows: slice) -> np.ndarray:
+        times = walk.times_ms[rows]
+        lo = np.searchsorted(self._times, times - self._window_ms, side="left")
+        hi = np.searchsorted(self._times, times, side="left")
+        n_items = len(self._tiebreak)
+        out = np.empty((len(times), n_items), np.float64)
+        for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
+            out[i] = np.bincount(self._cols[a:b], minlength=n_items)
+        return out + self._tiebreak
+
+
+class ItemKNN:
+    """Item-to-item cosine similarity over the training period, summed over the user's last
+    items; a user with no history gets training popularity.
+
+    ``sim(i, j) = |U_i ∩ U_j| / sqrt(|U_i| |U_j|)`` over the sets of users who interacted with
+    each item, the diagonal zeroed.
+
+    Args:
+        train: The training interactions.
+        column: Item id → catalog column.
+        last_items: How many of the user's most recent items vote.
+        train_counts: ``[items]`` training-period counts, for users with no history and ties.
+    """
+
+    def __init__(
+        self,
+        train: pd.DataFrame,
+        column: dict[str, int],
+        last_items: int,
+        train_counts: np.ndarray,
+        similarity: np.ndarray | None = None,
+    ):
+        self.last_items = last_items
+        self._similarity = _cosine(train, column) if similarity is None else similarity
+        self._tiebreak = 1e-6 * _tiebreak(train_counts)
+
+    @property
+    def similarity(self) -> np.ndarray:
+        """``[items + 1, items] float64``; the last row is zeros (padding)."""
+        return self._similarity
+
+    def __call__(self, walk: Walk, rows: slice) -> np.ndarray:
+        recent = walk.recent[rows, : self.last_items]
+        padded = np.where(recent < 0, len(self._similarity) - 1, recent)
+        out = np.zeros((len(recent), self._similarity.shape[1]), np.float64)
+        for j in range(padded.shape[1]):
+            out += self._similarity[padded[:, j]]
+        return out + self._tiebreak
+
+
+def _cosine(train: pd.DataFrame, column: dict[str, int]) -> np.ndarray:
+    users = pd.factorize(train["user_id"])[0]
+    items = train["item_id"].map(column).to_numpy(np.int64)
+    matrix = np.zeros((users.max() + 1, len(column)), np.float32)
+    matrix[users, items] = 1.0
+    overlap = (matrix.T @ matrix).astype(np.float64)
+    norms = np.sqrt(np.diag(overlap))
+    similarity = overlap / np.maximum(np.outer(norms, norms), 1e-12)
+    np.fill_diagonal(similarity, 0.0)
+    return np.vstack([similarity, np.zeros((1, len(column)))])
+
+
+class StreamEvaluator:
+    """One part's stream walk, encoded once, scored for any model or baseline.
+
+    Args:
+        ml: The data set (profiles, catalog).
+        space: The model's vocabularies (history length included).
+        split: A temporal split.
+        on: ``"test"`` (known = train + valid) or ``"valid"`` (known = train).
+    """
+
+    def __init__(self, ml: MovieLens, space: FeatureSpace, split: Split, on: str = "test"):
+        if on == "valid":
+            if split.valid is None:
+                raise ValueError(f"the {split.name} split has no validation part")
+            known, part = split.train, split.valid
+        else:
+            parts = [split.train] if split.valid is None else [split.train, split.valid]
+            known, part = pd.concat(parts, ignore_index=True), split.test
+        self.column = {item: c for c, item in enumerate(ml.items["item_id"])}
+        self.train = split.train
+        self.train_counts = counts(split.train, self.column)
+        self.stream = pd.concat([known, part], ignore_index=True)
+        self.walk = walk(known, part, self.column, space.history_length)
+        profiles = Profiles(ml.users)
+        w = self.walk
+        times = w.times_ms.tolist()
+        self._inputs: dict[History, UserInputs] = {
+            "live": space.encode_users(
+                [profiles.raw(u, s, t) for u, s, t in zip(w.users, w.states, times, strict=True)]
+            ),
+            "frozen": space.encode_users(
+                [
+                    profiles.raw(u, s, t)
+                    for u, s, t in zip(w.users, w.frozen_states, times, strict=True)
+                ]
+            ),
+        }
+
+    @property
+    def users(self) -> int:
+        return len(set(self.walk.users))
+
+    def ranks(self, scorer: Scorer, seen: History = "live") -> np.ndarray:
+        """``[events]`` each event's target rank under ``scorer``, ``seen`` items excluded."""
+        excluded = self.walk.seen if seen == "live" else self.walk.frozen_seen
+        out = []
+        for start in range(0, len(self.walk), CHUNK):
+            rows = slice(start, start + CHUNK)
+            out.append(
+                next_item_ranks(scorer(self.walk, rows), excluded[rows], self.walk.targets[rows])
+            )
+        return np.concatenate(out)
+
+    def model(
+        self,
+        user_fn: UserFn,
+        item_vecs: np.ndarray,
+        histories: History = "live",
+        seen: History | None = None,
+    ) -> dict[str, float]:
+        """The model's metrics, its queries built from ``histories`` (and excluding what was
+        ``seen`` by then; the same as ``histories`` unless given)."""
+        users = np.asarray(user_fn(self._inputs[histories]), np.float64)
+        items = np.asarray(item_vecs, np.float64)
+
+        def scorer(walk: Walk, rows: slice) -> np.ndarray:
+            return users[rows] @ items.T
+
+        return next_item_metrics(self.ranks(scorer, seen or histories))
+
+    def __call__(self, user_fn: UserFn, item_vecs: np.ndarray) -> dict[str, float]:
+        """The model's metrics on live histories (the number training selects epochs on)."""
+        return self.model(user_fn, item_vecs)
+
+    def baseline(self, scorer: Scorer) -> dict[str, float]:
+        return next_item_metrics(self.ranks(scorer))
+
+
+def select_baselines(
+    valid: StreamEvaluator, log: Callable[[str], None] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Each baseline family's setting with the best validation NDCG@10.
+
+    Returns:
+        ``{"trailing_popularity": {"window_days": d, "valid": metrics...}, "item_knn":
+        {"last_items": n, "valid": ...}}``.
+    """
+    chosen: dict[str, dict[str, Any]] = {}
+    trailing = {
+        d: valid.baseline(TrailingPopularity(valid.stream, valid.column, d, valid.train_counts))
+        for d in TRAILING_WINDOWS_DAYS
+    }
+    best = max(trailing, key=lambda d: trailing[d]["ndcg@10"])
+    chosen["trailing_popularity"] = {"window_days": best, "valid": trailing}
+    similarity = _cosine(valid.train, valid.column)
+    knn = {
+        n: valid.baseline(ItemKNN(valid.train, valid.column, n, valid.train_counts, similarity))
+        for n in KNN_LAST_ITEMS
+    }
+    best = max(knn, key=lambda n: knn[n]["ndcg@10"])
+    chosen["item_knn"] = {"last_items": best, "valid": knn}
+    if log is not None:
+        log(
+            "baselines picked on validation NDCG@10: trailing popularity "
+            + ", ".join(f"{d}d {m['ndcg@10']:.4f}" for d, m in trailing.items())
+            + f" → {chosen['trailing_popularity']['window_days']}d; item-KNN over last "
+            + ", ".join(f"{n} {m['ndcg@10']:.4f}" for n, m in knn.items())
+            + f" → {chosen['item_knn']['last_items']}"
+        )
+    return chosen
+
+
+def evaluate_stream(
+    ml: MovieLens,
+    space: FeatureSpace,
+    user_fn: UserFn,
+    item_vecs: np.ndarray,
+    split: Split,
+    *,
+    chosen: dict[str, dict[str, Any]] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The model (live and frozen histories) and every baseline on the test part's stream.
+
+    Args:
+        chosen: Baseline settings from :func:`select_baselines`; picked on ``split.valid``
+            here when not given (a split without validation uses the middle settings).
+
+    Returns:
+        ``{"model", "frozen", "frozen_features", "popularity", "trailing_popularity",
+        "item_knn"}`` metrics (``frozen``: features and exclusions at the cut, a nightly
+        batch system; ``frozen_features``: features at the cut, exclusions live), plus
+        ``"freshness_lift"`` (live NDCG@10 over frozen), ``"settings"`` and ``"users"``.
+    """
+    if chosen is None:
+        if split.valid is not None:
+            chosen = select_baselines(StreamEvaluator(ml, space, split, "valid"), log)
+        else:
+            chosen = {"trailing_popularity": {"window_days": 7}, "item_knn": {"last_items": 5}}
+    test = StreamEvaluator(ml, space, split, "test")
+    days = int(chosen["trailing_popularity"]["window_days"])
+    last = int(chosen["item_knn"]["last_items"])
+    results: dict[str, Any] = {
+        "model": test.model(user_fn, item_vecs),
+        "frozen": test.model(user_fn, item_vecs, "frozen"),
+        "frozen_features": test.model(user_fn, item_vecs, "frozen", seen="live"),
+        "popularity": test.baseline(Popularity(test.train_counts)),
+        "trailing_popularity": test.baseline(
+            TrailingPopularity(test.stream, test.column, days, test.train_counts)
+        ),
+        "item_knn": test.baseline(ItemKNN(test.train, test.column, last, test.train_counts)),
+    }
+    results["freshness_lift"] = results["model"]["ndcg@10"] / max(
+        results["frozen"]["ndcg@10"], 1e-12
+    )
+    results["settings"] = {"trailing_window_days": days, "knn_last_items": last}
+    results["users"] = test.users
+    return results
+
+
+ROWS: Sequence[tuple[str, str]] = (
+    ("model", "two towers, live histories"),
+    ("frozen", "two towers, frozen at the cut"),
+    ("frozen_features", "  features frozen, seen live"),
+    ("item_knn", "item-KNN"),
+    ("trailing_popularity", "trailing popularity"),
+    ("popularity", "popularity (training period)"),
+)
+"""The stream results' rows as a report shows them, with their labels."""
+
+
+def stream_table(results: dict[str, Any]) -> str:
+    """The stream results as an aligned table, one row per model variant and baseline."""
+    settings = results["settings"]
+    labels = {
+        "item_knn": f"item-KNN, last {settings['knn_last_items']} items",
+        "trailing_popularity": f"popularity, trailing {settings['trailing_window_days']}d",
+    }
+    keys = ("ndcg@10", "recall@10", "mrr@10", "recall@50")
+    lines = [f"  {'':<32}" + "".join(f"{k:>11}" for k in keys)]
+    for name, label in ROWS:
+        row = results[name]
+        lines.append(f"  {labels.get(name, label):<32}" + "".join(f"{row[k]:>11.4f}" for k in keys))
+    return "\n".join(lines)
+
+
+def stream_summary(results: dict[str, Any]) -> str:
+    """What ``recsys train`` and the demo print first: the table, the best baseline and the
+    freshness lift."""
+    model = results["model"]["ndcg@10"]
+    best = max(
+        ("item_knn", "trailing_popularity", "popularity"), key=lambda n: results[n]["ndcg@10"]
+    )
+    best_pop = max(results["trailing_popularity"]["ndcg@10"], results["popularity"]["ndcg@10"])
+    return (
+        f"stream protocol: each of {int(results['model']['events']):,} test events predicted "
+        f"from the history the stream had just updated ({results['users']:,} users, seen "
+        f"items excluded)\n{stream_table(results)}\n"
+        f"  NDCG@10 {model:.4f}: {model / max(results[best]['ndcg@10'], 1e-12):.2f}x the best "
+        f"baseline ({best.replace('_', ' ')}), {model / max(best_pop, 1e-12):.2f}x the best "
+        f"popularity; freshness (live over frozen histories) {results['freshness_lift']:.2f}x"
+    )
