@@ -51,6 +51,9 @@ class ModelConfig(_Section):
     """How many of a user's most recent items feed the user tower (and exclude-seen)."""
     user_parts: tuple[Literal["profile", "history", "time"], ...] = ("profile", "history", "time")
     """User-tower inputs beside the user id (ablations drop some)."""
+    history_pooling: Literal["mean", "position"] = "position"
+    """Recent items pooled with a learned weight per recency rank (``position``) or by
+    their plain mean; chosen on the stream protocol's validation part (BENCHMARKS.md)."""
     item_parts: tuple[Literal["genres", "title", "year"], ...] = ("genres", "title", "year")
     """Item-tower inputs beside the item id."""
     epochs: int = Field(15, ge=1)

@@ -40,8 +40,14 @@ def _user_batch(ml, space, split) -> UserInputs:
     users = list(ml.users["user_id"][:200])
     history = HistoryIndex(split.train, space.history_length)
     known = query_inputs(ml, space, history, [(u, 889_000_000_000, 889_000_000_000) for u in users])
-    # A brand-new user: unknown id, no profile, a short streamed history with an unknown item.
-    new = space.encode_users([RawUser("brand-new", recent_items=("50", "181", "nope"))])
+    # Brand-new users: unknown id, no profile, a short streamed history with an unknown item
+    # (last, and between known ones: position pooling ranks known items only).
+    new = space.encode_users(
+        [
+            RawUser("brand-new", recent_items=("50", "181", "nope")),
+            RawUser("brand-new-2", recent_items=("50", "nope", "181", "1")),
+        ]
+    )
     batch = {k: np.concatenate([v, new.as_dict()[k]]) for k, v in known.as_dict().items()}
     return UserInputs(**batch)
 
@@ -54,6 +60,9 @@ def test_user_tower_numpy_matches_saved_model(model_dir, space, ml, split) -> No
     got = NumpyUserTower.load(model_dir)(inputs)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # normalized
+    # The default tower pools the history by recency rank, and training moved those weights.
+    position = np.load(model_dir / "weights.npz")["history_position"][:, 0]
+    assert np.ptp(position) > 1e-3
 
 
 def test_a_users_embedding_is_bit_for_bit_the_same_alone_or_in_any_batch(
@@ -173,6 +182,12 @@ def test_missing_tower_weights_are_refused(model_dir, tmp_path) -> None:
     with np.load(model_dir / "weights.npz") as data:
         np.savez(tmp_path / "weights.npz", **{k: data[k] for k in data.files if k != "user_emb"})
     with pytest.raises(ArtifactError, match="user_emb"):
+        NumpyUserTower.load(tmp_path)
+    with np.load(model_dir / "weights.npz") as data:
+        np.savez(
+            tmp_path / "weights.npz", **{k: data[k] for k in data.files if k != "history_position"}
+        )
+    with pytest.raises(ArtifactError, match="history_position"):
         NumpyUserTower.load(tmp_path)
     (tmp_path / "tower.json").write_text("{not json")
     with pytest.raises(ArtifactError, match=r"tower\.json"):

@@ -175,6 +175,8 @@ def export(model: TwoTower, space: FeatureSpace, directory: Path) -> None:
         "item_hidden": i.hidden,
         "item_out": i.out,
     }
+    if u.position is not None:
+        layers["history_position"] = u.position
     arrays: dict[str, np.ndarray] = {}
     for name, layer in layers.items():
         if not layer.built:  # a part this configuration leaves out

@@ -38,8 +38,28 @@ class UserTower(keras.Model):
         self.hour_emb = keras.layers.Embedding(24, SIDE_DIM, name="hour")
         self.weekday_emb = keras.layers.Embedding(7, SIDE_DIM, name="weekday")
         self.item_emb = item_embedding
+        self.position = None
+        if config.history_pooling == "position":
+            # One logit per recency rank; zeros start it as the plain mean.
+            self.position = keras.layers.Embedding(
+                space.history_length, 1, embeddings_initializer="zeros", name="history_position"
+            )
         self.hidden = keras.layers.Dense(2 * dim, activation="relu", name="hidden")
         self.out = keras.layers.Dense(dim, name="out")
+
+    def _pool_history(self, ids: tf.Tensor) -> tf.Tensor:
+        """``[batch, n]`` recent item ids → ``[batch, dim]``: the plain mean of the known
+        items, or their mean weighted by ``exp(logit[rank])``, where rank counts known items
+        only (0 = the most recent), as the NumPy runtime compacts them."""
+        embeddings = self.item_emb(ids)
+        if self.position is None:
+            return _masked_mean(embeddings, ids)
+        mask = tf.cast(ids > 0, tf.float32)
+        rank = tf.maximum(tf.cast(tf.cumsum(mask, axis=1), tf.int32) - 1, 0)
+        weights = tf.exp(self.position(rank)[..., 0]) * mask
+        total = tf.reduce_sum(weights, axis=1, keepdims=True)
+        weights = weights / tf.where(total > 0, total, 1.0)
+        return tf.reduce_sum(embeddings * weights[..., tf.newaxis], axis=1)
 
     def call(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
         parts = self.config.user_parts
@@ -52,7 +72,7 @@ class UserTower(keras.Model):
                 self.zip_emb(inputs["zip"]),
             ]
         if "history" in parts:
-            x.append(_masked_mean(self.item_emb(inputs["history"]), inputs["history"]))
+            x.append(self._pool_history(inputs["history"]))
         if "time" in parts:
             x += [self.hour_emb(inputs["hour"]), self.weekday_emb(inputs["weekday"])]
         out = self.out(self.hidden(tf.concat(x, axis=-1)))

@@ -20,12 +20,16 @@ class TowerConfig:
         user_parts: Which of ``USER_PARTS`` feed the user tower beside the user id.
         item_parts: Which of ``ITEM_PARTS`` feed the item tower beside the item id.
         normalize: L2-normalize both towers' outputs (scores are cosines).
+        history_pooling: How the recent items are pooled: ``"mean"`` (each counts the same)
+            or ``"position"`` (a learned weight per recency rank, normalised over the known
+            items, so the last item can count more than the twentieth).
     """
 
     dim: int
     user_parts: tuple[str, ...] = USER_PARTS
     item_parts: tuple[str, ...] = ITEM_PARTS
     normalize: bool = True
+    history_pooling: str = "mean"
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))
@@ -38,4 +42,5 @@ class TowerConfig:
             user_parts=tuple(data["user_parts"]),
             item_parts=tuple(data["item_parts"]),
             normalize=bool(data["normalize"]),
+            history_pooling=str(data.get("history_pooling", "mean")),
         )

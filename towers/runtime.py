@@ -137,6 +137,11 @@ class NumpyUserTower(_Tower):
         self._history = history
         self._out = np.concatenate([weights["user_out_w"], weights["user_out_b"][np.newaxis]])
         self._tables: dict[int, np.ndarray] = {}
+        self._position: np.ndarray | None = None
+        if history and config.history_pooling == "position":
+            if "history_position" not in weights:
+                raise ArtifactError("tower weights lack history_position; re-export the model")
+            self._position = np.exp(weights["history_position"][:, 0])
 
     @classmethod
     def load(cls, model_dir: Path) -> NumpyUserTower:
@@ -221,7 +226,8 @@ class NumpyUserTower(_Tower):
 
     def _weight_table(self, width: int) -> np.ndarray:
         """``[slots + 1, width] float32``; row n: the weights of a user with n known recent
-        items (1 for each scalar input, 1/n for each recent item, 0 for padding), so a batch's
+        items (1 for each scalar input; for the recent items 1/n each, or with position
+        pooling ``exp(logit[rank])`` normalised over the n; 0 for padding), so a batch's
         weights are one gather."""
         table = self._tables.get(width)
         if table is None:
@@ -229,7 +235,11 @@ class NumpyUserTower(_Tower):
             table = np.zeros((width - scalars + 1, width), np.float32)
             table[:, :scalars] = 1.0
             for n in range(1, width - scalars + 1):
-                table[n, scalars : scalars + n] = np.float32(1.0) / np.float32(n)
+                if self._position is None:
+                    table[n, scalars : scalars + n] = np.float32(1.0) / np.float32(n)
+                else:
+                    weights = self._position[:n]
+                    table[n, scalars : scalars + n] = weights / weights.sum()
             self._tables[width] = table
         return table
 

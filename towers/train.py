@@ -67,7 +67,9 @@ def fit(
         **examples.items.as_dict(),
         "item_prob": (counts[examples.item_rows] / len(examples.item_rows)).astype(np.float32),
     }
-    config = TowerConfig(mc.embedding_dim, mc.user_parts, mc.item_parts, mc.normalize)
+    config = TowerConfig(
+        mc.embedding_dim, mc.user_parts, mc.item_parts, mc.normalize, mc.history_pooling
+    )
     model = TwoTower(
         space,
         config,
