@@ -105,6 +105,7 @@ def run(
         )
         chosen = select_baselines(valid)
         rows: dict[str, dict[str, float]] = {}
+        baselines: dict[str, dict[str, float]] = {}
         for name, parts in ABLATIONS.items():
             log(f"\n== ablation on stream: {name}")
             variant = mc.model_copy(update={"user_parts": parts})
@@ -115,7 +116,8 @@ def run(
             rows[name] = stream["model"]
             rows[f"{name}, frozen"] = stream["frozen"]
             for baseline in ("item_knn", "trailing_popularity", "popularity"):
-                rows[baseline] = stream[baseline]
+                baselines[baseline] = stream[baseline]
+        rows.update(baselines)
         results["ablation"] = rows
         log("\n" + _table(rows))
     return results
