@@ -20,7 +20,7 @@ demo: setup
 	$(RECSYS) demo
 
 test: setup lint
-	@echo "==> tests (real Kafka broker, Feast store, gRPC servers and Locust; ~13 min)"
+	@echo "==> tests (real Kafka broker, Feast store, gRPC servers and Locust; 6-13 min)"
 	$(PY) -m pytest
 
 setup: venv proto data kafka-jars redis
