@@ -148,3 +148,9 @@ def test_frozen_histories_feed_the_tower_the_state_at_the_cut(evaluator) -> None
         np.testing.assert_array_equal(live[i], frozen[i])
     later = [i for i, u in enumerate(w.users) if i != first[u]]
     assert np.mean([not np.array_equal(live[i], frozen[i]) for i in later]) > 0.9
+
+
+def test_validating_on_a_split_without_a_validation_part_is_refused(ml) -> None:
+    split = temporal_split_protocol(ml.interactions, 0.2, None)
+    with pytest.raises(ValueError, match="no validation part"):
+        StreamEvaluator(ml, fit_feature_space(ml, split.train, 5), split, "valid")

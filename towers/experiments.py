@@ -47,13 +47,7 @@ class Evaluator:
     """
 
     def __init__(self, ml: MovieLens, space: FeatureSpace, split: Split, on: str = "test"):
-        if on == "valid":
-            if split.valid is None:
-                raise ValueError(f"the {split.name} split has no validation part")
-            known, target = split.train, split.valid
-        else:
-            parts = [split.train] if split.valid is None else [split.train, split.valid]
-            known, target = pd.concat(parts, ignore_index=True), split.test
+        known, target = split.known_and_evaluated(on)
         self.protocol = split.name
         column = {item: c for c, item in enumerate(ml.items["item_id"])}
         history = HistoryIndex(known, space.history_length)

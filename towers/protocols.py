@@ -70,6 +70,20 @@ class Split:
         named = {"train": self.train, "valid": self.valid, "test": self.test}
         return {part: frame for part, frame in named.items() if frame is not None}
 
+    def known_and_evaluated(self, on: str = "test") -> tuple[pd.DataFrame, pd.DataFrame]:
+        """What is known before the evaluated part, and that part: ``on="test"`` gives
+        (train + valid, test), ``on="valid"`` gives (train, valid).
+
+        Raises:
+            ValueError: ``on="valid"`` for a split without a validation part.
+        """
+        if on == "valid":
+            if self.valid is None:
+                raise ValueError(f"the {self.name} split has no validation part")
+            return self.train, self.valid
+        parts = [self.train] if self.valid is None else [self.train, self.valid]
+        return pd.concat(parts, ignore_index=True), self.test
+
 
 # Protocols ---------------------------------------------------------------------------------
 

@@ -265,13 +265,7 @@ class StreamEvaluator:
     """
 
     def __init__(self, ml: MovieLens, space: FeatureSpace, split: Split, on: str = "test"):
-        if on == "valid":
-            if split.valid is None:
-                raise ValueError(f"the {split.name} split has no validation part")
-            known, part = split.train, split.valid
-        else:
-            parts = [split.train] if split.valid is None else [split.train, split.valid]
-            known, part = pd.concat(parts, ignore_index=True), split.test
+        known, part = split.known_and_evaluated(on)
         self.column = {item: c for c, item in enumerate(ml.items["item_id"])}
         self.train = split.train
         self.train_counts = counts(split.train, self.column)
