@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 PROFILE = ("age", "gender", "occupation", "zip_code")
 ACTIVITY = ("recent_items", "last_event_ms", "last_event_id")
 """Passed as fresh lists: Feast's Redis ``online_read`` appends to the list it is given."""
+SEEN = "seen_items"
+"""Optional: a state written before seen sets existed has none, and exclude-seen falls back
+to its recent items."""
 _JOIN_KEYS = ["user_id"]
 Profile = tuple[int, str, str, str] | None
 """(age, gender, occupation, zip code), or None when the store has no profile."""
@@ -130,7 +133,9 @@ class FeatureReader:
                 for u in user_ids
             ]
             profiles = self._profiles_of(user_ids, keys)
-            rows = self._store.online_read(self._config, self._activity_view, keys, [*ACTIVITY])
+            rows = self._store.online_read(
+                self._config, self._activity_view, keys, [*ACTIVITY, SEEN]
+            )
         except Exception as exc:  # any store failure degrades the answer, never the server
             with self._lock:
                 self._down_until = time.monotonic() + self._retry_seconds
@@ -149,6 +154,7 @@ class FeatureReader:
                     tuple(values["recent_items"].string_list_val.val),  # type: ignore[index]
                     values["last_event_ms"].int64_val,  # type: ignore[index]
                     values["last_event_id"].string_val,  # type: ignore[index]
+                    values[SEEN].bytes_val if SEEN in values else b"",  # type: ignore[index]
                 )
             if profile is None:
                 out.append(UserFeatures(user_id, activity=activity))

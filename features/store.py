@@ -22,7 +22,7 @@ from recsys.data import MovieLens
 
 PROFILE_FEATURES = [f"{PROFILE_VIEW}:{f}" for f in ("age", "gender", "occupation", "zip_code")]
 ACTIVITY_FEATURES = [
-    f"{ACTIVITY_VIEW}:{f}" for f in ("recent_items", "last_event_ms", "last_event_id")
+    f"{ACTIVITY_VIEW}:{f}" for f in ("recent_items", "last_event_ms", "last_event_id", "seen_items")
 ]
 PROFILE_TIME = datetime(1997, 9, 1, tzinfo=UTC)
 """Profiles are static in ML-100K; they are stamped as known from before the first rating."""
@@ -82,6 +82,7 @@ def _activity_frame(states: Mapping[str, Activity]) -> pd.DataFrame:
             "recent_items": [list(a.recent_items) for a in states.values()],
             "last_event_ms": [a.last_event_ms for a in states.values()],
             "last_event_id": [a.last_event_id for a in states.values()],
+            "seen_items": [a.seen for a in states.values()],
             "event_timestamp": [
                 datetime.fromtimestamp(a.last_event_ms / 1000, UTC) for a in states.values()
             ],
@@ -95,6 +96,7 @@ def _activity(rows: dict[str, list[Any]], i: int) -> Activity:
         tuple(rows["recent_items"][i] or ()),
         int(rows["last_event_ms"][i] or 0),
         rows["last_event_id"][i] or "",
+        rows["seen_items"][i] or b"",
     )
 
 

@@ -24,6 +24,7 @@ from typing import NamedTuple, Protocol
 import faiss
 import numpy as np
 
+from features.activity import SeenIndex
 from features.store import UserFeatures
 from index.build import load_index
 from index.items import ItemMeta
@@ -107,6 +108,8 @@ class Bundle:
     index: faiss.Index
     item_ids: list[str]
     meta: ItemMeta
+    seen: SeenIndex
+    """Decodes a user's seen set (and exclude ids) into this index's rows."""
 
     @classmethod
     def load(
@@ -149,6 +152,7 @@ class Bundle:
             index=index,
             item_ids=item_ids,
             meta=meta,
+            seen=SeenIndex(item_ids),
         )
 
     @classmethod
@@ -215,7 +219,8 @@ class _Work:
         self.deadline = deadline
         self.include, self.exclude = masks
         self.features = UserFeatures(request.user_id)
-        self.banned: frozenset[str] | set[str] = frozenset()
+        self.banned: np.ndarray = _NOTHING
+        """``[n] int64`` index rows this request must not answer with."""
 
 
 class Recommender:
@@ -307,7 +312,7 @@ class Recommender:
             for w, f in zip(work, features, strict=True):
                 w.features = f
         work = _in_time(work, outcomes)
-        lookup = self.bundle.space.users.index
+        lookup, seen = self.bundle.space.users.index, self.bundle.seen
         towered: list[_Work] = []
         paths: list[ServingPath] = []
         for w in work:
@@ -319,10 +324,12 @@ class Recommender:
             else:
                 paths.append(ServingPath.PERSONALIZED if known else ServingPath.COLD_START)
             exclude = w.request.exclude
-            if not w.request.include_seen and recent:
-                w.banned = set(recent).union(exclude) if exclude else frozenset(recent)
+            if not w.request.include_seen and (recent or f.activity.seen):
+                w.banned = seen.rows(f.activity)
+                if exclude:
+                    w.banned = np.concatenate([w.banned, seen.rows_of(exclude)])
             elif exclude:
-                w.banned = frozenset(exclude)
+                w.banned = seen.rows_of(exclude)
             if known or f.has_profile or recent:
                 towered.append(w)
         results: dict[int, Selected | Exception] = {}
@@ -484,17 +491,15 @@ class Recommender:
             if exclude:
                 keep &= (bits & np.uint64(exclude)) == 0
             rows, scores = rows[keep], scores[keep]
-        if not banned:
+        if not len(banned):
             return rows[:k], scores[:k]
-        ids = self.bundle.item_ids
-        picked = []
         # At most len(banned) of the first k + len(banned) candidates can be banned.
-        for j, row in enumerate(rows[: k + len(banned)].tolist()):
-            if ids[row] not in banned:
-                picked.append(j)
-                if len(picked) == k:
-                    break
-        return rows[picked], scores[picked]
+        head = rows[: k + len(banned)]
+        picked = np.flatnonzero(~np.isin(head, banned))[:k]
+        return head[picked], scores[picked]
+
+
+_NOTHING = np.zeros(0, np.int64)
 
 
 def _in_time(work: list[_Work], outcomes: list[Outcome | None]) -> list[_Work]:

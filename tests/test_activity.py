@@ -10,9 +10,13 @@ import pytest
 
 from features.activity import (
     EMPTY,
+    HASH_BYTES,
     Activity,
     Interaction,
+    SeenIndex,
+    _seen_first,
     apply_events,
+    item_hash,
     point_in_time,
     rating_event_id,
     ratings_to_interactions,
@@ -30,18 +34,23 @@ def ev(item: str, t: int, event_id: str = "") -> Interaction:
     return Interaction(item, t, event_id)
 
 
+def _seen(*items: str) -> bytes:
+    """A seen set holding ``items``, newest first."""
+    return b"".join(map(item_hash, items))
+
+
 # --------------------------------------------------------------------------------------------
 # apply_events
 
 
 def test_apply_events_puts_most_recent_first() -> None:
     state = apply_events(EMPTY, [ev("a", 1), ev("b", 2), ev("c", 3)], history_length=10)
-    assert state == Activity(("c", "b", "a"), 3)
+    assert state == Activity(("c", "b", "a"), 3, "", _seen("c", "b", "a"))
 
 
 def test_apply_events_orders_by_event_time_not_arrival() -> None:
     arrived = [ev("c", 30, "e3"), ev("a", 10, "e1"), ev("b", 20, "e2")]
-    expected = Activity(("c", "b", "a"), 30, "e3")
+    expected = Activity(("c", "b", "a"), 30, "e3", _seen("c", "b", "a"))
     assert apply_events(EMPTY, arrived, history_length=10) == expected
     for seed in range(5):
         shuffled = arrived[:]
@@ -70,15 +79,19 @@ def test_apply_events_moves_a_repeated_item_to_the_front_without_duplicating() -
 def test_apply_events_truncates_to_history_length_keeping_the_newest() -> None:
     events = [ev(f"i{n}", n) for n in range(1, 8)]
     state = apply_events(EMPTY, events, history_length=3)
-    assert state == Activity(("i7", "i6", "i5"), 7)
+    assert state == Activity(("i7", "i6", "i5"), 7, "", _seen(*(f"i{n}" for n in range(7, 0, -1))))
     # An item that fell off the end comes back at the front, not as a duplicate.
     state = apply_events(state, [ev("i1", 8)], history_length=3)
-    assert state == Activity(("i1", "i7", "i6"), 8)
+    assert state == Activity(
+        ("i1", "i7", "i6"), 8, "", _seen("i1", *(f"i{n}" for n in range(7, 1, -1)))
+    )
 
 
 def test_apply_events_truncates_an_existing_longer_state() -> None:
     state = Activity(("a", "b", "c", "d"), 4)
-    assert apply_events(state, [ev("e", 5)], history_length=2) == Activity(("e", "a"), 5)
+    assert apply_events(state, [ev("e", 5)], history_length=2) == Activity(
+        ("e", "a"), 5, "", _seen("e")
+    )
 
 
 def test_apply_events_last_event_ms_is_the_max_event_time() -> None:
@@ -98,7 +111,7 @@ def test_apply_events_with_no_events_is_a_no_op() -> None:
 
 def test_apply_events_accepts_a_one_shot_iterator() -> None:
     events = iter([ev("b", 2), ev("a", 1)])
-    assert apply_events(EMPTY, events, 10) == Activity(("b", "a"), 2)
+    assert apply_events(EMPTY, events, 10) == Activity(("b", "a"), 2, "", _seen("b", "a"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,8 +127,8 @@ def test_point_in_time_yields_the_state_strictly_before_each_event() -> None:
     states = list(_pit(["a", "b", "c"], [10, 20, 30], history_length=5))
     assert states == [
         EMPTY,
-        Activity(("a",), 10),
-        Activity(("b", "a"), 20),
+        Activity(("a",), 10, "", _seen("a")),
+        Activity(("b", "a"), 20, "", _seen("b", "a")),
     ]
 
 
@@ -125,14 +138,14 @@ def test_point_in_time_events_sharing_a_timestamp_do_not_see_each_other() -> Non
     states = list(_pit(items, times, history_length=5))
     assert states[0] == EMPTY
     # b, c, d all happen at 20: each sees only "a".
-    assert states[1] == states[2] == states[3] == Activity(("a",), 10)
+    assert states[1] == states[2] == states[3] == Activity(("a",), 10, "", _seen("a"))
     # e sees all three, applied in list order (no event ids offline).
-    assert states[4] == Activity(("d", "c", "b", "a"), 20)
+    assert states[4] == Activity(("d", "c", "b", "a"), 20, "", _seen("d", "c", "b", "a"))
 
 
 def test_point_in_time_ties_at_the_very_start_all_see_empty() -> None:
     states = list(_pit(["a", "b", "c"], [7, 7, 8], history_length=5))
-    assert states == [EMPTY, EMPTY, Activity(("b", "a"), 7)]
+    assert states == [EMPTY, EMPTY, Activity(("b", "a"), 7, "", _seen("b", "a"))]
 
 
 def test_point_in_time_repeats_and_truncation() -> None:
@@ -299,7 +312,7 @@ def test_ties_resolve_the_same_offline_and_on_the_stream() -> None:
 def test_replayed_duplicate_and_late_events_change_nothing() -> None:
     events = [ev("a", 10, "e1"), ev("b", 20, "e2"), ev("c", 30, "e3")]
     state = apply_events(EMPTY, events, 5)
-    assert state == Activity(("c", "b", "a"), 30, "e3")
+    assert state == Activity(("c", "b", "a"), 30, "e3", _seen("c", "b", "a"))
     # A crash before the offset commit replays the whole batch: nothing changes.
     assert apply_events(state, events, 5) == state
     # A duplicate inside one batch counts once.
@@ -315,3 +328,43 @@ def test_same_time_events_past_the_watermark_apply_by_event_id() -> None:
     # Same millisecond, a later id: newer. Same millisecond, an earlier id: late.
     assert apply_events(state, [ev("b", 10, "e2")], 5).recent_items == ("b", "a")
     assert apply_events(state, [ev("b", 10, "e0")], 5) == state
+
+
+# --------------------------------------------------------------------------------------------
+# The seen set
+
+
+def test_the_seen_set_keeps_every_item_newest_first_past_the_history_length() -> None:
+    items = [f"i{n}" for n in range(30)]
+    state = apply_events(EMPTY, [ev(i, t, str(t)) for t, i in enumerate(items)], 5)
+    assert state.recent_items == tuple(reversed(items))[:5]
+    catalog = SeenIndex(["unrelated", *items])
+    assert catalog.rows(state).tolist() == list(range(30, 0, -1))
+    # A repeat moves to the front without duplicating; the bound drops the oldest.
+    again = apply_events(state, [ev("i3", 100, "100")], 5, seen_limit=4)
+    assert len(again.seen) == 4 * HASH_BYTES
+    assert catalog.rows(again).tolist() == [4, 30, 29, 28]
+
+
+def test_replaying_events_leaves_the_seen_set_unchanged() -> None:
+    events = [ev("a", 1, "1"), ev("b", 2, "2"), ev("a", 3, "3")]
+    once = apply_events(EMPTY, events, 20)
+    assert apply_events(once, events, 20) == once
+    assert once.seen == item_hash("a") + item_hash("b")
+
+
+def test_a_key_straddling_two_entries_is_not_taken_for_that_key() -> None:
+    key = b"ABCDEFGH"
+    seen = b"xxxxABCD" + b"EFGHyyyy"  # key's bytes at offset 4, across two entries
+    assert _seen_first(seen, key) == key + seen
+    assert _seen_first(seen + key, key) == key + seen
+
+
+def test_seen_rows_skip_items_the_catalog_lacks_and_fall_back_to_recent_items() -> None:
+    catalog = SeenIndex(["a", "b", "c"])
+    state = apply_events(EMPTY, [ev("b", 1, "1"), ev("gone", 2, "2")], 20)
+    assert catalog.rows(state).tolist() == [1]
+    # A state written before seen sets existed.
+    assert catalog.rows(Activity(("c", "nope", "a"), 5, "e")).tolist() == [2, 0]
+    assert catalog.rows(EMPTY).tolist() == []
+    assert catalog.rows_of(["c", "zzz"]).tolist() == [2]

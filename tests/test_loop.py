@@ -83,3 +83,68 @@ def test_known_user_history_is_extended_by_the_stream(server, ingester, ml) -> N
     with RecommendClient(server.target) as client:
         items = [i.item_id for i in client.recommend(user, k=10).items]
     assert not set(items) & set(unseen)
+
+
+def test_served_items_are_the_stream_protocols_ranking(server, ingester, ml) -> None:
+    """A few users' next events replayed through the real ingester: before their following
+    event, the server answers exactly what the stream protocol ranks first for them."""
+    from features.activity import EMPTY, apply_events, ratings_to_interactions
+    from recsys.data import temporal_split
+    from serving.recommender import Bundle
+    from towers.examples import catalog_inputs
+    from towers.protocols import Split
+    from towers.runtime import NumpyItemTower
+    from towers.stream import StreamEvaluator
+
+    config = ingester
+    history = config.model.history_length
+    past, future = temporal_split(ml.interactions, config.model.test_fraction)
+    future = future.sort_values(["timestamp", "item_id"], kind="stable")
+    counts = future["user_id"].value_counts()
+    # Users other tests leave alone, with four future events, the fourth strictly later.
+    users = [u for u in sorted(counts[counts >= 4].index, key=int) if u not in ("13", "196")]
+    heads = {u: future[future["user_id"] == u].head(4) for u in users}
+    users = [u for u in users if heads[u]["timestamp"].iloc[3] > heads[u]["timestamp"].iloc[2]]
+    users = users[:3]
+    replayed = pd.concat([heads[u].head(3) for u in users], ignore_index=True)
+    queries = pd.concat([heads[u].tail(1) for u in users], ignore_index=True)
+    known = past[past["user_id"].isin(users)]
+    features = OnlineFeatures(open_store(config))
+    # Back to the backfilled state, whatever earlier tests streamed for these users.
+    features.write_activity(
+        {
+            u: apply_events(
+                EMPTY,
+                ratings_to_interactions(u, list(g["item_id"]), list(g["timestamp"])),
+                history,
+            )
+            for u, g in known.groupby("user_id")
+        }
+    )
+    assert replay(config, replayed, progress=False) == len(replayed)
+    deadline = time.monotonic() + 60
+    last = replayed.groupby("user_id")["timestamp"].max() * 1000
+    while any(features.read_activity([u])[u].last_event_ms < last[u] for u in users):
+        assert time.monotonic() < deadline, "replayed events were not ingested within 60 s"
+        time.sleep(0.1)
+
+    bundle = Bundle.load_current(config.models_dir, config.indexes_dir)
+    split = Split("temporal", known, None, pd.concat([replayed, queries]), "the replayed users")
+    protocol = StreamEvaluator(ml, bundle.space, split, "test")
+    model_dir = config.models_dir / bundle.model_version
+    _, catalog = catalog_inputs(ml, bundle.space)
+    top = protocol.top(bundle.tower, NumpyItemTower.load(model_dir)(catalog), k=10)
+    item_ids = list(ml.items["item_id"])
+    walk = protocol.walk
+    asked = set(zip(queries["user_id"], (queries["timestamp"] * 1000).tolist(), strict=True))
+    checked = 0
+    with RecommendClient(server.target) as client:
+        for row, (user, t) in enumerate(zip(walk.users, walk.times_ms.tolist(), strict=True)):
+            if (user, t) not in asked:
+                continue
+            # The protocol excluded everything seen, past and replayed, as the server must.
+            assert len(walk.seen[row]) == len(known[known["user_id"] == user]) + 3
+            served = client.recommend(user, k=10, request_time_ms=t)
+            assert [i.item_id for i in served.items] == [item_ids[c] for c in top[row]]
+            checked += 1
+    assert checked == len(users) == 3

@@ -16,6 +16,7 @@ from features.activity import Activity
 from features.online import FeatureReader
 from features.repo.definitions import PROFILE_VIEW
 from features.store import OnlineFeatures, open_store
+from recsys.data import temporal_split
 from recsys.errors import DeadlineExceededError, InvalidRequestError
 from serving.recommender import Bundle, Recommender, Request, ServingPath
 
@@ -46,17 +47,22 @@ def genres_of(ml) -> dict[str, set[str]]:
     return {i: set(g) for i, g in zip(ml.items["item_id"], ml.items["genres"], strict=True)}
 
 
-def test_exclude_seen_is_on_by_default_and_include_seen_turns_it_off(rec, feature_store) -> None:
+def test_exclude_seen_is_on_by_default_and_include_seen_turns_it_off(
+    rec, feature_store, ml
+) -> None:
     t = 889_000_000_000
-    seen = OnlineFeatures(open_store(feature_store)).read_activity([USER])[USER].recent_items
-    assert seen
+    activity = OnlineFeatures(open_store(feature_store)).read_activity([USER])[USER]
+    # Everything the user rated in the backfilled past, not only the last history_length.
+    past, _ = temporal_split(ml.interactions, feature_store.model.test_fraction)
+    seen = set(past.loc[past["user_id"] == USER, "item_id"])
+    assert len(seen) > len(activity.recent_items) and set(activity.recent_items) <= seen
     features = OnlineFeatures(open_store(feature_store)).read([USER])[0]
     _, rows = rec.bundle.index.search(rec.user_vector(features, t), rec.bundle.index.ntotal)
     full = [rec.bundle.item_ids[r] for r in rows[0]]
     assert (
         ids(rec.recommend(Request(USER, k=20, request_time_ms=t, include_seen=True))) == full[:20]
     )
-    unseen = [i for i in full if i not in set(seen)]
+    unseen = [i for i in full if i not in seen]
     assert ids(rec.recommend(Request(USER, k=20, request_time_ms=t))) == unseen[:20]
     excluded = unseen[:3]
     answer = rec.recommend(Request(USER, k=20, request_time_ms=t, exclude=excluded))

@@ -19,7 +19,6 @@ Metrics are averaged over events, not users: a heavy user asks more often, as in
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -27,7 +26,14 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import pandas as pd
 
-from features.activity import EMPTY, Activity, apply_events, point_in_time, ratings_to_interactions
+from features.activity import (
+    EMPTY,
+    Activity,
+    SeenIndex,
+    apply_events,
+    point_in_time,
+    ratings_to_interactions,
+)
 from recsys.data import MovieLens
 from towers.encoding import FeatureSpace, UserInputs
 from towers.evaluate import next_item_metrics, next_item_ranks
@@ -56,7 +62,9 @@ class Walk:
         targets: ``[events] int64`` catalog columns of the events' items.
         states: ``[events]`` each user's activity just before the event (strictly earlier
             events only, as :func:`features.activity.point_in_time` defines it).
-        seen: ``[events]`` ``int64`` columns of every item the user interacted with before.
+        seen: ``[events]`` ``int64`` columns of every item the user interacted with before:
+            the state's seen set (bounded by ``features.activity.SEEN_LIMIT``), decoded as
+            the server decodes it.
         frozen_states: ``[events]`` the user's activity at the start of the part.
         frozen_seen: ``[events]`` the items the user had interacted with by then.
         recent: ``[events, history_length] int64`` columns of ``states``' recent items, most
@@ -91,6 +99,7 @@ def walk(
     Returns:
         The walk.
     """
+    catalog = SeenIndex(list(column))
     frames = [known.assign(_target=False), part.assign(_target=True)]
     events = pd.concat(frames, ignore_index=True)
     rows: list[tuple[int, str, int, str, Activity, np.ndarray, Activity, np.ndarray]] = []
@@ -103,18 +112,15 @@ def walk(
             key=lambda p: (p[0].event_time_ms, p[0].event_id),
         )
         timeline = [event for event, _ in paired]
-        times = [e.event_time_ms for e in timeline]
-        cols = np.array([column[e.item_id] for e in timeline], np.int64)
-        past = np.array([not is_target for _, is_target in paired], bool)
         frozen = apply_events(EMPTY, [e for e, later in paired if not later], history_length)
-        frozen_seen = cols[past]
+        frozen_seen = catalog.rows(frozen)
         states = point_in_time(timeline, history_length)
         for (event, is_target), state in zip(paired, states, strict=True):
             if is_target:
-                cut = bisect.bisect_left(times, event.event_time_ms)
+                # Exactly what the server excludes: the state's seen set, decoded.
                 rows.append(
                     (event.event_time_ms, event.event_id, column[event.item_id], user_id,
-                     state, cols[:cut], frozen, frozen_seen)
+                     state, catalog.rows(state), frozen, frozen_seen)
                 )  # fmt: skip
     rows.sort(key=lambda r: (r[0], r[1]))
     recent = np.full((len(rows), history_length), -1, np.int64)
@@ -317,6 +323,16 @@ class StreamEvaluator:
             return users[rows] @ items.T
 
         return next_item_metrics(self.ranks(scorer, seen or histories))
+
+    def top(self, user_fn: UserFn, item_vecs: np.ndarray, k: int = 10) -> np.ndarray:
+        """``[events, k] int64`` the catalog columns the model ranks first before each event,
+        live histories, everything seen excluded, ties by column (as :meth:`model` ranks):
+        what the server should answer at that moment."""
+        users = np.asarray(user_fn(self._inputs["live"]), np.float64)
+        scores = users @ np.asarray(item_vecs, np.float64).T
+        for row, seen in enumerate(self.walk.seen):
+            scores[row, seen] = -np.inf
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
     def __call__(self, user_fn: UserFn, item_vecs: np.ndarray) -> dict[str, float]:
         """The model's metrics on live histories (the number training selects epochs on)."""

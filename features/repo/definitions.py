@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.types import Array, Int64, String
+from feast.types import Array, Bytes, Int64, String
 
 PROFILE_VIEW = "user_profile"
 ACTIVITY_VIEW = "user_activity"
@@ -59,6 +59,8 @@ def feature_views(offline_dir: Path) -> list[object]:
             Field(name="recent_items", dtype=Array(String)),
             Field(name="last_event_ms", dtype=Int64),
             Field(name="last_event_id", dtype=String),
+            # Every item seen, newest first, as 8-byte hashes (features.activity.Activity).
+            Field(name="seen_items", dtype=Bytes),
         ],
         source=activity_push,
         online=True,
