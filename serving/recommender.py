@@ -36,6 +36,9 @@ from towers.runtime import load_user_tower
 
 MIN_FETCH = 64
 """The fewest candidates a search fetches; fetches are powers of two from here."""
+FIRST_FETCH = 256
+"""The most candidates a first search fetches to survive exclusions (FAISS's flat top-k
+costs 26 µs at 512 and 90 at 1,024 on ML-100K); widening covers the rare user it fails."""
 FILTERS_KEPT = 64
 """Genre-filter bitmaps kept per pair (1M items: 125 kB each)."""
 
@@ -437,9 +440,11 @@ class Recommender:
 
     def _fetch(self, w: _Work) -> int:
         """How many candidates to fetch for one request: enough to survive its exclusions,
-        rounded up to a power of two from ``MIN_FETCH`` (genre filters run inside the search).
+        rounded up to a power of two from ``MIN_FETCH``, at most ``FIRST_FETCH`` (a user who
+        has seen hundreds of items rarely has them all near the top; the widening finds the
+        rest when they are). Genre filters run inside the search.
         A function of the request alone, so its answer does not depend on its batch."""
-        need = w.request.k + len(w.banned)
+        need = min(w.request.k + len(w.banned), FIRST_FETCH)
         return min(max(MIN_FETCH, 1 << (need - 1).bit_length()), self._limit)
 
     def _genre_filter(self, include: int, exclude: int) -> faiss.SearchParameters | None:
@@ -493,9 +498,13 @@ class Recommender:
             rows, scores = rows[keep], scores[keep]
         if not len(banned):
             return rows[:k], scores[:k]
-        # At most len(banned) of the first k + len(banned) candidates can be banned.
+        # At most len(banned) of the first k + len(banned) candidates can be banned. A mask
+        # over the index's rows beats np.isin's sort (3 vs 17 µs at ~100 seen items), and
+        # np.zeros maps zeroed pages lazily, so a large index costs little more.
         head = rows[: k + len(banned)]
-        picked = np.flatnonzero(~np.isin(head, banned))[:k]
+        is_banned = np.zeros(self.bundle.index.ntotal, bool)
+        is_banned[banned] = True
+        picked = np.flatnonzero(~is_banned[head])[:k]
         return head[picked], scores[picked]
 
 
