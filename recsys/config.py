@@ -76,6 +76,9 @@ class ModelConfig(_Section):
     learning from the user id and profile instead of leaning on the sequence alone. 0 won on
     the stream protocol's validation part (0.5, 0.25, 0.1 and 0 tried; BENCHMARKS.md); every
     user's first event still trains the empty-history case."""
+    recency_half_life_days: float | None = Field(None, gt=0)
+    """Weight each training example by ``0.5 ** (age / half-life)``, its age counted back from
+    the newest training interaction (weights rescaled to mean 1); ``None`` weighs all alike."""
     seed: int = 42
     test_fraction: float = Field(0.2, gt=0, lt=1)
     valid_fraction: float = Field(0.1, ge=0, lt=1)

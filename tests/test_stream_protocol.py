@@ -154,3 +154,13 @@ def test_validating_on_a_split_without_a_validation_part_is_refused(ml) -> None:
     split = temporal_split_protocol(ml.interactions, 0.2, None)
     with pytest.raises(ValueError, match="no validation part"):
         StreamEvaluator(ml, fit_feature_space(ml, split.train, 5), split, "valid")
+
+
+def test_recency_weights_halve_per_half_life_and_average_one() -> None:
+    from towers.train import recency_weights
+
+    days = np.array([0, 10, 20, 20]) * DAY_S
+    weights = recency_weights(days, 10.0)
+    assert weights.mean() == pytest.approx(1.0)
+    np.testing.assert_allclose(weights[1:] / weights[:-1], [2.0, 2.0, 1.0], rtol=1e-6)
+    np.testing.assert_array_equal(recency_weights(days, None), np.ones(4, np.float32))

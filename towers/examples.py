@@ -88,11 +88,13 @@ class Examples:
         users: encoded user inputs at each interaction's moment.
         items: encoded inputs of the interacted item.
         item_rows: ``[n] int64`` the item's row in the catalog (for logQ and accidental hits).
+        times_s: ``[n] int64`` each interaction's time (for recency weights).
     """
 
     users: UserInputs
     items: ItemInputs
     item_rows: np.ndarray
+    times_s: np.ndarray
 
 
 def training_examples(ml: MovieLens, train: pd.DataFrame, space: FeatureSpace) -> Examples:
@@ -112,7 +114,7 @@ def training_examples(ml: MovieLens, train: pd.DataFrame, space: FeatureSpace) -
     catalog_ids, catalog = catalog_inputs(ml, space)
     rows = pd.Index(catalog_ids).get_indexer(ordered["item_id"]).astype(np.int64)
     items = ItemInputs(**{k: v[rows] for k, v in catalog.as_dict().items()})
-    return Examples(space.encode_users(raws), items, rows)
+    return Examples(space.encode_users(raws), items, rows, ordered["timestamp"].to_numpy(np.int64))
 
 
 class HistoryIndex:

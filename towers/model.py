@@ -145,6 +145,7 @@ class TwoTower(tfrs.Model):
         return self.task(
             users,
             items,
+            sample_weight=features.get("weight"),
             candidate_sampling_probability=features["item_prob"] if self._logq else None,
             candidate_ids=features["item"] if self._remove_accidental_hits else None,
             compute_metrics=False,

@@ -66,6 +66,7 @@ def fit(
         **examples.users.as_dict(),
         **examples.items.as_dict(),
         "item_prob": (counts[examples.item_rows] / len(examples.item_rows)).astype(np.float32),
+        "weight": recency_weights(examples.times_s, mc.recency_half_life_days),
     }
     config = TowerConfig(
         mc.embedding_dim, mc.user_parts, mc.item_parts, mc.normalize, mc.history_pooling
@@ -124,6 +125,16 @@ def fit(
         fitted.best_epoch = mc.epochs
     fitted.seconds = time.perf_counter() - started
     return fitted
+
+
+def recency_weights(times_s: np.ndarray, half_life_days: float | None) -> np.ndarray:
+    """``[n] float32`` example weights, mean 1: ``0.5 ** (age / half-life)`` from the newest
+    time, or all ones without a half-life."""
+    if half_life_days is None or not len(times_s):
+        return np.ones(len(times_s), np.float32)
+    age_days = (times_s.max() - times_s) / 86_400
+    weights = 0.5 ** (age_days / half_life_days)
+    return (weights / weights.mean()).astype(np.float32)
 
 
 def _headline(metrics: dict[str, float]) -> str:
