@@ -159,6 +159,22 @@ def topk_accuracy(
     return hits / n_pairs
 
 
+def exclude_seen(scores: np.ndarray, seen: Sequence[np.ndarray]) -> np.ndarray:
+    """``[rows, items] float64``: a copy of ``scores`` with each row's ``seen`` columns at
+    ``-inf``, so no ranking can pick them.
+
+    Args:
+        scores: ``[rows, items]`` float. Not modified.
+        seen: ``rows`` arrays of item columns (int).
+    """
+    masked = np.asarray(scores).astype(np.float64, copy=True)
+    lengths = np.fromiter((len(s) for s in seen), np.int64, len(seen))
+    if lengths.sum():
+        rows = np.repeat(np.arange(len(seen)), lengths)
+        masked[rows, np.concatenate([np.asarray(s, np.int64) for s in seen])] = -np.inf
+    return masked
+
+
 def next_item_ranks(
     scores: np.ndarray, seen: Sequence[np.ndarray], targets: np.ndarray
 ) -> np.ndarray:
@@ -191,11 +207,7 @@ def next_item_ranks(
     n_events, n_items = scores.shape
     if n_events and (targets.min() < 0 or targets.max() >= n_items):
         raise ValueError(f"targets must be item columns in [0, {n_items})")
-    masked = scores.astype(np.float64, copy=True)
-    lengths = np.fromiter((len(s) for s in seen), np.int64, n_events)
-    if lengths.sum():
-        rows = np.repeat(np.arange(n_events), lengths)
-        masked[rows, np.concatenate([np.asarray(s, np.int64) for s in seen])] = -np.inf
+    masked = exclude_seen(scores, seen)
     rows = np.arange(n_events)
     target = masked[rows, targets][:, np.newaxis]
     higher = np.count_nonzero(masked > target, axis=1)

@@ -10,25 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import pandas as pd
 
 from recsys.data import MovieLens
 from towers.encoding import FeatureSpace, UserInputs
 from towers.evaluate import rank_metrics, topk_accuracy
 from towers.examples import HistoryIndex, catalog_inputs, query_inputs
 from towers.protocols import Split
+from towers.stream import counts
 
 UserFn = Callable[[UserInputs], np.ndarray]
 """Encoded user inputs → ``[batch, dim]`` embeddings."""
 MS = 1000
-
-
-def _popularity(seen: pd.DataFrame, column: dict[str, int]) -> np.ndarray:
-    """``[items] float32`` interaction counts in ``seen``."""
-    scores = np.zeros(len(column), np.float32)
-    for item, n in seen["item_id"].value_counts().items():
-        scores[column[item]] = n
-    return scores
 
 
 class Evaluator:
@@ -51,7 +43,7 @@ class Evaluator:
         self.protocol = split.name
         column = {item: c for c, item in enumerate(ml.items["item_id"])}
         history = HistoryIndex(known, space.history_length)
-        self._known_counts = _popularity(known, column)
+        self._known_counts = counts(known, column).astype(np.float32)
         if split.name == "tfrs":
             times = (target["timestamp"].to_numpy(np.int64) * MS).tolist()
             queries = list(zip(target["user_id"], times, times, strict=True))

@@ -36,7 +36,7 @@ from features.activity import (
 )
 from recsys.data import MovieLens
 from towers.encoding import FeatureSpace, UserInputs
-from towers.evaluate import next_item_metrics, next_item_ranks
+from towers.evaluate import exclude_seen, next_item_metrics, next_item_ranks
 from towers.examples import Profiles
 from towers.protocols import Split
 
@@ -195,7 +195,6 @@ class TrailingPopularity:
         self._cols = stream["item_id"].map(column).to_numpy(np.int64)[order]
         self._window_ms = window_days * DAY_MS
         self._tiebreak = _tiebreak(train_counts)
-        self.window_days = window_days
 
     def __call__(self, walk: Walk, rows: slice) -> np.ndarray:
         times = walk.times_ms[rows]
@@ -220,6 +219,8 @@ class ItemKNN:
         column: Item id → catalog column.
         last_items: How many of the user's most recent items vote.
         train_counts: ``[items]`` training-period counts, for users with no history and ties.
+        similarity: ``[items + 1, items]`` from an earlier ``ItemKNN`` on the same training
+            part (the last row zeros, for padding), so several ``last_items`` share it.
     """
 
     def __init__(
@@ -233,11 +234,6 @@ class ItemKNN:
         self.last_items = last_items
         self._similarity = _cosine(train, column) if similarity is None else similarity
         self._tiebreak = 1e-6 * _tiebreak(train_counts)
-
-    @property
-    def similarity(self) -> np.ndarray:
-        """``[items + 1, items] float64``; the last row is zeros (padding)."""
-        return self._similarity
 
     def __call__(self, walk: Walk, rows: slice) -> np.ndarray:
         recent = walk.recent[rows, : self.last_items]
@@ -316,23 +312,29 @@ class StreamEvaluator:
     ) -> dict[str, float]:
         """The model's metrics, its queries built from ``histories`` (and excluding what was
         ``seen`` by then; the same as ``histories`` unless given)."""
-        users = np.asarray(user_fn(self._inputs[histories]), np.float64)
-        items = np.asarray(item_vecs, np.float64)
-
-        def scorer(walk: Walk, rows: slice) -> np.ndarray:
-            return users[rows] @ items.T
-
+        scorer = self._model_scorer(user_fn, item_vecs, histories)
         return next_item_metrics(self.ranks(scorer, seen or histories))
 
     def top(self, user_fn: UserFn, item_vecs: np.ndarray, k: int = 10) -> np.ndarray:
         """``[events, k] int64`` the catalog columns the model ranks first before each event,
         live histories, everything seen excluded, ties by column (as :meth:`model` ranks):
         what the server should answer at that moment."""
-        users = np.asarray(user_fn(self._inputs["live"]), np.float64)
-        scores = users @ np.asarray(item_vecs, np.float64).T
-        for row, seen in enumerate(self.walk.seen):
-            scores[row, seen] = -np.inf
-        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        scorer = self._model_scorer(user_fn, item_vecs, "live")
+        out = []
+        for start in range(0, len(self.walk), CHUNK):
+            rows = slice(start, start + CHUNK)
+            masked = exclude_seen(scorer(self.walk, rows), self.walk.seen[rows])
+            out.append(np.argsort(-masked, axis=1, kind="stable")[:, :k])
+        return np.concatenate(out)
+
+    def _model_scorer(self, user_fn: UserFn, item_vecs: np.ndarray, histories: History) -> Scorer:
+        users = np.asarray(user_fn(self._inputs[histories]), np.float64)
+        items = np.asarray(item_vecs, np.float64)
+
+        def scorer(walk: Walk, rows: slice) -> np.ndarray:
+            return users[rows] @ items.T
+
+        return scorer
 
     def __call__(self, user_fn: UserFn, item_vecs: np.ndarray) -> dict[str, float]:
         """The model's metrics on live histories (the number training selects epochs on)."""
