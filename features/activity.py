@@ -43,12 +43,17 @@ class Activity(NamedTuple):
             :data:`SEEN_LIMIT`: each item's :func:`item_hash` as 8 little-endian bytes, so
             one bytes feature holds the set and NumPy decodes it in one call
             (:class:`SeenIndex`). What exclude-seen removes, in serving and in evaluation.
+        events: How many events the state has applied. It only grows, so with
+            ``last_event_ms`` it orders a user's successive states even when events share
+            a timestamp (the online store's write time, :mod:`features.store`). Serving
+            does not read it (0 there).
     """
 
     recent_items: tuple[str, ...] = ()
     last_event_ms: int = 0
     last_event_id: str = ""
     seen: bytes = b""
+    events: int = 0
 
     def is_newer(self, event: Interaction) -> bool:
         """True when ``event`` is past this state's watermark (in time, then event id)."""
@@ -101,16 +106,18 @@ def apply_events(
     seen = state.seen
     last = (state.last_event_ms, state.last_event_id)
     applied: set[str] = set()
+    count = state.events
     for event in sorted(events, key=lambda e: (e.event_time_ms, e.event_id)):
         if not state.is_newer(event) or (event.event_id and event.event_id in applied):
             continue
         applied.add(event.event_id)
+        count += 1
         if event.item_id in recent:
             recent.remove(event.item_id)
         recent.insert(0, event.item_id)
         seen = _seen_first(seen, item_hash(event.item_id))
         last = max(last, (event.event_time_ms, event.event_id))
-    return Activity(tuple(recent[:history_length]), *last, seen[: seen_limit * HASH_BYTES])
+    return Activity(tuple(recent[:history_length]), *last, seen[: seen_limit * HASH_BYTES], count)
 
 
 class SeenIndex:

@@ -9,36 +9,47 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from features.activity import EMPTY, apply_events, ratings_to_interactions
 from features.broker import LocalBroker, ensure_jars
-from features.ingest import run
+from features.ingest import rebuild, run
 from features.redis_server import LocalRedis
 from features.replay import replay
-from features.store import OnlineFeatures, initialise
+from features.store import OnlineFeatures, initialise, open_store, restore
 from recsys.config import Config
 from recsys.data import MovieLens
-from recsys.errors import RecsysError
+from recsys.errors import RecsysError, StoreUnavailableError
+
+
+@dataclass
+class Stack:
+    """A benchmark's throw-away services: the config pointing at them, an initialised
+    ``feast.FeatureStore``, and the ``redis-server`` when the store is Redis."""
+
+    config: Config
+    store: Any
+    redis: LocalRedis | None
 
 
 @contextlib.contextmanager
 def scratch_stack(
     config: Config, ml: MovieLens, history: pd.DataFrame | None = None
-) -> Iterator[tuple[Config, Any]]:
-    """A throw-away broker, online store (and ``redis-server`` for Redis) for one benchmark.
-
-    Yields:
-        The config pointing at them and an initialised ``feast.FeatureStore``: profiles
-        materialized, activity backfilled from ``history`` (default: none).
-    """
+) -> Iterator[Stack]:
+    """A throw-away broker, online store (and ``redis-server`` for Redis) for one benchmark,
+    the store's profiles materialized and its activity backfilled from ``history`` (default:
+    none)."""
     jars = ensure_jars(config.paths.kafka_pom, config.paths.kafka_jars)
     with (
         tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp,
@@ -46,13 +57,15 @@ def scratch_stack(
     ):
         work = Path(tmp)
         overrides: dict[str, dict[str, object]] = {"paths": {"state": str(work / "state")}}
+        redis = None
         if config.feast.online_store == "redis":
             redis = stack.enter_context(LocalRedis(work / "redis"))
             overrides["feast"] = {"redis": redis.connection_string}
         broker = stack.enter_context(LocalBroker(jars, work / "kafka"))
         overrides["kafka"] = {"bootstrap_servers": broker.bootstrap_servers}
         cfg = config.with_overrides(overrides)
-        yield cfg, initialise(cfg, ml, ml.interactions.head(0) if history is None else history)
+        store = initialise(cfg, ml, ml.interactions.head(0) if history is None else history)
+        yield Stack(cfg, store, redis)
 
 
 def run_bench(config: Config, ml: MovieLens, events: int | None = None) -> dict[str, float]:
@@ -61,7 +74,8 @@ def run_bench(config: Config, ml: MovieLens, events: int | None = None) -> dict[
     With ``feast.online_store: redis`` a local ``redis-server`` is started for the run.
     """
     rows = ml.interactions if events is None else ml.interactions.head(events)
-    with scratch_stack(config, ml) as (cfg, store):
+    with scratch_stack(config, ml) as stack:
+        cfg, store = stack.config, stack.store
         started = time.perf_counter()
         sent = replay(cfg, rows, progress=True)
         produce_s = time.perf_counter() - started
@@ -77,7 +91,30 @@ def run_bench(config: Config, ml: MovieLens, events: int | None = None) -> dict[
         started = time.perf_counter()
         stats = run(cfg, features, stop, on_batch=on_batch)
         seconds = done_at[0] - started
-        written = features.read_activity(list(pd.unique(rows["user_id"])))
+        users = list(pd.unique(rows["user_id"]))
+        written = features.read_activity(users)
+        fold = {
+            u: apply_events(
+                EMPTY,
+                ratings_to_interactions(u, list(g["item_id"]), list(g["timestamp"])),
+                cfg.model.history_length,
+            )
+            for u, g in rows.groupby("user_id")
+        }
+        if written != fold:
+            raise RecsysError("the ingested states are not the from-scratch fold of the events")
+        # Then the store is lost (Feast's teardown drops its tables or keys) and rebuilt:
+        # the offline backfill, then the whole topic again, as `recsys ingest --rebuild`.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            open_store(cfg).teardown()
+        started = time.perf_counter()
+        restore(cfg)
+        rebuilt = OnlineFeatures(open_store(cfg))
+        rebuild(cfg, rebuilt)
+        rebuild_s = time.perf_counter() - started
+        if rebuilt.read_activity(users) != written:
+            raise RecsysError("the rebuild from the log did not give back the ingested states")
     result = {
         "events": float(sent),
         "produce_per_s": sent / produce_s,
@@ -85,11 +122,15 @@ def run_bench(config: Config, ml: MovieLens, events: int | None = None) -> dict[
         "seconds": seconds,
         "batches": float(stats.batches),
         "users_with_state": float(sum(1 for a in written.values() if a.recent_items)),
+        "rebuild_seconds": rebuild_s,
     }
     print(
         f"ingested {sent:,} events in {seconds:.1f}s: {result['ingest_per_s']:,.0f} events/s "
         f"into the {config.feast.online_store} online store ({stats.batches} batches of up to "
-        f"{config.kafka.poll_max_records}); produced at {result['produce_per_s']:,.0f} events/s"
+        f"{config.kafka.poll_max_records}); produced at {result['produce_per_s']:,.0f} events/s\n"
+        f"rebuilt the store from the log after a teardown in {rebuild_s:.1f}s (offline "
+        f"backfill, then all {sent:,} events again): the same {len(users):,} users' states, "
+        "each the from-scratch fold of its events"
     )
     return result
 
@@ -104,8 +145,6 @@ def _cores() -> tuple[set[int] | None, set[int] | None]:
 
 
 def _percentiles(seconds: list[float], prefix: str) -> dict[str, float]:
-    import numpy as np
-
     ms = np.array(seconds) * 1000 if seconds else np.array([np.nan])
     return {
         f"{prefix}_p50_ms": float(np.percentile(ms, 50)),
@@ -132,8 +171,60 @@ class _Probes:
         )
 
 
+@dataclass
+class Outage:
+    """Redis killed with SIGKILL ``at_s`` into the stream and restarted (on its append-only
+    file) ``for_s`` later; ``down``/``up`` are when it happened (``perf_counter``)."""
+
+    at_s: float
+    for_s: float
+    down: float = 0.0
+    up: float = 0.0
+
+    def run(self, redis: LocalRedis, started: float) -> None:
+        time.sleep(max(0.0, started + self.at_s - time.perf_counter()))
+        if redis.pid is not None:
+            os.kill(redis.pid, signal.SIGKILL)
+        redis.stop()  # reaps it
+        self.down = time.perf_counter()
+        time.sleep(self.for_s)
+        redis.start()
+        self.up = time.perf_counter()
+
+    def windows(self, probes: _Probes) -> dict[str, float]:
+        """Store freshness of the probes sent before, during, and in the first 10 s and the
+        rest after the outage, and ``drained_s``: how long after Redis returned the last
+        probe sent before that became readable."""
+        out: dict[str, float] = {}
+        spans = {
+            "before": (-np.inf, self.down),
+            "during": (self.down, self.up),
+            "first10s": (self.up, self.up + 10.0),
+            "after10s": (self.up + 10.0, np.inf),
+        }
+        for name, (lo, hi) in spans.items():
+            sent = [u for u, t in probes.sent_at.items() if lo <= t < hi]
+            seen = [probes.in_store[u] for u in sent if u in probes.in_store]
+            out[f"{name}_probes"] = float(len(sent))
+            out[f"{name}_in_store"] = float(len(seen))
+            out.update(_percentiles(seen, f"{name}_store"))
+        readable = [
+            probes.sent_at[u] + probes.in_store[u]
+            for u in probes.in_store
+            if probes.sent_at[u] < self.up
+        ]
+        out["drained_s"] = max(0.0, max(readable, default=self.up) - self.up)
+        return out
+
+
 def run_freshness(
-    config: Config, ml: MovieLens, *, rate: float, seconds: float = 30.0, probes_per_s: int = 20
+    config: Config,
+    ml: MovieLens,
+    *,
+    rate: float,
+    seconds: float = 30.0,
+    probes_per_s: int = 20,
+    outage: Outage | None = None,
 ) -> dict[str, float]:
     """Produce → readable in the online store, and produce → reflected by ``Recommend``.
 
@@ -145,6 +236,9 @@ def run_freshness(
     out the probe item (exclude-seen) while a never-seen user's answer at that moment still
     has it. The load generator (producer, checker) and the system (ingester, server) run on
     separate cores; the broker is not pinned.
+
+    With an ``outage`` (Redis only), the Redis server is killed and restarted mid-stream,
+    and the store freshness is also reported per window around it (:meth:`Outage.windows`).
 
     Returns:
         Rates, probe counts, and p50/p99/max in ms for ``store`` and ``recommend``.
@@ -164,8 +258,11 @@ def run_freshness(
     logs = config.paths.state / "bench" / f"freshness-{run}"
     logs.mkdir(parents=True, exist_ok=True)
     print(f"logs in {logs}", flush=True)
-    with scratch_stack(config, ml) as (cfg, store):
-        cfg = cfg.with_overrides({"serving": serving_ports(cfg)})
+    with scratch_stack(config, ml) as stack:
+        if outage is not None and stack.redis is None:
+            raise RecsysError("an outage needs feast.online_store: redis")
+        store = stack.store
+        cfg = stack.config.with_overrides({"serving": serving_ports(stack.config)})
         config_file = write_config(cfg, logs / "config.yaml")
         features = OnlineFeatures(store)
         replay(cfg, ml.interactions.head(1), progress=False)  # creates the topic
@@ -196,6 +293,10 @@ def run_freshness(
             producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap_servers, linger_ms=1)
             time.sleep(max(0.0, start_ms / 1000 - time.time()))
             started = time.perf_counter()
+            if outage is not None:
+                threading.Thread(
+                    target=outage.run, args=(stack.redis, started), daemon=True
+                ).start()
             for n, (probe_user, key, value) in enumerate(events):
                 future = producer.send(cfg.kafka.topic, key=key, value=value)
                 if probe_user is not None:
@@ -220,6 +321,7 @@ def run_freshness(
         "in_recommend": float(len(probes.in_recommend)),
         **_percentiles(list(probes.in_store.values()), "store"),
         **_percentiles(list(probes.in_recommend.values()), "recommend"),
+        **(outage.windows(probes) if outage is not None else {}),
     }
     pinned = (
         f"load on cores {sorted(load_cpus)}, system on {sorted(system_cpus)}"
@@ -237,6 +339,20 @@ def run_freshness(
         f"p99 {result['recommend_p99_ms']:.0f} ms, max {result['recommend_max_ms']:.0f} ms",
         flush=True,
     )
+    if outage is not None:
+        print(
+            f"    Redis killed {outage.at_s:.0f} s in, back {outage.for_s:.0f} s later; the "
+            f"events held meanwhile drained {result['drained_s']:.1f} s after it returned",
+            flush=True,
+        )
+        for name in ("before", "during", "first10s", "after10s"):
+            print(
+                f"    probes sent {name:<9} {result[f'{name}_in_store']:.0f}/"
+                f"{result[f'{name}_probes']:.0f} readable: p50 "
+                f"{result[f'{name}_store_p50_ms']:.0f} ms, p99 "
+                f"{result[f'{name}_store_p99_ms']:.0f} ms",
+                flush=True,
+            )
     return result
 
 
@@ -280,7 +396,12 @@ def _check(
                 return
         if unseen:
             now = time.perf_counter()
-            for user, state in features.read_activity(unseen).items():
+            try:
+                states = features.read_activity(unseen)
+            except StoreUnavailableError:  # an outage run: the probes wait with the rest
+                time.sleep(0.05)
+                continue
+            for user, state in states.items():
                 if state.last_event_ms:
                     probes.in_store[user] = now - probes.sent_at[user]
         for user in unreflected:

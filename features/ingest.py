@@ -13,6 +13,7 @@ user's state is read from the store once, not once per batch (see ``StateCache``
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import OrderedDict, defaultdict
@@ -25,7 +26,7 @@ from features.events import decode
 from features.metrics import IngestMetrics
 from features.store import OnlineFeatures
 from recsys.config import Config
-from recsys.errors import DataError
+from recsys.errors import DataError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,10 @@ def process_batch(
 
     Returns:
         The dead letters: ``(raw bytes, reason)`` for every event that could not be used.
+
+    Raises:
+        StoreUnavailableError: the store read or write failed; ``stats`` and ``cache`` are
+            unchanged, so the same batch can be processed again.
     """
     now = int(time.time() * 1000) if now_ms is None else now_ms
     by_user: dict[str, list[Interaction]] = defaultdict(list)
@@ -141,12 +146,14 @@ def process_batch(
         if missing:
             current.update(features.read_activity(missing))
         updated = {}
+        skipped = 0
         for user, events in by_user.items():
-            stats.skipped += sum(not current[user].is_newer(e) for e in events)
+            skipped += sum(not current[user].is_newer(e) for e in events)
             state = apply_events(current[user], events, history_length)
             if state != current[user]:
                 updated[user] = state
         features.write_activity(updated)
+        stats.skipped += skipped
         stats.users_written += len(updated)
         if cache is not None:
             cache.put({**current, **updated})
@@ -280,6 +287,47 @@ def _commit(consumer: Any) -> None:
         log.warning("offset commit failed (will be covered by a later one): %r", exc)
 
 
+class Backoff:
+    """Capped exponential delays between retries of a failing store: ``first_s``, doubling
+    up to ``cap_s``, each with up to 20 % jitter so many ingesters do not retry in step."""
+
+    def __init__(self, first_s: float, cap_s: float, rng: random.Random | None = None):
+        self.first_s = first_s
+        self.cap_s = cap_s
+        self.failures = 0
+        self.failing_since: float | None = None
+        self._rng = rng or random.Random()
+
+    def failed(self) -> float:
+        """Counts a failure; the delay before the next attempt, in seconds."""
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        delay = min(self.cap_s, self.first_s * 2.0**self.failures)
+        self.failures += 1
+        return delay * (1.0 - 0.2 * self._rng.random())
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.failing_since = None
+
+
+FIRST_RETRY_S = 0.1
+
+
+def _hold(consumer: Any, polled: dict[Any, list[Any]]) -> None:
+    """Leaves a batch that could not be written in the log: each of its partitions goes back
+    to the batch's first offset, and every assigned partition is paused. ``poll`` keeps the
+    consumer in its group (heartbeats, ``max.poll.interval.ms``) while returning nothing, and
+    the batch is fetched again once the partitions are resumed. A rebalance meanwhile loses
+    nothing: a partition that stays keeps the rewound position, one that moves is re-read by
+    its new owner from the last commit."""
+    assigned = consumer.assignment()
+    for tp, records in polled.items():
+        if tp in assigned:  # one revoked meanwhile is its new owner's to re-read
+            consumer.seek(tp, records[0].offset)
+    consumer.pause(*consumer.assignment())
+
+
 def run(
     config: Config,
     features: OnlineFeatures,
@@ -293,6 +341,11 @@ def run(
 
     Setting ``stop`` (``recsys ingest`` does on SIGTERM) lets the batch in hand finish,
     be written and committed before the consumer leaves its group.
+
+    A store that fails (:class:`StoreUnavailableError`) never ends the loop: the batch stays
+    uncommitted in the log (see :func:`_hold`), the partitions are paused while the loop
+    keeps polling, and the batch is tried again after a capped backoff
+    (``kafka.store_retry_max_ms``) until the store answers; then the backlog drains.
     """
     from kafka import KafkaProducer
 
@@ -302,9 +355,15 @@ def run(
     dead_letters = KafkaProducer(bootstrap_servers=config.kafka.bootstrap_servers, acks="all")
     metrics = metrics or IngestMetrics()
     stats = IngestStats()
+    retry = Backoff(FIRST_RETRY_S, config.kafka.store_retry_max_ms / 1000)
+    resume_at: float | None = None
+    metrics.store_up.set(1)
     lag_at = 0.0
     try:
         while not stop.is_set():
+            if resume_at is not None and time.monotonic() >= resume_at:
+                consumer.resume(*consumer.paused())
+                resume_at = None
             polled = consumer.poll(timeout_ms=config.kafka.poll_timeout_ms)
             if time.monotonic() - lag_at >= LAG_EVERY_S:
                 lag_at = time.monotonic()
@@ -314,14 +373,40 @@ def run(
             if not values:
                 continue
             before, started = replace(stats), time.perf_counter()
-            dead = process_batch(
-                values,
-                features,
-                config.model.history_length,
-                stats,
-                catalog=catalog,
-                cache=cache if cache.max_users else None,
-            )
+            try:
+                dead = process_batch(
+                    values,
+                    features,
+                    config.model.history_length,
+                    stats,
+                    catalog=catalog,
+                    cache=cache if cache.max_users else None,
+                )
+            except StoreUnavailableError as exc:
+                _hold(consumer, polled)
+                delay = retry.failed()
+                resume_at = time.monotonic() + delay
+                metrics.store_errors.inc()
+                metrics.store_up.set(0)
+                # The first failure and then one line every ~10 retries, not one per retry.
+                if retry.failures % 10 == 1:
+                    log.warning(
+                        "store unavailable (%d failures); %d events held in the log, "
+                        "retrying in %.1f s: %s",
+                        retry.failures,
+                        len(values),
+                        delay,
+                        exc,
+                    )
+                continue
+            if retry.failing_since is not None:
+                log.warning(
+                    "store back after %.1f s and %d failures; draining the backlog",
+                    time.monotonic() - retry.failing_since,
+                    retry.failures,
+                )
+                retry.succeeded()
+                metrics.store_up.set(1)
             _record(metrics, before, stats, time.perf_counter() - started)
             for raw, reason in dead:
                 log.warning("dead letter: %s", reason)
@@ -335,4 +420,86 @@ def run(
     finally:
         consumer.close()
         dead_letters.close()
+    return stats
+
+
+def rebuild(
+    config: Config,
+    features: OnlineFeatures,
+    *,
+    catalog: Collection[str] | None = None,
+    log_every_s: float = 2.0,
+    stop: threading.Event | None = None,
+) -> IngestStats:
+    """Folds the whole retained topic into the online store again, then returns.
+
+    Every partition is read from its earliest retained offset up to the end it had when the
+    rebuild started, by a consumer outside any group (it commits nothing, so the live
+    group's offsets are untouched), through the same ``process_batch`` and watermark as
+    ``run``: run it after :func:`features.store.restore` has put the offline backfill back,
+    and it ends with the states the lost store held. A store that fails is retried as in
+    ``run``. Dead letters are counted, not sent again (the live ingester sent them).
+
+    Complete only if the topic still holds every event since the backfill: its retention
+    (``retention.ms``, ``retention.bytes``) bounds what a rebuild can recover.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    kc = config.kafka
+    consumer = KafkaConsumer(
+        bootstrap_servers=kc.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        max_poll_records=kc.poll_max_records,
+    )
+    stats = IngestStats()
+    retry = Backoff(FIRST_RETRY_S, kc.store_retry_max_ms / 1000)
+    cache = StateCache(kc.state_cache_users)
+    try:
+        partitions = consumer.partitions_for_topic(kc.topic)
+        if not partitions:
+            raise DataError(f"topic {kc.topic} does not exist on {kc.bootstrap_servers}")
+        tps = [TopicPartition(kc.topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps, timeout_ms=BROKER_TIMEOUT_MS)
+        total = sum(max(0, end - consumer.position(tp)) for tp, end in ends.items())
+        log.info("rebuilding from %d events in %d partitions of %s", total, len(tps), kc.topic)
+        reported = time.monotonic()
+        while stop is None or not stop.is_set():
+            left = [tp for tp in tps if consumer.position(tp) < ends[tp]]
+            if not left:
+                break
+            polled = consumer.poll(timeout_ms=kc.poll_timeout_ms)
+            # Only what was in the topic when the rebuild started; the live ingester
+            # folds the rest.
+            polled = {
+                tp: [r for r in records if r.offset < ends[tp]] for tp, records in polled.items()
+            }
+            values = [record.value for records in polled.values() for record in records]
+            if not values:
+                continue
+            try:
+                process_batch(
+                    values,
+                    features,
+                    config.model.history_length,
+                    stats,
+                    catalog=catalog,
+                    cache=cache if cache.max_users else None,
+                )
+            except StoreUnavailableError as exc:
+                for tp, records in polled.items():
+                    if records:
+                        consumer.seek(tp, records[0].offset)
+                delay = retry.failed()
+                log.warning("store unavailable, retrying in %.1f s: %s", delay, exc)
+                time.sleep(delay)
+                continue
+            retry.succeeded()
+            if time.monotonic() - reported >= log_every_s:
+                reported = time.monotonic()
+                log.info("rebuilt %d of %d events", stats.events, total)
+    finally:
+        consumer.close()
     return stats

@@ -38,6 +38,16 @@ class IngestMetrics:
             buckets=WRITE_BUCKETS,
             registry=r,
         )
+        self.store_errors = Counter(
+            "recsys_ingest_store_errors",
+            "Online-store reads or writes that failed; the batch is retried",
+            registry=r,
+        )
+        self.store_up = Gauge(
+            "recsys_ingest_store_up",
+            "1 while the last online-store write succeeded, 0 while it is failing",
+            registry=r,
+        )
         self.lag = Gauge(
             "recsys_ingest_consumer_lag",
             "Messages between the committed position and the end of the log",

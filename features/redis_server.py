@@ -1,7 +1,10 @@
 """A local ``redis-server`` for the Redis online-store option (tests, benchmarks, humans).
 
 Debian's ``redis-server`` package provides the binary (``make redis`` installs it). The
-server keeps nothing on disk and binds to 127.0.0.1 only.
+server binds to 127.0.0.1 only and, by default, logs every write to an append-only file in
+its work directory (``appendonly yes``, ``appendfsync everysec``): restarted on the same
+directory after a crash or a SIGKILL, it comes back with every write it acknowledged (an
+operating-system crash can lose the last second). Without it, a restart comes back empty.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ class LocalRedis:
         host: str = "127.0.0.1",
         port: int = 0,
         cpus: set[int] | None = None,
+        appendonly: bool = True,
     ):
-        """``cpus`` pins the server to those cores (benchmarks keep it beside its client)."""
+        """``cpus`` pins the server to those cores (benchmarks keep it beside its client);
+        ``appendonly=False`` keeps nothing on disk."""
         self.work_dir = work_dir
         self.host = host
         self.port = port
         self.cpus = cpus
+        self.appendonly = appendonly
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,7 +69,9 @@ class LocalRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "everysec",
                 "--dir",
                 str(self.work_dir),
             ],

@@ -56,7 +56,7 @@ def replay(
 
     Args:
         config: Kafka settings.
-        interactions: Rows to send; sent in timestamp order.
+        interactions: Rows to send; sent in (timestamp, event id) order.
         rate: Events per second, or ``None`` for as fast as possible.
         progress: Show a progress bar.
         producer: A ``KafkaProducer`` to reuse; one is created (and closed) otherwise.
@@ -72,13 +72,25 @@ def replay(
         producer = KafkaProducer(
             bootstrap_servers=config.kafka.bootstrap_servers, acks="all", linger_ms=5
         )
-    rows = interactions.sort_values("timestamp", kind="stable")
+    # In the watermark's order, (event time, event id): an event tied in time with one
+    # already folded but with a smaller id is skipped as late, so any other order would make
+    # the states depend on where the ingester's batches happened to cut the ties.
+    ids = [
+        rating_event_id(u, i, int(t))
+        for u, i, t in zip(
+            interactions["user_id"],
+            interactions["item_id"],
+            interactions["timestamp"],
+            strict=True,
+        )
+    ]
+    rows = interactions.assign(event_id=ids).sort_values(["timestamp", "event_id"])
     started = time.monotonic()
     try:
         for n, row in enumerate(
             tqdm(rows.itertuples(index=False), total=len(rows), disable=not progress, unit="ev")
         ):
-            event_id = rating_event_id(row.user_id, row.item_id, int(row.timestamp))
+            event_id = row.event_id
             key, value = encode(
                 event_id,
                 row.user_id,

@@ -8,8 +8,10 @@ request ever waits for a registry refresh.
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -19,10 +21,12 @@ from features.activity import EMPTY, Activity, apply_events, ratings_to_interact
 from features.repo.definitions import ACTIVITY_PUSH, ACTIVITY_VIEW, PROFILE_VIEW, feature_views
 from recsys.config import Config
 from recsys.data import MovieLens
+from recsys.errors import DataError, StoreUnavailableError
 
 PROFILE_FEATURES = [f"{PROFILE_VIEW}:{f}" for f in ("age", "gender", "occupation", "zip_code")]
 ACTIVITY_FEATURES = [
-    f"{ACTIVITY_VIEW}:{f}" for f in ("recent_items", "last_event_ms", "last_event_id", "seen_items")
+    f"{ACTIVITY_VIEW}:{f}"
+    for f in ("recent_items", "last_event_ms", "last_event_id", "seen_items", "event_count")
 ]
 PROFILE_TIME = datetime(1997, 9, 1, tzinfo=UTC)
 """Profiles are static in ML-100K; they are stamped as known from before the first rating."""
@@ -75,6 +79,21 @@ class UserFeatures(NamedTuple):
     has_profile: bool = False
 
 
+def write_time(state: Activity) -> datetime:
+    """The time a state is written to the online store with: its last event's time plus
+    ``events % 1000`` microseconds.
+
+    Feast's Redis store drops a write whose time is not after the stored one's, so the
+    time must grow with every new state of a user, including one that only adds an event
+    sharing the last one's millisecond (common: MovieLens times are in seconds, and a batch
+    can end between two ratings of one second). The microseconds are the state's event
+    count, which grows by one per applied event.
+    """
+    return datetime.fromtimestamp(state.last_event_ms // 1000, UTC) + timedelta(
+        milliseconds=state.last_event_ms % 1000, microseconds=state.events % 1000
+    )
+
+
 def _activity_frame(states: Mapping[str, Activity]) -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -83,9 +102,8 @@ def _activity_frame(states: Mapping[str, Activity]) -> pd.DataFrame:
             "last_event_ms": [a.last_event_ms for a in states.values()],
             "last_event_id": [a.last_event_id for a in states.values()],
             "seen_items": [a.seen for a in states.values()],
-            "event_timestamp": [
-                datetime.fromtimestamp(a.last_event_ms / 1000, UTC) for a in states.values()
-            ],
+            "event_count": [a.events for a in states.values()],
+            "event_timestamp": [write_time(a) for a in states.values()],
         }
     )
 
@@ -97,11 +115,46 @@ def _activity(rows: dict[str, list[Any]], i: int) -> Activity:
         int(rows["last_event_ms"][i] or 0),
         rows["last_event_id"][i] or "",
         rows["seen_items"][i] or b"",
+        int(rows["event_count"][i] or 0),
     )
 
 
+_TRANSIENT_SQLITE = ("locked", "busy", "unable to open", "disk i/o")
+"""SQLite errors that pass: another writer holds the file, or its disk hiccups (a missing
+table, by contrast, means the store was never initialised, and retrying cannot help)."""
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.OperationalError):
+        return any(s in str(exc).lower() for s in _TRANSIENT_SQLITE)
+    if isinstance(exc, OSError):
+        return True
+    try:
+        from redis.exceptions import ConnectionError, TimeoutError
+    except ImportError:  # the SQLite-only install
+        return False
+    # ConnectionError includes BusyLoadingError: a restarted Redis still reading its AOF.
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
+@contextmanager
+def _unavailable_as_error(what: str) -> Iterator[None]:
+    """Re-raises a store error that may pass as :class:`StoreUnavailableError`."""
+    try:
+        yield
+    except Exception as exc:
+        if _transient(exc):
+            raise StoreUnavailableError(f"online store unavailable during {what}: {exc!r}") from exc
+        raise
+
+
 class OnlineFeatures:
-    """Reads user features from, and writes activity to, Feast's online store."""
+    """Reads user features from, and writes activity to, Feast's online store.
+
+    The ingester's calls (``read_activity``, ``write_activity``) raise
+    :class:`StoreUnavailableError` for errors that may pass (Redis down or timing out, a
+    SQLite file locked by another writer), so a caller can tell them from bugs and retry.
+    """
 
     def __init__(self, store: Any):
         self._store = store
@@ -129,15 +182,28 @@ class OnlineFeatures:
         return out
 
     def read_activity(self, user_ids: Sequence[str]) -> dict[str, Activity]:
-        rows = self._store.get_online_features(
-            features=ACTIVITY_FEATURES, entity_rows=[{"user_id": u} for u in user_ids]
-        ).to_dict()
+        """Each user's activity state (empty if absent).
+
+        Raises:
+            StoreUnavailableError: the store did not answer; retrying may succeed.
+        """
+        with _unavailable_as_error("an activity read"):
+            rows = self._store.get_online_features(
+                features=ACTIVITY_FEATURES, entity_rows=[{"user_id": u} for u in user_ids]
+            ).to_dict()
         return {u: _activity(rows, i) for i, u in enumerate(user_ids)}
 
     def write_activity(self, states: Mapping[str, Activity]) -> None:
-        """Pushes new activity states to the online store, one batch write."""
+        """Pushes new activity states to the online store, one batch write. Each state is
+        a whole user's, so a write cut off halfway is repaired by writing it again.
+
+        Raises:
+            StoreUnavailableError: the store did not answer; retrying may succeed.
+        """
         if states:
-            self._store.push(ACTIVITY_PUSH, _activity_frame(states))
+            frame = _activity_frame(states)
+            with _unavailable_as_error("an activity write"):
+                self._store.push(ACTIVITY_PUSH, frame)
 
 
 def initialise(config: Config, ml: MovieLens, history: pd.DataFrame) -> Any:
@@ -171,9 +237,28 @@ def initialise(config: Config, ml: MovieLens, history: pd.DataFrame) -> Any:
         )
         for user_id, group in history.groupby("user_id")
     }
-    backfill = _activity_frame(states)
-    backfill.to_parquet(offline / "user_activity.parquet", index=False)
+    _activity_frame(states).to_parquet(offline / "user_activity.parquet", index=False)
+    return restore(config)
 
+
+def restore(config: Config) -> Any:
+    """Writes the offline part of the store back into the online store: applies the
+    definitions (creating the online tables if they are gone), materializes the profiles and
+    pushes each user's backfilled activity. What the stream added since is the topic's to
+    give back (``recsys ingest --rebuild``).
+
+    Returns:
+        The opened ``feast.FeatureStore``.
+
+    Raises:
+        DataError: the offline files are missing (the store was never initialised).
+    """
+    offline = config.feast_dir / "offline"
+    backfill = offline / "user_activity.parquet"
+    if not backfill.exists():
+        raise DataError(
+            f"no offline feature files under {offline}; run `recsys init-features` first"
+        )
     store = open_store(config)
     with warnings.catch_warnings():
         # Feast warns about experimental features and the file offline store on every apply.
@@ -184,5 +269,9 @@ def initialise(config: Config, ml: MovieLens, history: pd.DataFrame) -> Any:
             end_date=PROFILE_TIME + timedelta(days=1),
             feature_views=[PROFILE_VIEW],
         )
-    OnlineFeatures(store).write_activity(states)
+    frame = pd.read_parquet(backfill)
+    frame["recent_items"] = frame["recent_items"].map(list)  # Parquet gives back arrays
+    if len(frame):
+        with _unavailable_as_error("the activity backfill"):
+            store.push(ACTIVITY_PUSH, frame)
     return store

@@ -96,6 +96,10 @@ class KafkaConfig(_Section):
     poll_timeout_ms: int = Field(100, ge=1)
     state_cache_users: int = Field(100_000, ge=0)
     """Users whose activity state the ingester keeps between batches (0: read every batch)."""
+    store_timeout_ms: int = Field(2000, ge=1)
+    """The longest one online-store read or write of the ingester may wait (Redis)."""
+    store_retry_max_ms: int = Field(1000, ge=1)
+    """The ingester retries a failed store write after 100 ms, doubling up to this."""
 
 
 class FeastConfig(_Section):

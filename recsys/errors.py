@@ -47,6 +47,12 @@ class NotReadyError(RecsysError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class StoreUnavailableError(RecsysError):
+    """The online store did not answer (down, timed out, locked); retrying may succeed."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 class BrokerError(RecsysError):
     """The local Kafka broker could not be fetched, formatted or started."""
 

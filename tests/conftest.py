@@ -180,7 +180,7 @@ def ingester(server: RunningServer, kafka: str, ingest_metrics) -> Iterator[Conf
         try:
             run(
                 config,
-                OnlineFeatures(open_store(config)),
+                OnlineFeatures(open_store(config, timeout_ms=config.kafka.store_timeout_ms)),
                 stop,
                 catalog=catalog,
                 metrics=ingest_metrics,

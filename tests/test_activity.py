@@ -45,12 +45,12 @@ def _seen(*items: str) -> bytes:
 
 def test_apply_events_puts_most_recent_first() -> None:
     state = apply_events(EMPTY, [ev("a", 1), ev("b", 2), ev("c", 3)], history_length=10)
-    assert state == Activity(("c", "b", "a"), 3, "", _seen("c", "b", "a"))
+    assert state == Activity(("c", "b", "a"), 3, "", _seen("c", "b", "a"), 3)
 
 
 def test_apply_events_orders_by_event_time_not_arrival() -> None:
     arrived = [ev("c", 30, "e3"), ev("a", 10, "e1"), ev("b", 20, "e2")]
-    expected = Activity(("c", "b", "a"), 30, "e3", _seen("c", "b", "a"))
+    expected = Activity(("c", "b", "a"), 30, "e3", _seen("c", "b", "a"), 3)
     assert apply_events(EMPTY, arrived, history_length=10) == expected
     for seed in range(5):
         shuffled = arrived[:]
@@ -79,18 +79,20 @@ def test_apply_events_moves_a_repeated_item_to_the_front_without_duplicating() -
 def test_apply_events_truncates_to_history_length_keeping_the_newest() -> None:
     events = [ev(f"i{n}", n) for n in range(1, 8)]
     state = apply_events(EMPTY, events, history_length=3)
-    assert state == Activity(("i7", "i6", "i5"), 7, "", _seen(*(f"i{n}" for n in range(7, 0, -1))))
+    assert state == Activity(
+        ("i7", "i6", "i5"), 7, "", _seen(*(f"i{n}" for n in range(7, 0, -1))), 7
+    )
     # An item that fell off the end comes back at the front, not as a duplicate.
     state = apply_events(state, [ev("i1", 8)], history_length=3)
     assert state == Activity(
-        ("i1", "i7", "i6"), 8, "", _seen("i1", *(f"i{n}" for n in range(7, 1, -1)))
+        ("i1", "i7", "i6"), 8, "", _seen("i1", *(f"i{n}" for n in range(7, 1, -1))), 8
     )
 
 
 def test_apply_events_truncates_an_existing_longer_state() -> None:
     state = Activity(("a", "b", "c", "d"), 4)
     assert apply_events(state, [ev("e", 5)], history_length=2) == Activity(
-        ("e", "a"), 5, "", _seen("e")
+        ("e", "a"), 5, "", _seen("e"), 1
     )
 
 
@@ -111,7 +113,7 @@ def test_apply_events_with_no_events_is_a_no_op() -> None:
 
 def test_apply_events_accepts_a_one_shot_iterator() -> None:
     events = iter([ev("b", 2), ev("a", 1)])
-    assert apply_events(EMPTY, events, 10) == Activity(("b", "a"), 2, "", _seen("b", "a"))
+    assert apply_events(EMPTY, events, 10) == Activity(("b", "a"), 2, "", _seen("b", "a"), 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,8 +129,8 @@ def test_point_in_time_yields_the_state_strictly_before_each_event() -> None:
     states = list(_pit(["a", "b", "c"], [10, 20, 30], history_length=5))
     assert states == [
         EMPTY,
-        Activity(("a",), 10, "", _seen("a")),
-        Activity(("b", "a"), 20, "", _seen("b", "a")),
+        Activity(("a",), 10, "", _seen("a"), 1),
+        Activity(("b", "a"), 20, "", _seen("b", "a"), 2),
     ]
 
 
@@ -138,14 +140,14 @@ def test_point_in_time_events_sharing_a_timestamp_do_not_see_each_other() -> Non
     states = list(_pit(items, times, history_length=5))
     assert states[0] == EMPTY
     # b, c, d all happen at 20: each sees only "a".
-    assert states[1] == states[2] == states[3] == Activity(("a",), 10, "", _seen("a"))
+    assert states[1] == states[2] == states[3] == Activity(("a",), 10, "", _seen("a"), 1)
     # e sees all three, applied in list order (no event ids offline).
-    assert states[4] == Activity(("d", "c", "b", "a"), 20, "", _seen("d", "c", "b", "a"))
+    assert states[4] == Activity(("d", "c", "b", "a"), 20, "", _seen("d", "c", "b", "a"), 4)
 
 
 def test_point_in_time_ties_at_the_very_start_all_see_empty() -> None:
     states = list(_pit(["a", "b", "c"], [7, 7, 8], history_length=5))
-    assert states == [EMPTY, EMPTY, Activity(("b", "a"), 7, "", _seen("b", "a"))]
+    assert states == [EMPTY, EMPTY, Activity(("b", "a"), 7, "", _seen("b", "a"), 2)]
 
 
 def test_point_in_time_repeats_and_truncation() -> None:
@@ -312,7 +314,7 @@ def test_ties_resolve_the_same_offline_and_on_the_stream() -> None:
 def test_replayed_duplicate_and_late_events_change_nothing() -> None:
     events = [ev("a", 10, "e1"), ev("b", 20, "e2"), ev("c", 30, "e3")]
     state = apply_events(EMPTY, events, 5)
-    assert state == Activity(("c", "b", "a"), 30, "e3", _seen("c", "b", "a"))
+    assert state == Activity(("c", "b", "a"), 30, "e3", _seen("c", "b", "a"), 3)
     # A crash before the offset commit replays the whole batch: nothing changes.
     assert apply_events(state, events, 5) == state
     # A duplicate inside one batch counts once.

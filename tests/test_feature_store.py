@@ -6,9 +6,9 @@ import contextlib
 
 import pytest
 
-from features.activity import Activity
+from features.activity import EMPTY, Activity, Interaction, apply_events
 from features.redis_server import LocalRedis
-from features.store import OnlineFeatures, initialise
+from features.store import OnlineFeatures, initialise, write_time
 from recsys.data import temporal_split
 
 pytestmark = pytest.mark.integration
@@ -63,6 +63,26 @@ def test_write_then_read_activity_round_trips(store) -> None:
     state = Activity(("5", "4", "3"), 1_700_000_000_000)
     features.write_activity({"round-trip-user": state})
     assert features.read_activity(["round-trip-user"])["round-trip-user"] == state
+
+
+def test_a_state_adding_an_event_of_the_same_millisecond_replaces_the_stored_one(store) -> None:
+    # Two batches cut between two ratings of one second: the second state has the same
+    # last event time. Feast's Redis store keeps a write only if its time is newer.
+    _, _, features = store
+    first = apply_events(EMPTY, [Interaction("1", 1_700_000_000_000, "e1")], 5)
+    second = apply_events(first, [Interaction("2", 1_700_000_000_000, "e2")], 5)
+    assert second.last_event_ms == first.last_event_ms
+    features.write_activity({"tied-user": first})
+    features.write_activity({"tied-user": second})
+    assert features.read_activity(["tied-user"])["tied-user"] == second
+
+
+def test_write_time_grows_with_every_new_state() -> None:
+    state, times = EMPTY, []
+    for n, t in enumerate([5, 5, 5, 6, 6, 1_000, 1_000_999]):
+        state = apply_events(state, [Interaction(f"i{n}", t, f"e{n}")], 5)
+        times.append(write_time(state))
+    assert times == sorted(times) and len(set(times)) == len(times)
 
 
 def test_initialise_starts_from_scratch(store, ml) -> None:

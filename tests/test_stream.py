@@ -3,6 +3,7 @@ the dead-letter topic with a reason, and good events keep flowing past them."""
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 
@@ -11,9 +12,9 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from features.activity import Activity, item_hash
 from features.events import encode
-from features.ingest import IngestStats, StateCache, check, process_batch
+from features.ingest import Backoff, IngestStats, StateCache, check, process_batch
 from features.store import OnlineFeatures, open_store
-from recsys.errors import DataError
+from recsys.errors import DataError, StoreUnavailableError
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,8 @@ def test_replayed_and_duplicate_events_change_nothing(ingester, ingest_metrics) 
     _send(ingester, events)
     features = OnlineFeatures(open_store(ingester))
     state = _wait(features, user, lambda s: len(s.recent_items) == 3)
-    assert state == Activity(("3", "2", "1"), T0 + 2, f"{user}-e2", b"".join(map(item_hash, "321")))
+    seen = b"".join(map(item_hash, "321"))
+    assert state == Activity(("3", "2", "1"), T0 + 2, f"{user}-e2", seen, 3)
     # The whole batch again (a crash before commit), then one newer event.
     _send(ingester, [*events, encode(f"{user}-e3", user, "4", T0 + 3)])
     state = _wait(features, user, lambda s: s.last_event_id == f"{user}-e3")
@@ -179,6 +181,43 @@ def test_state_cache_skips_store_reads_and_gives_the_same_states() -> None:
     cache.clear()  # a rebalance: everything is read again
     process_batch(batches[0], cached, 5, IngestStats(), now_ms=T0, cache=cache)
     assert len(cached.read_users) == 9 and cached.states == plain.states
+
+
+class _DownStore(_Store):
+    """A store whose writes fail while ``down``, as a killed Redis's do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    def write_activity(self, states):
+        if self.down:
+            raise StoreUnavailableError("online store unavailable during an activity write")
+        super().write_activity(states)
+
+
+def test_a_failed_write_leaves_stats_and_cache_as_they_were() -> None:
+    store, stats, cache = _DownStore(), IngestStats(), StateCache(max_users=10)
+    batch = [encode(f"e{i}", "u", str(i), T0 + i)[1] for i in range(3)]
+    for _ in range(2):
+        with pytest.raises(StoreUnavailableError):
+            process_batch(batch, store, 5, stats, now_ms=T0, cache=cache)
+    assert (stats.events, stats.skipped, stats.batches, len(cache)) == (0, 0, 0, 0)
+    store.down = False
+    assert process_batch(batch, store, 5, stats, now_ms=T0, cache=cache) == []
+    assert (stats.events, stats.skipped, stats.users_written) == (3, 0, 1)
+    assert store.states["u"].recent_items == ("2", "1", "0")
+
+
+def test_backoff_doubles_to_its_cap_with_jitter_and_resets() -> None:
+    backoff = Backoff(0.1, 1.0, random.Random(0))
+    delays = [backoff.failed() for _ in range(7)]
+    for delay, full in zip(delays, (0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0), strict=True):
+        assert 0.8 * full <= delay <= full
+    assert backoff.failures == 7 and backoff.failing_since is not None
+    backoff.succeeded()
+    assert backoff.failures == 0 and backoff.failing_since is None
+    assert backoff.failed() <= 0.1
 
 
 def test_state_cache_is_lru() -> None:

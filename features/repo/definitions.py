@@ -61,6 +61,8 @@ def feature_views(offline_dir: Path) -> list[object]:
             Field(name="last_event_id", dtype=String),
             # Every item seen, newest first, as 8-byte hashes (features.activity.Activity).
             Field(name="seen_items", dtype=Bytes),
+            # How many events the state has applied: orders its versions (features.store).
+            Field(name="event_count", dtype=Int64),
         ],
         source=activity_push,
         online=True,

@@ -43,7 +43,8 @@ def stream_stack(
     ``cpus``, beside the server); yields the config pointing at them and the store."""
     past, _ = temporal_split(ml.interactions, config.model.test_fraction)
     print("==> starting a scratch broker, online store and ingester", flush=True)
-    with scratch_stack(config, ml, history=past) as (cfg, store):
+    with scratch_stack(config, ml, history=past) as stack:
+        cfg, store = stack.config, stack.store
         ensure_topic(cfg)
         path = write_config(cfg, out / "ingest.yaml")
         with child("ingester", path, ["ingest"], out, quiet=True, cpus=cpus) as ingester:
