@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
+import signal
 import sys
 import threading
 import time
@@ -127,7 +127,6 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
-    import signal
 
     from features.ingest import IngestStats, run
     from features.metrics import IngestMetrics
@@ -154,13 +153,25 @@ def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
     except RecsysError:
         catalog = None
         print("no published index: item ids are not checked against a catalog", flush=True)
+    if args.rebuild:
+        from features.ingest import rebuild
+        from features.store import restore
+
+        started = time.monotonic()
+        print("restoring profiles and the backfilled activity from the offline files", flush=True)
+        restore(config)
+        features = OnlineFeatures(open_store(config, timeout_ms=config.kafka.store_timeout_ms))
+        print(f"folding every retained event of {config.kafka.topic} again", flush=True)
+        stats = rebuild(config, features, catalog=catalog, stop=stop)
+        print(f"rebuilt in {time.monotonic() - started:.1f}s: {stats.summary()}", flush=True)
+        return
     metrics = IngestMetrics()
     if args.metrics_port:
         metrics.serve(args.metrics_port)
         print(f"metrics on http://127.0.0.1:{args.metrics_port}/metrics", flush=True)
     stats = run(
         config,
-        OnlineFeatures(open_store(config)),
+        OnlineFeatures(open_store(config, timeout_ms=config.kafka.store_timeout_ms)),
         stop,
         catalog=catalog,
         metrics=metrics,
@@ -246,10 +257,19 @@ def cmd_broker(config: Config, args: argparse.Namespace) -> None:
 
     host, _, port = config.kafka.bootstrap_servers.partition(":")
     jars = ensure_jars(config.paths.kafka_pom, config.paths.kafka_jars)
+    # The JVM runs in its own session (so a terminal's Ctrl-C does not reach it half-way):
+    # this process must stop it, so a signal only ends the wait and the `with` stops it.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
     with LocalBroker(jars, config.paths.state / "kafka", host=host, port=int(port)) as broker:
-        print(f"Kafka broker on {broker.bootstrap_servers}; Ctrl-C stops it", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
+        print(
+            f"Kafka broker on {broker.bootstrap_servers} (pid {broker.pid}); Ctrl-C or "
+            "SIGTERM stops it",
+            flush=True,
+        )
+        stop.wait()
+        print("stopping the broker", flush=True)
 
 
 def _loadtest_mode_error(args: argparse.Namespace) -> str | None:
@@ -357,13 +377,22 @@ def cmd_bench_ingest(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_bench_freshness(config: Config, args: argparse.Namespace) -> None:
-    from features.bench import run_freshness
+    from features.bench import Outage, run_freshness
     from recsys import artifacts
 
     artifacts.current(config.indexes_dir)  # the server needs a published model and index
     ml = load_dataset(config)
+    outage = None
+    if args.redis_outage:
+        if config.feast.online_store != "redis":
+            raise ConfigError(
+                "--redis-outage needs the Redis store: RECSYS_FEAST__ONLINE_STORE=redis"
+            )
+        at_s, for_s = args.redis_outage
     for rate in args.rates:
-        run_freshness(config, ml, rate=rate, seconds=args.seconds)
+        if args.redis_outage:
+            outage = Outage(at_s, for_s)
+        run_freshness(config, ml, rate=rate, seconds=args.seconds, outage=outage)
 
 
 def cmd_demo(config: Config, args: argparse.Namespace) -> None:
@@ -372,9 +401,20 @@ def cmd_demo(config: Config, args: argparse.Namespace) -> None:
     run_demo(config, users=args.users, events=args.events)
 
 
+class _Help(argparse.HelpFormatter):
+    """Shows each option's default after its help, unless it has none worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
-    parser.add_argument("--config", type=Path, help="YAML config file (default: RECSYS_CONFIG)")
+    parser = argparse.ArgumentParser(prog="recsys", description=__doc__, formatter_class=_Help)
+    config_help = "YAML config file (default: RECSYS_CONFIG, else the embedded defaults)"
+    parser.add_argument("--config", type=Path, help=config_help)
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str]] = {
         "fetch-data": (cmd_fetch_data, "download and check MovieLens-100K"),
@@ -411,8 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     }
     parsers = {}
     for name, (func, help_text) in commands.items():
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            formatter_class=_Help,
+        )
         p.set_defaults(func=func)
+        # Also after the command (`recsys serve --config x.yaml`); SUPPRESS keeps a value
+        # given before it when this one is not.
+        p.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
         parsers[name] = p
     parsers["replay"].add_argument("--rate", type=float, help="events/s (default: max)")
     parsers["replay"].add_argument("--limit", type=int, help="send only the first N events")
@@ -436,15 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
         "admin and metrics ports are serving.admin_port + i and serving.metrics_port + i",
     )
     rec = parsers["recommend"]
-    rec.add_argument("--user", required=True)
-    rec.add_argument("--k", type=int, default=10)
+    rec.add_argument("--user", required=True, help="the user id to recommend for")
+    rec.add_argument("--k", type=int, default=10, help="how many items")
     rec.add_argument("--exclude", nargs="*", default=[], help="item ids not to return")
     rec.add_argument("--genres", nargs="*", default=[], help="only items with one of these")
     rec.add_argument("--not-genres", nargs="*", default=[], help="no items with any of these")
     rec.add_argument("--include-seen", action="store_true", help="keep recently seen items")
     rec.add_argument("--time-ms", type=int, default=0, help="request time (default: now)")
     rec.add_argument("--target", help="host:port (default: serving.host:serving.port)")
-    rec.add_argument("--timeout", type=float, default=5.0)
+    rec.add_argument("--timeout", type=float, default=5.0, help="the call's deadline, seconds")
     lt = parsers["loadtest"]
     lt.add_argument("--target", help="host:port of a running server (default: start one)")
     lt.add_argument("--null", action="store_true", help="load a null-handler server instead")
@@ -499,39 +547,76 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--slo-p999-ms", type=float, help="loadtest.slo_p999_ms")
     lt.add_argument("--out", type=Path, help="results folder (default: .state/loadtest/<time>)")
     admin = parsers["admin"]
-    admin.add_argument("action", choices=["status", "reload", "rollback"])
+    admin.add_argument(
+        "action", choices=["status", "reload", "rollback"], help="what to ask the server"
+    )
     admin.add_argument("--to", help="rollback: the index version (default: the previous one)")
     admin.add_argument("--target", help="host:port (default: serving.admin_host:admin_port)")
-    admin.add_argument("--timeout", type=float, default=300.0)
+    admin.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="the call's deadline, seconds (a reload verifies and warms)",
+    )
     ev = parsers["evaluate"]
     ev.add_argument(
-        "--protocol", choices=("stream", "temporal", "recbole", "tfrs", "all"), default="all"
+        "--protocol",
+        choices=("stream", "temporal", "recbole", "tfrs", "all"),
+        default="all",
+        help="the evaluation protocol (stream is the primary one)",
     )
     ev.add_argument("--ablation", action="store_true", help="user-tower ablation (stream)")
     ev.add_argument("--export-splits", type=Path, help="write each split as RecBole atomic files")
     ev.add_argument("--out", type=Path, help="results JSON (default: artifacts/evaluation.json)")
     bi = parsers["build-index"]
     bi.add_argument("--synthetic", type=int, metavar="N", help="a synthetic catalog of N items")
-    bi.add_argument("--type", choices=("auto", "flat", "ivf", "ivf-sq8", "hnsw"))
+    bi.add_argument(
+        "--type",
+        choices=("auto", "flat", "ivf", "ivf-sq8", "hnsw"),
+        help="the FAISS index kind (default: index.type; auto picks by catalog size)",
+    )
     bi.add_argument("--no-publish", action="store_true", help="write the version, keep CURRENT")
-    parsers["index"].add_argument("action", choices=("list", "rollback"))
+    parsers["index"].add_argument(
+        "action", choices=("list", "rollback"), help="list the versions or roll CURRENT back"
+    )
     parsers["index"].add_argument("--to", help="rollback: this version (default: the previous)")
-    parsers["bench"].add_argument("--calls", type=int, default=2000)
+    parsers["bench"].add_argument("--calls", type=int, default=2000, help="calls per variant")
     parsers["bench"].add_argument(
         "--index-items", type=int, default=0, help="also serve a synthetic index this large"
     )
-    parsers["bench"].add_argument("--k", type=int, default=10)
+    parsers["bench"].add_argument("--k", type=int, default=10, help="items per call")
+    parsers["ingest"].add_argument(
+        "--rebuild",
+        action="store_true",
+        help="restore the offline backfill, fold the whole retained topic into the online "
+        "store again, and exit (after a store loss; stop the live ingester first)",
+    )
     parsers["ingest"].add_argument(
         "--metrics-port", type=int, default=0, help="serve Prometheus /metrics (0: off)"
     )
-    parsers["bench-index"].add_argument("--items", type=int, default=1_000_000)
+    parsers["bench-index"].add_argument(
+        "--items", type=int, default=1_000_000, help="synthetic catalog size"
+    )
     parsers["bench-index"].add_argument("--png", type=Path, help="recall/latency plot path")
     parsers["bench-ingest"].add_argument("--events", type=int, help="default: all ratings")
     fresh = parsers["bench-freshness"]
-    fresh.add_argument("--rates", type=float, nargs="+", default=[1000.0, 5000.0])
-    fresh.add_argument("--seconds", type=float, default=30.0)
-    parsers["demo"].add_argument("--users", type=int, default=3)
-    parsers["demo"].add_argument("--events", type=int, default=5)
+    fresh.add_argument(
+        "--rates", type=float, nargs="+", default=[1000.0, 5000.0], help="events/s, one run each"
+    )
+    fresh.add_argument("--seconds", type=float, default=30.0, help="length of each run")
+    fresh.add_argument(
+        "--redis-outage",
+        type=float,
+        nargs=2,
+        metavar=("AT_S", "FOR_S"),
+        help="SIGKILL the Redis store AT_S seconds into the stream, restart it FOR_S later",
+    )
+    parsers["demo"].add_argument(
+        "--users", type=int, default=3, help="users whose recommendations are shown"
+    )
+    parsers["demo"].add_argument(
+        "--events", type=int, default=5, help="events streamed per shown user"
+    )
     return parser
 
 

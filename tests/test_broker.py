@@ -7,6 +7,8 @@ The first run downloads the broker jars from Maven Central into ``<repo>/.cache/
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -121,3 +123,49 @@ def test_missing_jars_dir_raises(tmp_path: Path) -> None:
         b.start()
     assert b.pid is None
     b.stop()
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_recsys_broker_stops_its_jvm_on_a_signal(
+    base_config, jars_dir: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    from recsys.procs import child, free_port, write_config
+
+    port = free_port("127.0.0.1")
+    config = base_config.with_overrides(
+        {
+            "paths": {"state": str(tmp_path / "state"), "kafka_jars": str(jars_dir)},
+            "kafka": {"bootstrap_servers": f"127.0.0.1:{port}"},
+        }
+    )
+    config_file = write_config(config, tmp_path / "config.yaml")
+    log = tmp_path / "broker.log"
+    with child("broker", config_file, ["broker"], tmp_path, quiet=True) as proc:
+        deadline = time.monotonic() + 120
+        while "Kafka broker on" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        jvms = _children(proc.pid)
+        assert jvms and all(_alive(p) for p in jvms)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in jvms) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in jvms), "the broker's JVM outlived `recsys broker`"
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing listens there any more
