@@ -395,12 +395,14 @@ def _check(
             if time.perf_counter() > give_up:
                 return
         if unseen:
-            now = time.perf_counter()
             try:
                 states = features.read_activity(unseen)
             except StoreUnavailableError:  # an outage run: the probes wait with the rest
                 time.sleep(0.05)
                 continue
+            # Timed when the read has returned: a read that waited out a store coming back
+            # must not count that wait as fresh.
+            now = time.perf_counter()
             for user, state in states.items():
                 if state.last_event_ms:
                     probes.in_store[user] = now - probes.sent_at[user]
