@@ -62,7 +62,11 @@ def replay(
         producer: A ``KafkaProducer`` to reuse; one is created (and closed) otherwise.
 
     Returns:
-        The number of events sent (all acknowledged by the broker).
+        The number of events sent, every one acknowledged by the broker.
+
+    Raises:
+        BrokerError: some events were not acknowledged within the producer's delivery
+            timeout (a broker down for longer than that).
     """
     from kafka import KafkaProducer
 
@@ -86,6 +90,7 @@ def replay(
     ]
     rows = interactions.assign(event_id=ids).sort_values(["timestamp", "event_id"])
     started = time.monotonic()
+    futures = []
     try:
         for n, row in enumerate(
             tqdm(rows.itertuples(index=False), total=len(rows), disable=not progress, unit="ev")
@@ -98,7 +103,7 @@ def replay(
                 int(row.timestamp) * 1000,
                 value=float(row.rating),
             )
-            producer.send(config.kafka.topic, key=key, value=value)
+            futures.append(producer.send(config.kafka.topic, key=key, value=value))
             if rate:
                 ahead = (n + 1) / rate - (time.monotonic() - started)
                 if ahead > 0:
@@ -107,4 +112,13 @@ def replay(
     finally:
         if own:
             producer.close()
+    # The producer retries through a broker restart (idempotently, for up to
+    # delivery.timeout.ms); what it still could not deliver is reported, not counted as sent.
+    failed = [f for f in futures if f.failed()]
+    if failed:
+        raise BrokerError(
+            f"{len(failed):,} of {len(rows):,} events were not acknowledged by "
+            f"{config.kafka.bootstrap_servers} ({failed[0].exception!r}); the acknowledged "
+            "ones are in the topic: replay again (duplicates change nothing)"
+        )
     return len(rows)

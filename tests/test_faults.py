@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from kafka import KafkaProducer
 
-from features.activity import EMPTY, Activity, Interaction, apply_events
+from features.activity import EMPTY, Activity, Interaction, apply_events, ratings_to_interactions
 from features.broker import LocalBroker
 from features.events import encode
+from features.replay import replay
 from features.store import OnlineFeatures, open_store
 from recsys.config import Config
 from recsys.procs import child, free_port, write_config
@@ -176,6 +178,72 @@ def test_broker_restart_mid_stream_ingester_reconnects(feature_store, ml, tmp_pa
             broker.start()
             stream.produce(stream.events[half:], {})
             stream.wait_caught_up(features)
+            _terminate(ingester, tmp_path / "ingester.log")
+    finally:
+        broker.stop()
+
+
+def test_broker_sigkill_mid_replay_loses_nothing_acknowledged(feature_store, ml, tmp_path) -> None:
+    """The broker's JVM killed with SIGKILL (no clean shutdown) while ``replay`` sends, then
+    restarted on its log directory: the producer retries through it, the ingester
+    reconnects, and every acknowledged event is in the store."""
+    jars = feature_store.paths.kafka_jars
+    broker = LocalBroker(
+        jars,
+        tmp_path / "kafka",
+        port=free_port("127.0.0.1"),
+        controller_port=free_port("127.0.0.1"),
+        log=lambda _: None,
+    )
+    broker.start()
+    try:
+        items = list(ml.items["item_id"])
+        stream = Stream.make(feature_store, broker.bootstrap_servers, items)
+        rng = np.random.default_rng(1)
+        frame = pd.DataFrame(
+            {
+                "user_id": [stream.users[k] for k in rng.integers(USERS, size=EVENTS)],
+                "item_id": [items[k] for k in rng.integers(len(items), size=EVENTS)],
+                "rating": 4.0,
+                "timestamp": 893_000_000 + np.arange(EVENTS),
+            }
+        )
+        history = stream.config.model.history_length
+        expected = dict.fromkeys(stream.users, EMPTY) | {
+            u: apply_events(
+                EMPTY, ratings_to_interactions(u, list(g["item_id"]), list(g["timestamp"])), history
+            )
+            for u, g in frame.groupby("user_id")
+        }
+        config_file = write_config(stream.config, tmp_path / "config.yaml")
+        features = OnlineFeatures(open_store(stream.config))
+        outcome: dict[str, object] = {}
+
+        def produce() -> None:
+            try:
+                outcome["sent"] = replay(stream.config, frame, rate=RATE, progress=False)
+            except BaseException as exc:  # surfaced below
+                outcome["error"] = exc
+
+        with child("ingester", config_file, ["ingest"], tmp_path, quiet=True) as ingester:
+            stream.wait_consuming(features)
+            producer = threading.Thread(target=produce)
+            producer.start()
+            wait_until(lambda: stream.ingested_users(features) >= 10, 90, "nothing was written")
+            assert producer.is_alive(), "the replay ended before the kill: raise EVENTS"
+            assert broker.pid is not None
+            os.kill(broker.pid, signal.SIGKILL)
+            broker.stop()  # reaps it
+            time.sleep(3.0)  # the producer retries, the ingester polls against no broker
+            assert ingester.poll() is None, "the ingester died with the broker"
+            broker.start()
+            producer.join(timeout=180)
+            assert outcome.get("sent") == EVENTS, outcome
+            wait_until(
+                lambda: features.read_activity(stream.users) == expected,
+                120,
+                "the store does not hold every acknowledged event",
+            )
             _terminate(ingester, tmp_path / "ingester.log")
     finally:
         broker.stop()
