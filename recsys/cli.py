@@ -127,17 +127,30 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
-
     from features.ingest import IngestStats, run
     from features.metrics import IngestMetrics
     from features.replay import ensure_topic
     from features.store import OnlineFeatures, open_store
     from index.build import read_item_ids
     from recsys import artifacts
+    from recsys.errors import StoreUnavailableError
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    features = OnlineFeatures(open_store(config, timeout_ms=config.kafka.store_timeout_ms))
+    if not args.rebuild:
+        # A store that is not there at the start is a setup mistake, told in one line; one
+        # that goes away later is an outage the loop rides out.
+        try:
+            features.read_activity(["recsys-ingest-startup-check"])
+        except StoreUnavailableError as exc:
+            kind = config.feast.online_store
+            where = config.feast.redis if kind == "redis" else config.feast_dir / "online.db"
+            raise StoreUnavailableError(
+                f"the {kind} online store at {where} does not answer ({exc.__cause__ or exc}): "
+                "start it first (a running ingester rides out later outages)"
+            ) from exc
     ensure_topic(config)
     print(f"ingesting {config.kafka.topic} from {config.kafka.bootstrap_servers}", flush=True)
     last_report = [0.0]
@@ -160,7 +173,6 @@ def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
         started = time.monotonic()
         print("restoring profiles and the backfilled activity from the offline files", flush=True)
         restore(config)
-        features = OnlineFeatures(open_store(config, timeout_ms=config.kafka.store_timeout_ms))
         print(f"folding every retained event of {config.kafka.topic} again", flush=True)
         stats = rebuild(config, features, catalog=catalog, stop=stop)
         print(f"rebuilt in {time.monotonic() - started:.1f}s: {stats.summary()}", flush=True)
@@ -171,7 +183,7 @@ def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
         print(f"metrics on http://127.0.0.1:{args.metrics_port}/metrics", flush=True)
     stats = run(
         config,
-        OnlineFeatures(open_store(config, timeout_ms=config.kafka.store_timeout_ms)),
+        features,
         stop,
         catalog=catalog,
         metrics=metrics,
@@ -624,13 +636,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The server's logs are for machines (JSON lines); the other commands' are for people.
     logs.configure(structured=args.command == "serve")
+    config: Config | None = None
     try:
         config = load_config(args.config)
         args.func(config, args)
     except RecsysError as exc:
         print(f"recsys {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        explained = explain(exc, config)
+        if explained is None:
+            raise
+        print(f"recsys {args.command}: error: {explained}", file=sys.stderr)
+        return 2
     return 0
+
+
+def explain(exc: BaseException, config: Config | None) -> str | None:
+    """What to do about a dependency's error that a user causes by setup, not by a bug (a
+    broker not running, a store not started or never initialised); ``None`` for anything
+    else, which keeps its traceback."""
+    import sqlite3
+
+    from feast.errors import FeastObjectNotFoundException
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+    if config is None:
+        return None
+    if isinstance(exc, KafkaConnectionError) or (
+        isinstance(exc, KafkaTimeoutError) and "bootstrap" in str(exc)
+    ):
+        return (
+            f"no Kafka broker answers at {config.kafka.bootstrap_servers}: start one with "
+            "`recsys broker` (or `make broker`), or set kafka.bootstrap_servers"
+        )
+    never_initialised = (
+        f"the feature store under {config.feast_dir} was never initialised: run "
+        "`recsys init-features`"
+    )
+    if isinstance(exc, FeastObjectNotFoundException):
+        return never_initialised
+    if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
+        return never_initialised
+    try:
+        from redis.exceptions import ConnectionError, TimeoutError
+    except ImportError:
+        return None
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return (
+            f"the Redis online store at {config.feast.redis} does not answer ({exc}): start "
+            "redis-server there, or set feast.online_store: sqlite"
+        )
+    return None
 
 
 if __name__ == "__main__":
