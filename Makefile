@@ -8,8 +8,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RECSYS := $(VENV)/bin/recsys
 INSTALLED := $(VENV)/.installed
-PROTOS := proto/recsys/v1/recommender.proto proto/recsys/v1/events.proto proto/recsys/v1/admin.proto
-STUBS := recsys/v1/recommender_pb2.py recsys/v1/events_pb2.py recsys/v1/admin_pb2.py
+PROTOS := $(wildcard proto/recsys/v1/*.proto)
+STUBS := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 DATA := .cache/data/ml-100k/ml-100k.inter
 KAFKA_JARS := .cache/kafka/libs/.pom.sha256
 
@@ -35,10 +35,10 @@ $(INSTALLED): pyproject.toml constraints.txt
 	@touch $@
 
 proto: $(STUBS)
-# protoc runs in a process of its own: it segfaults inside a process that imported TensorFlow.
-$(STUBS) &: $(PROTOS) $(INSTALLED)
+# proto/generate.sh is the one stub command (the Docker image runs it too).
+$(STUBS) &: $(PROTOS) proto/generate.sh $(INSTALLED)
 	@echo "==> [setup 2/5] gRPC stubs from proto/ into recsys/v1/"
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	PYTHON=$(PY) sh proto/generate.sh
 
 data: $(DATA)
 $(DATA): | $(INSTALLED)
@@ -50,12 +50,14 @@ $(KAFKA_JARS): features/kafka/pom.xml | $(INSTALLED)
 	@echo "==> [setup 4/5] Apache Kafka broker jars (Maven Central)"
 	$(RECSYS) fetch-kafka
 
-# redis-server is a Debian package: the Redis online-store option and its tests need it.
+# Debian packages: redis-server (the Redis online-store option and its tests) and prometheus
+# (promtool checks the deployment's scrape config; a test scrapes real servers with it).
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 redis:
-	@command -v redis-server >/dev/null || { \
-	  echo "==> [setup 5/5] redis-server (Debian package)"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
+	@{ command -v redis-server && command -v prometheus && command -v promtool; } >/dev/null || { \
+	  echo "==> [setup 5/5] redis-server and prometheus (Debian packages)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server prometheus; }
 
 # The latency SLO gate: Locust at loadtest.rate for loadtest.seconds, beside a null handler.
 loadtest: setup

@@ -179,8 +179,8 @@ def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
         return
     metrics = IngestMetrics()
     if args.metrics_port:
-        metrics.serve(args.metrics_port)
-        print(f"metrics on http://127.0.0.1:{args.metrics_port}/metrics", flush=True)
+        metrics.serve(args.metrics_port, args.metrics_host)
+        print(f"metrics on http://{args.metrics_host}:{args.metrics_port}/metrics", flush=True)
     stats = run(
         config,
         features,
@@ -605,6 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parsers["ingest"].add_argument(
         "--metrics-port", type=int, default=0, help="serve Prometheus /metrics (0: off)"
+    )
+    parsers["ingest"].add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="the address /metrics binds to (0.0.0.0 in a container, for Prometheus)",
     )
     parsers["bench-index"].add_argument(
         "--items", type=int, default=1_000_000, help="synthetic catalog size"
