@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,51 @@ def test_the_script_compiles_every_stub_the_code_imports(tmp_path: Path) -> None
     imported = _imported_stubs()
     assert {"recommender_pb2", "admin_pb2_grpc"} <= imported  # the walk finds them
     assert imported <= generated, imported - generated
+
+
+DASHBOARD = REPO / "docker" / "grafana" / "dashboards" / "recsys.json"
+
+
+def _dashboard_queries() -> list[str]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [target["expr"] for panel in panels for target in panel["targets"]]
+
+
+def _exported() -> set[str]:
+    """Every sample name a server's and an ingester's /metrics can hold."""
+    from features.metrics import IngestMetrics
+    from serving.metrics import ServingMetrics
+
+    names = set()
+    for registry in (ServingMetrics().registry, IngestMetrics().registry):
+        for family in registry.collect():
+            names.add(family.name)
+            names |= {family.name + s for s in ("_total", "_bucket", "_sum", "_count")}
+    return names
+
+
+def test_the_dashboard_queries_only_metrics_the_processes_export() -> None:
+    queries = _dashboard_queries()
+    named = {m for q in queries for m in re.findall(r"\b(recsys_[a-z_]+)", q)}
+    assert len(queries) >= 9 and len(named) >= 10
+    assert named <= _exported(), named - _exported()
+
+
+def test_compose_provisions_the_dashboard_and_the_datasource() -> None:
+    compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
+    grafana = compose["services"]["grafana"]
+    provider = yaml.safe_load(
+        (REPO / "docker/grafana/provisioning/dashboards/recsys.yml").read_text()
+    )
+    dashboards_at = provider["providers"][0]["options"]["path"]
+    assert f"./grafana/dashboards:{dashboards_at}:ro" in grafana["volumes"]
+    assert "./grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    source = yaml.safe_load(
+        (REPO / "docker/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"][0]
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    assert {p["datasource"]["uid"] for p in panels} == {source["uid"]}
+    assert source["url"] == "http://prometheus:9090" and "prometheus" in compose["services"]
 
 
 def test_promtool_accepts_the_scrape_config() -> None:
@@ -128,6 +174,14 @@ def test_a_real_prometheus_scrapes_a_real_server_and_ingester(
                 return healthy == set(targets) and bool(answered) and bool(events)
 
             wait_until(scraped, 90, "Prometheus did not scrape both recsys processes")
+            # Every dashboard query is valid PromQL over what was scraped (a bad one is a 400).
+            for query in _dashboard_queries():
+                _prometheus_query(prom, query)
+            wait_until(
+                lambda: bool(_prometheus_query(prom, _dashboard_queries()[0])),
+                30,
+                "the dashboard's request rate has no data",
+            )
         finally:
             prometheus.terminate()
             prometheus.wait(timeout=20)

@@ -1,22 +1,29 @@
 """Feast definitions: the user entity, the profile view and the streamed activity view.
 
-Only definitions live in this folder (``feast apply`` imports every ``.py`` here). Paths to
-the offline files are given by ``features.store``, which applies these objects to a store
-configured from the project config.
+This folder is a Feast repo (``feature_store.yaml`` beside this file): with
+``RECSYS_FEAST_DIR`` naming the store's folder (``paths.state``/feast, ``.state/feast`` by
+default), ``feast -c features/repo plan``, ``apply``, ``materialize`` and ``ui`` work on the
+store ``recsys init-features`` made, and find these module-level objects. The project's own
+code builds the same objects with :func:`feature_views` for the configured store, so both
+register the same definitions.
 """
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
+from feast import Entity, FeatureView, Field, FileSource, Project, PushSource, ValueType
 from feast.types import Array, Bytes, Int64, String
 
 PROFILE_VIEW = "user_profile"
 ACTIVITY_VIEW = "user_activity"
 ACTIVITY_PUSH = "user_activity_push"
 
+project = Project(
+    name="recsys", description="User features of the real-time two-tower recommender."
+)
 user = Entity(
     name="user",
     join_keys=["user_id"],
@@ -67,4 +74,14 @@ def feature_views(offline_dir: Path) -> list[object]:
         source=activity_push,
         online=True,
     )
-    return [user, activity_push, profile, activity]
+    return [project, user, activity_push, profile, activity]
+
+
+def _feast_cli_dir() -> Path:
+    """The store folder the Feast CLI is pointed at (``feature_store.yaml`` reads the same
+    variable); ``.state/feast`` under the checkout when unset."""
+    return Path(os.environ.get("RECSYS_FEAST_DIR", Path(__file__).parents[2] / ".state/feast"))
+
+
+user_activity_push, user_profile, user_activity = feature_views(_feast_cli_dir() / "offline")[2:]
+"""What ``feast apply`` registers: the same objects as ``features.store`` applies."""

@@ -1,0 +1,65 @@
+"""``features/repo`` is a Feast repo: the Feast CLI, pointed at a store ``recsys
+init-features`` made, sees the same definitions (``plan``: nothing to create or delete),
+applies them without changing what the project reads, and materializes with them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from features.store import OnlineFeatures, initialise, open_store
+from recsys.config import Config
+from recsys.data import temporal_split
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+FEAST = Path(sys.executable).parent / "feast"
+
+
+def _feast(config: Config, *args: str) -> str:
+    env = {**os.environ, "RECSYS_FEAST_DIR": str(config.feast_dir)}
+    done = subprocess.run(
+        [str(FEAST), "-c", str(REPO / "features" / "repo"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_the_feast_cli_works_on_the_store_init_features_made(
+    trained: Config, ml, tmp_path: Path
+) -> None:
+    config = trained.with_overrides({"paths": {"state": str(tmp_path / "state")}})
+    past, _ = temporal_split(ml.interactions, config.model.test_fraction)
+    before = OnlineFeatures(initialise(config, ml, past)).read(["196", "1"])
+
+    plan = _feast(config, "plan")
+    # The same objects: nothing to create or delete in the registry. (Feast's plan reports
+    # a file source's timestamps as an update, even right after its own apply.)
+    assert "No project found" not in plan, plan
+    assert not any(
+        line.startswith(("Created entity", "Created feature view", "Deleted"))
+        for line in plan.splitlines()
+    ), plan
+    _feast(config, "apply")
+    assert "No changes to infrastructure" in _feast(config, "plan")
+    views = _feast(config, "feature-views", "list")
+    assert "user_profile" in views and "user_activity" in views, views
+    _feast(
+        config,
+        "materialize",
+        "1997-08-01T00:00:00",
+        "1997-10-01T00:00:00",
+        "--views",
+        "user_profile",
+    )
+    after = OnlineFeatures(open_store(config)).read(["196", "1"])
+    assert after == before and after[0].has_profile
