@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 
 SEEN_LIMIT = 1024
 """The most items a user's seen set keeps, newest first (8 bytes each: 8 KB at the limit).
@@ -191,3 +192,17 @@ def ratings_to_interactions(
         Interaction(item, int(t) * 1000, rating_event_id(user_id, item, int(t)))
         for item, t in zip(item_ids, timestamps_s, strict=True)
     ]
+
+
+def fold_ratings(ratings: pd.DataFrame, history_length: int) -> dict[str, Activity]:
+    """Each user's state after all of their ratings (``user_id``, ``item_id``, ``timestamp``
+    in seconds), folded from scratch: the feature backfill, and what a store that ingested
+    those ratings must hold."""
+    return {
+        user_id: apply_events(
+            EMPTY,
+            ratings_to_interactions(user_id, list(group["item_id"]), list(group["timestamp"])),
+            history_length,
+        )
+        for user_id, group in ratings.groupby("user_id")
+    }

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.activity import EMPTY, apply_events, ratings_to_interactions
+from features.activity import fold_ratings
 from features.broker import LocalBroker, ensure_jars
 from features.ingest import rebuild, run
 from features.redis_server import LocalRedis
@@ -93,15 +93,7 @@ def run_bench(config: Config, ml: MovieLens, events: int | None = None) -> dict[
         seconds = done_at[0] - started
         users = list(pd.unique(rows["user_id"]))
         written = features.read_activity(users)
-        fold = {
-            u: apply_events(
-                EMPTY,
-                ratings_to_interactions(u, list(g["item_id"]), list(g["timestamp"])),
-                cfg.model.history_length,
-            )
-            for u, g in rows.groupby("user_id")
-        }
-        if written != fold:
+        if written != fold_ratings(rows, cfg.model.history_length):
             raise RecsysError("the ingested states are not the from-scratch fold of the events")
         # Then the store is lost (Feast's teardown drops its tables or keys) and rebuilt:
         # the offline backfill, then the whole topic again, as `recsys ingest --rebuild`.

@@ -287,6 +287,25 @@ def _commit(consumer: Any) -> None:
         log.warning("offset commit failed (will be covered by a later one): %r", exc)
 
 
+def _fold(
+    values: list[bytes],
+    config: Config,
+    features: OnlineFeatures,
+    stats: IngestStats,
+    catalog: Collection[str] | None,
+    cache: StateCache,
+) -> list[tuple[bytes, str]]:
+    """``process_batch`` as the consuming loops call it (a cache of size 0 is no cache)."""
+    return process_batch(
+        values,
+        features,
+        config.model.history_length,
+        stats,
+        catalog=catalog,
+        cache=cache if cache.max_users else None,
+    )
+
+
 class Backoff:
     """Capped exponential delays between retries of a failing store: ``first_s``, doubling
     up to ``cap_s``, each with up to 20 % jitter so many ingesters do not retry in step."""
@@ -374,14 +393,7 @@ def run(
                 continue
             before, started = replace(stats), time.perf_counter()
             try:
-                dead = process_batch(
-                    values,
-                    features,
-                    config.model.history_length,
-                    stats,
-                    catalog=catalog,
-                    cache=cache if cache.max_users else None,
-                )
+                dead = _fold(values, config, features, stats, catalog, cache)
             except StoreUnavailableError as exc:
                 _hold(consumer, polled)
                 delay = retry.failed()
@@ -480,14 +492,7 @@ def rebuild(
             if not values:
                 continue
             try:
-                process_batch(
-                    values,
-                    features,
-                    config.model.history_length,
-                    stats,
-                    catalog=catalog,
-                    cache=cache if cache.max_users else None,
-                )
+                _fold(values, config, features, stats, catalog, cache)
             except StoreUnavailableError as exc:
                 for tp, records in polled.items():
                     if records:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from features.activity import EMPTY, Activity, apply_events, ratings_to_interactions
+from features.activity import EMPTY, Activity, fold_ratings
 from features.repo.definitions import ACTIVITY_PUSH, ACTIVITY_VIEW, PROFILE_VIEW, feature_views
 from recsys.config import Config
 from recsys.data import MovieLens
@@ -229,14 +229,7 @@ def initialise(config: Config, ml: MovieLens, history: pd.DataFrame) -> Any:
         ["user_id", "age", "gender", "occupation", "zip_code", "event_timestamp"]
     ]
     profiles.to_parquet(offline / "user_profile.parquet", index=False)
-    states = {
-        user_id: apply_events(
-            EMPTY,
-            ratings_to_interactions(user_id, list(group["item_id"]), list(group["timestamp"])),
-            config.model.history_length,
-        )
-        for user_id, group in history.groupby("user_id")
-    }
+    states = fold_ratings(history, config.model.history_length)
     _activity_frame(states).to_parquet(offline / "user_activity.parquet", index=False)
     return restore(config)
 

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from kafka import KafkaProducer
 
-from features.activity import EMPTY, Activity, Interaction, apply_events, ratings_to_interactions
+from features.activity import EMPTY, Activity, Interaction, apply_events, fold_ratings
 from features.broker import LocalBroker
 from features.events import encode
 from features.replay import replay
@@ -153,16 +153,21 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(feature_store, kafka, ml,
         _terminate(second, tmp_path / "ingester-b.log")
 
 
-def test_broker_restart_mid_stream_ingester_reconnects(feature_store, ml, tmp_path) -> None:
-    jars = feature_store.paths.kafka_jars
+def _private_broker(config: Config, tmp_path: Path) -> LocalBroker:
+    """A started broker of the test's own, on fixed ports so it can restart on them."""
     broker = LocalBroker(
-        jars,
+        config.paths.kafka_jars,
         tmp_path / "kafka",
         port=free_port("127.0.0.1"),
         controller_port=free_port("127.0.0.1"),
         log=lambda _: None,
     )
     broker.start()
+    return broker
+
+
+def test_broker_restart_mid_stream_ingester_reconnects(feature_store, ml, tmp_path) -> None:
+    broker = _private_broker(feature_store, tmp_path)
     try:
         stream = Stream.make(feature_store, broker.bootstrap_servers, list(ml.items["item_id"]))
         config_file = write_config(stream.config, tmp_path / "config.yaml")
@@ -187,15 +192,7 @@ def test_broker_sigkill_mid_replay_loses_nothing_acknowledged(feature_store, ml,
     """The broker's JVM killed with SIGKILL (no clean shutdown) while ``replay`` sends, then
     restarted on its log directory: the producer retries through it, the ingester
     reconnects, and every acknowledged event is in the store."""
-    jars = feature_store.paths.kafka_jars
-    broker = LocalBroker(
-        jars,
-        tmp_path / "kafka",
-        port=free_port("127.0.0.1"),
-        controller_port=free_port("127.0.0.1"),
-        log=lambda _: None,
-    )
-    broker.start()
+    broker = _private_broker(feature_store, tmp_path)
     try:
         items = list(ml.items["item_id"])
         stream = Stream.make(feature_store, broker.bootstrap_servers, items)
@@ -209,12 +206,7 @@ def test_broker_sigkill_mid_replay_loses_nothing_acknowledged(feature_store, ml,
             }
         )
         history = stream.config.model.history_length
-        expected = dict.fromkeys(stream.users, EMPTY) | {
-            u: apply_events(
-                EMPTY, ratings_to_interactions(u, list(g["item_id"]), list(g["timestamp"])), history
-            )
-            for u, g in frame.groupby("user_id")
-        }
+        expected = dict.fromkeys(stream.users, EMPTY) | fold_ratings(frame, history)
         config_file = write_config(stream.config, tmp_path / "config.yaml")
         features = OnlineFeatures(open_store(stream.config))
         outcome: dict[str, object] = {}

@@ -88,7 +88,7 @@ def test_known_user_history_is_extended_by_the_stream(server, ingester, ml) -> N
 def test_served_items_are_the_stream_protocols_ranking(server, ingester, ml) -> None:
     """A few users' next events replayed through the real ingester: before their following
     event, the server answers exactly what the stream protocol ranks first for them."""
-    from features.activity import EMPTY, apply_events, ratings_to_interactions
+    from features.activity import fold_ratings
     from recsys.data import temporal_split
     from serving.recommender import Bundle
     from towers.examples import catalog_inputs
@@ -111,16 +111,7 @@ def test_served_items_are_the_stream_protocols_ranking(server, ingester, ml) -> 
     known = past[past["user_id"].isin(users)]
     features = OnlineFeatures(open_store(config))
     # Back to the backfilled state, whatever earlier tests streamed for these users.
-    features.write_activity(
-        {
-            u: apply_events(
-                EMPTY,
-                ratings_to_interactions(u, list(g["item_id"]), list(g["timestamp"])),
-                history,
-            )
-            for u, g in known.groupby("user_id")
-        }
-    )
+    features.write_activity(fold_ratings(known, history))
     assert replay(config, replayed, progress=False) == len(replayed)
     deadline = time.monotonic() + 60
     last = replayed.groupby("user_id")["timestamp"].max() * 1000
