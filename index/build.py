@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
@@ -34,6 +34,9 @@ from recsys.config import Config, IndexConfig
 from recsys.data import MovieLens, temporal_split
 from recsys.errors import ArtifactError, DataError
 from towers.encoding import FeatureSpace
+
+if TYPE_CHECKING:
+    from towers.runtime import NumpyItemTower
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "item_ids.json"
@@ -129,7 +132,12 @@ class _ExactTopK:
 
     def add(self, vectors: np.ndarray, first_row: int) -> None:
         scores = self.queries @ vectors.T
-        rows = np.broadcast_to(np.arange(first_row, first_row + len(vectors)), scores.shape)
+        self.merge(scores, np.arange(first_row, first_row + len(vectors)))
+
+    def merge(self, scores: np.ndarray, rows: np.ndarray) -> None:
+        """Folds in ``[queries, n]`` scores of ``rows`` (``[n]``, or ``[queries, n]``: another
+        top list, such as a shard's, with its rows made global)."""
+        rows = np.broadcast_to(rows, scores.shape)
         scores = np.concatenate([self.scores, scores], axis=1)
         rows = np.concatenate([self.rows, rows], axis=1)
         if scores.shape[1] > TRUTH_DEPTH:
@@ -207,8 +215,13 @@ def _build_lock(root: Path) -> Iterator[None]:
         yield
 
 
-def _check_chunk(chunk: pd.DataFrame, seen: set[str]) -> list[str]:
-    ids = [str(i) for i in chunk["item_id"]]
+def check_ids(chunk: pd.DataFrame, seen: set[str]) -> list[str]:
+    """The chunk's item ids, added to ``seen``.
+
+    Raises:
+        DataError: an empty id, or one already in ``seen`` or twice in the chunk.
+    """
+    ids = ["" if i is None else str(i) for i in chunk["item_id"]]
     if any(not i for i in ids):
         raise DataError("the catalog has an empty item id; nothing published")
     fresh = set(ids)
@@ -217,6 +230,112 @@ def _check_chunk(chunk: pd.DataFrame, seen: set[str]) -> list[str]:
         raise DataError(f"the catalog has duplicate item id {dup!r}; nothing published")
     seen |= fresh
     return ids
+
+
+def embed_chunk(
+    space: FeatureSpace, tower: NumpyItemTower, chunk: pd.DataFrame, seen: set[str]
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """One catalog chunk through the item tower, as both engines run it.
+
+    Returns:
+        The ids (checked by ``check_ids``), ``[n, dim] float32`` vectors and ``[n] uint64``
+        genre bits.
+    """
+    ids = check_ids(chunk, seen)
+    inputs = space.encode_items(
+        ids, list(chunk["release_year"]), list(chunk["genres"]), list(chunk["title"])
+    )
+    vectors = np.ascontiguousarray(tower(inputs), np.float32)
+    return ids, vectors, items.genre_bits(chunk["genres"], space.genres)
+
+
+def train_size(index: faiss.Index, kind: str) -> int:
+    """Vectors an IVF coarse quantizer is trained on: 64 per list (0: nothing to train)."""
+    return 64 * faiss.extract_index_ivf(index).nlist if kind.startswith("ivf") else 0
+
+
+@dataclass
+class Filled:
+    """What an engine hands to verification: the filled index and what is row-aligned
+    with it.
+
+    Attributes:
+        index: Trained, holding every item; row ``i`` is ``item_ids[i]``.
+        genres: ``[items] uint64`` genre bits.
+        exact: The verification queries' exact top results over every item.
+        stats: Engine facts for the manifest (the Spark engine's partitions, task retries).
+    """
+
+    index: faiss.Index
+    item_ids: list[str]
+    genres: np.ndarray
+    exact: _ExactTopK
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _fill_locally(
+    catalog: Catalog,
+    space: FeatureSpace,
+    tower: NumpyItemTower,
+    index: faiss.Index,
+    kind: str,
+    exact: _ExactTopK,
+    phases: dict[str, float],
+    progress: bool,
+) -> Filled:
+    """The local engine: the catalog in chunks through this process."""
+    item_ids: list[str] = []
+    genres: list[np.ndarray] = []
+    seen: set[str] = set()
+    pending: list[np.ndarray] = []  # embedded before the index could be trained
+    needed = train_size(index, kind)
+    bar = tqdm(total=catalog.size, unit="item", disable=not progress, desc="embed+add")
+
+    def train_on_pending() -> np.ndarray:
+        sample = np.concatenate(pending)
+        pending.clear()
+        t = time.perf_counter()
+        index.train(sample[:needed])
+        phases["train"] += time.perf_counter() - t
+        return sample
+
+    def add(vectors: np.ndarray) -> None:
+        if not index.is_trained:
+            pending.append(vectors)
+            if sum(len(p) for p in pending) < needed:
+                return
+            vectors = train_on_pending()
+        t = time.perf_counter()
+        index.add(vectors)
+        phases["add"] += time.perf_counter() - t
+
+    for chunk in catalog.chunks():
+        t = time.perf_counter()
+        ids, vectors, bits = embed_chunk(space, tower, chunk, seen)
+        genres.append(bits)
+        phases["embed"] += time.perf_counter() - t
+        t = time.perf_counter()
+        exact.add(vectors, len(item_ids))
+        phases["exact"] += time.perf_counter() - t
+        item_ids += ids
+        add(vectors)
+        bar.update(len(ids))
+    bar.close()
+    if pending:  # a catalog smaller than the training sample
+        add(train_on_pending())
+    return Filled(
+        index, item_ids, np.concatenate(genres) if genres else np.zeros(0, np.uint64), exact
+    )
+
+
+def default_catalog(config: Config, ml: MovieLens) -> Catalog:
+    """``index.catalog`` if set, else the synthetic catalog if sized, else ML-100K's."""
+    cfg = config.index
+    if cfg.catalog is not None:
+        return Catalog.parquet(cfg.catalog, chunk=cfg.chunk_items)
+    if cfg.synthetic_items:
+        return Catalog.synthetic(ml, cfg.synthetic_items, chunk=cfg.chunk_items)
+    return Catalog.movielens(ml, chunk=cfg.chunk_items)
 
 
 def build_index(
@@ -228,25 +347,23 @@ def build_index(
     publish: bool = True,
     progress: bool = False,
 ) -> BuildResult:
-    """Embeds ``catalog`` (default: from ``index.synthetic_items``) with the current model's
-    item tower, builds, verifies and writes ``indexes/<version>``; publishes it unless told
-    not to.
+    """Embeds ``catalog`` (default: ``default_catalog``) with the current model's item tower
+    on ``index.engine``, builds, verifies and writes ``indexes/<version>``; publishes it
+    unless told not to.
 
     Raises:
-        DataError: an empty catalog or a duplicate item id.
-        ArtifactError: recall below ``index.min_recall``, or no published model.
+        DataError: an empty catalog, a duplicate or empty item id, or a catalog column
+            missing or of the wrong type.
+        ArtifactError: recall below ``index.min_recall``, no published model, or a failed
+            Spark job (nothing is published then).
+        ConfigError: an index kind the engine cannot build.
     """
     from towers.runtime import NumpyItemTower
 
     cfg = config.index
-    if catalog is None:
-        catalog = (
-            Catalog.synthetic(ml, cfg.synthetic_items, chunk=cfg.chunk_items)
-            if cfg.synthetic_items
-            else Catalog.movielens(ml, chunk=cfg.chunk_items)
-        )
+    catalog = catalog or default_catalog(config, ml)
     started = time.perf_counter()
-    phases: dict[str, float] = {"embed": 0.0, "train": 0.0, "add": 0.0, "exact": 0.0}
+    phases: dict[str, float] = {}
     model_dir = artifacts.current(config.models_dir)
     model_manifest = artifacts.read_manifest(model_dir)
     space = FeatureSpace.load(model_dir / "features.json")
@@ -255,63 +372,28 @@ def build_index(
     kind, spec = index_spec(cfg, catalog.size)
     index = faiss.index_factory(queries.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
     exact = _ExactTopK(queries)
-    item_ids: list[str] = []
-    genres: list[np.ndarray] = []
-    seen: set[str] = set()
-    pending: list[np.ndarray] = []  # embedded before the index could be trained
-    train_size = 64 * faiss.extract_index_ivf(index).nlist if kind.startswith("ivf") else 0
-    bar = tqdm(total=catalog.size, unit="item", disable=not progress, desc="embed+add")
-
-    def train_on_pending() -> np.ndarray:
-        sample = np.concatenate(pending)
-        pending.clear()
-        t = time.perf_counter()
-        index.train(sample[:train_size])
-        phases["train"] += time.perf_counter() - t
-        return sample
-
-    def add(vectors: np.ndarray) -> None:
-        if not index.is_trained:
-            pending.append(vectors)
-            if sum(len(p) for p in pending) < train_size:
-                return
-            vectors = train_on_pending()
-        t = time.perf_counter()
-        index.add(vectors)
-        phases["add"] += time.perf_counter() - t
-
     with _build_lock(config.indexes_dir):
-        for chunk in catalog.chunks():
-            t = time.perf_counter()
-            ids = _check_chunk(chunk, seen)
-            inputs = space.encode_items(
-                ids, list(chunk["release_year"]), list(chunk["genres"]), list(chunk["title"])
-            )
-            vectors = np.ascontiguousarray(tower(inputs), np.float32)
-            genres.append(items.genre_bits(chunk["genres"], space.genres))
-            phases["embed"] += time.perf_counter() - t
-            t = time.perf_counter()
-            exact.add(vectors, len(item_ids))
-            phases["exact"] += time.perf_counter() - t
-            item_ids += ids
-            add(vectors)
-            bar.update(len(ids))
-        bar.close()
+        version = artifacts.new_version()
+        if cfg.engine == "spark":
+            from index import spark
+
+            filled = spark.fill(config, catalog, space, tower, index, kind, exact, phases, version)
+        else:
+            phases.update(embed=0.0, train=0.0, add=0.0, exact=0.0)
+            filled = _fill_locally(catalog, space, tower, index, kind, exact, phases, progress)
+        index, item_ids = filled.index, filled.item_ids
         if not item_ids:
             raise DataError(f"the catalog {catalog.name} is empty: nothing to index")
-        if pending:  # a catalog smaller than the training sample
-            add(train_on_pending())
         t = time.perf_counter()
-        params, recall, sweep = tune(index, kind, queries, exact.truth(), cfg.min_recall)
-        phases["verify"] = time.perf_counter() - t + phases.pop("exact")
-        version = artifacts.new_version()
+        params, recall, sweep = tune(index, kind, queries, filled.exact.truth(), cfg.min_recall)
+        phases["verify"] = time.perf_counter() - t + phases.pop("exact", 0.0)
         t = time.perf_counter()
         with artifacts.staged_version(config.indexes_dir, version) as staging:
             faiss.write_index(index, str(staging / INDEX_FILE))
             (staging / IDS_FILE).write_text(json.dumps(item_ids))
             past, _ = temporal_split(ml.interactions, config.model.test_fraction)
             rows, shares = items.popular_rows(item_ids, items.interaction_counts(past))
-            items.write(staging, np.concatenate(genres), rows, shares)
+            items.write(staging, filled.genres, rows, shares)
             seconds = time.perf_counter() - started
             artifacts.write_manifest(
                 staging,
@@ -319,6 +401,8 @@ def build_index(
                     "version": version,
                     "model_version": model_manifest["version"],
                     "catalog": catalog.name,
+                    "engine": cfg.engine,
+                    **({"engine_stats": filled.stats} if filled.stats else {}),
                     "items": len(item_ids),
                     "dim": int(index.d),
                     "metric": "inner_product",

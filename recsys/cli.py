@@ -72,6 +72,12 @@ def cmd_build_index(config: Config, args: argparse.Namespace) -> None:
         overrides["synthetic_items"] = args.synthetic
     if args.type:
         overrides["type"] = args.type
+    if args.catalog is not None:
+        overrides["catalog"] = str(args.catalog)
+    if args.engine:
+        overrides["engine"] = args.engine
+    if args.master:
+        overrides["spark_master"] = args.master
     config = config.with_overrides({"index": overrides})
     build_index(config, load_dataset(config), publish=not args.no_publish, progress=True)
 
@@ -581,11 +587,29 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--export-splits", type=Path, help="write each split as RecBole atomic files")
     ev.add_argument("--out", type=Path, help="results JSON (default: artifacts/evaluation.json)")
     bi = parsers["build-index"]
-    bi.add_argument("--synthetic", type=int, metavar="N", help="a synthetic catalog of N items")
+    source = bi.add_mutually_exclusive_group()
+    source.add_argument("--synthetic", type=int, metavar="N", help="a synthetic catalog of N items")
     bi.add_argument(
         "--type",
         choices=("auto", "flat", "ivf", "ivf-sq8", "hnsw"),
         help="the FAISS index kind (default: index.type; auto picks by catalog size)",
+    )
+    source.add_argument(
+        "--catalog",
+        type=Path,
+        metavar="PARQUET",
+        help="index this Parquet catalog (file or folder; columns item_id, title, "
+        "release_year, genres) instead of index.catalog / ML-100K's",
+    )
+    bi.add_argument(
+        "--engine",
+        choices=("local", "spark"),
+        help="where the catalog is embedded and indexed (default: index.engine)",
+    )
+    bi.add_argument(
+        "--master",
+        metavar="URL",
+        help="the Spark master for --engine spark (default: index.spark_master)",
     )
     bi.add_argument("--no-publish", action="store_true", help="write the version, keep CURRENT")
     parsers["index"].add_argument(

@@ -169,6 +169,25 @@ class IndexConfig(_Section):
     """0: index ML-100K's catalog; N: a synthetic catalog of N items (the real ones first)."""
     chunk_items: int = Field(100_000, ge=1)
     """Items embedded and added per step: memory stays bounded for any catalog size."""
+    catalog: Path | None = None
+    """A Parquet catalog (file or folder: ``item_id``, ``title``, ``release_year``,
+    ``genres``) to index instead of ML-100K's or the synthetic one."""
+    engine: Literal["local", "spark"] = "local"
+    """``local``: this process, in chunks. ``spark``: embed, add and verify in Spark
+    executors, one shard per partition, merged on the driver (``index/spark.py``)."""
+    spark_master: str = "local[*,4]"
+    """The Spark master URL; ``local[N,F]`` runs N task slots here, each task tried F times."""
+    spark_partitions: int = Field(0, ge=0)
+    """Shards (partitions by item-id hash); 0: two per task slot, at most 250k items each."""
+    spark_scratch: Path | None = None
+    """Where executors write their shards (and a generated catalog as Parquet) for the
+    driver to merge: a path the driver and every executor can reach (on a cluster, shared
+    storage). Default: a staging folder beside the index versions."""
+
+    @field_validator("catalog", "spark_scratch")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.absolute()
 
 
 class LoadTestConfig(_Section):

@@ -1,0 +1,408 @@
+"""The batch index rebuild on Apache Spark: the catalog embedded, indexed and verified in the
+executors, one shard per partition, merged on the driver.
+
+Two jobs over a Parquet catalog (a generated one is written as Parquet first):
+
+1. IVF only: a Bernoulli sample of ``64 · nlist`` items is embedded in the executors and
+   collected; the driver trains the coarse quantizer on it once.
+2. The catalog, partitioned by item-id hash (so a duplicate id meets its twin in one
+   partition), goes through ``mapInArrow``. Each task embeds its Arrow batches with the item
+   tower, adds them to a copy of the trained, empty index, keeps the exact top results of the
+   verification queries over its items, and writes its shard (FAISS index, ids, genre bits)
+   to the scratch folder. It returns one row: where the shard is, its size, its exact top
+   lists and its timings.
+
+The driver then merges the shards in partition order into one index (``merge_from``, rows
+shifted by the items before), merges the exact top lists the same way, and hands the result
+to the verify-then-publish step the local engine uses. The server loads the same kind of
+version and knows nothing of the engine. A merged index rather than ``IndexShards``: the
+merge costs a fraction of a second a million items, and one index answers a single query
+faster than shards searched in turn (BENCHMARKS.md).
+
+The model reaches the executors as a broadcast of the item tower and feature space loaded
+from the version's exported weights (under 1 MB): unpickled once per Python worker, which
+Spark reuses across tasks. A failed task is retried by Spark (``local[N,F]``: F attempts);
+each attempt writes its own files, and the driver reads only the attempts whose rows came
+back. A job that fails raises ``ArtifactError``; the scratch folder is removed and nothing
+is written or published, so the old ``CURRENT`` keeps serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+
+from index.build import Filled, _ExactTopK, embed_chunk, train_size
+from index.catalog import COLUMNS, Catalog, check_columns, tidy
+from recsys.config import Config
+from recsys.errors import ArtifactError, ConfigError, DataError
+from towers.encoding import FeatureSpace
+
+if TYPE_CHECKING:
+    from pyspark.broadcast import Broadcast
+    from pyspark.sql import DataFrame, SparkSession
+
+    from towers.runtime import NumpyItemTower
+
+ITEMS_PER_PARTITION = 250_000
+"""At most this many items a shard by default: a task's vectors, index copy and exact top
+lists stay near 100 MB, and a lost task costs seconds to redo."""
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+"""One thread a task: Spark runs one task per slot, so FAISS's OpenMP and NumPy's BLAS
+would otherwise put every core's worth of threads on every slot."""
+_SHARD = pa.schema(
+    [
+        ("part", pa.int32()),
+        ("attempt", pa.int32()),
+        ("path", pa.string()),
+        ("items", pa.int64()),
+        ("error", pa.string()),
+        ("scores", pa.binary()),
+        ("rows", pa.binary()),
+        ("embed_seconds", pa.float64()),
+        ("task_seconds", pa.float64()),
+        ("pid", pa.int64()),
+        ("loaded", pa.bool_()),
+    ]
+)
+_SAMPLE = pa.schema([("vectors", pa.binary()), ("embed_seconds", pa.float64())])
+_DDL = {
+    pa.int32(): "int",
+    pa.int64(): "bigint",
+    pa.string(): "string",
+    pa.binary(): "binary",
+    pa.float64(): "double",
+    pa.bool_(): "boolean",
+}
+
+
+def _ddl(schema: pa.Schema) -> str:
+    """The Spark DDL of an Arrow schema (what ``mapInArrow`` is told it returns)."""
+    return ", ".join(f"{f.name} {_DDL[f.type]}" for f in schema)
+
+
+@contextlib.contextmanager
+def session(master: str, app: str = "recsys-build-index") -> Iterator[SparkSession]:
+    """A Spark session on ``master``; an active one is reused (and left running), one made
+    here is stopped on exit. The executors' Python is this interpreter unless
+    ``PYSPARK_PYTHON`` says otherwise (on a cluster it must have this project installed)."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        yield active
+        return
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = (
+        SparkSession.builder.master(master)
+        .appName(app)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "20000")
+    )
+    for name in THREAD_ENV:
+        builder = builder.config(f"spark.executorEnv.{name}", "1")
+    if master.startswith("local"):  # everything on this machine: nothing listens outside it
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        builder = builder.config("spark.driver.host", "127.0.0.1").config(
+            "spark.driver.bindAddress", "127.0.0.1"
+        )
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    try:
+        yield spark
+    finally:
+        spark.stop()
+
+
+def read_catalog(spark: SparkSession, path: Path) -> DataFrame:
+    """The catalog's ``COLUMNS`` as a DataFrame, ids as strings.
+
+    Raises:
+        DataError: the path is not readable Parquet, or a column is missing or mistyped.
+    """
+    from pyspark.errors import PySparkException
+    from pyspark.sql import functions as F  # noqa: N812 (Spark's own convention)
+    from pyspark.sql import types as T  # noqa: N812
+
+    try:
+        frame = spark.read.parquet(str(path))
+    except PySparkException as exc:
+        raise DataError(f"cannot read the catalog {path} as Parquet: {_first_line(exc)}") from exc
+    kinds = {}
+    for column in frame.schema.fields:
+        dtype = column.dataType
+        if isinstance(dtype, T.StringType):
+            kinds[column.name] = "string"
+        elif isinstance(dtype, T.IntegralType):
+            kinds[column.name] = "integer"
+        elif isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.StringType):
+            kinds[column.name] = "list<string>"
+        else:
+            kinds[column.name] = dtype.simpleString()
+    check_columns(kinds, str(path))
+    return frame.select(*COLUMNS).withColumn("item_id", F.col("item_id").cast("string"))
+
+
+def fill(
+    config: Config,
+    catalog: Catalog,
+    space: FeatureSpace,
+    tower: NumpyItemTower,
+    index: faiss.Index,
+    kind: str,
+    exact: _ExactTopK,
+    phases: dict[str, float],
+    version: str,
+) -> Filled:
+    """The Spark engine behind ``index.build.build_index``: ``index`` (empty, untrained)
+    trained on a sample and filled with every item of ``catalog`` by the executors.
+
+    Raises:
+        ConfigError: an HNSW index (graphs do not merge from shards).
+        DataError: a catalog column missing or mistyped, an empty or duplicate item id.
+        ArtifactError: the Spark job failed (after Spark's own retries).
+    """
+    cfg = config.index
+    if not catalog.size:
+        raise DataError(f"the catalog {catalog.name} is empty: nothing to index")
+    if kind == "hnsw":
+        raise ConfigError(
+            "the spark engine builds flat and IVF indexes (HNSW graphs do not merge from "
+            "shards); use --engine local or --type ivf"
+        )
+    scratch = (cfg.spark_scratch or config.indexes_dir) / f".spark-{version}.tmp"
+    scratch.mkdir(parents=True)
+    started = time.perf_counter()
+    try:
+        with session(cfg.spark_master) as spark:
+            phases["session"] = time.perf_counter() - started
+            return _fill(spark, config, catalog, space, tower, index, kind, exact, phases, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fill(
+    spark: SparkSession,
+    config: Config,
+    catalog: Catalog,
+    space: FeatureSpace,
+    tower: NumpyItemTower,
+    index: faiss.Index,
+    kind: str,
+    exact: _ExactTopK,
+    phases: dict[str, float],
+    scratch: Path,
+) -> Filled:
+    from py4j.protocol import Py4JJavaError
+
+    cfg = config.index
+    sc = spark.sparkContext
+    t = time.perf_counter()
+    path = catalog.path or catalog.write_parquet(scratch / "catalog.parquet")
+    frame = read_catalog(spark, path)
+    phases["catalog"] = time.perf_counter() - t
+    group = f"recsys-build-{scratch.name}"
+    sc.setJobGroup(group, f"index build: {catalog.name}")
+    model = sc.broadcast((space, tower))
+    stats: dict[str, Any] = {"master": sc.master, "slots": sc.defaultParallelism}
+    try:
+        needed = train_size(index, kind)
+        if needed:
+            t = time.perf_counter()
+            share = min(1.0, 1.2 * needed / max(catalog.size, 1))
+            sampled = frame.sample(fraction=share, seed=0).mapInArrow(
+                functools.partial(_embed_sample, model), _ddl(_SAMPLE)
+            )
+            rows = sampled.collect()
+            sample = np.concatenate(
+                [np.frombuffer(r["vectors"], np.float32) for r in rows] or [np.zeros(0, np.float32)]
+            ).reshape(-1, index.d)
+            stats["executor_embed_seconds"] = sum(r["embed_seconds"] for r in rows)
+            phases["sample"] = time.perf_counter() - t
+            t = time.perf_counter()
+            index.train(sample[:needed])
+            phases["train"] = time.perf_counter() - t
+            stats["train_vectors"] = int(min(needed, len(sample)))
+            del sample, rows
+        partitions = cfg.spark_partitions or max(
+            2 * sc.defaultParallelism, -(-catalog.size // ITEMS_PER_PARTITION)
+        )
+        blob = faiss.serialize_index(index).tobytes()
+        empty = sc.broadcast((blob, exact.queries, str(scratch)))
+        t = time.perf_counter()
+        shards = (
+            frame.repartition(partitions, "item_id")
+            .mapInArrow(functools.partial(_shard, model, empty), _ddl(_SHARD))
+            .collect()
+        )
+        phases["shards"] = time.perf_counter() - t
+    except Py4JJavaError as exc:
+        raise ArtifactError(f"the Spark job failed, nothing published: {_first_line(exc)}") from exc
+    finally:
+        stats["failed_tasks"] = _failed_tasks(spark, group)
+        sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]  # None unsets it
+    errors = sorted(r["error"] for r in shards if r["error"])
+    if errors:
+        raise DataError(errors[0])
+    t = time.perf_counter()
+    # Into a copy read back like the shards are: FAISS merges only indexes of one class,
+    # and a factory-made flat index reads back as its metric's subclass.
+    target = faiss.deserialize_index(np.frombuffer(blob, np.uint8))
+    filled = _merge(sorted(shards, key=lambda r: r["part"]), target, kind, exact)
+    phases["merge"] = time.perf_counter() - t
+    stats.update(
+        partitions=partitions,
+        executor_embed_seconds=stats.get("executor_embed_seconds", 0.0)
+        + sum(r["embed_seconds"] for r in shards),
+        executor_task_seconds=sum(r["task_seconds"] for r in shards),
+        python_workers=len({r["pid"] for r in shards}),
+        tower_loads=sum(r["loaded"] for r in shards),
+    )
+    filled.stats = {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}
+    return filled
+
+
+def _merge(shards: list[Any], index: faiss.Index, kind: str, exact: _ExactTopK) -> Filled:
+    """The shards' indexes, ids, genre bits and exact top lists, in partition order."""
+    item_ids: list[str] = []
+    genres = []
+    for row in shards:
+        shard = faiss.read_index(row["path"])
+        # IVF lists carry their ids: shift the shard's 0..n-1 past the rows before it.
+        index.merge_from(shard, len(item_ids) if kind.startswith("ivf") else 0)
+        with np.load(row["path"] + ".npz") as meta:
+            ids = meta["ids"].tolist()
+            genres.append(meta["genres"])
+        n = len(item_ids)
+        scores = np.frombuffer(row["scores"], np.float32).reshape(len(exact.queries), -1)
+        rows = np.frombuffer(row["rows"], np.int64).reshape(scores.shape) + n
+        exact.merge(scores, rows)
+        item_ids += ids
+    if index.ntotal != len(item_ids):
+        raise ArtifactError(f"merged {index.ntotal} vectors for {len(item_ids)} ids; rebuild")
+    bits = np.concatenate(genres) if genres else np.zeros(0, np.uint64)
+    return Filled(index, item_ids, bits, exact)
+
+
+def _failed_tasks(spark: SparkSession, group: str) -> int:
+    tracker = spark.sparkContext.statusTracker()
+    failed = 0
+    for job in tracker.getJobIdsForGroup(group):
+        info = tracker.getJobInfo(job)
+        for stage in info.stageIds if info else ():
+            stage_info = tracker.getStageInfo(stage)
+            failed += stage_info.numFailedTasks if stage_info else 0
+    return failed
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    for line in text.splitlines():
+        if "Error" in line or "Exception" in line:
+            return line.strip()[:500]
+    return text.splitlines()[0][:500] if text else type(exc).__name__
+
+
+# --- in the executors ------------------------------------------------------------------
+
+_LOADED: dict[int, tuple[FeatureSpace, NumpyItemTower]] = {}
+"""Per Python worker: the unpickled model by broadcast object. Spark reuses workers across
+tasks and keeps one object per broadcast in each, so a worker unpickles the model once."""
+
+
+def _model(model: Broadcast[Any]) -> tuple[FeatureSpace, NumpyItemTower, bool]:
+    """The broadcast model, and whether this call unpickled it."""
+    fresh = id(model) not in _LOADED
+    if fresh:
+        _LOADED[id(model)] = model.value
+    space, tower = _LOADED[id(model)]
+    return space, tower, fresh
+
+
+def _embed_sample(
+    model: Broadcast[Any], batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """Job 1: each batch's vectors as one blob (duplicates are job 2's to find)."""
+    space, tower, _ = _model(model)
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        t = time.perf_counter()
+        _, vectors, _ = embed_chunk(space, tower, tidy(batch.to_pandas()), set())
+        yield pa.RecordBatch.from_pydict(
+            {"vectors": [vectors.tobytes()], "embed_seconds": [time.perf_counter() - t]}, _SAMPLE
+        )
+
+
+def _shard(
+    model: Broadcast[Any], empty: Broadcast[Any], batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """Job 2: one partition embedded, added to a copy of the trained index, scored exactly
+    against the queries and written as a shard; yields its one row of ``_SHARD``."""
+    from pyspark import TaskContext
+
+    started = time.perf_counter()
+    faiss.omp_set_num_threads(1)
+    context = TaskContext.get()
+    assert context is not None, "runs inside a Spark task"
+    part, attempt = context.partitionId(), context.attemptNumber()
+    space, tower, loaded = _model(model)
+    blob, queries, scratch = empty.value
+    index = faiss.deserialize_index(np.frombuffer(blob, np.uint8))
+    exact = _ExactTopK(queries)
+    ids: list[str] = []
+    genres = []
+    seen: set[str] = set()
+    embed_seconds = 0.0
+    error = None
+    try:
+        for batch in batches:
+            if not batch.num_rows:
+                continue
+            t = time.perf_counter()
+            batch_ids, vectors, bits = embed_chunk(space, tower, tidy(batch.to_pandas()), seen)
+            embed_seconds += time.perf_counter() - t
+            exact.add(vectors, len(ids))
+            index.add(vectors)
+            ids += batch_ids
+            genres.append(bits)
+    except DataError as exc:  # the catalog's fault: retrying will not help, so report it
+        error = str(exc)
+    path = Path(scratch) / f"part-{part:05d}-{attempt}.faiss"
+    if error is None:
+        faiss.write_index(index, str(path) + ".tmp")
+        os.replace(str(path) + ".tmp", path)
+        np.savez(
+            str(path) + ".npz",
+            ids=np.array(ids, dtype=np.str_),
+            genres=np.concatenate(genres) if genres else np.zeros(0, np.uint64),
+        )
+    yield pa.RecordBatch.from_pydict(
+        {
+            "part": [part],
+            "attempt": [attempt],
+            "path": [str(path)],
+            "items": [len(ids)],
+            "error": [error],
+            "scores": [exact.scores.astype(np.float32).tobytes()],
+            "rows": [exact.rows.astype(np.int64).tobytes()],
+            "embed_seconds": [embed_seconds],
+            "task_seconds": [time.perf_counter() - started],
+            "pid": [os.getpid()],
+            "loaded": [loaded],
+        },
+        _SHARD,
+    )
