@@ -273,22 +273,40 @@ class Filled:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def _fill_locally(
-    catalog: Catalog,
-    space: FeatureSpace,
-    tower: NumpyItemTower,
-    index: faiss.Index,
-    kind: str,
-    exact: _ExactTopK,
-    phases: dict[str, float],
-    progress: bool,
-) -> Filled:
+@dataclass
+class Plan:
+    """What an engine fills, whichever it is.
+
+    Attributes:
+        index: Empty and untrained, of ``kind`` (``index_spec``).
+        exact: The verification queries' running exact top lists, to fold every item into.
+        phases: Seconds per phase, which the engine adds its own to.
+    """
+
+    catalog: Catalog
+    space: FeatureSpace
+    tower: NumpyItemTower
+    index: faiss.Index
+    kind: str
+    exact: _ExactTopK
+    phases: dict[str, float]
+
+
+def _fill_locally(plan: Plan, progress: bool) -> Filled:
     """The local engine: the catalog in chunks through this process."""
+    catalog, space, tower, index, exact, phases = (
+        plan.catalog,
+        plan.space,
+        plan.tower,
+        plan.index,
+        plan.exact,
+        plan.phases,
+    )
     item_ids: list[str] = []
     genres: list[np.ndarray] = []
     seen: set[str] = set()
     pending: list[np.ndarray] = []  # embedded before the index could be trained
-    needed = train_size(index, kind)
+    needed = train_size(index, plan.kind)
     bar = tqdm(total=catalog.size, unit="item", disable=not progress, desc="embed+add")
 
     def train_on_pending() -> np.ndarray:
@@ -323,9 +341,7 @@ def _fill_locally(
     bar.close()
     if pending:  # a catalog smaller than the training sample
         add(train_on_pending())
-    return Filled(
-        index, item_ids, np.concatenate(genres) if genres else np.zeros(0, np.uint64), exact
-    )
+    return Filled(index, item_ids, items.stack_bits(genres), exact)
 
 
 def default_catalog(config: Config, ml: MovieLens) -> Catalog:
@@ -371,16 +387,16 @@ def build_index(
     queries = user_queries(model_dir, ml, cfg.verify_queries)
     kind, spec = index_spec(cfg, catalog.size)
     index = faiss.index_factory(queries.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
-    exact = _ExactTopK(queries)
+    plan = Plan(catalog, space, tower, index, kind, _ExactTopK(queries), phases)
     with _build_lock(config.indexes_dir):
         version = artifacts.new_version()
         if cfg.engine == "spark":
             from index import spark
 
-            filled = spark.fill(config, catalog, space, tower, index, kind, exact, phases, version)
+            filled = spark.fill(config, plan, version)
         else:
             phases.update(embed=0.0, train=0.0, add=0.0, exact=0.0)
-            filled = _fill_locally(catalog, space, tower, index, kind, exact, phases, progress)
+            filled = _fill_locally(plan, progress)
         index, item_ids = filled.index, filled.item_ids
         if not item_ids:
             raise DataError(f"the catalog {catalog.name} is empty: nothing to index")

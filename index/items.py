@@ -30,6 +30,11 @@ def genre_bits(genres: Iterable[Iterable[str]], names: Sequence[str]) -> np.ndar
     return np.fromiter((sum(bit.get(g, 0) for g in set(item)) for item in genres), np.uint64)
 
 
+def stack_bits(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """Chunks' ``genre_bits`` as one ``[n] uint64`` array (empty for no chunks)."""
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
+
 def popular_rows(
     item_ids: Sequence[str], counts: Mapping[str, int], keep: int = POPULAR_ROWS
 ) -> tuple[np.ndarray, np.ndarray]:

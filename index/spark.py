@@ -43,8 +43,9 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from index.build import Filled, _ExactTopK, embed_chunk, train_size
-from index.catalog import COLUMNS, Catalog, check_columns, tidy
+from index import items
+from index.build import Filled, Plan, _ExactTopK, embed_chunk, train_size
+from index.catalog import COLUMNS, check_columns, tidy
 from recsys.config import Config
 from recsys.errors import ArtifactError, ConfigError, DataError
 from towers.encoding import FeatureSpace
@@ -156,19 +157,10 @@ def read_catalog(spark: SparkSession, path: Path) -> DataFrame:
     return frame.select(*COLUMNS).withColumn("item_id", F.col("item_id").cast("string"))
 
 
-def fill(
-    config: Config,
-    catalog: Catalog,
-    space: FeatureSpace,
-    tower: NumpyItemTower,
-    index: faiss.Index,
-    kind: str,
-    exact: _ExactTopK,
-    phases: dict[str, float],
-    version: str,
-) -> Filled:
-    """The Spark engine behind ``index.build.build_index``: ``index`` (empty, untrained)
-    trained on a sample and filled with every item of ``catalog`` by the executors.
+def fill(config: Config, plan: Plan, version: str) -> Filled:
+    """The Spark engine behind ``index.build.build_index``: the plan's index (empty,
+    untrained) trained on a sample and filled with every item of its catalog by the
+    executors.
 
     Raises:
         ConfigError: an HNSW index (graphs do not merge from shards).
@@ -176,9 +168,9 @@ def fill(
         ArtifactError: the Spark job failed (after Spark's own retries).
     """
     cfg = config.index
-    if not catalog.size:
-        raise DataError(f"the catalog {catalog.name} is empty: nothing to index")
-    if kind == "hnsw":
+    if not plan.catalog.size:
+        raise DataError(f"the catalog {plan.catalog.name} is empty: nothing to index")
+    if plan.kind == "hnsw":
         raise ConfigError(
             "the spark engine builds flat and IVF indexes (HNSW graphs do not merge from "
             "shards); use --engine local or --type ivf"
@@ -188,27 +180,23 @@ def fill(
     started = time.perf_counter()
     try:
         with session(cfg.spark_master) as spark:
-            phases["session"] = time.perf_counter() - started
-            return _fill(spark, config, catalog, space, tower, index, kind, exact, phases, scratch)
+            plan.phases["session"] = time.perf_counter() - started
+            return _fill(spark, config, plan, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _fill(
-    spark: SparkSession,
-    config: Config,
-    catalog: Catalog,
-    space: FeatureSpace,
-    tower: NumpyItemTower,
-    index: faiss.Index,
-    kind: str,
-    exact: _ExactTopK,
-    phases: dict[str, float],
-    scratch: Path,
-) -> Filled:
+def _fill(spark: SparkSession, config: Config, plan: Plan, scratch: Path) -> Filled:
     from py4j.protocol import Py4JJavaError
 
     cfg = config.index
+    catalog, index, kind, exact, phases = (
+        plan.catalog,
+        plan.index,
+        plan.kind,
+        plan.exact,
+        plan.phases,
+    )
     sc = spark.sparkContext
     t = time.perf_counter()
     path = catalog.path or catalog.write_parquet(scratch / "catalog.parquet")
@@ -216,7 +204,7 @@ def _fill(
     phases["catalog"] = time.perf_counter() - t
     group = f"recsys-build-{scratch.name}"
     sc.setJobGroup(group, f"index build: {catalog.name}")
-    model = sc.broadcast((space, tower))
+    model = sc.broadcast((plan.space, plan.tower))
     stats: dict[str, Any] = {"master": sc.master, "slots": sc.defaultParallelism}
     try:
         needed = train_size(index, kind)
@@ -281,20 +269,19 @@ def _merge(shards: list[Any], index: faiss.Index, kind: str, exact: _ExactTopK) 
     genres = []
     for row in shards:
         shard = faiss.read_index(row["path"])
+        n = len(item_ids)
         # IVF lists carry their ids: shift the shard's 0..n-1 past the rows before it.
-        index.merge_from(shard, len(item_ids) if kind.startswith("ivf") else 0)
+        index.merge_from(shard, n if kind.startswith("ivf") else 0)
         with np.load(row["path"] + ".npz") as meta:
             ids = meta["ids"].tolist()
             genres.append(meta["genres"])
-        n = len(item_ids)
         scores = np.frombuffer(row["scores"], np.float32).reshape(len(exact.queries), -1)
         rows = np.frombuffer(row["rows"], np.int64).reshape(scores.shape) + n
         exact.merge(scores, rows)
         item_ids += ids
     if index.ntotal != len(item_ids):
         raise ArtifactError(f"merged {index.ntotal} vectors for {len(item_ids)} ids; rebuild")
-    bits = np.concatenate(genres) if genres else np.zeros(0, np.uint64)
-    return Filled(index, item_ids, bits, exact)
+    return Filled(index, item_ids, items.stack_bits(genres), exact)
 
 
 def _failed_tasks(spark: SparkSession, group: str) -> int:
@@ -388,7 +375,7 @@ def _shard(
         np.savez(
             str(path) + ".npz",
             ids=np.array(ids, dtype=np.str_),
-            genres=np.concatenate(genres) if genres else np.zeros(0, np.uint64),
+            genres=items.stack_bits(genres),
         )
     yield pa.RecordBatch.from_pydict(
         {
