@@ -5,9 +5,11 @@ model's item tower (the NumPy runtime, held to the SavedModel within 1e-5 by the
 tests), added to the index (an IVF index is trained on the first chunks), and scored
 exactly against a sample of real user-tower queries, so exact ground truth costs no second
 copy of the vectors. Then the ANN index's recall@10 is measured against that ground truth
-for increasing ``nprobe`` (or ``efSearch``); the smallest setting that reaches
-``index.min_recall`` is kept, and if none does the build is refused. The version is written
-to a staging directory, fsynced, renamed into place, and only then does ``CURRENT`` move.
+for increasing ``nprobe`` (or ``efSearch``); the smallest setting whose recall, less
+``MARGIN_SE`` standard errors over the queries, reaches ``index.min_recall`` is kept (so the
+target holds on queries the build never saw), and if none does the build is refused. The
+version is written to a staging directory, fsynced, renamed into place, and only then does
+``CURRENT`` move.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import fcntl
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +49,10 @@ TIE_EPS = 1e-5
 TRUTH_DEPTH = 64
 """Exact results kept per query, enough to hold the k-th score's ties."""
 SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+MARGIN_SE = 2.0
+"""Standard errors the verified recall must clear ``index.min_recall`` by: a setting that
+only just reaches it on the verification queries falls short on others about half the
+time (measured at 1M items: 0.951 verified, 0.944 held out)."""
 
 
 @dataclass
@@ -155,10 +162,25 @@ class _ExactTopK:
         ]
 
 
+def query_recalls(found: np.ndarray, truth: list[set[int]], k: int = K) -> np.ndarray:
+    """``[queries]``: the share of each query's ``k`` results that are correct (ties count as
+    correct)."""
+    hits = [len(set(row[:k].tolist()) & want) for row, want in zip(found, truth, strict=True)]
+    return np.array([min(h, k) / k for h in hits])
+
+
 def recall_at_k(found: np.ndarray, truth: list[set[int]], k: int = K) -> float:
     """Mean share of each query's ``k`` results that are correct (ties count as correct)."""
-    hits = [len(set(row[:k].tolist()) & want) for row, want in zip(found, truth, strict=True)]
-    return float(np.mean([min(h, k) / k for h in hits]))
+    return float(query_recalls(found, truth, k).mean())
+
+
+def recall_bound(recalls: np.ndarray) -> float:
+    """The mean per-query recall less ``MARGIN_SE`` standard errors: what the index is
+    expected to reach on queries it was not verified with."""
+    if len(recalls) < 2:
+        return float(recalls.mean()) if len(recalls) else 0.0
+    se = float(recalls.std(ddof=1)) / np.sqrt(len(recalls))
+    return float(recalls.mean()) - MARGIN_SE * se
 
 
 def _set_search_param(index: faiss.Index, kind: str, value: int) -> None:
@@ -176,8 +198,9 @@ def search_params(manifest: dict[str, Any]) -> dict[str, int]:
 def tune(
     index: faiss.Index, kind: str, queries: np.ndarray, truth: list[set[int]], min_recall: float
 ) -> tuple[dict[str, int], float, list[dict[str, float]]]:
-    """Smallest nprobe / efSearch reaching ``min_recall``; the sweep is returned for the
-    record (recall and mean batch search time per query at each setting)."""
+    """Smallest nprobe / efSearch whose recall, less ``MARGIN_SE`` standard errors over the
+    queries, reaches ``min_recall``; the sweep is returned for the record (recall, that
+    bound and mean batch search time per query at each setting)."""
     if kind == "flat":
         _, rows = index.search(queries, K)
         return {}, recall_at_k(rows, truth), []
@@ -189,14 +212,23 @@ def tune(
         started = time.perf_counter()
         _, rows = index.search(queries, K)
         per_query_us = (time.perf_counter() - started) / len(queries) * 1e6
-        recall = recall_at_k(rows, truth)
-        sweep.append({name: value, "recall": recall, "batch_us_per_query": per_query_us})
-        if recall >= min_recall:
+        recalls = query_recalls(rows, truth)
+        recall, bound = float(recalls.mean()), recall_bound(recalls)
+        sweep.append(
+            {
+                name: value,
+                "recall": recall,
+                "recall_bound": bound,
+                "batch_us_per_query": per_query_us,
+            }
+        )
+        if bound >= min_recall:
             return {name: value}, recall, sweep
-    best = max(sweep, key=lambda s: s["recall"])
+    best = max(sweep, key=lambda s: s["recall_bound"])
     raise ArtifactError(
         f"the {kind} index reaches recall@{K} {best['recall']:.3f} at best ({name}="
-        f"{int(best[name])}), below index.min_recall {min_recall}; nothing published "
+        f"{int(best[name])}; {best['recall_bound']:.3f} less {MARGIN_SE:g} standard errors), "
+        f"below index.min_recall {min_recall}; nothing published "
         "(raise nlist or hnsw_m, pick index.type flat, or lower index.min_recall)"
     )
 
@@ -254,6 +286,33 @@ def train_size(index: faiss.Index, kind: str) -> int:
     return 64 * faiss.extract_index_ivf(index).nlist if kind.startswith("ivf") else 0
 
 
+SAMPLE_SLACK = 1.2
+"""The training sample is drawn this many times larger than needed, so that a catalog's
+hash draw falls short only when its ids are far from random (then it trains on fewer)."""
+
+
+def sample_threshold(needed: int, size: int) -> int:
+    """Item ids whose CRC-32 is below this are drawn for the training sample: about
+    ``SAMPLE_SLACK · needed`` of a catalog of ``size`` (all of it when that is more)."""
+    return int(min(1.0, SAMPLE_SLACK * needed / max(size, 1)) * 2**32)
+
+
+def id_keys(ids: Iterable[object]) -> np.ndarray:
+    """``[n] int64`` CRC-32 of each id's UTF-8 bytes, as Spark's ``crc32`` computes it.
+
+    The training sample is drawn by these keys rather than by position or a random draw, so
+    both engines train the quantizer on the same items, whatever the catalog's order or
+    partitioning."""
+    return np.fromiter((zlib.crc32(str(i).encode()) for i in ids), np.int64)
+
+
+def training_sample(ids: list[str], vectors: np.ndarray, needed: int) -> np.ndarray:
+    """The ``needed`` drawn vectors with the smallest (key, id): the same rows in the same
+    order from any engine (k-means is seeded, so the same centroids follow)."""
+    order = np.lexsort((np.array(ids, dtype=np.str_), id_keys(ids)))
+    return np.ascontiguousarray(vectors[order[:needed]])
+
+
 @dataclass
 class Filled:
     """What an engine hands to verification: the filled index and what is row-aligned
@@ -302,31 +361,12 @@ def _fill_locally(plan: Plan, progress: bool) -> Filled:
         plan.exact,
         plan.phases,
     )
+    if not index.is_trained:
+        _train_locally(plan, progress)
     item_ids: list[str] = []
     genres: list[np.ndarray] = []
     seen: set[str] = set()
-    pending: list[np.ndarray] = []  # embedded before the index could be trained
-    needed = train_size(index, plan.kind)
     bar = tqdm(total=catalog.size, unit="item", disable=not progress, desc="embed+add")
-
-    def train_on_pending() -> np.ndarray:
-        sample = np.concatenate(pending)
-        pending.clear()
-        t = time.perf_counter()
-        index.train(sample[:needed])
-        phases["train"] += time.perf_counter() - t
-        return sample
-
-    def add(vectors: np.ndarray) -> None:
-        if not index.is_trained:
-            pending.append(vectors)
-            if sum(len(p) for p in pending) < needed:
-                return
-            vectors = train_on_pending()
-        t = time.perf_counter()
-        index.add(vectors)
-        phases["add"] += time.perf_counter() - t
-
     for chunk in catalog.chunks():
         t = time.perf_counter()
         ids, vectors, bits = embed_chunk(space, tower, chunk, seen)
@@ -336,12 +376,37 @@ def _fill_locally(plan: Plan, progress: bool) -> Filled:
         exact.add(vectors, len(item_ids))
         phases["exact"] += time.perf_counter() - t
         item_ids += ids
-        add(vectors)
+        t = time.perf_counter()
+        index.add(vectors)
+        phases["add"] += time.perf_counter() - t
         bar.update(len(ids))
     bar.close()
-    if pending:  # a catalog smaller than the training sample
-        add(train_on_pending())
     return Filled(index, item_ids, items.stack_bits(genres), exact)
+
+
+def _train_locally(plan: Plan, progress: bool) -> None:
+    """A first pass that embeds only the items drawn for the training sample, then trains."""
+    t = time.perf_counter()
+    needed = train_size(plan.index, plan.kind)
+    threshold = sample_threshold(needed, plan.catalog.size)
+    ids: list[str] = []
+    vectors = []
+    seen: set[str] = set()
+    bar = tqdm(total=plan.catalog.size, unit="item", disable=not progress, desc="sample")
+    for chunk in plan.catalog.chunks():
+        drawn = chunk[id_keys(chunk["item_id"]) < threshold]
+        if len(drawn):
+            drawn_ids, drawn_vectors, _ = embed_chunk(plan.space, plan.tower, drawn, seen)
+            ids += drawn_ids
+            vectors.append(drawn_vectors)
+        bar.update(len(chunk))
+    bar.close()
+    if not ids:
+        raise DataError(f"the catalog {plan.catalog.name} is empty: nothing to index")
+    plan.phases["sample"] = time.perf_counter() - t
+    t = time.perf_counter()
+    plan.index.train(training_sample(ids, np.concatenate(vectors), needed))
+    plan.phases["train"] = time.perf_counter() - t
 
 
 def default_catalog(config: Config, ml: MovieLens) -> Catalog:
@@ -395,7 +460,7 @@ def build_index(
 
             filled = spark.fill(config, plan, version)
         else:
-            phases.update(embed=0.0, train=0.0, add=0.0, exact=0.0)
+            phases.update(sample=0.0, train=0.0, embed=0.0, add=0.0, exact=0.0)
             filled = _fill_locally(plan, progress)
         index, item_ids = filled.index, filled.item_ids
         if not item_ids:

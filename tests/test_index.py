@@ -18,8 +18,11 @@ from index.build import (
     embed_catalog,
     load_index,
     prune,
+    query_recalls,
     recall_at_k,
+    recall_bound,
     rollback,
+    tune,
     versions,
 )
 from index.catalog import Catalog
@@ -119,6 +122,37 @@ def index_vectors(index: faiss.Index) -> np.ndarray:
     ivf = faiss.extract_index_ivf(index)
     ivf.make_direct_map()
     return ivf.reconstruct_n(0, ivf.ntotal)
+
+
+def test_recall_bound_is_the_mean_less_two_standard_errors() -> None:
+    recalls = np.array([1.0, 0.9, 0.8, 1.0])
+    se = recalls.std(ddof=1) / 2
+    assert recall_bound(recalls) == pytest.approx(recalls.mean() - 2 * se)
+    assert recall_bound(np.ones(50)) == 1.0
+
+
+def test_tune_wants_the_target_cleared_by_the_margin_not_just_reached() -> None:
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((20_000, 16)).astype(np.float32)
+    queries = rng.standard_normal((300, 16)).astype(np.float32)
+    exact = faiss.IndexFlatIP(16)
+    exact.add(vectors)
+    _, rows = exact.search(queries, 10)
+    truth = [set(r.tolist()) for r in rows]
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(16), 16, 64, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(vectors)
+    ivf.add(vectors)
+    ivf.nprobe = 4
+    _, found = ivf.search(queries, 10)
+    at_4 = query_recalls(found, truth)
+    assert at_4.std() > 0 and at_4.mean() < 1.0
+
+    params, recall, sweep = tune(ivf, "ivf-flat", queries, truth, min_recall=float(at_4.mean()))
+    assert params["nprobe"] > 4  # the plain mean reached the target at 4
+    assert recall > at_4.mean()
+    chosen = next(s for s in sweep if s["nprobe"] == params["nprobe"])
+    assert chosen["recall_bound"] >= at_4.mean()
+    assert all(s["recall_bound"] < at_4.mean() for s in sweep[:-1])
 
 
 def test_recall_below_the_threshold_is_refused_and_nothing_published(scratch, ml) -> None:
