@@ -3,8 +3,10 @@ executors, one shard per partition, merged on the driver.
 
 Two jobs over a Parquet catalog (a generated one is written as Parquet first):
 
-1. IVF only: a Bernoulli sample of ``64 · nlist`` items is embedded in the executors and
-   collected; the driver trains the coarse quantizer on it once.
+1. IVF only: the items drawn for the training sample (by id hash, as the local engine draws
+   them: ``index.build.training_sample``) are embedded in the executors and collected; the
+   driver trains the coarse quantizer on ``64 · nlist`` of them once, the same vectors in the
+   same order as the local engine, so the same centroids.
 2. The catalog, partitioned by item-id hash (so a duplicate id meets its twin in one
    partition), goes through ``mapInArrow``. Each task embeds its Arrow batches with the item
    tower, adds them to a copy of the trained, empty index, keeps the exact top results of the
@@ -44,7 +46,15 @@ import numpy as np
 import pyarrow as pa
 
 from index import items
-from index.build import Filled, Plan, _ExactTopK, embed_chunk, train_size
+from index.build import (
+    Filled,
+    Plan,
+    _ExactTopK,
+    embed_chunk,
+    sample_threshold,
+    train_size,
+    training_sample,
+)
 from index.catalog import COLUMNS, check_columns, tidy
 from recsys.config import Config
 from recsys.errors import ArtifactError, ConfigError, DataError
@@ -77,7 +87,9 @@ _SHARD = pa.schema(
         ("loaded", pa.bool_()),
     ]
 )
-_SAMPLE = pa.schema([("vectors", pa.binary()), ("embed_seconds", pa.float64())])
+_SAMPLE = pa.schema(
+    [("ids", pa.list_(pa.string())), ("vectors", pa.binary()), ("embed_seconds", pa.float64())]
+)
 _DDL = {
     pa.int32(): "int",
     pa.int64(): "bigint",
@@ -85,6 +97,7 @@ _DDL = {
     pa.binary(): "binary",
     pa.float64(): "double",
     pa.bool_(): "boolean",
+    pa.list_(pa.string()): "array<string>",
 }
 
 
@@ -188,6 +201,7 @@ def fill(config: Config, plan: Plan, version: str) -> Filled:
 
 def _fill(spark: SparkSession, config: Config, plan: Plan, scratch: Path) -> Filled:
     from py4j.protocol import Py4JJavaError
+    from pyspark.sql import functions as F  # noqa: N812 (Spark's own convention)
 
     cfg = config.index
     catalog, index, kind, exact, phases = (
@@ -210,21 +224,22 @@ def _fill(spark: SparkSession, config: Config, plan: Plan, scratch: Path) -> Fil
         needed = train_size(index, kind)
         if needed:
             t = time.perf_counter()
-            share = min(1.0, 1.2 * needed / max(catalog.size, 1))
-            sampled = frame.sample(fraction=share, seed=0).mapInArrow(
+            drawn = frame.where(F.crc32("item_id") < sample_threshold(needed, catalog.size))
+            rows = drawn.mapInArrow(
                 functools.partial(_embed_sample, model), _ddl(_SAMPLE)
-            )
-            rows = sampled.collect()
-            sample = np.concatenate(
-                [np.frombuffer(r["vectors"], np.float32) for r in rows] or [np.zeros(0, np.float32)]
-            ).reshape(-1, index.d)
+            ).collect()
+            if not rows:
+                raise DataError(f"the catalog {catalog.name} is empty: nothing to index")
+            ids = [i for r in rows for i in r["ids"]]
+            vectors = np.concatenate([np.frombuffer(r["vectors"], np.float32) for r in rows])
+            sample = training_sample(ids, vectors.reshape(-1, index.d), needed)
             stats["executor_embed_seconds"] = sum(r["embed_seconds"] for r in rows)
             phases["sample"] = time.perf_counter() - t
             t = time.perf_counter()
-            index.train(sample[:needed])
+            index.train(sample)
             phases["train"] = time.perf_counter() - t
-            stats["train_vectors"] = int(min(needed, len(sample)))
-            del sample, rows
+            stats["train_vectors"] = len(sample)
+            del sample, vectors, ids, rows
         partitions = cfg.spark_partitions or max(
             2 * sc.defaultParallelism, -(-catalog.size // ITEMS_PER_PARTITION)
         )
@@ -322,15 +337,20 @@ def _model(model: Broadcast[Any]) -> tuple[FeatureSpace, NumpyItemTower, bool]:
 def _embed_sample(
     model: Broadcast[Any], batches: Iterator[pa.RecordBatch]
 ) -> Iterator[pa.RecordBatch]:
-    """Job 1: each batch's vectors as one blob (duplicates are job 2's to find)."""
+    """Job 1: each batch's ids and vectors (as one blob); duplicates are job 2's to find."""
     space, tower, _ = _model(model)
     for batch in batches:
         if not batch.num_rows:
             continue
         t = time.perf_counter()
-        _, vectors, _ = embed_chunk(space, tower, tidy(batch.to_pandas()), set())
+        ids, vectors, _ = embed_chunk(space, tower, tidy(batch.to_pandas()), set())
         yield pa.RecordBatch.from_pydict(
-            {"vectors": [vectors.tobytes()], "embed_seconds": [time.perf_counter() - t]}, _SAMPLE
+            {
+                "ids": [ids],
+                "vectors": [vectors.tobytes()],
+                "embed_seconds": [time.perf_counter() - t],
+            },
+            _SAMPLE,
         )
 
 

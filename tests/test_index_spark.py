@@ -101,6 +101,16 @@ def test_ivf_index_from_spark_reaches_the_recall_target(scratch, ml, spark):
     assert manifest["engine_stats"]["train_vectors"] == 64 * 64
     assert sorted(got) == sorted(want)
     assert max(float(np.abs(got[i] - want[i]).max()) for i in want) <= 1e-5
+    # Both engines draw the training sample by id hash: the same quantizer, the same answer.
+    assert np.abs(_centroids(on_spark) - _centroids(local)).max() <= 1e-5
+    assert manifest["params"] == local_manifest["params"]
+    assert abs(manifest["recall_at_10"] - local_manifest["recall_at_10"]) <= 0.005
+
+
+def _centroids(directory: Path) -> np.ndarray:
+    index = load_index(directory)[0]  # held: the quantizer is the index's to free
+    ivf = faiss.extract_index_ivf(index)
+    return faiss.downcast_index(ivf.quantizer).reconstruct_n(0, ivf.nlist)
 
 
 def _write(path: Path, frame: pd.DataFrame, schema: pa.Schema | None = None) -> Path:
