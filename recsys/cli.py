@@ -382,6 +382,13 @@ def cmd_bench(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_bench_index(config: Config, args: argparse.Namespace) -> None:
+    if args.engine == "spark":
+        from index import bench_engines
+
+        if args.master:
+            config = config.with_overrides({"index": {"spark_master": args.master}})
+        bench_engines.run(config, load_dataset(config), args.items)
+        return
     from index.bench import run
 
     artifacts_out = config.paths.artifacts / "bench" / "index_recall_latency.png"
@@ -639,6 +646,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--items", type=int, default=1_000_000, help="synthetic catalog size"
     )
     parsers["bench-index"].add_argument("--png", type=Path, help="recall/latency plot path")
+    parsers["bench-index"].add_argument(
+        "--engine",
+        choices=["local", "spark"],
+        default="local",
+        help="spark: rebuild on both engines from one Parquet catalog, phase by phase",
+    )
+    parsers["bench-index"].add_argument(
+        "--master", help="Spark master (default: index.spark_master)"
+    )
     parsers["bench-ingest"].add_argument("--events", type=int, help="default: all ratings")
     fresh = parsers["bench-freshness"]
     fresh.add_argument(
