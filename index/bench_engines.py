@@ -28,6 +28,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from index.bench import _latencies_us
 from index.build import _ExactTopK, build_index, load_index, recall_at_k, user_queries
 from index.catalog import Catalog
 from recsys import artifacts
@@ -123,15 +124,6 @@ def _rebuild(config: Config, ml: MovieLens, root: Path, engine: str) -> dict[str
     got["tree_peaks"] = memory.peaks
     got["directory"] = artifacts.current(cfg.indexes_dir)
     return got
-
-
-def _latencies_us(index: faiss.Index, queries: np.ndarray) -> np.ndarray:
-    times = np.empty(len(queries))
-    for i in range(len(queries)):
-        started = time.perf_counter()
-        index.search(queries[i : i + 1], 10)
-        times[i] = time.perf_counter() - started
-    return times * 1e6
 
 
 def _vectors(index: faiss.Index) -> np.ndarray:
