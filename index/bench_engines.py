@@ -218,7 +218,7 @@ def _report(
         f" {stats['failed_tasks']} failed tasks"
     )
     for name, got in runs.items():
-        peaks = ", ".join(f"{k} {v / mib:,.0f}" for k, v in sorted(got["tree_peaks"].items()))
+        peaks = ", ".join(f"{k} {v / mib:,.0f}" for k, v in sorted(got["tree_peaks"].items()) if v)
         print(
             f"{name}: driver peak RSS {got['driver_peak'] / mib:,.0f} MiB"
             + (" (target ≤ 1024)" if name == "spark" else "")

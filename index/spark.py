@@ -88,7 +88,13 @@ _SHARD = pa.schema(
     ]
 )
 _SAMPLE = pa.schema(
-    [("ids", pa.list_(pa.string())), ("vectors", pa.binary()), ("embed_seconds", pa.float64())]
+    [
+        ("ids", pa.list_(pa.string())),
+        ("vectors", pa.binary()),
+        ("embed_seconds", pa.float64()),
+        ("pid", pa.int64()),
+        ("loaded", pa.bool_()),
+    ]
 )
 _DDL = {
     pa.int32(): "int",
@@ -220,6 +226,7 @@ def _fill(spark: SparkSession, config: Config, plan: Plan, scratch: Path) -> Fil
     sc.setJobGroup(group, f"index build: {catalog.name}")
     model = sc.broadcast((plan.space, plan.tower))
     stats: dict[str, Any] = {"master": sc.master, "slots": sc.defaultParallelism}
+    sampled: list[Any] = []  # job 1's rows: who loaded the model, if it ran
     try:
         needed = train_size(index, kind)
         if needed:
@@ -228,9 +235,10 @@ def _fill(spark: SparkSession, config: Config, plan: Plan, scratch: Path) -> Fil
             rows = drawn.mapInArrow(
                 functools.partial(_embed_sample, model), _ddl(_SAMPLE)
             ).collect()
-            if not rows:
-                raise DataError(f"the catalog {catalog.name} is empty: nothing to index")
+            sampled = [{"pid": r["pid"], "loaded": r["loaded"]} for r in rows]
             ids = [i for r in rows for i in r["ids"]]
+            if not ids:
+                raise DataError(f"the catalog {catalog.name} is empty: nothing to index")
             vectors = np.concatenate([np.frombuffer(r["vectors"], np.float32) for r in rows])
             sample = training_sample(ids, vectors.reshape(-1, index.d), needed)
             stats["executor_embed_seconds"] = sum(r["embed_seconds"] for r in rows)
@@ -271,8 +279,8 @@ def _fill(spark: SparkSession, config: Config, plan: Plan, scratch: Path) -> Fil
         executor_embed_seconds=stats.get("executor_embed_seconds", 0.0)
         + sum(r["embed_seconds"] for r in shards),
         executor_task_seconds=sum(r["task_seconds"] for r in shards),
-        python_workers=len({r["pid"] for r in shards}),
-        tower_loads=sum(r["loaded"] for r in shards),
+        python_workers=len({r["pid"] for r in [*sampled, *shards]}),
+        tower_loads=sum(r["loaded"] for r in [*sampled, *shards]),
     )
     filled.stats = {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}
     return filled
@@ -320,38 +328,50 @@ def _first_line(exc: BaseException) -> str:
 
 # --- in the executors ------------------------------------------------------------------
 
-_LOADED: dict[int, tuple[FeatureSpace, NumpyItemTower]] = {}
-"""Per Python worker: the unpickled model by broadcast object. Spark reuses workers across
-tasks and keeps one object per broadcast in each, so a worker unpickles the model once."""
+_LOADED: list[Any] = [None, None]
+"""Per Python worker: the last broadcast model and its unpickled value. Spark reuses workers
+across tasks and keeps one object per broadcast in each, so a worker unpickles the model once
+per build; the broadcast is held (not its ``id``, which a later object could reuse) and a new
+build's replaces it, so a long-lived worker keeps one model, not one per build."""
 
 
 def _model(model: Broadcast[Any]) -> tuple[FeatureSpace, NumpyItemTower, bool]:
     """The broadcast model, and whether this call unpickled it."""
-    fresh = id(model) not in _LOADED
+    fresh = _LOADED[0] is not model
     if fresh:
-        _LOADED[id(model)] = model.value
-    space, tower = _LOADED[id(model)]
+        _LOADED[:] = [model, model.value]
+    space, tower = _LOADED[1]
     return space, tower, fresh
 
 
 def _embed_sample(
     model: Broadcast[Any], batches: Iterator[pa.RecordBatch]
 ) -> Iterator[pa.RecordBatch]:
-    """Job 1: each batch's ids and vectors (as one blob); duplicates are job 2's to find."""
-    space, tower, _ = _model(model)
+    """Job 1: each batch's ids and vectors (as one blob); duplicates are job 2's to find.
+    A worker that unpickles the model says so once, in a row of its own if it drew nothing."""
+    space, tower, loaded = _model(model)
     for batch in batches:
         if not batch.num_rows:
             continue
         t = time.perf_counter()
         ids, vectors, _ = embed_chunk(space, tower, tidy(batch.to_pandas()), set())
-        yield pa.RecordBatch.from_pydict(
-            {
-                "ids": [ids],
-                "vectors": [vectors.tobytes()],
-                "embed_seconds": [time.perf_counter() - t],
-            },
-            _SAMPLE,
-        )
+        yield _sample_row(ids, vectors.tobytes(), time.perf_counter() - t, loaded)
+        loaded = False
+    if loaded:
+        yield _sample_row([], b"", 0.0, loaded)
+
+
+def _sample_row(ids: list[str], vectors: bytes, seconds: float, loaded: bool) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict(
+        {
+            "ids": [ids],
+            "vectors": [vectors],
+            "embed_seconds": [seconds],
+            "pid": [os.getpid()],
+            "loaded": [loaded],
+        },
+        _SAMPLE,
+    )
 
 
 def _shard(

@@ -79,6 +79,7 @@ def test_flat_index_from_spark_holds_the_local_engines_ids_and_vectors(scratch, 
     got, manifest = _vectors_by_id(on_spark)
     assert manifest["engine"] == "spark" and manifest["items"] == 20_000
     assert manifest["engine_stats"]["partitions"] >= 2 and manifest["recall_at_10"] == 1.0
+    _assert_model_loaded_once_per_worker(manifest["engine_stats"])
     assert sorted(got) == sorted(want)
     assert max(float(np.abs(got[i] - want[i]).max()) for i in want) <= 1e-5
     assert _genres_by_id(on_spark) == _genres_by_id(local)
@@ -99,12 +100,20 @@ def test_ivf_index_from_spark_reaches_the_recall_target(scratch, ml, spark):
     assert manifest["index_type"] == local_manifest["index_type"] == "IVF64,Flat"
     assert manifest["recall_at_10"] >= scratch.index.min_recall
     assert manifest["engine_stats"]["train_vectors"] == 64 * 64
+    _assert_model_loaded_once_per_worker(manifest["engine_stats"])
     assert sorted(got) == sorted(want)
     assert max(float(np.abs(got[i] - want[i]).max()) for i in want) <= 1e-5
     # Both engines draw the training sample by id hash: the same quantizer, the same answer.
     assert np.abs(_centroids(on_spark) - _centroids(local)).max() <= 1e-5
     assert manifest["params"] == local_manifest["params"]
     assert abs(manifest["recall_at_10"] - local_manifest["recall_at_10"]) <= 0.005
+
+
+def _assert_model_loaded_once_per_worker(stats: dict) -> None:
+    # Each Python worker that ran a task of the build unpickled the model once, and no task
+    # shipped it again: fewer loads than the shard job alone has tasks.
+    assert stats["tower_loads"] == stats["python_workers"] >= 1
+    assert stats["tower_loads"] < stats["partitions"]
 
 
 def _centroids(directory: Path) -> np.ndarray:
