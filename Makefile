@@ -70,7 +70,8 @@ lint: venv proto
 	@echo "==> lint: ruff, mypy"
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy recsys towers index serving features
+	$(VENV)/bin/mypy recsys features towers evaluation training index serving loadtest \
+	  benchmarks localservices commands
 
 clean:
 	rm -rf .state artifacts

@@ -61,7 +61,7 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
 def trained(base_config: Config, ml: MovieLens) -> Config:
     """A published model and index built from it."""
     from index.build import build_index
-    from towers.train import train
+    from training.train import train
 
     train(base_config, ml, log=_quiet)
     build_index(base_config, ml, log=_quiet)
@@ -81,7 +81,7 @@ def feature_store(trained: Config, ml: MovieLens) -> Config:
 @pytest.fixture(scope="session")
 def kafka(base_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real single-node Kafka broker; yields its bootstrap servers."""
-    from features.broker import LocalBroker, ensure_jars
+    from localservices.kafka import LocalBroker, ensure_jars
 
     jars = ensure_jars(base_config.paths.kafka_pom, base_config.paths.kafka_jars, log=_quiet)
     with LocalBroker(jars, tmp_path_factory.mktemp("kafka"), log=_quiet) as broker:

@@ -18,11 +18,11 @@ import pytest
 
 from features.online import FeatureReader
 from index.build import build_index
+from loadtest.run import traffic_spec
+from loadtest.traffic import Traffic
 from recsys import artifacts
 from recsys.errors import DeadlineExceededError, InvalidRequestError
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
-from serving.loadtest.run import traffic_spec
-from serving.loadtest.traffic import Traffic
 from serving.recommender import Bundle, Recommendation, Recommender, Request, ServingPath
 from serving.wire import request_from
 from tests.conftest import running_server, wait_until

@@ -1,4 +1,4 @@
-"""Integration tests against a real single-node Kafka 4 broker run by features.broker.
+"""Integration tests against a real single-node Kafka 4 broker run by localservices.kafka.
 
 The first run downloads the broker jars from Maven Central into ``<repo>/.cache/kafka/libs``
 (needs ``mvn`` and ``java``); later runs reuse them.
@@ -18,7 +18,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 
-from features.broker import LocalBroker, ensure_jars
+from localservices.kafka import LocalBroker, ensure_jars
 from recsys.errors import BrokerError
 
 pytestmark = pytest.mark.integration
@@ -142,7 +142,7 @@ def _children(pid: int) -> list[int]:
 def test_recsys_broker_stops_its_jvm_on_a_signal(
     base_config, jars_dir: Path, tmp_path: Path, sig: signal.Signals
 ) -> None:
-    from recsys.procs import child, free_port, write_config
+    from localservices.procs import child, free_port, write_config
 
     port = free_port("127.0.0.1")
     config = base_config.with_overrides(

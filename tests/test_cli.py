@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from recsys.cli import build_parser, main
+from commands.cli import build_parser, main
+from localservices.procs import free_port, write_config
 from recsys.config import Config
-from recsys.procs import free_port, write_config
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
@@ -57,7 +57,7 @@ def _run(config: Config, tmp_path: Path, *args: str) -> tuple[int, str]:
     path = write_config(config, tmp_path / "config.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
     done = subprocess.run(
-        [sys.executable, "-m", "recsys.cli", "--config", str(path), *args],
+        [sys.executable, "-m", "commands.cli", "--config", str(path), *args],
         capture_output=True,
         text=True,
         timeout=180,

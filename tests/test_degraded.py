@@ -12,8 +12,8 @@ import time
 import grpc
 import pytest
 
-from features.redis_server import LocalRedis
 from features.store import initialise
+from localservices.redis import LocalRedis
 from recsys.data import temporal_split
 from recsys.v1 import recommender_pb2 as pb
 from serving.client import RecommendClient

@@ -124,7 +124,7 @@ def test_a_real_prometheus_scrapes_a_real_server_and_ingester(
 ) -> None:
     """The compose scrape jobs, pointed at a `recsys serve` and a `recsys ingest` here."""
     from features.replay import ensure_topic
-    from recsys.procs import child, free_port, serving_ports, write_config
+    from localservices.procs import child, free_port, serving_ports, write_config
     from serving.client import RecommendClient
 
     server_metrics, ingest_metrics, prom = (free_port("127.0.0.1") for _ in range(3))

@@ -1,4 +1,4 @@
-"""Tests for towers.evaluate (rank_metrics, topk_accuracy) on small hand-computed examples."""
+"""Tests for evaluation.metrics (rank_metrics, topk_accuracy) on small hand-computed examples."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from towers.evaluate import rank_metrics, topk_accuracy
+from evaluation.metrics import rank_metrics, topk_accuracy
 
 
 def ints(*values: int) -> np.ndarray:

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from evaluation.experiments import Evaluator
+from evaluation.protocols import recbole_split, temporal_split_protocol, tfrs_split
 from towers.examples import fit_feature_space
-from towers.experiments import Evaluator
-from towers.protocols import recbole_split, temporal_split_protocol, tfrs_split
 
 
 @pytest.fixture(scope="module", params=["temporal", "recbole", "tfrs"])

@@ -23,12 +23,12 @@ import pytest
 from kafka import KafkaProducer
 
 from features.activity import EMPTY, Activity, Interaction, apply_events, fold_ratings
-from features.broker import LocalBroker
 from features.events import encode
 from features.replay import replay
 from features.store import OnlineFeatures, open_store
+from localservices.kafka import LocalBroker
+from localservices.procs import child, free_port, write_config
 from recsys.config import Config
-from recsys.procs import child, free_port, write_config
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ import contextlib
 import pytest
 
 from features.activity import EMPTY, Activity, Interaction, apply_events
-from features.redis_server import LocalRedis
 from features.store import OnlineFeatures, initialise, write_time
+from localservices.redis import LocalRedis
 from recsys.data import temporal_split
 
 pytestmark = pytest.mark.integration

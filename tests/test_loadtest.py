@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from recsys.cli import _loadtest_mode_error, build_parser
+from commands.cli import _loadtest_mode_error, build_parser
+from loadtest.report import render, summarize, violations
+from localservices.procs import write_config
 from recsys.config import LoadTestConfig
-from recsys.procs import write_config
-from serving.loadtest.report import render, summarize, violations
 
 
 def _samples(latencies_us, ok=None, start=1000.0, rate=100.0) -> np.ndarray:
@@ -119,7 +119,7 @@ def test_loadtest_accepts_flags_that_go_together(flags) -> None:
 
 
 def _loadtest(config_file, out, *args) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "recsys.cli", "--config", str(config_file), "loadtest"]
+    command = [sys.executable, "-m", "commands.cli", "--config", str(config_file), "loadtest"]
     return subprocess.run(
         [*command, "--rate", "40", "--seconds", "4", "--users", "4", "--out", str(out), *args],
         capture_output=True,
@@ -175,7 +175,7 @@ def test_a_run_against_two_worker_processes_loads_both(server, tmp_path) -> None
 @pytest.mark.integration
 def test_a_ramp_reports_the_highest_rate_that_held(server, tmp_path) -> None:
     config_file = write_config(server.config, tmp_path / "config.yaml")
-    command = [sys.executable, "-m", "recsys.cli", "--config", str(config_file), "loadtest"]
+    command = [sys.executable, "-m", "commands.cli", "--config", str(config_file), "loadtest"]
     done = subprocess.run(
         [
             *command, "--target", server.target, "--ramp", "15", "30", "--seconds", "3",

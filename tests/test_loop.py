@@ -88,13 +88,13 @@ def test_known_user_history_is_extended_by_the_stream(server, ingester, ml) -> N
 def test_served_items_are_the_stream_protocols_ranking(server, ingester, ml) -> None:
     """A few users' next events replayed through the real ingester: before their following
     event, the server answers exactly what the stream protocol ranks first for them."""
+    from evaluation.protocols import Split
+    from evaluation.stream import StreamEvaluator
     from features.activity import fold_ratings
     from recsys.data import temporal_split
     from serving.recommender import Bundle
     from towers.examples import catalog_inputs
-    from towers.protocols import Split
     from towers.runtime import NumpyItemTower
-    from towers.stream import StreamEvaluator
 
     config = ingester
     history = config.model.history_length

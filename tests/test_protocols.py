@@ -1,4 +1,4 @@
-"""Tests for towers.protocols on the real MovieLens-100K: the three splits and the RecBole
+"""Tests for evaluation.protocols on the real MovieLens-100K: the three splits and the RecBole
 atomic export."""
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.data import MovieLens, load_movielens
-from recsys.errors import DataError
-from towers.protocols import (
+from evaluation.protocols import (
     RECBOLE_HEADER,
     Split,
     recbole_split,
@@ -21,6 +19,8 @@ from towers.protocols import (
     tfrs_split,
     write_recbole_atomic,
 )
+from recsys.data import MovieLens, load_movielens
+from recsys.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 RECBOLE_INTER = REPO / ".cache" / "data" / "ml-100k" / "ml-100k.inter"

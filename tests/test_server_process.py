@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from localservices.procs import child, free_port, write_config
 from recsys import artifacts
-from recsys.procs import child, free_port, write_config
 from serving.client import RecommendClient
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ def test_serve_process_metrics_logs_and_graceful_sigterm(feature_store, tmp_path
         assert 'recsys_recommend_requests_total{path="personalized"}' in text
         assert 'recsys_recommend_stage_seconds_bucket{le="0.0001",stage="search"}' in text
         assert "recsys_serving_pair_info{" in text
-        cli = [sys.executable, "-m", "recsys.cli", "--config", str(config_file)]
+        cli = [sys.executable, "-m", "commands.cli", "--config", str(config_file)]
         answer = subprocess.run(
             [*cli, "recommend", "--user", "196", "--k", "3", "--genres", "Drama"],
             capture_output=True,
@@ -83,11 +83,11 @@ def test_workers_share_the_port_each_answers_and_swaps_and_one_that_dies_is_repl
     import grpc
 
     from index.build import build_index
-    from recsys.procs import free_ports
+    from loadtest.target import cpu_seconds
+    from localservices.procs import free_ports
     from recsys.v1 import admin_pb2, admin_pb2_grpc
     from recsys.v1 import recommender_pb2 as pb
     from recsys.v1 import recommender_pb2_grpc as pb_grpc
-    from serving.loadtest.target import cpu_seconds
     from tests.conftest import wait_until
 
     workers = 2

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from features.redis_server import LocalRedis
 from features.store import OnlineFeatures, initialise, open_store
+from localservices.procs import child, free_port, write_config
+from localservices.redis import LocalRedis
 from recsys.config import Config
 from recsys.data import temporal_split
-from recsys.procs import child, free_port, write_config
 from tests.conftest import wait_until
 from tests.test_faults import Stream, _terminate
 

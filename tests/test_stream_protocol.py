@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from evaluation.metrics import next_item_metrics, next_item_ranks
+from evaluation.protocols import temporal_split_protocol
+from evaluation.stream import ItemKNN, Popularity, StreamEvaluator, TrailingPopularity, walk
 from features.activity import EMPTY, apply_events, ratings_to_interactions
-from towers.evaluate import next_item_metrics, next_item_ranks
 from towers.examples import fit_feature_space
-from towers.protocols import temporal_split_protocol
-from towers.stream import ItemKNN, Popularity, StreamEvaluator, TrailingPopularity, walk
 
 DAY_S = 86_400
 
@@ -157,7 +157,7 @@ def test_validating_on_a_split_without_a_validation_part_is_refused(ml) -> None:
 
 
 def test_recency_weights_halve_per_half_life_and_average_one() -> None:
-    from towers.train import recency_weights
+    from training.train import recency_weights
 
     days = np.array([0, 10, 20, 20]) * DAY_S
     weights = recency_weights(days, 10.0)

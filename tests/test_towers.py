@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from evaluation.protocols import temporal_split_protocol
 from features.activity import rating_event_id
 from recsys import artifacts
 from recsys.errors import ArtifactError
 from towers.encoding import FeatureSpace, RawUser, UserInputs
 from towers.examples import HistoryIndex, catalog_inputs, query_inputs, training_examples
-from towers.protocols import temporal_split_protocol
 from towers.runtime import NumpyItemTower, NumpyUserTower, SavedModelUserTower
 from towers.tf_env import tf
 
@@ -233,7 +233,7 @@ def test_manifest_records_test_metrics_a_baseline_and_the_report(model_dir) -> N
 
 
 def test_training_is_deterministic_for_a_seed(ml, trained) -> None:
-    from towers.train import fit
+    from training.train import fit
 
     mc = trained.model.model_copy(update={"epochs": 1})
     split = temporal_split_protocol(ml.interactions, mc.test_fraction, None)

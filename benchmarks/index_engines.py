@@ -28,7 +28,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.bench import _latencies_us
+from benchmarks.index import _latencies_us
 from index.build import _ExactTopK, build_index, load_index, recall_at_k, user_queries
 from index.catalog import Catalog
 from recsys import artifacts

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from features.bench import scratch_stack, wait_consuming
+from benchmarks.ingest import scratch_stack, wait_consuming
 from features.events import encode
 from features.replay import ensure_topic
 from features.store import OnlineFeatures
 from features.synthetic import synthetic_interactions
+from localservices.procs import child, write_config
 from recsys.config import Config
 from recsys.data import MovieLens, temporal_split
 from recsys.errors import RecsysError
-from recsys.procs import child, write_config
 
 PROBES_PER_S = 1.0
 GIVE_UP_S = 30.0

@@ -2,7 +2,7 @@
 against ``grpc.aio`` on one event loop, both as null handlers answering the Recommend method
 with an empty response, under the same Locust load.
 
-Each server runs alone in a process of its own (``python -m serving.loadtest.transports
+Each server runs alone in a process of its own (``python -m loadtest.transports
 sync|aio PORT``), pinned to the server core; Locust on the other core offers each rate to
 each kind in turn, alternating kinds round by round so the machine's drift hits both alike.
 The server's CPU time per call comes from ``/proc`` over the Locust run, with its context
@@ -23,10 +23,10 @@ from collections.abc import Iterator, Sequence
 from concurrent import futures
 from pathlib import Path
 
+from loadtest.target import Target
+from localservices.procs import free_port
 from recsys.config import Config
 from recsys.data import MovieLens
-from recsys.procs import free_port
-from serving.loadtest.target import Target
 
 KINDS = ("sync", "aio")
 
@@ -93,7 +93,7 @@ def _bare_server(kind: str, cpus: set[int] | None, out: Path) -> Iterator[Target
     port = free_port("127.0.0.1")
     log = (out / f"{kind}.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.loadtest.transports", kind, str(port)],
+        [sys.executable, "-m", "loadtest.transports", kind, str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
@@ -120,7 +120,7 @@ def compare(
 ) -> dict[str, dict[float, dict[str, float]]]:
     """Loads each kind at each rate, ``rounds`` times alternating; writes ``transports.txt``
     and ``transports.json``; returns ``{kind: {rate: medians}}``."""
-    from serving.loadtest.run import _cores, machine_facts, run_locust, write_traffic
+    from loadtest.run import _cores, machine_facts, run_locust, write_traffic
 
     out.mkdir(parents=True, exist_ok=True)
     server_cpus, load_cpus = _cores()

@@ -26,6 +26,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import pandas as pd
 
+from evaluation.metrics import exclude_seen, next_item_metrics, next_item_ranks
+from evaluation.protocols import Split
 from features.activity import (
     EMPTY,
     Activity,
@@ -36,9 +38,7 @@ from features.activity import (
 )
 from recsys.data import MovieLens
 from towers.encoding import FeatureSpace, UserInputs
-from towers.evaluate import exclude_seen, next_item_metrics, next_item_ranks
 from towers.examples import Profiles
-from towers.protocols import Split
 
 UserFn = Callable[[UserInputs], np.ndarray]
 """Encoded user inputs → ``[batch, dim]`` embeddings."""

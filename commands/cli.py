@@ -36,20 +36,20 @@ def cmd_fetch_data(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_fetch_kafka(config: Config, args: argparse.Namespace) -> None:
-    from features.broker import ensure_jars
+    from localservices.kafka import ensure_jars
 
     jars = ensure_jars(config.paths.kafka_pom, config.paths.kafka_jars)
     print(f"Kafka broker jars ready in {jars}")
 
 
 def cmd_train(config: Config, args: argparse.Namespace) -> None:
-    from towers.train import train
+    from training.train import train
 
     train(config, load_dataset(config))
 
 
 def cmd_evaluate(config: Config, args: argparse.Namespace) -> None:
-    from towers.benchmark import PROTOCOLS, run, save
+    from training.compare import PROTOCOLS, run, save
 
     protocols = PROTOCOLS if args.protocol == "all" else (args.protocol,)
     results = run(
@@ -271,7 +271,7 @@ def cmd_admin(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_broker(config: Config, args: argparse.Namespace) -> None:
-    from features.broker import LocalBroker, ensure_jars
+    from localservices.kafka import LocalBroker, ensure_jars
 
     host, _, port = config.kafka.bootstrap_servers.partition(":")
     jars = ensure_jars(config.paths.kafka_pom, config.paths.kafka_jars)
@@ -319,8 +319,8 @@ def _loadtest_mode_error(args: argparse.Namespace) -> str | None:
 
 
 def cmd_loadtest(config: Config, args: argparse.Namespace) -> None:
+    from loadtest.run import compare, ramp, run
     from recsys import artifacts
-    from serving.loadtest.run import compare, ramp, run
 
     if error := _loadtest_mode_error(args):
         raise ConfigError(error)
@@ -346,7 +346,7 @@ def cmd_loadtest(config: Config, args: argparse.Namespace) -> None:
         compare(config, load_dataset(config), out, index_items=args.index_items)
         return
     if args.transports:
-        from serving.loadtest.transports import compare as transports
+        from loadtest.transports import compare as transports
 
         transports(config, load_dataset(config), out, args.transports, rounds=args.rounds)
         return
@@ -374,8 +374,8 @@ def cmd_loadtest(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_bench(config: Config, args: argparse.Namespace) -> None:
+    from benchmarks.serving import run
     from recsys import artifacts
-    from serving.bench import run
 
     artifacts.current(config.indexes_dir)  # fails with what to run when nothing is published
     run(config, load_dataset(config), calls=args.calls, k=args.k, index_items=args.index_items)
@@ -383,26 +383,26 @@ def cmd_bench(config: Config, args: argparse.Namespace) -> None:
 
 def cmd_bench_index(config: Config, args: argparse.Namespace) -> None:
     if args.engine == "spark":
-        from index import bench_engines
+        from benchmarks import index_engines as bench_engines
 
         if args.master:
             config = config.with_overrides({"index": {"spark_master": args.master}})
         bench_engines.run(config, load_dataset(config), args.items)
         return
-    from index.bench import run
+    from benchmarks.index import run
 
     artifacts_out = config.paths.artifacts / "bench" / "index_recall_latency.png"
     run(config, load_dataset(config), args.items, args.png or artifacts_out)
 
 
 def cmd_bench_ingest(config: Config, args: argparse.Namespace) -> None:
-    from features.bench import run_bench
+    from benchmarks.ingest import run_bench
 
     run_bench(config, load_dataset(config), events=args.events)
 
 
 def cmd_bench_freshness(config: Config, args: argparse.Namespace) -> None:
-    from features.bench import Outage, run_freshness
+    from benchmarks.ingest import Outage, run_freshness
     from recsys import artifacts
 
     artifacts.current(config.indexes_dir)  # the server needs a published model and index
@@ -421,7 +421,7 @@ def cmd_bench_freshness(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_demo(config: Config, args: argparse.Namespace) -> None:
-    from recsys.demo import run_demo
+    from commands.demo import run_demo
 
     run_demo(config, users=args.users, events=args.events)
 

@@ -77,7 +77,7 @@ def child(
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "recsys.cli", "--config", str(config_file), *args],
+            [sys.executable, "-m", "commands.cli", "--config", str(config_file), *args],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=env,

@@ -35,7 +35,7 @@ from kafka import KafkaAdminClient
 
 from recsys.errors import BrokerError
 
-DEFAULT_LOG_CONFIG = Path(__file__).resolve().parent / "kafka" / "log4j2.yaml"
+DEFAULT_LOG_CONFIG = Path(__file__).resolve().parents[1] / "features" / "kafka" / "log4j2.yaml"
 """log4j2 config shipped beside the pom: INFO to ``<work_dir>/broker.log``, config dumps off."""
 
 DEFAULT_JVM_OPTS: tuple[str, ...] = (
@@ -378,7 +378,7 @@ class LocalBroker:
             # Consumers in tests and dev loops should get partitions immediately, not after 3 s.
             "group.initial.rebalance.delay.ms": "0",
         }
-        header = "# Written by features/broker.py on every start; edits are overwritten.\n"
+        header = "# Written by localservices/kafka.py on every start; edits are overwritten.\n"
         return header + "".join(f"{k}={v}\n" for k, v in props.items())
 
     def start(self, timeout: float = 60.0) -> None:

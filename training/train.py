@@ -13,15 +13,15 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.experiments import Evaluator, evaluate_split, item_vectors
+from evaluation.protocols import Split, temporal_split_protocol
+from evaluation.stream import StreamEvaluator, evaluate_stream, stream_summary
 from recsys import artifacts
 from recsys.config import Config, ModelConfig
 from recsys.data import MovieLens
 from towers.encoding import FeatureSpace, UserInputs
 from towers.examples import fit_feature_space, training_examples
-from towers.experiments import Evaluator, evaluate_split, item_vectors
 from towers.model_config import TowerConfig
-from towers.protocols import Split, temporal_split_protocol
-from towers.stream import StreamEvaluator, evaluate_stream, stream_summary
 
 Log = Callable[[str], None]
 

@@ -25,9 +25,9 @@ import grpc
 import numpy as np
 
 from features.store import UserFeatures
+from localservices.procs import child, serving_ports, slug, write_config
 from recsys.config import Config
 from recsys.data import MovieLens
-from recsys.procs import child, serving_ports, slug, write_config
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
 from serving.client import RecommendClient
@@ -90,9 +90,9 @@ def variant_servers(
     runtimes on SQLite, NumPy on Redis, and with ``index_items`` a synthetic catalog of that
     size (``index.type: auto``: IVF at 1M; with ``exact_too``, exact flat beside it).
     Yields ``{name: (address, process)}`` once all are SERVING."""
-    from features.redis_server import LocalRedis
     from features.store import initialise
     from index.build import index_spec
+    from localservices.redis import LocalRedis
     from recsys.data import temporal_split
 
     host = config.serving.host

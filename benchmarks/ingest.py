@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 
 from features.activity import fold_ratings
-from features.broker import LocalBroker, ensure_jars
 from features.ingest import rebuild, run
-from features.redis_server import LocalRedis
 from features.replay import replay
 from features.store import OnlineFeatures, initialise, open_store, restore
+from localservices.kafka import LocalBroker, ensure_jars
+from localservices.redis import LocalRedis
 from recsys.config import Config
 from recsys.data import MovieLens
 from recsys.errors import RecsysError, StoreUnavailableError
@@ -239,7 +239,7 @@ def run_freshness(
 
     from features.events import encode
     from features.synthetic import synthetic_interactions
-    from recsys.procs import child, serving_ports, write_config
+    from localservices.procs import child, serving_ports, write_config
     from serving.client import RecommendClient
 
     load_cpus, system_cpus = _cores()

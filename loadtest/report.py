@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from loadtest.target import HotPath
 from recsys.config import LoadTestConfig
-from serving.loadtest.target import HotPath
 
 
 @dataclass(frozen=True)

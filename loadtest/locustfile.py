@@ -1,6 +1,6 @@
 """The Locust user for ``recsys loadtest``: Recommend over gRPC with a realistic mix.
 
-Loaded only by the ``locust`` process ``serving.loadtest.run`` starts: importing locust
+Loaded only by the ``locust`` process ``loadtest.run`` starts: importing locust
 patches the process with gevent, which must never happen next to the server or TensorFlow.
 gRPC is made gevent-cooperative before any channel exists.
 
@@ -26,8 +26,8 @@ import grpc.experimental.gevent as grpc_gevent
 import numpy as np
 from locust import User, events, task
 
+from loadtest.traffic import Traffic
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
-from serving.loadtest.traffic import Traffic
 
 grpc_gevent.init_gevent()
 SAMPLES: list[tuple[float, float, float, float, float]] = []

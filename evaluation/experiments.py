@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from evaluation.metrics import rank_metrics, topk_accuracy
+from evaluation.protocols import Split
+from evaluation.stream import counts
 from recsys.data import MovieLens
 from towers.encoding import FeatureSpace, UserInputs
-from towers.evaluate import rank_metrics, topk_accuracy
 from towers.examples import HistoryIndex, catalog_inputs, query_inputs
-from towers.protocols import Split
-from towers.stream import counts
 
 UserFn = Callable[[UserInputs], np.ndarray]
 """Encoded user inputs → ``[batch, dim]`` embeddings."""

@@ -18,12 +18,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from loadtest.report import Summary, split
+from localservices.procs import child, write_config
 from recsys import artifacts
 from recsys.config import Config
 from recsys.errors import RecsysError
-from recsys.procs import child, write_config
 from recsys.v1 import admin_pb2, admin_pb2_grpc
-from serving.loadtest.report import Summary, split
 
 
 def swap_pair(config: Config, out: Path) -> tuple[Config, str]:

@@ -11,9 +11,9 @@ import subprocess
 import time
 from typing import TYPE_CHECKING
 
+from localservices.procs import child, serving_ports, write_config
 from recsys.config import Config
 from recsys.errors import RecsysError
-from recsys.procs import child, serving_ports, write_config
 from recsys.v1 import recommender_pb2 as pb
 
 if TYPE_CHECKING:
@@ -39,14 +39,14 @@ def _show(
 
 def run_demo(config: Config, *, users: int = 3, events: int = 5) -> None:
     """Runs the loop for ``users`` users (one of them brand new), ``events`` events each."""
-    from features.broker import LocalBroker, ensure_jars
+    from commands.cli import load_dataset
     from features.replay import replay
     from features.store import OnlineFeatures, initialise, open_store
     from index.build import build_index
-    from recsys.cli import load_dataset
+    from localservices.kafka import LocalBroker, ensure_jars
     from recsys.data import temporal_split
     from serving.client import RecommendClient
-    from towers.train import train
+    from training.train import train
 
     started = time.monotonic()
     total = 6

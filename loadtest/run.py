@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from loadtest.report import Summary, plot, render, summarize, violations
+from loadtest.stream import Stream, stream_stack
+from loadtest.swap import SWAP_DRAIN_S, Swap, swap_pair
+from loadtest.target import Target, cpu_times, hot_path, started_server, steal_pct
+from localservices.procs import slug
 from recsys.config import Config
 from recsys.data import MovieLens
 from recsys.errors import RecsysError
-from recsys.procs import slug
-from serving.loadtest.report import Summary, plot, render, summarize, violations
-from serving.loadtest.stream import Stream, stream_stack
-from serving.loadtest.swap import SWAP_DRAIN_S, Swap, swap_pair
-from serving.loadtest.target import Target, cpu_times, hot_path, started_server, steal_pct
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -340,11 +340,11 @@ def ramp(
 def compare(config: Config, ml: MovieLens, out: Path, index_items: int = 0) -> dict[str, Summary]:
     """The same load against each variant in turn, side by side in one run: the null handler,
     NumPy vs SavedModel tower, SQLite vs Redis store, and with ``index_items`` a synthetic
-    catalog of that size behind an IVF and an exact flat index (``serving.bench``'s servers,
+    catalog of that size behind an IVF and an exact flat index (``benchmarks.serving``'s servers,
     all pinned to the server core). Writes ``compare.txt`` and ``compare.json``; never fails
     on the SLO.
     """
-    from serving.bench import variant_servers
+    from benchmarks.serving import variant_servers
 
     out.mkdir(parents=True, exist_ok=True)
     server_cpus, load_cpus = _cores()

@@ -1,6 +1,6 @@
 """``recsys evaluate``: train and score the towers under each protocol, and ablations.
 
-``stream`` is the primary protocol (:mod:`towers.stream`): every test event predicted from
+``stream`` is the primary protocol (:mod:`evaluation.stream`): every test event predicted from
 the history the stream had just updated, beside popularity, trailing popularity and item-KNN
 baselines and the same model on frozen histories. The other protocols each train their own
 model on their own training part (the best epoch picked on its validation part, where it has
@@ -15,19 +15,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from recsys.config import ModelConfig
-from recsys.data import MovieLens
-from towers.examples import fit_feature_space
-from towers.experiments import evaluate_split
-from towers.protocols import (
+from evaluation.experiments import evaluate_split
+from evaluation.protocols import (
     Split,
     recbole_split,
     temporal_split_protocol,
     tfrs_split,
     write_recbole_atomic,
 )
-from towers.stream import StreamEvaluator, evaluate_stream, select_baselines, stream_summary
-from towers.train import Fitted, fit
+from evaluation.stream import StreamEvaluator, evaluate_stream, select_baselines, stream_summary
+from recsys.config import ModelConfig
+from recsys.data import MovieLens
+from towers.examples import fit_feature_space
+from training.train import Fitted, fit
 
 PROTOCOLS = ("stream", "temporal", "recbole", "tfrs")
 SETTINGS_BY_PROTOCOL: dict[str, dict[str, Any]] = {

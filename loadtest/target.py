@@ -18,9 +18,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from localservices.procs import child, free_port, free_ports, write_config
 from recsys.config import Config
 from recsys.errors import RecsysError
-from recsys.procs import child, free_port, free_ports, write_config
 from serving.client import RecommendClient
 
 STAGES = ("features", "tower", "search", "filter")
