@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -32,10 +33,24 @@ def test_the_image_and_the_makefile_build_the_stubs_with_one_script() -> None:
     assert "grpc_tools.protoc" not in dockerfile and "grpc_tools.protoc" not in makefile
 
 
+def _packages() -> list[str]:
+    """The top-level packages pyproject.toml installs."""
+    with open(REPO / "pyproject.toml", "rb") as f:
+        include = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]["include"]
+    return [name.rstrip("*") for name in include]
+
+
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert len(_packages()) >= 5
+    missing = [p for p in _packages() if f"COPY {p}/ {p}/" not in dockerfile]
+    assert not missing, f"docker/Dockerfile does not COPY {missing}"
+
+
 def _imported_stubs() -> set[str]:
-    """Every ``recsys.v1`` module the product code imports."""
+    """Every ``recsys.v1`` module the code imports."""
     found = set()
-    for package in ("recsys", "serving", "features", "towers", "index"):
+    for package in _packages():
         for path in (REPO / package).rglob("*.py"):
             if "v1" in path.parts:
                 continue
