@@ -16,7 +16,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index.build import _ExactTopK, build_index, load_index, recall_at_k, user_queries
+from index.build import build_index
+from index.recall import ExactTopK, recall_at_k, user_queries
+from index.versions import load_index
 from recsys import artifacts
 from recsys.config import Config
 from recsys.data import MovieLens
@@ -53,7 +55,7 @@ def run(config: Config, ml: MovieLens, items: int, out_png: Path, queries: int =
     vectors = ivf.reconstruct_n(0, ivf.ntotal)
     exact = faiss.IndexFlatIP(index.d)
     exact.add(vectors)
-    truth = _ExactTopK(test)
+    truth = ExactTopK(test)
     for start in range(0, len(vectors), 100_000):
         truth.add(vectors[start : start + 100_000], start)
     want = truth.truth()

@@ -29,8 +29,10 @@ import faiss
 import numpy as np
 
 from benchmarks.index import _latencies_us
-from index.build import _ExactTopK, build_index, load_index, recall_at_k, user_queries
+from index.build import build_index
 from index.catalog import Catalog
+from index.recall import ExactTopK, recall_at_k, user_queries
+from index.versions import load_index
 from recsys import artifacts
 from recsys.config import Config
 from recsys.data import MovieLens
@@ -133,7 +135,7 @@ def _vectors(index: faiss.Index) -> np.ndarray:
 
 
 def _held_out_recall(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray) -> float:
-    truth = _ExactTopK(queries)
+    truth = ExactTopK(queries)
     for start in range(0, len(vectors), 100_000):
         truth.add(vectors[start : start + 100_000], start)
     _, found = index.search(queries, 10)

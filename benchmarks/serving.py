@@ -91,7 +91,7 @@ def variant_servers(
     size (``index.type: auto``: IVF at 1M; with ``exact_too``, exact flat beside it).
     Yields ``{name: (address, process)}`` once all are SERVING."""
     from features.store import initialise
-    from index.build import index_spec
+    from index.plan import index_spec
     from localservices.redis import LocalRedis
     from recsys.data import temporal_split
 

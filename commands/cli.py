@@ -11,20 +11,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from commands.dataset import load_dataset
 from recsys import logs
 from recsys.config import Config, load_config
 from recsys.errors import ConfigError, RecsysError
 
 if TYPE_CHECKING:  # the data module pulls in pandas; keep `recsys --help` fast
-    from recsys.data import MovieLens
-
-
-def load_dataset(config: Config) -> MovieLens:
-    """The configured data set: an official ml-100k folder if given, else the download."""
-    from recsys.data import fetch_ml100k, load_movielens
-
-    path = config.paths.dataset or fetch_ml100k(config.paths.data_dir)
-    return load_movielens(path)
+    pass
 
 
 def cmd_fetch_data(config: Config, args: argparse.Namespace) -> None:
@@ -83,7 +76,7 @@ def cmd_build_index(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_index(config: Config, args: argparse.Namespace) -> None:
-    from index.build import rollback, versions
+    from index.versions import rollback, versions
     from recsys import artifacts
 
     root = config.indexes_dir
@@ -137,7 +130,7 @@ def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
     from features.metrics import IngestMetrics
     from features.replay import ensure_topic
     from features.store import OnlineFeatures, open_store
-    from index.build import read_item_ids
+    from index.versions import read_item_ids
     from recsys import artifacts
     from recsys.errors import StoreUnavailableError
 

@@ -39,7 +39,7 @@ def _show(
 
 def run_demo(config: Config, *, users: int = 3, events: int = 5) -> None:
     """Runs the loop for ``users`` users (one of them brand new), ``events`` events each."""
-    from commands.cli import load_dataset
+    from commands.dataset import load_dataset
     from features.replay import replay
     from features.store import OnlineFeatures, initialise, open_store
     from index.build import build_index

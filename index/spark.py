@@ -46,16 +46,9 @@ import numpy as np
 import pyarrow as pa
 
 from index import items
-from index.build import (
-    Filled,
-    Plan,
-    _ExactTopK,
-    embed_chunk,
-    sample_threshold,
-    train_size,
-    training_sample,
-)
 from index.catalog import COLUMNS, check_columns, tidy
+from index.plan import Filled, Plan, embed_chunk, sample_threshold, train_size, training_sample
+from index.recall import ExactTopK
 from recsys.config import Config
 from recsys.errors import ArtifactError, ConfigError, DataError
 from towers.encoding import FeatureSpace
@@ -286,7 +279,7 @@ def _fill(spark: SparkSession, config: Config, plan: Plan, scratch: Path) -> Fil
     return filled
 
 
-def _merge(shards: list[Any], index: faiss.Index, kind: str, exact: _ExactTopK) -> Filled:
+def _merge(shards: list[Any], index: faiss.Index, kind: str, exact: ExactTopK) -> Filled:
     """The shards' indexes, ids, genre bits and exact top lists, in partition order."""
     item_ids: list[str] = []
     genres = []
@@ -389,7 +382,7 @@ def _shard(
     space, tower, loaded = _model(model)
     blob, queries, scratch = empty.value
     index = faiss.deserialize_index(np.frombuffer(blob, np.uint8))
-    exact = _ExactTopK(queries)
+    exact = ExactTopK(queries)
     ids: list[str] = []
     genres = []
     seen: set[str] = set()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index.build import rollback
+from index.versions import rollback
 from recsys import artifacts
 from recsys.config import Config
 from recsys.errors import ArtifactError

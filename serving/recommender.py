@@ -26,8 +26,8 @@ import numpy as np
 
 from features.activity import SeenIndex
 from features.store import UserFeatures
-from index.build import load_index
 from index.items import ItemMeta
+from index.versions import load_index
 from recsys import artifacts
 from recsys.config import ServingConfig
 from recsys.errors import ArtifactError, DeadlineExceededError, InvalidRequestError

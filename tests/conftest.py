@@ -166,7 +166,7 @@ def ingester(server: RunningServer, kafka: str, ingest_metrics) -> Iterator[Conf
     from features.ingest import run
     from features.replay import ensure_topic
     from features.store import OnlineFeatures, open_store
-    from index.build import read_item_ids
+    from index.versions import read_item_ids
     from recsys import artifacts
 
     config = server.config.with_overrides({"kafka": {"bootstrap_servers": kafka}})

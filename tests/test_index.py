@@ -11,21 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from index.build import (
-    INDEX_FILE,
-    _ExactTopK,
-    build_index,
-    embed_catalog,
-    load_index,
-    prune,
-    query_recalls,
-    recall_at_k,
-    recall_bound,
-    rollback,
-    tune,
-    versions,
-)
+from index.build import build_index
 from index.catalog import Catalog
+from index.plan import embed_catalog
+from index.recall import ExactTopK, query_recalls, recall_at_k, recall_bound, tune
+from index.versions import INDEX_FILE, load_index, prune, rollback, versions
 from recsys import artifacts
 from recsys.errors import ArtifactError, DataError
 from serving.recommender import Bundle
@@ -63,12 +53,12 @@ def test_ivf_on_a_synthetic_catalog_reaches_the_recall_it_records(scratch, ml) -
     assert faiss.extract_index_ivf(index).nprobe == result.params["nprobe"]
     assert manifest["recall_at_10"] >= 0.95 and result.sweep[-1]["recall"] >= 0.95
     # Recall on other queries than the build verified with, against a brute-force scan.
-    from index.build import user_queries
+    from index.recall import user_queries
 
     queries = user_queries(artifacts.current(config.models_dir), ml, 200, seed=7)
     exact = faiss.IndexFlatIP(index.d)
     exact.add(index_vectors(index))
-    truth = _ExactTopK(queries)
+    truth = ExactTopK(queries)
     truth.add(index_vectors(index), 0)
     _, found = index.search(queries, 10)
     assert recall_at_k(found, truth.truth()) >= 0.9

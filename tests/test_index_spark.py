@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from index import spark as spark_engine
-from index.build import build_index, load_index, versions
+from index.build import build_index
 from index.catalog import Catalog
+from index.versions import load_index, versions
 from recsys import artifacts
 from recsys.config import Config
 from recsys.errors import DataError

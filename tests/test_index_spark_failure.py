@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from index import spark as spark_engine
-from index.build import build_index, load_index, versions
+from index.build import build_index
 from index.catalog import Catalog
+from index.versions import load_index, versions
 from recsys import artifacts
 from recsys.errors import ArtifactError
 from tests.test_index_spark import kill_a_busy_worker

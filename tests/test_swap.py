@@ -10,7 +10,8 @@ import threading
 import grpc
 import pytest
 
-from index.build import INDEX_FILE, build_index
+from index.build import build_index
+from index.versions import INDEX_FILE
 from recsys import artifacts
 from recsys.v1 import admin_pb2, admin_pb2_grpc
 from serving.client import RecommendClient

@@ -1,0 +1,18 @@
+"""The configured data set, for every command that needs one."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from recsys.config import Config
+
+if TYPE_CHECKING:  # the data module pulls in pandas; keep `recsys --help` fast
+    from recsys.data import MovieLens
+
+
+def load_dataset(config: Config) -> MovieLens:
+    """The configured data set: an official ml-100k folder if given, else the download."""
+    from recsys.data import fetch_ml100k, load_movielens
+
+    path = config.paths.dataset or fetch_ml100k(config.paths.data_dir)
+    return load_movielens(path)
