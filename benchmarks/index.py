@@ -8,7 +8,6 @@ build verified with, against a brute-force scan of the same vectors.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from benchmarks.harness import Table, percentiles, rss_bytes
 from index.build import build_index
 from index.recall import ExactTopK, recall_at_k, user_queries
 from index.versions import load_index
@@ -24,12 +24,9 @@ from recsys.config import Config
 from recsys.data import MovieLens
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _latencies_us(index: faiss.Index, queries: np.ndarray) -> np.ndarray:
+def search_latencies_us(index: faiss.Index, queries: np.ndarray) -> np.ndarray:
+    """Single-query search times, one query at a time (how a server asks): ``[n]`` µs for
+    ``queries`` ``[n, dim] float32``."""
     times = np.empty(len(queries))
     for i in range(len(queries)):
         started = time.perf_counter()
@@ -46,9 +43,9 @@ def run(config: Config, ml: MovieLens, items: int, out_png: Path, queries: int =
         cfg = cfg.with_overrides({"paths": {"artifacts": str(root)}})
         result = build_index(cfg, ml, progress=True)
         faiss.omp_set_num_threads(1)
-        before = _rss_bytes()
+        before = rss_bytes()
         index, ids, manifest = load_index(artifacts.current(cfg.indexes_dir))
-        memory = _rss_bytes() - before
+        memory = rss_bytes() - before
     test = user_queries(artifacts.current(config.models_dir), ml, queries, seed=12345)
     ivf = faiss.extract_index_ivf(index)
     ivf.make_direct_map()
@@ -59,20 +56,21 @@ def run(config: Config, ml: MovieLens, items: int, out_png: Path, queries: int =
     for start in range(0, len(vectors), 100_000):
         truth.add(vectors[start : start + 100_000], start)
     want = truth.truth()
-    exact_us = _latencies_us(exact, test[:50])
+    exact_us = search_latencies_us(exact, test[:50])
+    exact_pcts = percentiles(exact_us, (50, 99))
     del vectors, exact
     chosen = int(ivf.nprobe)
     rows = []
     for nprobe in (1, 2, 4, 8, 16, 32, 64, 128):
         ivf.nprobe = nprobe
         _, found = index.search(test, 10)
-        lat = _latencies_us(index, test)
+        lat = percentiles(search_latencies_us(index, test), (50, 99))
         rows.append(
             {
                 "nprobe": nprobe,
                 "recall": recall_at_k(found, want),
-                "p50_us": float(np.percentile(lat, 50)),
-                "p99_us": float(np.percentile(lat, 99)),
+                "p50_us": lat["p50"],
+                "p99_us": lat["p99"],
             }
         )
     ivf.nprobe = chosen
@@ -83,19 +81,18 @@ def run(config: Config, ml: MovieLens, items: int, out_png: Path, queries: int =
     )
     print(f"loaded index + id map: {memory / 2**20:,.0f} MiB RSS ({len(ids):,} ids)")
     print(
-        f"exact IndexFlatIP, 1 thread, single query: p50 {np.percentile(exact_us, 50):,.0f} µs, "
-        f"p99 {np.percentile(exact_us, 99):,.0f} µs"
+        f"exact IndexFlatIP, 1 thread, single query: p50 {exact_pcts['p50']:,.0f} µs, "
+        f"p99 {exact_pcts['p99']:,.0f} µs"
     )
-    print(
-        f"{'nprobe':>7} {'recall@10':>10} {'p50 µs':>8} {'p99 µs':>8}"
-        f"   ({len(test)} held-out queries)"
+    table = Table(
+        [("nprobe", ">7"), ("recall@10", ">10.4f"), ("p50 µs", ">8.0f"), ("p99 µs", ">8.0f")],
+        sep=" ",
     )
+    print(table.header() + f"   ({len(test)} held-out queries)")
     for r in rows:
         mark = "  <- chosen" if r["nprobe"] == chosen else ""
-        print(
-            f"{r['nprobe']:>7} {r['recall']:>10.4f} {r['p50_us']:>8.0f} {r['p99_us']:>8.0f}{mark}"
-        )
-    _plot(rows, chosen, items, out_png, float(np.percentile(exact_us, 99)))
+        print(table.row(r["nprobe"], r["recall"], r["p50_us"], r["p99_us"]) + mark)
+    _plot(rows, chosen, items, out_png, exact_pcts["p99"])
     print(f"recall/latency curve: {out_png}")
     return {
         "result": result,

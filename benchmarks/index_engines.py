@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing
-import os
 import resource
 import tempfile
 import threading
@@ -28,7 +27,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from benchmarks.index import _latencies_us
+from benchmarks.harness import Table, descendants, percentiles, rss_bytes
+from benchmarks.index import search_latencies_us
 from index.build import build_index
 from index.catalog import Catalog
 from index.recall import ExactTopK, recall_at_k, user_queries
@@ -41,24 +41,10 @@ ENGINES = ("local", "spark")
 HELD_OUT_SEED = 12345
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
 def _rss_and_role(pid: int) -> tuple[int, str]:
+    """A process's resident memory and what it is in a Spark build (``(0, "")``: gone)."""
     try:
-        with open(f"/proc/{pid}/statm") as f:
-            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        rss = rss_bytes(pid)
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
@@ -79,11 +65,8 @@ class _TreeMemory(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(self.every):
-            tree, now = _children(), dict[str, int]()
-            stack = list(tree.get(self.pid, []))
-            while stack:
-                pid = stack.pop()
-                stack += tree.get(pid, [])
+            now: dict[str, int] = {}
+            for pid in descendants(self.pid):
                 rss, role = _rss_and_role(pid)
                 now[role] = now.get(role, 0) + rss
             for role, rss in now.items():
@@ -185,12 +168,12 @@ def run(config: Config, ml: MovieLens, items: int, queries: int = 1000) -> dict[
             got["held_out_recall"] = _held_out_recall(index, vectors, test)
             if engine == "spark":
                 parts = int(got["stats"]["partitions"])
-                latency = {"merged": _latencies_us(index, test)}
+                latency = {"merged": search_latencies_us(index, test)}
                 for threaded in (False, True):
                     faiss.omp_set_num_threads(1)
                     shards, _parts = _as_shards(index, vectors, parts, threaded)
                     name = f"{parts} shards, " + ("threaded" if threaded else "in turn")
-                    latency[name] = _latencies_us(shards, test)
+                    latency[name] = search_latencies_us(shards, test)
                 got["latency"] = latency
                 got["shard_recall"] = _held_out_recall(shards, vectors, test)
             del index, vectors
@@ -205,11 +188,11 @@ def _report(
     mib = 2**20
     print(f"\n{items:,} synthetic items written as Parquet in {write_seconds:.1f}s")
     phases = list(dict.fromkeys([*spark["phases"], *local["phases"]]))
-    print(f"{'phase (s)':<12} {'local':>8} {'spark':>8}")
+    table = Table([("phase (s)", "<12"), ("local", ">8.1f"), ("spark", ">8.1f")], sep=" ")
+    print(table.header())
     for name in phases:
-        cells = [r["phases"].get(name) for r in (local, spark)]
-        print(f"{name:<12} " + " ".join(f"{'-':>8}" if v is None else f"{v:>8.1f}" for v in cells))
-    print(f"{'total':<12} {local['seconds']:>8.1f} {spark['seconds']:>8.1f}")
+        print(table.row(name, *(r["phases"].get(name) for r in (local, spark))))
+    print(table.row("total", local["seconds"], spark["seconds"]))
     print(f"spark / local: {spark['seconds'] / local['seconds']:.2f}×  (target ≤ 1.5×)")
     stats = spark["stats"]
     per_million = stats["executor_embed_seconds"] / (items / 1e6)
@@ -236,6 +219,8 @@ def _report(
         f"single-query search, 1 thread, spark's index (recall {spark['shard_recall']:.4f} as"
         " shards):"
     )
-    print(f"  {'layout':<24} {'p50 µs':>8} {'p99 µs':>8}")
+    layouts = Table([("layout", "<24"), ("p50 µs", ">8.0f"), ("p99 µs", ">8.0f")], sep=" ")
+    print(f"  {layouts.header()}")
     for name, lat in spark["latency"].items():
-        print(f"  {name:<24} {np.percentile(lat, 50):>8.0f} {np.percentile(lat, 99):>8.0f}")
+        pcts = percentiles(lat, (50, 99))
+        print(f"  {layouts.row(name, pcts['p50'], pcts['p99'])}")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.harness import percentiles, pinned, split_cores
 from features.activity import fold_ratings
 from features.ingest import rebuild, run
 from features.replay import replay
@@ -127,24 +128,6 @@ def run_bench(config: Config, ml: MovieLens, events: int | None = None) -> dict[
     return result
 
 
-def _cores() -> tuple[set[int] | None, set[int] | None]:
-    """(load generator's cores, system's cores): split in two halves, or no pinning on 1 core."""
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < 2:
-        return None, None
-    half = len(cores) // 2
-    return set(cores[:half]), set(cores[half:])
-
-
-def _percentiles(seconds: list[float], prefix: str) -> dict[str, float]:
-    ms = np.array(seconds) * 1000 if seconds else np.array([np.nan])
-    return {
-        f"{prefix}_p50_ms": float(np.percentile(ms, 50)),
-        f"{prefix}_p99_ms": float(np.percentile(ms, 99)),
-        f"{prefix}_max_ms": float(ms.max()),
-    }
-
-
 @dataclass
 class _Probes:
     """Probe users: each gets one event for ``item``, the cold-start answer's top item."""
@@ -199,7 +182,7 @@ class Outage:
             seen = [probes.in_store[u] for u in sent if u in probes.in_store]
             out[f"{name}_probes"] = float(len(sent))
             out[f"{name}_in_store"] = float(len(seen))
-            out.update(_percentiles(seen, f"{name}_store"))
+            out.update(percentiles(np.array(seen) * 1000, (50, 99), f"{name}_store_{{}}_ms"))
         readable = [
             probes.sent_at[u] + probes.in_store[u]
             for u in probes.in_store
@@ -242,7 +225,7 @@ def run_freshness(
     from localservices.procs import child, serving_ports, write_config
     from serving.client import RecommendClient
 
-    load_cpus, system_cpus = _cores()
+    system_cpus, load_cpus = split_cores()
     total = int(rate * seconds)
     probe_every = max(1, int(rate / probes_per_s))
     background = synthetic_interactions(ml, total, seed=int(rate), per_second=rate)
@@ -262,9 +245,8 @@ def run_freshness(
             child("ingester", config_file, ["ingest"], logs, cpus=system_cpus) as ingester,
             child("server", config_file, ["serve"], logs, cpus=system_cpus) as server,
             RecommendClient(f"{cfg.serving.host}:{cfg.serving.port}") as client,
+            pinned(load_cpus),
         ):
-            if load_cpus:
-                os.sched_setaffinity(0, load_cpus)
             client.wait_until_serving(process=server)
             cold = [i.item_id for i in client.recommend(f"cold-{run}", k=10).items]
             probes = _Probes(item=cold[0])
@@ -303,7 +285,6 @@ def run_freshness(
             producer.close()
             done.set()
             checker.join()
-        os.sched_setaffinity(0, _ALL_CPUS)
     result = {
         "rate": rate,
         "achieved_rate": total / sending_s,
@@ -311,18 +292,20 @@ def run_freshness(
         "probes": float(len(probes.sent_at)),
         "in_store": float(len(probes.in_store)),
         "in_recommend": float(len(probes.in_recommend)),
-        **_percentiles(list(probes.in_store.values()), "store"),
-        **_percentiles(list(probes.in_recommend.values()), "recommend"),
+        **percentiles(np.array(list(probes.in_store.values())) * 1000, (50, 99), "store_{}_ms"),
+        **percentiles(
+            np.array(list(probes.in_recommend.values())) * 1000, (50, 99), "recommend_{}_ms"
+        ),
         **(outage.windows(probes) if outage is not None else {}),
     }
-    pinned = (
+    placement = (
         f"load on cores {sorted(load_cpus)}, system on {sorted(system_cpus)}"
         if load_cpus and system_cpus
         else "unpinned"
     )
     print(
         f"{rate:,.0f} events/s asked, {result['achieved_rate']:,.0f} sent, for {seconds:.0f}s "
-        f"into {config.feast.online_store} ({pinned}); "
+        f"into {config.feast.online_store} ({placement}); "
         f"{len(probes.in_store)}/{len(probes.sent_at)} probes readable, "
         f"{len(probes.in_recommend)} reflected by Recommend\n"
         f"    produce → readable in store: p50 {result['store_p50_ms']:.0f} ms, "
@@ -348,7 +331,6 @@ def run_freshness(
     return result
 
 
-_ALL_CPUS = os.sched_getaffinity(0)
 GIVE_UP_S = 30.0
 """After the stream ends, probes still unseen this much later count as lost."""
 

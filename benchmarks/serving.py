@@ -14,16 +14,14 @@ features preloaded (what the rest costs when the store read has not just run).
 from __future__ import annotations
 
 import contextlib
-import os
-import platform
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
-import numpy as np
 
+from benchmarks.harness import Table, machine_line, percentiles, pinned, split_cores
 from features.store import UserFeatures
 from localservices.procs import child, serving_ports, slug, write_config
 from recsys.config import Config
@@ -35,17 +33,6 @@ from serving.recommender import Features
 
 BLOCK = 50
 STAGES = ("grpc", "features", "tower", "search", "filter", "hot_path")
-
-
-def percentiles(samples: Sequence[float]) -> dict[str, float]:
-    """p50/p90/p99/max of ``samples`` (any unit)."""
-    a = np.asarray(samples, np.float64)
-    return {
-        "p50": float(np.percentile(a, 50)),
-        "p90": float(np.percentile(a, 90)),
-        "p99": float(np.percentile(a, 99)),
-        "max": float(a.max()),
-    }
 
 
 class _Target:
@@ -190,7 +177,7 @@ class _Preloaded:
         return [self._seen[u] for u in user_ids]
 
 
-def _in_process(config: Config, requests: Sequence[pb.RecommendRequest], cpu: set[int] | None):
+def _in_process(config: Config, requests: Sequence[pb.RecommendRequest]):
     """The hot path as a plain object in this process (no gRPC), with the store and with
     features preloaded: ``{variant: {stage: percentiles}}`` in µs."""
     import faiss
@@ -200,8 +187,6 @@ def _in_process(config: Config, requests: Sequence[pb.RecommendRequest], cpu: se
     from serving.wire import request_from
 
     faiss.omp_set_num_threads(1)
-    if cpu:
-        os.sched_setaffinity(0, cpu)
     bundle = Bundle.load_current(config.models_dir, config.indexes_dir)
     reader = FeatureReader(config)
     plain = [request_from(r) for r in requests]
@@ -228,15 +213,15 @@ def run(
     """Prints the latency tables; returns ``{server: {"client": pcts, stage: pcts}}`` (µs)."""
     work = config.paths.state / "bench" / "serving"
     work.mkdir(parents=True, exist_ok=True)
-    cores = sorted(os.sched_getaffinity(0))
-    server_cpu, client_cpu = ({cores[-1]}, {cores[0]}) if len(cores) > 1 else (None, None)
+    server_cpu, client_cpu = split_cores(system=1, load=1)
     users = list(ml.users["user_id"])
     requests = _requests(users, calls, k)
-    in_process = _in_process(config, requests, server_cpu)
-    os.sched_setaffinity(0, set(cores))
-    with variant_servers(config, ml, work, index_items, server_cpu) as servers:
-        if client_cpu:
-            os.sched_setaffinity(0, client_cpu)
+    with pinned(server_cpu):
+        in_process = _in_process(config, requests)
+    with (
+        variant_servers(config, ml, work, index_items, server_cpu) as servers,
+        pinned(client_cpu),
+    ):
         targets = [_Target(name, address) for name, (address, _) in servers.items()]
         try:
             for target in targets:  # warm: connections, first-call costs
@@ -247,7 +232,6 @@ def run(
         finally:
             for target in targets:
                 target.channel.close()
-            os.sched_setaffinity(0, set(cores))
     return _report(targets, in_process, calls, k, server_cpu, client_cpu)
 
 
@@ -267,31 +251,26 @@ def _report(
     print(
         f"\n{calls} sequential Recommend calls per server (k={k}; 1 in 10 a new user, 1 in 5 "
         f"genre-filtered), servers on CPU {server_cpu}, client on CPU {client_cpu}; "
-        f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        f"{machine_line()}"
     )
     print("\nround trip seen by the client (ms)")
-    print(f"{'server':<34}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}{'p50 / null':>12}")
+    client = Table([("server", "<34"), *((q, ">8.3f") for q in ("p50", "p90", "p99", "max"))])
+    print(client.header() + f"{'p50 / null':>12}")
     for name, r in result.items():
         c = r["client"]
-        print(
-            f"{name:<34}{c['p50'] / 1e3:>8.3f}{c['p90'] / 1e3:>8.3f}{c['p99'] / 1e3:>8.3f}"
-            f"{c['max'] / 1e3:>8.3f}{c['p50'] / null_p50:>11.2f}x"
-        )
+        ms = (c[q] / 1e3 for q in ("p50", "p90", "p99", "max"))
+        print(client.row(name, *ms) + f"{c['p50'] / null_p50:>11.2f}x")
     print(
         "\nper stage, p50 / p99 (µs); gRPC = client round trip − server hot path, per call; "
         "hot path = request in to answer ready inside the server"
     )
     header = ("gRPC", "features", "tower", "search", "filter", "hot path")
-    print(f"{'server':<34}" + "".join(f"{h:>15}" for h in header))
-    for name, r in result.items():
-        if "hot_path" not in r:
-            continue
-        cells = [f"{r[s]['p50']:.0f} / {r[s]['p99']:.0f}" if s in r else "-" for s in STAGES]
-        print(f"{name:<34}" + "".join(f"{c:>15}" for c in cells))
-    for name, r in in_process.items():
-        cells = [f"{r[s]['p50']:.0f} / {r[s]['p99']:.0f}" if s in r else "-" for s in STAGES]
-        print(
-            f"{'in process, ' + name + ' (numpy, sqlite)':<34}" + "".join(f"{c:>15}" for c in cells)
-        )
-        result[f"in process, {name}"] = r
+    stages = Table([("server", "<34"), *((h, ">15") for h in header)])
+    print(stages.header())
+    rows = [(name, r) for name, r in result.items() if "hot_path" in r]
+    rows += [(f"in process, {name} (numpy, sqlite)", r) for name, r in in_process.items()]
+    for name, r in rows:
+        cells = [f"{r[s]['p50']:.0f} / {r[s]['p99']:.0f}" if s in r else None for s in STAGES]
+        print(stages.row(name, *cells))
+    result.update({f"in process, {name}": r for name, r in in_process.items()})
     return result

@@ -6,11 +6,13 @@ recommendations before → events replayed → the same users' recommendations a
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import time
 from typing import TYPE_CHECKING
 
+from commands.command import Command
 from localservices.procs import child, serving_ports, write_config
 from recsys.config import Config
 from recsys.errors import RecsysError
@@ -143,3 +145,17 @@ def _wait_ingested(
         if time.monotonic() > deadline:
             raise RecsysError(f"events not ingested after {timeout:.0f}s; see the ingester log")
         time.sleep(0.05)
+
+
+def demo(config: Config, args: argparse.Namespace) -> None:
+    run_demo(config, users=args.users, events=args.events)
+
+
+def demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--users", type=int, default=3, help="users whose recommendations are shown")
+    p.add_argument("--events", type=int, default=5, help="events streamed per shown user")
+
+
+COMMANDS = (
+    Command("demo", "the whole loop end to end, then stop everything", demo, demo_arguments),
+)

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from evaluation.baselines import counts
 from evaluation.metrics import rank_metrics, topk_accuracy
 from evaluation.protocols import Split
-from evaluation.stream import counts
 from recsys.data import MovieLens
 from towers.encoding import FeatureSpace, UserInputs
 from towers.examples import HistoryIndex, catalog_inputs, query_inputs

@@ -7,8 +7,9 @@ Each protocol turns the interactions frame of :class:`recsys.data.MovieLens` int
   with an optional validation slice at the end of the past. This project's headline protocol.
 * :func:`recbole_split`: RecBole's default for general recommenders (``order: RO``,
   ``split: {RS: [0.8, 0.1, 0.1]}``, ``group_by: user``): every user's ratings shuffled and cut
-  8:1:1 with RecBole's own rounding. :func:`write_recbole_atomic` exports a split so RecBole
-  itself can train on the identical rows (``benchmark_filename: [train, valid, test]``).
+  8:1:1 with RecBole's own rounding. :func:`evaluation.recbole.write_recbole_atomic` exports
+  a split so RecBole itself can train on the identical rows (``benchmark_filename: [train,
+  valid, test]``).
 * :func:`tfrs_split`: the TensorFlow Recommenders tutorials' protocol: one global random
   permutation of all ratings, 80% train and 20% test.
 
@@ -21,14 +22,10 @@ with a fresh RangeIndex, so the parts do not depend on the input's row order.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,9 +35,6 @@ from recsys.errors import DataError
 
 INTERACTION_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "rating", "timestamp")
 """Columns every input frame must have; other columns are carried along unchanged."""
-
-RECBOLE_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
-"""The header line of RecBole's own ``ml-100k.inter``."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -157,7 +151,8 @@ def recbole_split(
     is ``numpy.random.default_rng(seed).permutation`` over the rows first sorted by
     (user, timestamp, item, rating), so the split is deterministic for a seed and
     independent of the input's row order, but not the same rows RecBole would draw for the
-    same seed. Export it with :func:`write_recbole_atomic` to make RecBole use these rows.
+    same seed. Export it with :func:`evaluation.recbole.write_recbole_atomic` to make RecBole
+    use these rows.
 
     Args:
         interactions: ``[n rows]`` with :data:`INTERACTION_COLUMNS`.
@@ -285,91 +280,12 @@ def tfrs_split(interactions: pd.DataFrame, seed: int = 42, train_fraction: float
     )
 
 
-# RecBole atomic export ---------------------------------------------------------------------
-
-
-def write_recbole_atomic(split: Split, folder: Path, name: str) -> list[Path]:
-    """Writes a split as RecBole atomic ``.inter`` files for ``benchmark_filename``.
-
-    Files are ``<name>.train.inter``, ``<name>.valid.inter`` (only when ``split.valid`` is
-    not ``None``) and ``<name>.test.inter``, formatted like RecBole's own ``ml-100k.inter``:
-    UTF-8, tab-separated, header :data:`RECBOLE_HEADER`, ``\\n`` line ends (a final one
-    included), timestamps as integers and ratings in their shortest form (``3`` for 3.0,
-    ``3.5`` for 3.5). Point RecBole at it with ``data_path: <folder's parent>``,
-    ``dataset: <name>`` (``folder`` should be named ``name``) and
-    ``benchmark_filename: [train, valid, test]`` (``[train, test]`` without valid).
-
-    Each file is written to a temporary file in ``folder`` and moved into place with
-    ``os.replace``, so a reader never sees half a file. When ``split.valid`` is ``None`` a
-    stale ``<name>.valid.inter`` from an earlier export is removed, so it cannot be mixed
-    with the new parts.
-
-    Args:
-        split: The split to export; its frames need :data:`INTERACTION_COLUMNS`.
-        folder: Output folder, created if missing.
-        name: Dataset token (file name prefix), e.g. ``"ml-100k"``.
-
-    Returns:
-        The written paths in train, valid, test order.
-
-    Raises:
-        DataError: ``name`` is not a plain file name, an id is empty or holds a tab or line
-            break, a rating is not finite, or a part lacks a column.
-    """
-    if not name or name in (".", "..") or any(c in name for c in "/\\\t\r\n"):
-        raise DataError(f"RecBole dataset name must be a plain file name, got {name!r}")
-    folder = Path(folder)
-    texts = {part: _atomic_text(frame, part) for part, frame in split.parts().items()}
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for part, text in texts.items():
-        path = folder / f"{name}.{part}.inter"
-        _write_atomically(path, text)
-        written.append(path)
-    if split.valid is None:
-        (folder / f"{name}.valid.inter").unlink(missing_ok=True)
-    return written
-
-
-def _atomic_text(frame: pd.DataFrame, part: str) -> str:
-    _check_columns(frame, f"the {part} part")
-    users = frame["user_id"].astype(str).tolist()
-    items = frame["item_id"].astype(str).tolist()
-    for what, ids in (("user_id", users), ("item_id", items)):
-        bad = [i for i in ids if not i or any(c in i for c in "\t\r\n")]
-        if bad:
-            raise DataError(
-                f"the {part} part has {len(bad):,} {what}(s) that are empty or hold a tab or "
-                f"line break, e.g. {bad[0]!r}; RecBole atomic files cannot store them"
-            )
-    ratings = frame["rating"].to_numpy(np.float32)
-    if not np.isfinite(ratings).all():
-        raise DataError(f"the {part} part has non-finite ratings")
-    # Shortest text that reads back as the same float32: "3" for 3.0 (RecBole's own style).
-    rating_text = [np.format_float_positional(r, trim="-") for r in ratings]
-    timestamp_text = frame["timestamp"].to_numpy(np.int64).astype(str).tolist()
-    rows = map("\t".join, zip(users, items, rating_text, timestamp_text, strict=True))
-    return "\n".join([RECBOLE_HEADER, *rows]) + "\n"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 # Helpers -----------------------------------------------------------------------------------
 
 
-def _check_columns(frame: pd.DataFrame, what: str) -> None:
+def check_columns(frame: pd.DataFrame, what: str) -> None:
+    """Raises :class:`DataError` naming ``what`` and the columns it lacks, for every reader
+    of an interactions frame (the splits here, the RecBole export)."""
     missing = [c for c in INTERACTION_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{what} lacks column(s) {missing}; found {list(frame.columns)}")
@@ -419,6 +335,6 @@ def _canonical(interactions: pd.DataFrame) -> pd.DataFrame:
 
 
 def _check_input(interactions: pd.DataFrame) -> None:
-    _check_columns(interactions, "the interactions frame")
+    check_columns(interactions, "the interactions frame")
     if len(interactions) == 0:
         raise DataError("no interactions to split")

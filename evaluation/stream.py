@@ -9,10 +9,10 @@ earlier ones of the part, through the same :mod:`features.activity` fold), and t
 time as request time. The event's item is ranked against the whole catalog with everything
 the user interacted with before excluded.
 
-Baselines a team would ship instead of a model are scored on the same events by the same
-ranking (:class:`Popularity`, :class:`TrailingPopularity`, :class:`ItemKNN`), and the model is
-scored a second time with histories frozen at the start of the part (a nightly batch system):
-the difference is what freshness buys.
+The walk itself is :mod:`evaluation.walk`. Baselines a team would ship instead of a model
+(:mod:`evaluation.baselines`) are scored on the same events by the same ranking, and the model
+is scored a second time with histories frozen at the start of the part (a nightly batch
+system): the difference is what freshness buys.
 
 Metrics are averaged over events, not users: a heavy user asks more often, as in serving.
 """
@@ -20,22 +20,15 @@ Metrics are averaged over events, not users: a heavy user asks more often, as in
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from evaluation.baselines import ItemKNN, Popularity, TrailingPopularity, counts, item_similarity
 from evaluation.metrics import exclude_seen, next_item_metrics, next_item_ranks
 from evaluation.protocols import Split
-from features.activity import (
-    EMPTY,
-    Activity,
-    SeenIndex,
-    apply_events,
-    point_in_time,
-    ratings_to_interactions,
-)
+from evaluation.walk import Scorer, Walk, walk
 from recsys.data import MovieLens
 from towers.encoding import FeatureSpace, UserInputs
 from towers.examples import Profiles
@@ -46,214 +39,10 @@ History = Literal["live", "frozen"]
 """``live``: every earlier event folded in; ``frozen``: the state at the start of the part."""
 CHUNK = 2048
 """Events ranked at a time: ``[CHUNK, items]`` float64 is 27 MB for ML-100K's catalog."""
-DAY_MS = 86_400_000
 TRAILING_WINDOWS_DAYS = (1, 7, 30)
+"""Trailing-popularity windows :func:`select_baselines` picks from on validation."""
 KNN_LAST_ITEMS = (1, 2, 3, 5, 10, 20)
-
-
-@dataclass(frozen=True, eq=False)
-class Walk:
-    """One part's events in event-time order (ties by event id), each with what was known
-    just before it.
-
-    Attributes:
-        users: ``[events]`` user ids.
-        times_ms: ``[events] int64`` event times.
-        targets: ``[events] int64`` catalog columns of the events' items.
-        states: ``[events]`` each user's activity just before the event (strictly earlier
-            events only, as :func:`features.activity.point_in_time` defines it).
-        seen: ``[events]`` ``int64`` columns of every item the user interacted with before:
-            the state's seen set (bounded by ``features.activity.SEEN_LIMIT``), decoded as
-            the server decodes it.
-        frozen_states: ``[events]`` the user's activity at the start of the part.
-        frozen_seen: ``[events]`` the items the user had interacted with by then.
-        recent: ``[events, history_length] int64`` columns of ``states``' recent items, most
-            recent first, ``-1``-padded (for baselines that read the sequence).
-    """
-
-    users: list[str]
-    times_ms: np.ndarray
-    targets: np.ndarray
-    states: list[Activity]
-    seen: list[np.ndarray]
-    frozen_states: list[Activity]
-    frozen_seen: list[np.ndarray]
-    recent: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-
-def walk(
-    known: pd.DataFrame, part: pd.DataFrame, column: dict[str, int], history_length: int
-) -> Walk:
-    """Walks ``part`` in event-time order with every user's state folded from ``known`` and
-    the earlier events of ``part``.
-
-    Args:
-        known: Interactions before the part (``user_id``, ``item_id``, ``timestamp`` s).
-        part: The interactions to predict, all at or after ``known``'s.
-        column: Item id → catalog column.
-        history_length: Recent items kept by the activity fold.
-
-    Returns:
-        The walk.
-    """
-    catalog = SeenIndex(list(column))
-    frames = [known.assign(_target=False), part.assign(_target=True)]
-    events = pd.concat(frames, ignore_index=True)
-    rows: list[tuple[int, str, int, str, Activity, np.ndarray, Activity, np.ndarray]] = []
-    for user_id, group in events.groupby("user_id", sort=False):
-        interactions = ratings_to_interactions(
-            user_id, list(group["item_id"]), list(group["timestamp"])
-        )
-        paired = sorted(
-            zip(interactions, group["_target"], strict=True),
-            key=lambda p: (p[0].event_time_ms, p[0].event_id),
-        )
-        timeline = [event for event, _ in paired]
-        frozen = apply_events(EMPTY, [e for e, later in paired if not later], history_length)
-        frozen_seen = catalog.rows(frozen)
-        states = point_in_time(timeline, history_length)
-        for (event, is_target), state in zip(paired, states, strict=True):
-            if is_target:
-                # Exactly what the server excludes: the state's seen set, decoded.
-                rows.append(
-                    (event.event_time_ms, event.event_id, column[event.item_id], user_id,
-                     state, catalog.rows(state), frozen, frozen_seen)
-                )  # fmt: skip
-    rows.sort(key=lambda r: (r[0], r[1]))
-    recent = np.full((len(rows), history_length), -1, np.int64)
-    for i, r in enumerate(rows):
-        items = r[4].recent_items[:history_length]
-        recent[i, : len(items)] = [column[item] for item in items]
-    return Walk(
-        users=[r[3] for r in rows],
-        times_ms=np.array([r[0] for r in rows], np.int64),
-        targets=np.array([r[2] for r in rows], np.int64),
-        states=[r[4] for r in rows],
-        seen=[r[5] for r in rows],
-        frozen_states=[r[6] for r in rows],
-        frozen_seen=[r[7] for r in rows],
-        recent=recent,
-    )
-
-
-def counts(interactions: pd.DataFrame, column: dict[str, int]) -> np.ndarray:
-    """``[items] float64`` interaction counts per catalog column."""
-    cols = interactions["item_id"].map(column).to_numpy(np.int64)
-    return np.bincount(cols, minlength=len(column)).astype(np.float64)
-
-
-class Scorer(Protocol):
-    """Scores the whole catalog for a slice of a walk's events."""
-
-    def __call__(self, walk: Walk, rows: slice) -> np.ndarray:
-        """``[rows, items] float``, higher is better."""
-        ...
-
-
-def _tiebreak(popularity: np.ndarray) -> np.ndarray:
-    """Training popularity scaled into [0, 0.5): added to integer-valued or sparse scores it
-    orders their ties by popularity and nothing else."""
-    return 0.5 * popularity / (popularity.max() + 1.0)
-
-
-class Popularity:
-    """The most interacted-with items of the training period, for everyone."""
-
-    def __init__(self, train_counts: np.ndarray):
-        self._scores = np.asarray(train_counts, np.float64)
-
-    def __call__(self, walk: Walk, rows: slice) -> np.ndarray:
-        n = len(range(*rows.indices(len(walk))))
-        return np.broadcast_to(self._scores, (n, len(self._scores)))
-
-
-class TrailingPopularity:
-    """The most interacted-with items over a trailing window before each event.
-
-    Counts every user's events strictly before the event's time (what the stream has seen by
-    then), ties ordered by training popularity.
-
-    Args:
-        stream: All interactions the stream could have seen (past and the part itself).
-        column: Item id → catalog column.
-        window_days: The window.
-        train_counts: ``[items]`` training-period counts, for ties.
-    """
-
-    def __init__(
-        self,
-        stream: pd.DataFrame,
-        column: dict[str, int],
-        window_days: int,
-        train_counts: np.ndarray,
-    ):
-        order = np.argsort(stream["timestamp"].to_numpy(np.int64), kind="stable")
-        self._times = stream["timestamp"].to_numpy(np.int64)[order] * 1000
-        self._cols = stream["item_id"].map(column).to_numpy(np.int64)[order]
-        self._window_ms = window_days * DAY_MS
-        self._tiebreak = _tiebreak(train_counts)
-
-    def __call__(self, walk: Walk, rows: slice) -> np.ndarray:
-        times = walk.times_ms[rows]
-        lo = np.searchsorted(self._times, times - self._window_ms, side="left")
-        hi = np.searchsorted(self._times, times, side="left")
-        n_items = len(self._tiebreak)
-        out = np.empty((len(times), n_items), np.float64)
-        for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
-            out[i] = np.bincount(self._cols[a:b], minlength=n_items)
-        return out + self._tiebreak
-
-
-class ItemKNN:
-    """Item-to-item cosine similarity over the training period, summed over the user's last
-    items; a user with no history gets training popularity.
-
-    ``sim(i, j) = |U_i ∩ U_j| / sqrt(|U_i| |U_j|)`` over the sets of users who interacted with
-    each item, the diagonal zeroed.
-
-    Args:
-        train: The training interactions.
-        column: Item id → catalog column.
-        last_items: How many of the user's most recent items vote.
-        train_counts: ``[items]`` training-period counts, for users with no history and ties.
-        similarity: ``[items + 1, items]`` from an earlier ``ItemKNN`` on the same training
-            part (the last row zeros, for padding), so several ``last_items`` share it.
-    """
-
-    def __init__(
-        self,
-        train: pd.DataFrame,
-        column: dict[str, int],
-        last_items: int,
-        train_counts: np.ndarray,
-        similarity: np.ndarray | None = None,
-    ):
-        self.last_items = last_items
-        self._similarity = _cosine(train, column) if similarity is None else similarity
-        self._tiebreak = 1e-6 * _tiebreak(train_counts)
-
-    def __call__(self, walk: Walk, rows: slice) -> np.ndarray:
-        recent = walk.recent[rows, : self.last_items]
-        padded = np.where(recent < 0, len(self._similarity) - 1, recent)
-        out = np.zeros((len(recent), self._similarity.shape[1]), np.float64)
-        for j in range(padded.shape[1]):
-            out += self._similarity[padded[:, j]]
-        return out + self._tiebreak
-
-
-def _cosine(train: pd.DataFrame, column: dict[str, int]) -> np.ndarray:
-    users = pd.factorize(train["user_id"])[0]
-    items = train["item_id"].map(column).to_numpy(np.int64)
-    matrix = np.zeros((users.max() + 1, len(column)), np.float32)
-    matrix[users, items] = 1.0
-    overlap = (matrix.T @ matrix).astype(np.float64)
-    norms = np.sqrt(np.diag(overlap))
-    similarity = overlap / np.maximum(np.outer(norms, norms), 1e-12)
-    np.fill_diagonal(similarity, 0.0)
-    return np.vstack([similarity, np.zeros((1, len(column)))])
+"""Item-KNN ``last_items`` settings :func:`select_baselines` picks from on validation."""
 
 
 class StreamEvaluator:
@@ -360,7 +149,7 @@ def select_baselines(
     }
     best = max(trailing, key=lambda d: trailing[d]["ndcg@10"])
     chosen["trailing_popularity"] = {"window_days": best, "valid": trailing}
-    similarity = _cosine(valid.train, valid.column)
+    similarity = item_similarity(valid.train, valid.column)
     knn = {
         n: valid.baseline(ItemKNN(valid.train, valid.column, n, valid.train_counts, similarity))
         for n in KNN_LAST_ITEMS

@@ -34,14 +34,16 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
 from features.activity import EMPTY, Activity
-from features.repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW
+from features.repo.definitions import ACTIVITY_VIEW, PROFILE, PROFILE_VIEW
 from features.store import UserFeatures, open_store
 from recsys.config import Config
 
 log = logging.getLogger(__name__)
-PROFILE = ("age", "gender", "occupation", "zip_code")
-ACTIVITY = ("recent_items", "last_event_ms", "last_event_id")
-"""Passed as fresh lists: Feast's Redis ``online_read`` appends to the list it is given."""
+PROFILE_READ = tuple(PROFILE)
+ACTIVITY_READ = ("recent_items", "last_event_ms", "last_event_id")
+"""What a request reads of each view, a subset of its features (``event_count`` orders
+writes only). Passed as fresh lists: Feast's Redis ``online_read`` appends to the list it is
+given."""
 SEEN = "seen_items"
 """Optional: a state written before seen sets existed has none, and exclude-seen falls back
 to its recent items."""
@@ -134,7 +136,7 @@ class FeatureReader:
             ]
             profiles = self._profiles_of(user_ids, keys)
             rows = self._store.online_read(
-                self._config, self._activity_view, keys, [*ACTIVITY, SEEN]
+                self._config, self._activity_view, keys, [*ACTIVITY_READ, SEEN]
             )
         except Exception as exc:  # any store failure degrades the answer, never the server
             with self._lock:
@@ -149,7 +151,7 @@ class FeatureReader:
         out = []
         for user_id, profile, (_, values) in zip(user_ids, profiles, rows, strict=True):
             activity = EMPTY
-            if _present(values, ACTIVITY):
+            if _present(values, ACTIVITY_READ):
                 activity = Activity(
                     tuple(values["recent_items"].string_list_val.val),  # type: ignore[index]
                     values["last_event_ms"].int64_val,  # type: ignore[index]
@@ -179,10 +181,10 @@ class FeatureReader:
         if not missing:
             return profiles
         rows = self._store.online_read(
-            self._config, self._profile_view, [keys[i] for i in missing], [*PROFILE]
+            self._config, self._profile_view, [keys[i] for i in missing], [*PROFILE_READ]
         )
         for i, (_, values) in zip(missing, rows, strict=True):
-            if _present(values, PROFILE):
+            if _present(values, PROFILE_READ):
                 profiles[i] = (
                     int(values["age"].int64_val),  # type: ignore[index]
                     values["gender"].string_val,  # type: ignore[index]

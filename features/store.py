@@ -18,16 +18,20 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from features.activity import EMPTY, Activity, fold_ratings
-from features.repo.definitions import ACTIVITY_PUSH, ACTIVITY_VIEW, PROFILE_VIEW, feature_views
+from features.repo.definitions import (
+    ACTIVITY,
+    ACTIVITY_PUSH,
+    ACTIVITY_VIEW,
+    PROFILE,
+    PROFILE_VIEW,
+    feature_views,
+)
 from recsys.config import Config
 from recsys.data import MovieLens
 from recsys.errors import DataError, StoreUnavailableError
 
-PROFILE_FEATURES = [f"{PROFILE_VIEW}:{f}" for f in ("age", "gender", "occupation", "zip_code")]
-ACTIVITY_FEATURES = [
-    f"{ACTIVITY_VIEW}:{f}"
-    for f in ("recent_items", "last_event_ms", "last_event_id", "seen_items", "event_count")
-]
+PROFILE_FEATURES = [f"{PROFILE_VIEW}:{f}" for f in PROFILE]
+ACTIVITY_FEATURES = [f"{ACTIVITY_VIEW}:{f}" for f in ACTIVITY]
 PROFILE_TIME = datetime(1997, 9, 1, tzinfo=UTC)
 """Profiles are static in ML-100K; they are stamped as known from before the first rating."""
 
@@ -226,7 +230,7 @@ def initialise(config: Config, ml: MovieLens, history: pd.DataFrame) -> Any:
     offline = config.feast_dir / "offline"
     offline.mkdir(parents=True)
     profiles = ml.users.assign(event_timestamp=PROFILE_TIME)[
-        ["user_id", "age", "gender", "occupation", "zip_code", "event_timestamp"]
+        ["user_id", *PROFILE, "event_timestamp"]
     ]
     profiles.to_parquet(offline / "user_profile.parquet", index=False)
     states = fold_ratings(history, config.model.history_length)

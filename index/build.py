@@ -164,88 +164,154 @@ def build_index(
             Spark job (nothing is published then).
         ConfigError: an index kind the engine cannot build.
     """
-    from towers.runtime import NumpyItemTower
+    return Builder(config, ml, catalog or default_catalog(config, ml), progress).run(
+        publish=publish, log=log
+    )
 
-    cfg = config.index
-    catalog = catalog or default_catalog(config, ml)
-    started = time.perf_counter()
-    phases: dict[str, float] = {}
-    model_dir = artifacts.current(config.models_dir)
-    model_manifest = artifacts.read_manifest(model_dir)
-    space = FeatureSpace.load(model_dir / "features.json")
-    tower = NumpyItemTower.load(model_dir)
-    queries = user_queries(model_dir, ml, cfg.verify_queries)
-    kind, spec = index_spec(cfg, catalog.size)
-    index = faiss.index_factory(queries.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
-    plan = Plan(catalog, space, tower, index, kind, ExactTopK(queries), phases)
-    with _build_lock(config.indexes_dir):
-        version = artifacts.new_version()
-        if cfg.engine == "spark":
+
+@dataclass(frozen=True)
+class Tuned:
+    """What verification chose: the search parameters and the recall they reach."""
+
+    params: dict[str, int]
+    recall: float
+    sweep: list[dict[str, float]]
+
+
+class Builder:
+    """One rebuild, phase by phase: fill (embed and add, on the configured engine), verify
+    (tune the search parameters against exact truth), write (a staged, checksummed
+    version), publish (move ``CURRENT``, prune). ``phases`` times each."""
+
+    def __init__(self, config: Config, ml: MovieLens, catalog: Catalog, progress: bool = False):
+        """Loads the current model's item tower and the verification queries, and makes
+        the empty index the catalog's size calls for."""
+        from towers.runtime import NumpyItemTower
+
+        self.config = config
+        self.ml = ml
+        self.progress = progress
+        self.started = time.perf_counter()
+        self.phases: dict[str, float] = {}
+        model_dir = artifacts.current(config.models_dir)
+        self.model_version = str(artifacts.read_manifest(model_dir)["version"])
+        space = FeatureSpace.load(model_dir / "features.json")
+        self.queries = user_queries(model_dir, ml, config.index.verify_queries)
+        kind, self.spec = index_spec(config.index, catalog.size)
+        index = faiss.index_factory(self.queries.shape[1], self.spec, faiss.METRIC_INNER_PRODUCT)
+        self.plan = Plan(
+            catalog,
+            space,
+            NumpyItemTower.load(model_dir),
+            index,
+            kind,
+            ExactTopK(self.queries),
+            self.phases,
+        )
+
+    def run(self, *, publish: bool = True, log: Callable[[str], None] = print) -> BuildResult:
+        """All the phases, under the index root's build lock."""
+        with _build_lock(self.config.indexes_dir):
+            version = artifacts.new_version()
+            filled = self.fill(version)
+            tuned = self.verify(filled)
+            self.write(version, filled, tuned)
+            if publish:
+                self.publish(version)
+        seconds = time.perf_counter() - self.started
+        index = filled.index
+        log(
+            f"index {version}: {len(filled.item_ids):,} items × {index.d} dims, {self.spec} "
+            f"{tuned.params or ''} recall@{K} {tuned.recall:.3f}, from model "
+            f"{self.model_version} in {seconds:.1f}s ("
+            + ", ".join(f"{k} {v:.1f}s" for k, v in self.phases.items())
+            + ")"
+            + ("" if publish else "; not published")
+        )
+        return BuildResult(
+            version,
+            self.config.indexes_dir / version,
+            self.model_version,
+            len(filled.item_ids),
+            seconds,
+            tuned.recall,
+            self.spec,
+            tuned.params,
+            self.phases,
+            tuned.sweep,
+        )
+
+    def fill(self, version: str) -> Filled:
+        """Every item embedded and added to the index, with its exact top-K per query.
+
+        Raises:
+            DataError: the catalog is empty.
+        """
+        if self.config.index.engine == "spark":
             from index import spark
 
-            filled = spark.fill(config, plan, version)
+            filled = spark.fill(self.config, self.plan, version)
         else:
-            phases.update(sample=0.0, train=0.0, embed=0.0, add=0.0, exact=0.0)
-            filled = _fill_locally(plan, progress)
-        index, item_ids = filled.index, filled.item_ids
-        if not item_ids:
-            raise DataError(f"the catalog {catalog.name} is empty: nothing to index")
+            self.phases.update(sample=0.0, train=0.0, embed=0.0, add=0.0, exact=0.0)
+            filled = _fill_locally(self.plan, self.progress)
+        if not filled.item_ids:
+            raise DataError(f"the catalog {self.plan.catalog.name} is empty: nothing to index")
+        return filled
+
+    def verify(self, filled: Filled) -> Tuned:
+        """The smallest search setting that meets ``index.min_recall`` with a margin.
+
+        Raises:
+            ArtifactError: no setting does.
+        """
         t = time.perf_counter()
-        params, recall, sweep = tune(index, kind, queries, filled.exact.truth(), cfg.min_recall)
-        phases["verify"] = time.perf_counter() - t + phases.pop("exact", 0.0)
+        params, recall, sweep = tune(
+            filled.index,
+            self.plan.kind,
+            self.queries,
+            filled.exact.truth(),
+            self.config.index.min_recall,
+        )
+        self.phases["verify"] = time.perf_counter() - t + self.phases.pop("exact", 0.0)
+        return Tuned(params, recall, sweep)
+
+    def write(self, version: str, filled: Filled, tuned: Tuned) -> None:
+        """The version's files and manifest, staged, fsynced and renamed into place."""
         t = time.perf_counter()
-        with artifacts.staged_version(config.indexes_dir, version) as staging:
+        cfg, index, item_ids = self.config.index, filled.index, filled.item_ids
+        with artifacts.staged_version(self.config.indexes_dir, version) as staging:
             faiss.write_index(index, str(staging / INDEX_FILE))
             (staging / IDS_FILE).write_text(json.dumps(item_ids))
-            past, _ = temporal_split(ml.interactions, config.model.test_fraction)
+            past, _ = temporal_split(self.ml.interactions, self.config.model.test_fraction)
             rows, shares = items.popular_rows(item_ids, items.interaction_counts(past))
             items.write(staging, filled.genres, rows, shares)
-            seconds = time.perf_counter() - started
             artifacts.write_manifest(
                 staging,
                 {
                     "version": version,
-                    "model_version": model_manifest["version"],
-                    "catalog": catalog.name,
+                    "model_version": self.model_version,
+                    "catalog": self.plan.catalog.name,
                     "engine": cfg.engine,
                     **({"engine_stats": filled.stats} if filled.stats else {}),
                     "items": len(item_ids),
                     "dim": int(index.d),
                     "metric": "inner_product",
-                    "index_type": spec,
-                    "genres": list(space.genres),
-                    "params": params,
-                    f"recall_at_{K}": round(recall, 4),
+                    "index_type": self.spec,
+                    "genres": list(self.plan.space.genres),
+                    "params": tuned.params,
+                    f"recall_at_{K}": round(tuned.recall, 4),
                     "min_recall": cfg.min_recall,
-                    "verify_queries": len(queries),
-                    "sweep": sweep,
-                    "phases_seconds": {k: round(v, 3) for k, v in phases.items()},
-                    "build_seconds": round(seconds, 3),
+                    "verify_queries": len(self.queries),
+                    "sweep": tuned.sweep,
+                    "phases_seconds": {k: round(v, 3) for k, v in self.phases.items()},
+                    "build_seconds": round(time.perf_counter() - self.started, 3),
                 },
             )
-        phases["write"] = time.perf_counter() - t
-        if publish:
-            t = time.perf_counter()
-            artifacts.publish(config.indexes_dir, version)
-            prune(config.indexes_dir, cfg.keep_versions)
-            phases["publish"] = time.perf_counter() - t
-    seconds = time.perf_counter() - started
-    log(
-        f"index {version}: {len(item_ids):,} items × {index.d} dims, {spec} {params or ''} "
-        f"recall@{K} {recall:.3f}, from model {model_manifest['version']} in {seconds:.1f}s ("
-        + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items())
-        + ")"
-        + ("" if publish else "; not published")
-    )
-    return BuildResult(
-        version,
-        config.indexes_dir / version,
-        str(model_manifest["version"]),
-        len(item_ids),
-        seconds,
-        recall,
-        spec,
-        params,
-        phases,
-        sweep,
-    )
+        self.phases["write"] = time.perf_counter() - t
+
+    def publish(self, version: str) -> None:
+        """``CURRENT`` moves to ``version``; versions past ``index.keep_versions`` go."""
+        t = time.perf_counter()
+        artifacts.publish(self.config.indexes_dir, version)
+        prune(self.config.indexes_dir, self.config.index.keep_versions)
+        self.phases["publish"] = time.perf_counter() - t

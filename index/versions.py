@@ -78,6 +78,16 @@ def read_item_ids(directory: Path) -> list[str]:
     return ids
 
 
+def published_catalog(root: Path) -> set[str] | None:
+    """The item ids of the index version ``root``'s CURRENT names, for checking events
+    against; ``None`` when nothing is published yet (events are then not checked)."""
+    try:
+        directory = artifacts.current(root)
+    except ArtifactError:
+        return None
+    return set(read_item_ids(directory))
+
+
 def load_index(directory: Path) -> tuple[faiss.Index, list[str], dict[str, Any]]:
     """Loads and verifies an index version: checksums, id count and dimension agree; the
     search parameters chosen at build time are set."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import percentiles
 from loadtest.target import HotPath
 from recsys.config import LoadTestConfig
 
@@ -69,8 +70,7 @@ def summarize(
     requests = int(sent.sum())
     end = (due + micros / 1e6)[sent].max() if requests else due.max()
     seconds = float(end - due.min()) or 1e-9
-    ms = micros / 1000
-    p50, p90, p99, p999 = (float(np.percentile(ms, q)) for q in (50, 90, 99, 99.9))
+    ms = percentiles(micros / 1000, (50, 90, 99, 99.9))
     server_p50, server_p99 = _p50_p99(samples, 3)
     late_p50, late_p99 = _p50_p99(samples, 4)
     return Summary(
@@ -78,11 +78,11 @@ def summarize(
         failures=int((status == 0).sum()),
         seconds=seconds,
         rate=requests / seconds,
-        p50=p50,
-        p90=p90,
-        p99=p99,
-        p999=p999,
-        max=float(ms.max()),
+        p50=ms["p50"],
+        p90=ms["p90"],
+        p99=ms["p99"],
+        p999=ms["p999"],
+        max=ms["max"],
         server_p50=server_p50,
         server_p99=server_p99,
         cpu_ms=None if cpu_seconds is None or not requests else cpu_seconds * 1000 / requests,
@@ -103,10 +103,8 @@ def split(samples: np.ndarray, start: float, end: float) -> tuple[Summary, Summa
 def _p50_p99(samples: np.ndarray, column: int) -> tuple[float, float]:
     """p50 and p99 in ms of an optional µs column, NaN where absent or empty."""
     values = samples[:, column] / 1000 if samples.shape[1] > column else np.empty(0)
-    values = values[~np.isnan(values)]
-    if not len(values):
-        return float("nan"), float("nan")
-    return float(np.percentile(values, 50)), float(np.percentile(values, 99))
+    ms = percentiles(values[~np.isnan(values)], (50, 99))
+    return ms["p50"], ms["p99"]
 
 
 def violations(summary: Summary, slo: LoadTestConfig) -> list[str]:

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import platform
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -22,10 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import (
+    Table,
+    cpu_times,
+    machine_facts,
+    machine_line,
+    pinning,
+    split_cores,
+    steal_pct,
+)
 from loadtest.report import Summary, plot, render, summarize, violations
 from loadtest.stream import Stream, stream_stack
 from loadtest.swap import SWAP_DRAIN_S, Swap, swap_pair
-from loadtest.target import Target, cpu_times, hot_path, started_server, steal_pct
+from loadtest.target import Target, hot_path, started_server
 from localservices.procs import slug
 from recsys.config import Config
 from recsys.data import MovieLens
@@ -59,24 +65,9 @@ def write_traffic(config: Config, ml: MovieLens, path: Path) -> Path:
     return path
 
 
-def machine_facts() -> dict[str, object]:
-    return {
-        "host": platform.node(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
 def _placement(server_cpus: set[int] | None, load_cpus: set[int] | None) -> str:
     """Where the run ran: the summaries' last line."""
-    facts = machine_facts()
-    return (
-        f"server on CPU {server_cpus}, Locust on CPU {load_cpus}; {facts['host']}, "
-        f"{facts['cpus']} cores, Python {facts['python']}"
-    )
+    return f"server on CPU {server_cpus}, Locust on CPU {load_cpus}; {machine_line()}"
 
 
 def _write_result(
@@ -90,14 +81,6 @@ def _write_result(
         **more,
     }
     path.write_text(json.dumps(result, indent=2))
-
-
-def _cores() -> tuple[set[int] | None, set[int] | None]:
-    """(server cores, load-generator cores): apart when there are two or more."""
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < 2:
-        return None, None
-    return {cores[-1]}, set(cores[:-1])
 
 
 LOCUST_START_S = 2.0
@@ -164,7 +147,7 @@ def run_locust(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            preexec_fn=pinning(cpus),
         )
         try:
             events = [beside.submit(scenario) for scenario in during]
@@ -216,7 +199,7 @@ def run(
     if (swap or ingest) and (target or null):
         raise RecsysError("--swap and --ingest need a Recommend server this command starts")
     out.mkdir(parents=True, exist_ok=True)
-    server_cpus, load_cpus = _cores()
+    server_cpus, load_cpus = split_cores(system=1)
     traffic = write_traffic(config, ml, out / "traffic.json")
     plan = _plan(null, baseline)
     swap_config, swap_to = swap_pair(config, out) if swap else (config, "")
@@ -290,14 +273,22 @@ def ramp(
     only queue more. Writes ``ramp.txt`` and ``ramp.json``; never fails on the SLO.
     """
     out.mkdir(parents=True, exist_ok=True)
-    server_cpus, load_cpus = _cores()
+    server_cpus, load_cpus = split_cores(system=1)
     traffic = write_traffic(config, ml, out / "traffic.json")
     plan = _plan(null, baseline)
     best: dict[str, float | None] = {}
-    lines = [
-        f"{'server':<14}{'rate/s':>8}{'answered':>10}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'hot p99':>9}{'CPU ms':>8}  holds"
-    ]
+    table = Table(
+        [
+            ("server", "<14"),
+            ("rate/s", ">8g"),
+            ("answered", ">10.0f"),
+            ("p50 ms", ">9.2f"),
+            ("p99 ms", ">9.2f"),
+            ("hot p99", ">9.2f"),
+            ("CPU ms", ">8.2f"),
+        ]
+    )
+    lines = [table.header() + "  holds"]
     steps = []
     for name, is_null in plan:
         best[name] = None
@@ -312,15 +303,11 @@ def ramp(
                 step_dir = server_dir / f"{rate:g}"
                 step_dir.mkdir(exist_ok=True)
                 print(f"==> {name}: {rate:g}/s for {step.loadtest.seconds:g}s", flush=True)
-                summary = run_locust(step, server, traffic, step_dir, load_cpus)
-                ok = not violations(summary, step.loadtest)
-                lines.append(
-                    f"{name:<14}{rate:>8g}{summary.rate:>10.0f}{summary.p50:>9.2f}"
-                    f"{summary.p99:>9.2f}{summary.server_p99:>9.2f}"
-                    f"{_or_nan(summary.cpu_ms):>8.2f}"
-                    f"  {'yes' if ok else 'no'}"
-                )
-                steps.append({"server": name, "offered": rate, "held": ok, **asdict(summary)})
+                s = run_locust(step, server, traffic, step_dir, load_cpus)
+                ok = not violations(s, step.loadtest)
+                cells = (name, rate, s.rate, s.p50, s.p99, s.server_p99, _or_nan(s.cpu_ms))
+                lines.append(table.row(*cells) + f"  {'yes' if ok else 'no'}")
+                steps.append({"server": name, "offered": rate, "held": ok, **asdict(s)})
                 if not ok:
                     break
                 best[name] = rate
@@ -347,7 +334,7 @@ def compare(config: Config, ml: MovieLens, out: Path, index_items: int = 0) -> d
     from benchmarks.serving import variant_servers
 
     out.mkdir(parents=True, exist_ok=True)
-    server_cpus, load_cpus = _cores()
+    server_cpus, load_cpus = split_cores(system=1)
     traffic = write_traffic(config, ml, out / "traffic.json")
     lt = config.loadtest
     summaries: dict[str, Summary] = {}
@@ -358,18 +345,28 @@ def compare(config: Config, ml: MovieLens, out: Path, index_items: int = 0) -> d
             run_dir.mkdir(exist_ok=True)
             target = Target(address, process.pid)
             summaries[name] = run_locust(config, target, traffic, run_dir, load_cpus)
+    table = Table(
+        [
+            ("server", "<36"),
+            ("answered", ">9.0f"),
+            ("p50 ms", ">9.2f"),
+            ("p99 ms", ">9.2f"),
+            ("hot p50", ">9.2f"),
+            ("hot p99", ">9.2f"),
+            ("CPU ms", ">8.2f"),
+            ("failed", ">8"),
+            ("unsent", ">8"),
+        ]
+    )
     lines = [
         f"{lt.rate:g} requests/s for {lt.seconds:g} s to each, one after another; SLO p99 <= "
         f"{lt.slo_p99_ms:g} ms",
-        f"{'server':<36}{'answered':>9}{'p50 ms':>9}{'p99 ms':>9}{'hot p50':>9}{'hot p99':>9}"
-        f"{'CPU ms':>8}{'failed':>8}{'unsent':>8}  SLO",
+        table.header() + "  SLO",
     ]
     for name, s in summaries.items():
-        lines.append(
-            f"{name:<36}{s.rate:>9.0f}{s.p50:>9.2f}{s.p99:>9.2f}{s.server_p50:>9.2f}"
-            f"{s.server_p99:>9.2f}{_or_nan(s.cpu_ms):>8.2f}{s.failures:>8}{s.unsent:>8}  "
-            f"{'met' if not violations(s, lt) else 'not met'}"
-        )
+        cells = (s.rate, s.p50, s.p99, s.server_p50, s.server_p99, _or_nan(s.cpu_ms))
+        verdict = "met" if not violations(s, lt) else "not met"
+        lines.append(table.row(name, *cells, s.failures, s.unsent) + f"  {verdict}")
     lines.append(_placement(server_cpus, load_cpus))
     text = "\n".join(lines)
     print(text, flush=True)

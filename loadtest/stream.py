@@ -11,7 +11,6 @@ ones are never touched.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import percentiles, pin
 from benchmarks.ingest import scratch_stack, wait_consuming
 from features.events import encode
 from features.replay import ensure_topic
@@ -74,8 +74,7 @@ class Stream:
     def __call__(self) -> None:
         from kafka import KafkaProducer
 
-        if self.cpus:
-            os.sched_setaffinity(0, self.cpus)  # this thread only
+        pin(self.cpus)  # this thread, and the checker it starts
         total = int(self.rate * self.seconds)
         events = synthetic_interactions(self.ml, total, seed=7, per_second=self.rate)
         probe_every = max(1, int(self.rate / PROBES_PER_S))
@@ -117,8 +116,7 @@ class Stream:
             self.check_error = exc
 
     def _poll(self, done: threading.Event) -> None:
-        if self.cpus:
-            os.sched_setaffinity(0, self.cpus)
+        pin(self.cpus)
         give_up: float | None = None
         while True:
             unseen = [u for u in list(self.sent_at) if u not in self.readable]
@@ -137,8 +135,8 @@ class Stream:
         """(summary line, facts for ``result.json``)."""
         if not self.sent:
             raise RecsysError("the event stream did not finish; see the ingester's log")
-        ms = np.array(list(self.readable.values())) * 1000
-        p50, p99 = (float(np.percentile(ms, q)) for q in (50, 99)) if len(ms) else (np.nan,) * 2
+        readable = percentiles(np.array(list(self.readable.values())) * 1000, (50, 99))
+        p50, p99 = readable["p50"], readable["p99"]
         lost = len(self.sent_at) - len(self.readable)
         text = (
             f"stream: {self.sent:,} events at {self.sent / self.sending_s:,.0f}/s "

@@ -8,7 +8,6 @@ CPU time per request), summed over its workers.
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import time
 import urllib.request
@@ -18,58 +17,13 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.harness import cpu_seconds
 from localservices.procs import child, free_port, free_ports, write_config
 from recsys.config import Config
 from recsys.errors import RecsysError
 from serving.client import RecommendClient
 
 STAGES = ("features", "tower", "search", "filter")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process and its descendants (all threads) have used so far
-    (the living ones: a worker that died and was replaced loses its share)."""
-    total = 0.0
-    for p in [pid, *_descendants(pid)]:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # exited meanwhile
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-def cpu_times() -> dict[int, tuple[int, int]]:
-    """Per core, (all ticks, ticks stolen by the hypervisor) so far, from ``/proc/stat``."""
-    out = {}
-    for line in Path("/proc/stat").read_text().splitlines():
-        name, *ticks = line.split()
-        if name.startswith("cpu") and name != "cpu":
-            values = [int(t) for t in ticks]
-            out[int(name[3:])] = (sum(values[:8]), values[7] if len(values) > 7 else 0)
-    return out
-
-
-def steal_pct(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> float:
-    """The largest share of any core's time the hypervisor took between two readings."""
-    shares = [
-        100 * (after[c][1] - before[c][1]) / max(after[c][0] - before[c][0], 1)
-        for c in after
-        if c in before
-    ]
-    return max(shares, default=0.0)
-
-
-def _descendants(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for c in map(int, children):
-            out += [c, *_descendants(c)]
-    return out
 
 
 @dataclass(frozen=True)

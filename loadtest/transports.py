@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from concurrent import futures
 from pathlib import Path
 
+from benchmarks.harness import Table, context_switches, machine_facts, pinning, split_cores
 from loadtest.target import Target
 from localservices.procs import free_port
 from recsys.config import Config
@@ -77,17 +77,6 @@ def serve(kind: str, port: int, workers: int = 8) -> None:
     asyncio.run(main())
 
 
-def context_switches(pid: int) -> int:
-    """Voluntary and involuntary context switches of every thread of ``pid`` so far."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            for line in (task / "status").read_text().splitlines():
-                if "ctxt_switches" in line:
-                    total += int(line.split()[-1])
-    return total
-
-
 @contextlib.contextmanager
 def _bare_server(kind: str, cpus: set[int] | None, out: Path) -> Iterator[Target]:
     port = free_port("127.0.0.1")
@@ -96,7 +85,7 @@ def _bare_server(kind: str, cpus: set[int] | None, out: Path) -> Iterator[Target
         [sys.executable, "-m", "loadtest.transports", kind, str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
-        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        preexec_fn=pinning(cpus),
     )
     try:
         from serving.client import RecommendClient
@@ -120,10 +109,10 @@ def compare(
 ) -> dict[str, dict[float, dict[str, float]]]:
     """Loads each kind at each rate, ``rounds`` times alternating; writes ``transports.txt``
     and ``transports.json``; returns ``{kind: {rate: medians}}``."""
-    from loadtest.run import _cores, machine_facts, run_locust, write_traffic
+    from loadtest.run import run_locust, write_traffic
 
     out.mkdir(parents=True, exist_ok=True)
-    server_cpus, load_cpus = _cores()
+    server_cpus, load_cpus = split_cores(system=1)
     traffic = write_traffic(config, ml, out / "traffic.json")
     runs: dict[str, dict[float, list[dict[str, float]]]] = {
         k: {r: [] for r in rates} for k in KINDS
@@ -157,20 +146,27 @@ def compare(
         }
         for kind, by_rate in runs.items()
     }
+    table = Table(
+        [
+            ("rate/s", ">8g"),
+            ("kind", ">6"),
+            ("answered/s", ">12.0f"),
+            ("CPU ms/call", ">13.3f"),
+            ("switches/call", ">15.2f"),
+            ("p50 ms", ">9.2f"),
+            ("p99 ms", ">9.2f"),
+            ("steal %", ">9.1f"),
+        ]
+    )
     lines = [
         f"null handlers, Locust at each rate for {config.loadtest.seconds:g} s, median of "
         f"{rounds} rounds (kinds alternating); server CPU {server_cpus}, Locust CPU {load_cpus}",
-        f"{'rate/s':>8}{'kind':>6}{'answered/s':>12}{'CPU ms/call':>13}{'switches/call':>15}"
-        f"{'p50 ms':>9}{'p99 ms':>9}{'steal %':>9}",
+        table.header(),
     ]
     for rate in rates:
         for kind in KINDS:
-            m = medians[kind][rate]
-            lines.append(
-                f"{rate:>8g}{kind:>6}{m['answered_per_s']:>12.0f}{m['cpu_ms']:>13.3f}"
-                f"{m['switches_per_call']:>15.2f}{m['p50_ms']:>9.2f}{m['p99_ms']:>9.2f}"
-                f"{m['steal_pct']:>9.1f}"
-            )
+            # The medians keep the order each run's measures were taken in: the table's.
+            lines.append(table.row(rate, kind, *medians[kind][rate].values()))
         ratio = medians["aio"][rate]["cpu_ms"] / medians["sync"][rate]["cpu_ms"]
         lines.append(f"{rate:>8g}  aio / sync CPU per call: {ratio:.2f}x")
     text = "\n".join(lines)

@@ -1,9 +1,10 @@
 """A real single-node Apache Kafka 4.x (KRaft) broker, fetched and run by the project itself.
 
-No Docker and no Kafka tarball: ``ensure_jars`` resolves the broker's classpath from Maven
-Central with ``mvn dependency:copy-dependencies`` (``features/kafka/pom.xml``), and
-``LocalBroker`` runs ``java -cp <jars>/* kafka.Kafka`` as a combined broker+controller node
-with its state in a work directory. Only ``mvn`` and a Java 17+ runtime are needed.
+No Docker and no Kafka tarball: ``ensure_jars`` (``localservices/jars.py``) resolves the
+broker's classpath from Maven Central with ``mvn dependency:copy-dependencies``
+(``features/kafka/pom.xml``), and ``LocalBroker`` runs ``java -cp <jars>/* kafka.Kafka`` as a
+combined broker+controller node with its state in a work directory. Only ``mvn`` and a Java
+17+ runtime are needed.
 
 Typical use::
 
@@ -14,26 +15,23 @@ Typical use::
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import hashlib
 import os
-import re
-import shutil
-import signal
 import socket
 import subprocess
-import tempfile
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
 
 from kafka import KafkaAdminClient
 
+from localservices.jars import ensure_jars, kafka_jar
+from localservices.kraft import NODE_ID, new_cluster_id, read_properties, server_properties
+from localservices.process import ManagedProcess, output_tail, require_tool, run_tool
+from localservices.procs import free_ports
 from recsys.errors import BrokerError
+
+# ensure_jars is re-exported: a broker's callers fetch its classpath from the same import.
+__all__ = ["DEFAULT_JVM_OPTS", "DEFAULT_LOG_CONFIG", "LocalBroker", "ensure_jars"]
 
 DEFAULT_LOG_CONFIG = Path(__file__).resolve().parents[1] / "features" / "kafka" / "log4j2.yaml"
 """log4j2 config shipped beside the pom: INFO to ``<work_dir>/broker.log``, config dumps off."""
@@ -55,151 +53,8 @@ DEFAULT_JVM_OPTS: tuple[str, ...] = (
 _TOOL_JVM_OPTS: tuple[str, ...] = ("-Xmx256m", "-XX:TieredStopAtLevel=1")
 """StorageTool runs for a second or two: a small heap and C1 only make it start faster."""
 
-_JARS_STAMP = ".pom.sha256"
-_NODE_ID = 1
 _LOG_NAME = "broker.log"
 _PID_NAME = "broker.pid"
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def _tail(text: str, lines: int = 40) -> str:
-    cleaned = _ANSI.sub("", text).rstrip()
-    return "\n".join(cleaned.splitlines()[-lines:])
-
-
-def _file_tail(path: Path, lines: int = 40) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            # The last 16 KiB is plenty for 40 lines and avoids reading a long-lived log.
-            f.seek(max(0, f.tell() - 16384))
-            data = f.read()
-    except OSError:
-        return "(no log)"
-    return _tail(data.decode("utf-8", errors="replace"), lines) or "(empty log)"
-
-
-def _kafka_jar(jars_dir: Path) -> Path | None:
-    return next(iter(sorted(jars_dir.glob("kafka_*.jar"))), None) if jars_dir.is_dir() else None
-
-
-def _require_tool(name: str, purpose: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        raise BrokerError(f"`{name}` is not on PATH; it is needed to {purpose}. Install it first.")
-    return found
-
-
-def ensure_jars(pom: Path, jars_dir: Path, *, log: Callable[[str], None] = print) -> Path:
-    """Makes ``jars_dir`` hold the broker classpath listed in ``pom``, downloading it if needed.
-
-    Idempotent: if ``jars_dir`` already holds the Kafka jar resolved from this exact pom (a
-    sha256 stamp is kept beside the jars), nothing runs. Otherwise Maven copies the
-    dependencies into a scratch directory next to ``jars_dir``, which is then renamed into
-    place, so an interrupted download never leaves a partial classpath behind.
-
-    Args:
-        pom: The Maven pom listing the broker's dependencies.
-        jars_dir: Where the jars should end up (created, with parents, as needed).
-        log: Receives one-line progress messages.
-
-    Returns:
-        ``jars_dir``.
-
-    Raises:
-        BrokerError: ``mvn`` or ``java`` is missing, the pom does not exist, or Maven failed
-            (the message carries the tail of Maven's output).
-    """
-    if not pom.is_file():
-        raise BrokerError(f"Kafka pom not found at {pom}.")
-    pom_digest = hashlib.sha256(pom.read_bytes()).hexdigest()
-    stamp = jars_dir / _JARS_STAMP
-    if (
-        _kafka_jar(jars_dir) is not None
-        and stamp.is_file()
-        and stamp.read_text().strip() == pom_digest
-    ):
-        return jars_dir
-
-    # Fetching jars that cannot be run would only defer the failure to start().
-    _require_tool("java", "run the Kafka broker")
-    mvn = _require_tool("mvn", "download the Kafka broker jars from Maven Central")
-    jars_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{jars_dir.name}.", suffix=".tmp", dir=jars_dir.parent)
-    )
-    log(f"fetching Kafka broker jars from Maven Central into {jars_dir} ...")
-    started = time.monotonic()
-    try:
-        cmd = [
-            mvn,
-            "-q",
-            "-B",
-            "-Dstyle.color=never",
-            "-f",
-            str(pom.resolve()),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={staging}",
-            "-DincludeScope=runtime",
-        ]
-        try:
-            proc = subprocess.run(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
-                timeout=1800,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as e:
-            output = e.stdout if isinstance(e.stdout, str) else ""
-            raise BrokerError(
-                f"mvn did not finish fetching the Kafka jars within {e.timeout:.0f}s:\n"
-                f"{_tail(output)}"
-            ) from e
-        if proc.returncode != 0:
-            raise BrokerError(
-                f"mvn failed (exit {proc.returncode}) fetching the Kafka jars from {pom}; "
-                f"is Maven Central reachable?\n{_tail(proc.stdout)}"
-            )
-        if _kafka_jar(staging) is None:
-            raise BrokerError(
-                f"mvn succeeded but no kafka_*.jar came out of {pom}; does it depend on "
-                f"org.apache.kafka:kafka_2.13?\n{_tail(proc.stdout)}"
-            )
-        (staging / _JARS_STAMP).write_text(pom_digest + "\n")
-        # A directory cannot be os.replace'd onto a non-empty one: move the stale set aside
-        # first. A crash in between leaves no jars_dir, which the next call simply refetches.
-        stale = None
-        if jars_dir.exists():
-            stale = jars_dir.with_name(f".{jars_dir.name}.stale-{os.getpid()}")
-            shutil.rmtree(stale, ignore_errors=True)
-            jars_dir.rename(stale)
-        staging.rename(jars_dir)
-        if stale is not None:
-            shutil.rmtree(stale, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    count = sum(1 for _ in jars_dir.glob("*.jar"))
-    log(f"fetched {count} jars in {time.monotonic() - started:.1f}s")
-    return jars_dir
-
-
-def _free_ports(host: str, count: int) -> list[int]:
-    # All sockets stay bound until every port is picked, so the ports are distinct. Another
-    # process could still grab one before Kafka binds it; start() then fails with the log tail.
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(s)
-            s.bind((host, 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _check_port_free(host: str, port: int, what: str) -> None:
@@ -215,26 +70,7 @@ def _check_port_free(host: str, port: int, what: str) -> None:
             ) from e
 
 
-def _new_cluster_id() -> str:
-    # Same shape as `kafka-storage random-uuid` (URL-safe base64 of 16 random bytes), without
-    # paying for a JVM start. Like Kafka, avoid a leading "-" so CLI tools don't read a flag.
-    while True:
-        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        if not cid.startswith("-"):
-            return cid
-
-
-def _read_properties(path: Path) -> dict[str, str]:
-    props: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", "!")) and "=" in line:
-            key, _, value = line.partition("=")
-            props[key.strip()] = value.strip()
-    return props
-
-
-class LocalBroker:
+class LocalBroker(ManagedProcess):
     """A single-node Kafka KRaft broker (combined broker and controller) in a child JVM.
 
     State (``server.properties``, ``data/`` log dirs, ``broker.log``) lives in ``work_dir``
@@ -280,16 +116,14 @@ class LocalBroker:
             raise BrokerError(f"num_partitions must be >= 1, got {num_partitions}.")
         self.jars_dir = jars_dir.resolve()
         self.work_dir = work_dir.resolve()
+        super().__init__("Kafka broker", self.work_dir / _LOG_NAME, log=log)
         self.host = host
         self._requested_ports = (port, controller_port)
         self._port = port
         self._controller_port = controller_port
-        self._log = log
         self._log_config = log_config.resolve()
         self._jvm_opts = tuple(jvm_opts)
         self._num_partitions = num_partitions
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
         self._cluster_id: str | None = None
 
     @property
@@ -314,19 +148,9 @@ class LocalBroker:
         return self._controller_port
 
     @property
-    def pid(self) -> int | None:
-        """Process id of the broker JVM while it runs, else None."""
-        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
-
-    @property
     def cluster_id(self) -> str | None:
         """The KRaft cluster id, known once ``start()`` has formatted or read the storage."""
         return self._cluster_id
-
-    @property
-    def log_path(self) -> Path:
-        """The broker's combined stdout/stderr/log4j output."""
-        return self.work_dir / _LOG_NAME
 
     @property
     def data_dir(self) -> Path:
@@ -348,39 +172,6 @@ class LocalBroker:
             *args,
         ]
 
-    def _server_properties(self) -> str:
-        h, p, c = self.host, self._port, self._controller_port
-        props = {
-            "process.roles": "broker,controller",
-            "node.id": str(_NODE_ID),
-            "listeners": f"PLAINTEXT://{h}:{p},CONTROLLER://{h}:{c}",
-            # Kafka 4 dynamic quorums advertise the controller endpoint too.
-            "advertised.listeners": f"PLAINTEXT://{h}:{p},CONTROLLER://{h}:{c}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "controller.listener.names": "CONTROLLER",
-            # A dynamic (KIP-853) quorum formatted with --standalone: no static voters list,
-            # so the ports may change between restarts of the same data dir.
-            "controller.quorum.bootstrap.servers": f"{h}:{c}",
-            "log.dirs": str(self.data_dir),
-            "num.partitions": str(self._num_partitions),
-            "default.replication.factor": "1",
-            "min.insync.replicas": "1",
-            "auto.create.topics.enable": "true",
-            "offsets.topic.replication.factor": "1",
-            # 50 by default; a handful is enough for one node and makes the first group join
-            # (which creates __consumer_offsets) noticeably faster.
-            "offsets.topic.num.partitions": "4",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
-            # Consumers in tests and dev loops should get partitions immediately, not after 3 s.
-            "group.initial.rebalance.delay.ms": "0",
-        }
-        header = "# Written by localservices/kafka.py on every start; edits are overwritten.\n"
-        return header + "".join(f"{k}={v}\n" for k, v in props.items())
-
     def start(self, timeout: float = 60.0) -> None:
         """Writes the config, formats storage on first use, launches the JVM and waits for it.
 
@@ -393,18 +184,19 @@ class LocalBroker:
         """
         if self._proc is not None:
             raise BrokerError(f"The broker is already running (pid {self._proc.pid}).")
-        if _kafka_jar(self.jars_dir) is None:
+        if kafka_jar(self.jars_dir) is None:
             raise BrokerError(
                 f"No Kafka jars in {self.jars_dir}; fetch them first with "
                 f"ensure_jars(<repo>/features/kafka/pom.xml, {self.jars_dir})."
             )
         if not self._log_config.is_file():
             raise BrokerError(f"log4j2 config not found at {self._log_config}.")
-        java = _require_tool("java", "run the Kafka broker")
+        java = require_tool("java", "run the Kafka broker")
 
         self._port, self._controller_port = self._requested_ports
         if not self._port or not self._controller_port:
-            picked = iter(_free_ports(self.host, 2))
+            first = free_ports(self.host, 2)
+            picked = iter((first, first + 1))
             self._port = self._port or next(picked)
             self._controller_port = self._controller_port or next(picked)
             # Guards the rare case where the free pick equals the explicitly chosen port.
@@ -416,39 +208,27 @@ class LocalBroker:
 
         self.work_dir.mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "server.properties"
-        config.write_text(self._server_properties())
+        config.write_text(
+            server_properties(
+                self.host, self._port, self._controller_port, self.data_dir, self._num_partitions
+            )
+        )
         self._format_storage(java, config)
 
         # Keep the previous run's log for post-mortems; the tail we report is this run's only.
         if self.log_path.exists():
             self.log_path.replace(self.log_path.with_name(_LOG_NAME + ".1"))
         started = time.monotonic()
-        self._log_file = self.log_path.open("wb")
-        try:
-            self._proc = subprocess.Popen(
-                self._java(java, self._jvm_opts, "kafka.Kafka", str(config)),
-                cwd=self.work_dir,  # JVM crash files (hs_err_pid*.log) land here too
-                stdin=subprocess.DEVNULL,
-                stdout=self._log_file,
-                stderr=subprocess.STDOUT,
-                # Own session and process group: a Ctrl-C in our terminal does not reach the
-                # JVM half-way, and stop() can signal the whole group.
-                start_new_session=True,
-            )
-        except OSError as e:
-            self._close_log()
-            raise BrokerError(f"Could not launch {java}: {e}") from e
-        (self.work_dir / _PID_NAME).write_text(f"{self._proc.pid}\n")
+        proc = self._launch(
+            self._java(java, self._jvm_opts, "kafka.Kafka", str(config)),
+            cwd=self.work_dir,  # JVM crash files (hs_err_pid*.log) land here too
+        )
+        (self.work_dir / _PID_NAME).write_text(f"{proc.pid}\n")
         self._log(
-            f"starting Kafka broker pid {self._proc.pid} on {self.bootstrap_servers} "
+            f"starting Kafka broker pid {proc.pid} on {self.bootstrap_servers} "
             f"(controller {self.host}:{self._controller_port}, log {self.log_path})"
         )
-        try:
-            self._wait_ready(started + timeout, timeout)
-        except BaseException:
-            # Also on KeyboardInterrupt: never leave a half-started JVM behind.
-            self.stop()
-            raise
+        self._wait_ready(proc, timeout, started)
         self._log(
             f"Kafka broker ready on {self.bootstrap_servers} in {time.monotonic() - started:.1f}s"
         )
@@ -476,9 +256,9 @@ class LocalBroker:
         if meta.is_file():
             # Already formatted: reuse it. Re-running format, even with --ignore-formatted,
             # would demand the same cluster id, which is simply read back here.
-            self._cluster_id = _read_properties(meta).get("cluster.id")
+            self._cluster_id = read_properties(meta).get("cluster.id")
             return
-        cluster_id = _new_cluster_id()
+        cluster_id = new_cluster_id()
         cmd = self._java(
             java,
             _TOOL_JVM_OPTS,
@@ -493,62 +273,31 @@ class LocalBroker:
             "--standalone",
         )
         try:
-            proc = subprocess.run(
-                cmd,
-                cwd=self.work_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
-                timeout=120,
-                check=False,
-            )
+            proc = run_tool(cmd, timeout=120, cwd=self.work_dir)
         except subprocess.TimeoutExpired as e:
             raise BrokerError(f"Formatting Kafka storage in {self.data_dir} timed out.") from e
         if proc.returncode != 0:
             raise BrokerError(
                 f"Formatting Kafka storage in {self.data_dir} failed (exit {proc.returncode}):\n"
-                f"{_tail(proc.stdout)}"
+                f"{output_tail(proc.stdout)}"
             )
         self._cluster_id = cluster_id
         self._log(f"formatted Kafka storage in {self.data_dir} (cluster id {cluster_id})")
 
-    def _wait_ready(self, deadline: float, timeout: float) -> None:
-        proc = self._proc
-        if proc is None:  # pragma: no cover - start() sets it right before
-            raise BrokerError("The broker process is not running.")
-        last_error = "no connection yet"
-        while True:
-            code = proc.poll()
-            if code is not None:
-                raise BrokerError(
-                    f"The Kafka broker exited with code {code} during startup. "
-                    f"Tail of {self.log_path}:\n{_file_tail(self.log_path)}"
-                )
-            if time.monotonic() >= deadline:
-                raise BrokerError(
-                    f"The Kafka broker was not ready within {timeout:g}s ({last_error}). "
-                    f"Tail of {self.log_path}:\n{_file_tail(self.log_path)}"
-                )
-            # A bare TCP connect first: kafka-python would log connection-refused warnings
-            # to stderr on every attempt while the JVM is still booting.
-            try:
-                with socket.create_connection((self.host, self._port), timeout=0.5):
-                    pass
-            except OSError as e:
-                last_error = f"port not open: {e.strerror or e}"
-                time.sleep(0.2)
-                continue
-            try:
-                ready, last_error = self._probe()
-            except Exception as e:  # any client failure here just means "not ready yet"
-                ready, last_error = False, f"metadata request failed: {e!r}"
-            if ready:
-                return
-            time.sleep(0.3)
-
     def _probe(self) -> tuple[bool, str]:
+        # A bare TCP connect first: kafka-python would log connection-refused warnings
+        # to stderr on every attempt while the JVM is still booting.
+        try:
+            with socket.create_connection((self.host, self._port), timeout=0.5):
+                pass
+        except OSError as e:
+            return False, f"port not open: {e.strerror or e}"
+        try:
+            return self._describe_cluster()
+        except Exception as e:  # any client failure here just means "not ready yet"
+            return False, f"metadata request failed: {e!r}"
+
+    def _describe_cluster(self) -> tuple[bool, str]:
         admin = KafkaAdminClient(
             bootstrap_servers=self.bootstrap_servers,
             client_id="recsys-broker-probe",
@@ -567,7 +316,7 @@ class LocalBroker:
                 f"port answers for cluster {cluster.get('cluster_id')}, not ours",
             )
         for broker in cluster.get("brokers", []):
-            if broker.get("broker_id") == _NODE_ID and not broker.get("is_fenced", False):
+            if broker.get("broker_id") == NODE_ID and not broker.get("is_fenced", False):
                 return True, "ready"
         return False, "broker not registered/unfenced yet"
 
@@ -580,47 +329,10 @@ class LocalBroker:
         Args:
             timeout: Seconds to wait for a clean shutdown before killing.
         """
-        proc = self._proc
-        if proc is None:
-            self._close_log()
+        if self._proc is None:
             return
         try:
-            if proc.poll() is None:
-                self._log(f"stopping Kafka broker pid {proc.pid}")
-                self._signal_group(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    self._log(
-                        f"Kafka broker pid {proc.pid} ignored SIGTERM for {timeout:.0f}s; killing"
-                    )
-                    # Only while the leader is unreaped is the group id surely still ours.
-                    self._signal_group(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            super().stop(timeout)
         finally:
-            self._proc = None
-            self._close_log()
+            # Only once our JVM is gone: a pid file left by another run names a broker to refuse.
             (self.work_dir / _PID_NAME).unlink(missing_ok=True)
-
-    @staticmethod
-    def _signal_group(pgid: int, sig: signal.Signals) -> None:
-        # The group is gone once everything in it has exited; that is the goal, not an error.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
-
-    def _close_log(self) -> None:
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from localservices.process import stop_process
 from recsys.config import ENV_PREFIX, Config
 
 
@@ -88,12 +89,7 @@ def child(
         try:
             yield process
         finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            # It shares our process group (a terminal's Ctrl-C reaches it too): signal it alone.
+            stop_process(process, name, 20, group=False)
             if not quiet:
                 print(f"    {name}: stopped (exit {process.returncode})", flush=True)

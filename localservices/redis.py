@@ -12,16 +12,18 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
+from localservices.process import ManagedProcess
+from localservices.procs import free_port
 from recsys.errors import BrokerError
 
 
-class LocalRedis:
+class LocalRedis(ManagedProcess):
     """``redis-server`` in a child process on a free port; ``stop()`` leaves nothing behind."""
+
+    _poll_interval = 0.05  # it serves within milliseconds; a start should not wait longer
 
     def __init__(
         self,
@@ -31,15 +33,23 @@ class LocalRedis:
         port: int = 0,
         cpus: set[int] | None = None,
         appendonly: bool = True,
-    ):
-        """``cpus`` pins the server to those cores (benchmarks keep it beside its client);
-        ``appendonly=False`` keeps nothing on disk."""
+    ) -> None:
+        """Describes a server; nothing is started until ``start()``.
+
+        Args:
+            work_dir: Directory for the append-only file and ``redis.log`` (created as needed).
+            host: Interface to bind to.
+            port: Port to serve on; 0 picks a free one at the first ``start()`` and keeps it,
+                so a restart comes back where clients look.
+            cpus: Pins the server to those cores (benchmarks keep it beside its client).
+            appendonly: Keep every write on disk; False keeps nothing on disk.
+        """
+        super().__init__("redis-server", work_dir / "redis.log")
         self.work_dir = work_dir
         self.host = host
         self.port = port
         self.cpus = cpus
         self.appendonly = appendonly
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def connection_string(self) -> str:
@@ -47,6 +57,15 @@ class LocalRedis:
         return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> None:
+        """Launches ``redis-server`` and waits until it answers PING.
+
+        Args:
+            timeout: Seconds to wait for the server to answer.
+
+        Raises:
+            BrokerError: ``redis-server`` is not installed, or it exited or did not answer in
+                time (the message has the log tail).
+        """
         binary = shutil.which("redis-server")
         if binary is None:
             raise BrokerError(
@@ -54,12 +73,10 @@ class LocalRedis:
                 "(apt-get install redis-server) or use feast.online_store: sqlite"
             )
         if not self.port:
-            with socket.socket() as s:
-                s.bind((self.host, 0))
-                self.port = int(s.getsockname()[1])
+            self.port = free_port(self.host)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.work_dir / "redis.log").open("wb")
-        self._proc = subprocess.Popen(
+        started = time.monotonic()
+        proc = self._launch(
             [
                 binary,
                 "--bind",
@@ -75,55 +92,29 @@ class LocalRedis:
                 "--dir",
                 str(self.work_dir),
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if (cpus := self.cpus) else None,
         )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while not self._ping():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = (self.work_dir / "redis.log").read_text(errors="replace")[-2000:]
-                raise BrokerError(
-                    f"redis-server did not start on {self.connection_string}:\n{tail}"
-                )
-            time.sleep(0.05)
+        self._wait_ready(proc, timeout, started)
 
-    @property
-    def pid(self) -> int | None:
-        """The server's process id while it runs (fault tests pause it with SIGSTOP)."""
-        return None if self._proc is None else self._proc.pid
-
-    def _ping(self) -> bool:
+    def _probe(self) -> tuple[bool, str]:
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+                return s.recv(16).startswith(b"+PONG"), "no PONG yet"
+        except OSError as e:
+            return False, f"port not open: {e.strerror or e}"
+
+    def _startup_error(self, code: int | None, timeout: float, why: str) -> BrokerError:
+        """Redis's own message: the address it could not serve, and its log's last bytes."""
+        tail = self.log_path.read_text(errors="replace")[-2000:]
+        return BrokerError(f"redis-server did not start on {self.connection_string}:\n{tail}")
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc = None
+        """Stops the server: SIGTERM (it flushes the append-only file), SIGKILL after ``timeout``.
 
-    def __enter__(self) -> LocalRedis:
-        self.start()
-        return self
+        Safe to call repeatedly and when the server never started.
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        Args:
+            timeout: Seconds to wait for a clean shutdown before killing.
+        """
+        super().stop(timeout)

@@ -19,8 +19,10 @@ from index.versions import rollback
 from recsys import artifacts
 from recsys.config import Config
 from recsys.errors import ArtifactError
+from serving.bundle import Bundle
 from serving.metrics import ServingMetrics
-from serving.recommender import Bundle, Features, Recommender, Request
+from serving.recommender import Features, Recommender
+from serving.request import Request
 
 log = logging.getLogger(__name__)
 PROBE_USERS = 8

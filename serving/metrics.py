@@ -9,6 +9,7 @@ The histograms' buckets reach down to 25 µs: the stages cost tens of microsecon
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -110,9 +111,19 @@ class ServingMetrics:
             self.loaded.clear()
         self.loaded.labels(b.model_version, b.index_version).set(1)
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        """Serves ``/metrics`` on ``host:port`` from a daemon thread."""
-        start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1") -> Callable[[], None]:
+        """Serves ``/metrics`` on ``host:port`` from a daemon thread.
+
+        Returns:
+            What stops it (and frees the port).
+        """
+        httpd, _ = start_http_server(port, addr=host, registry=self.registry)
+
+        def stop() -> None:
+            httpd.shutdown()
+            httpd.server_close()
+
+        return stop
 
     def value(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels or None) or 0.0

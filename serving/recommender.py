@@ -17,30 +17,23 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple, Protocol
 
-import faiss
 import numpy as np
 
-from features.activity import SeenIndex
 from features.store import UserFeatures
-from index.items import ItemMeta
-from index.versions import load_index
-from recsys import artifacts
 from recsys.config import ServingConfig
-from recsys.errors import ArtifactError, DeadlineExceededError, InvalidRequestError
-from towers.encoding import FeatureSpace, RawUser
-from towers.runtime import load_user_tower
+from recsys.errors import DeadlineExceededError, InvalidRequestError
+from serving.bundle import Bundle
+from serving.filters import GenreFilters
+from serving.request import Request, validate
+from towers.encoding import RawUser
 
 MIN_FETCH = 64
 """The fewest candidates a search fetches; fetches are powers of two from here."""
 FIRST_FETCH = 256
 """The most candidates a first search fetches to survive exclusions (FAISS's flat top-k
 costs 26 µs at 512 and 90 at 1,024 on ML-100K); widening covers the rare user it fails."""
-FILTERS_KEPT = 64
-"""Genre-filter bitmaps kept per pair (1M items: 125 kB each)."""
 
 
 class ServingPath(enum.Enum):
@@ -51,36 +44,10 @@ class ServingPath(enum.Enum):
     DEGRADED = 3
 
 
-class UserTower(Protocol):
-    dim: int
-
-    def embed(self, space: FeatureSpace, users: Sequence[RawUser]) -> np.ndarray:
-        """Raw features → ``[len(users), dim] float32``."""
-        ...
-
-
 class Features(Protocol):
     def read_many(self, user_ids: Sequence[str]) -> Sequence[UserFeatures] | None:
         """Each user's features in order, or ``None`` when the store failed."""
         ...
-
-
-class Request(NamedTuple):
-    """One Recommend request, as the hot path sees it (a named tuple: one is built per call).
-
-    Attributes:
-        request_time_ms: The moment the answer is for (time features); 0: now.
-        include_genres: Only items with one of these genres; empty: any.
-        exclude_genres: No items with any of these genres.
-    """
-
-    user_id: str
-    k: int = 10
-    exclude: Sequence[str] = ()
-    include_seen: bool = False
-    request_time_ms: int = 0
-    include_genres: Sequence[str] = ()
-    exclude_genres: Sequence[str] = ()
 
 
 class ScoredItem(NamedTuple):
@@ -98,69 +65,6 @@ class Stages(NamedTuple):
     search: float = 0.0
     filter: float = 0.0
     batch: int = 1
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """A model and the index its own item tower built, loaded and verified together."""
-
-    model_version: str
-    index_version: str
-    space: FeatureSpace
-    tower: UserTower
-    index: faiss.Index
-    item_ids: list[str]
-    meta: ItemMeta
-    seen: SeenIndex
-    """Decodes a user's seen set (and exclude ids) into this index's rows."""
-
-    @classmethod
-    def load(
-        cls,
-        models_dir: Path,
-        index_dir: Path,
-        model_version: str | None = None,
-        runtime: str = "numpy",
-    ) -> Bundle:
-        """Loads an index and the model whose item tower built it.
-
-        Args:
-            runtime: The user tower's runtime: ``numpy`` or ``savedmodel``.
-
-        Raises:
-            ArtifactError: ``model_version`` is given and is not the index's model (the
-                user tower would query another embedding space), or a file is corrupt.
-        """
-        index, item_ids, manifest = load_index(index_dir)
-        if model_version is not None and model_version != manifest["model_version"]:
-            raise ArtifactError(
-                f"index {manifest['version']} was built by model {manifest['model_version']}'s "
-                f"item tower; it cannot serve model {model_version}'s user tower "
-                "(build an index with that model, or serve the index's model)"
-            )
-        meta = ItemMeta.load(index_dir, manifest, len(item_ids))
-        model_dir = models_dir / str(manifest["model_version"])
-        model_manifest = artifacts.read_manifest(model_dir)
-        tower = load_user_tower(model_dir, runtime)
-        if tower.dim != index.d:
-            raise ArtifactError(
-                f"model {model_manifest['version']} embeds in {tower.dim} dims but index "
-                f"{manifest['version']} holds {index.d}; rebuild the index with this model"
-            )
-        return cls(
-            model_version=str(model_manifest["version"]),
-            index_version=str(manifest["version"]),
-            space=FeatureSpace.load(model_dir / "features.json"),
-            tower=tower,
-            index=index,
-            item_ids=item_ids,
-            meta=meta,
-            seen=SeenIndex(item_ids),
-        )
-
-    @classmethod
-    def load_current(cls, models_dir: Path, indexes_dir: Path, runtime: str = "numpy") -> Bundle:
-        return cls.load(models_dir, artifacts.current(indexes_dir), runtime=runtime)
 
 
 class Recommendation:
@@ -234,44 +138,7 @@ class Recommender:
         self._features = features
         self._config = config
         self._limit = min(bundle.index.ntotal, config.max_fetch)
-        self._filters: dict[tuple[int, int], tuple[faiss.SearchParameters, object, np.ndarray]] = {}
-
-    def validate(self, request: Request) -> tuple[int, int]:
-        """Checks the request against the limits; returns the include and exclude genre masks.
-
-        Raises:
-            InvalidRequestError: with a message that says what is allowed.
-        """
-        cfg = self._config
-        user_id, k, exclude = request.user_id, request.k, request.exclude
-        if not user_id:
-            raise InvalidRequestError("user_id is empty; pass the id of the user to recommend for")
-        if len(user_id) > cfg.max_id_length:
-            raise InvalidRequestError(f"user_id is longer than {cfg.max_id_length} characters")
-        if not 1 <= k <= cfg.max_k:
-            raise InvalidRequestError(f"k must be between 1 and {cfg.max_k}, got {k}")
-        if exclude:
-            if len(exclude) > cfg.max_exclude:
-                raise InvalidRequestError(
-                    f"at most {cfg.max_exclude} exclude_item_ids are allowed, got {len(exclude)}"
-                )
-            longest = cfg.max_id_length
-            if any(not item or len(item) > longest for item in exclude):
-                raise InvalidRequestError(
-                    f"exclude_item_ids must be non-empty and at most {longest} characters"
-                )
-        if request.request_time_ms < 0:
-            raise InvalidRequestError(
-                f"request_time_ms must be milliseconds since the epoch or 0 (now), "
-                f"got {request.request_time_ms}"
-            )
-        include_genres, exclude_genres = request.include_genres, request.exclude_genres
-        if not include_genres and not exclude_genres:
-            return 0, 0
-        if len(include_genres) + len(exclude_genres) > cfg.max_genres:
-            raise InvalidRequestError(f"at most {cfg.max_genres} genre filters are allowed")
-        meta = self.bundle.meta
-        return meta.genre_mask(include_genres), meta.genre_mask(exclude_genres)
+        self._filters = GenreFilters(bundle.index, bundle.meta.genres)
 
     def recommend(self, request: Request, deadline: float | None = None) -> Recommendation:
         """Top ``k`` items for the user, without excluded, filtered or recently seen items.
@@ -301,7 +168,7 @@ class Recommender:
         work: list[_Work] = []
         for i, request in enumerate(requests):
             try:
-                masks = self.validate(request)
+                masks = validate(request, self._config, self.bundle.meta)
             except InvalidRequestError as exc:
                 outcomes[i] = exc
                 continue
@@ -413,7 +280,7 @@ class Recommender:
         index, searched = self.bundle.index, 0.0
         for (fetch, include, exclude), members in groups.items():
             queries = vectors if len(members) == len(vectors) else vectors[members]
-            params = self._genre_filter(include, exclude)
+            params = self._filters.params(include, exclude)
             t = time.perf_counter()
             scores, rows = index.search(queries, fetch, params=params)
             searched += time.perf_counter() - t
@@ -446,31 +313,6 @@ class Recommender:
         A function of the request alone, so its answer does not depend on its batch."""
         need = min(w.request.k + len(w.banned), FIRST_FETCH)
         return min(max(MIN_FETCH, 1 << (need - 1).bit_length()), self._limit)
-
-    def _genre_filter(self, include: int, exclude: int) -> faiss.SearchParameters | None:
-        """FAISS search parameters that only consider items passing the genre masks (a bitmap
-        over the index's rows, kept per mask pair), so a filtered search fetches what an
-        unfiltered one does instead of over-fetching and widening; ``None`` without filters."""
-        if not include and not exclude:
-            return None
-        key = (include, exclude)
-        kept = self._filters.get(key)
-        if kept is None:
-            genres = self.bundle.meta.genres
-            passes = (genres & np.uint64(include)) != 0 if include else np.ones(len(genres), bool)
-            if exclude:
-                passes &= (genres & np.uint64(exclude)) == 0
-            bitmap = np.packbits(passes, bitorder="little")
-            selector = faiss.IDSelectorBitmap(len(passes), faiss.swig_ptr(bitmap))
-            if len(self._filters) >= FILTERS_KEPT:
-                self._filters.pop(next(iter(self._filters)))
-            # The bitmap and selector are kept with the parameters: FAISS holds bare pointers.
-            kept = self._filters[key] = (
-                _search_parameters(self.bundle.index, selector),
-                selector,
-                bitmap,
-            )
-        return kept[0]
 
     def _try_select(self, w: _Work, rows: np.ndarray, scores: np.ndarray) -> Selected | Exception:
         try:
@@ -525,26 +367,6 @@ def _in_time(work: list[_Work], outcomes: list[Outcome | None]) -> list[_Work]:
         else:
             kept.append(w)
     return kept
-
-
-def _search_parameters(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
-    """Parameters with ``selector`` that keep the index's own search setting (passing
-    parameters replaces it: an IVF index would fall back to nprobe 1)."""
-    params: faiss.SearchParameters
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:  # not an IVF index
-        hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
-        if hnsw is None:
-            params = faiss.SearchParameters()
-        else:
-            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in the stubs
-            params.efSearch = hnsw.efSearch  # type: ignore[attr-defined]
-    else:
-        params = faiss.SearchParametersIVF()
-        params.nprobe = ivf.nprobe
-    params.sel = selector
-    return params
 
 
 def _now_ms() -> int:

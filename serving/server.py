@@ -1,16 +1,13 @@
 """The gRPC servers: Recommend with health and reflection on the public port; reload,
-rollback and status on a separate admin port. Built by factories that tests and ``serve``
-share.
+rollback and status on a separate admin port. Built (not started) by factories that
+``serving.stack`` puts together.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
-import signal
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent import futures
 from typing import Any
 
@@ -25,7 +22,8 @@ from recsys.v1 import recommender_pb2 as pb
 from serving.batching import Batcher
 from serving.live import Live, Status
 from serving.metrics import ServingMetrics
-from serving.recommender import Outcome, Recommendation, Request, Stages
+from serving.recommender import Outcome, Recommendation, Stages
+from serving.request import Request
 from serving.wire import SERVICE, Encoders, add_recommender, request_from
 
 log = logging.getLogger(__name__)
@@ -205,73 +203,3 @@ def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
     )
     for name in ("", SERVICE):
         health_servicer.set(name, status)
-
-
-def load_live(config: Config, metrics: ServingMetrics | None = None) -> Live:
-    """Opens the online store and loads, verifies and warms the current pair."""
-    from features.online import FeatureReader
-
-    return Live(config, FeatureReader(config), metrics)
-
-
-def serve(
-    config: Config, *, null: bool = False, on_ready: Callable[[], object] | None = None
-) -> None:
-    """Runs the server until SIGTERM/SIGINT, then drains in-flight calls.
-
-    The public port answers health (NOT_SERVING) while the pair loads and warms, and
-    Recommend only once it is SERVING.
-
-    Args:
-        config: The project configuration.
-        null: Serve ``NullServicer`` instead (no model, index or store): a baseline.
-        on_ready: Called once the server reports SERVING.
-    """
-    import faiss
-
-    # One query at a time per request: OpenMP's idle threads add 20-30 ms tail spikes
-    # (faiss#2646), and gRPC's workers already give the parallelism.
-    faiss.omp_set_num_threads(1)
-    sc = config.serving
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    metrics = ServingMetrics()
-    recommend = RecommenderServicer(
-        metrics=metrics, timing_trailer=sc.timing_trailer, max_batch=sc.max_batch
-    )
-    server, port, health_servicer = create_server(config, NullServicer() if null else recommend)
-    server.start()
-    admin = None
-    if null:
-        what = "null handler"
-    else:
-        live = load_live(config, metrics)
-        recommend.live = live
-        admin, admin_port = create_admin_server(config, live)
-        admin.start()
-        if sc.metrics_port is not None:
-            metrics.serve(sc.metrics_port, sc.admin_host)
-        if sc.reload_poll_seconds:
-            live.watch(stop)
-        b = live.recommender.bundle
-        what = (
-            f"model {b.model_version}, index {b.index_version}, {len(b.item_ids):,} items, "
-            f"{sc.tower_runtime} tower; admin on {sc.admin_host}:{admin_port}"
-        )
-    # What start-up allocated (TF, Feast, the first bundle) leaves the collector's sight, so a
-    # full collection no longer walks it (one took 239 ms under load). A bundle swapped out
-    # later is still freed by reference counting; only cycles inside it would stay.
-    gc.collect()
-    gc.freeze()
-    set_serving(health_servicer, True)
-    print(f"serving on {sc.host}:{port} ({what})", flush=True)
-    log.info("serving", extra={"port": port, "detail": what})
-    if on_ready is not None:
-        on_ready()
-    stop.wait()
-    set_serving(health_servicer, False)
-    if admin is not None:
-        admin.stop(grace=None)
-    server.stop(grace=5).wait()
-    print("server stopped", flush=True)

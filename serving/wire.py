@@ -19,7 +19,9 @@ from collections.abc import Callable
 import grpc
 
 from recsys.v1 import recommender_pb2 as pb
-from serving.recommender import Bundle, Recommendation, Request, ServingPath
+from serving.bundle import Bundle
+from serving.recommender import Recommendation, ServingPath
+from serving.request import Request
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 PATHS = {p: pb.ServingPath.Value(f"SERVING_PATH_{p.name}") for p in ServingPath}

@@ -10,12 +10,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 import towers.tf_env  # noqa: F401  (TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 from recsys.config import Config
 from recsys.data import MovieLens, fetch_ml100k, load_movielens, temporal_split
+
+if TYPE_CHECKING:
+    from serving.stack import Stack
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,46 +92,13 @@ def kafka(base_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield broker.bootstrap_servers
 
 
-class RunningServer:
-    def __init__(self, config: Config, target: str, live, health, metrics, admin_target: str):
-        self.config = config
-        self.target = target
-        self.live = live
-        self.health = health
-        self.metrics = metrics
-        self.admin_target = admin_target
-
-
 @contextlib.contextmanager
-def running_server(config: Config) -> Iterator[RunningServer]:
-    """The real gRPC servers (public and admin) on ephemeral ports, warm and SERVING."""
-    from serving.metrics import ServingMetrics
-    from serving.server import (
-        RecommenderServicer,
-        create_admin_server,
-        create_server,
-        load_live,
-        set_serving,
-    )
+def running_server(config: Config) -> Iterator[Stack]:
+    """The real serving stack (public and admin) on ephemeral ports, warm and SERVING."""
+    from serving.stack import start_stack
 
-    metrics = ServingMetrics()
-    live = load_live(config, metrics)
-    grpc_server, port, health = create_server(config, RecommenderServicer(live, metrics))
-    admin, admin_port = create_admin_server(config, live)
-    grpc_server.start()
-    admin.start()
-    set_serving(health, True)
-    stop = threading.Event()
-    if config.serving.reload_poll_seconds:
-        live.watch(stop)
-    try:
-        yield RunningServer(
-            config, f"127.0.0.1:{port}", live, health, metrics, f"127.0.0.1:{admin_port}"
-        )
-    finally:
-        stop.set()
-        admin.stop(grace=None)
-        grpc_server.stop(grace=None).wait()
+    with start_stack(config) as stack:
+        yield stack
 
 
 @pytest.fixture
@@ -147,7 +118,7 @@ def scratch(feature_store: Config, tmp_path: Path) -> Config:
 
 
 @pytest.fixture(scope="session")
-def server(feature_store: Config) -> Iterator[RunningServer]:
+def server(feature_store: Config) -> Iterator[Stack]:
     with running_server(feature_store) as running:
         yield running
 
@@ -161,7 +132,7 @@ def ingest_metrics():
 
 
 @pytest.fixture
-def ingester(server: RunningServer, kafka: str, ingest_metrics) -> Iterator[Config]:
+def ingester(server: Stack, kafka: str, ingest_metrics) -> Iterator[Config]:
     """``recsys ingest``'s loop in a thread against the real broker and store."""
     from features.ingest import run
     from features.replay import ensure_topic

@@ -23,7 +23,9 @@ from loadtest.traffic import Traffic
 from recsys import artifacts
 from recsys.errors import DeadlineExceededError, InvalidRequestError
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
-from serving.recommender import Bundle, Recommendation, Recommender, Request, ServingPath
+from serving.bundle import Bundle
+from serving.recommender import Recommendation, Recommender, ServingPath
+from serving.request import Request
 from serving.wire import request_from
 from tests.conftest import running_server, wait_until
 

@@ -63,3 +63,11 @@ def test_the_feast_cli_works_on_the_store_init_features_made(
     )
     after = OnlineFeatures(open_store(config)).read(["196", "1"])
     assert after == before and after[0].has_profile
+
+
+def test_the_serving_read_names_features_the_views_define() -> None:
+    from features.online import ACTIVITY_READ, PROFILE_READ, SEEN
+    from features.repo.definitions import ACTIVITY, PROFILE
+
+    assert set(PROFILE_READ) == set(PROFILE)
+    assert {*ACTIVITY_READ, SEEN} <= set(ACTIVITY)

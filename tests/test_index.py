@@ -18,7 +18,7 @@ from index.recall import ExactTopK, query_recalls, recall_at_k, recall_bound, tu
 from index.versions import INDEX_FILE, load_index, prune, rollback, versions
 from recsys import artifacts
 from recsys.errors import ArtifactError, DataError
-from serving.recommender import Bundle
+from serving.bundle import Bundle
 
 
 @pytest.fixture
@@ -72,7 +72,8 @@ def test_genre_filters_run_inside_an_ivf_search_at_its_own_nprobe(
     """A filtered search on an IVF index keeps the nprobe the build chose and gives the first
     k passing items of the same probed lists: what fetching them all and filtering gives."""
     from features.online import FeatureReader
-    from serving.recommender import Recommender, Request
+    from serving.recommender import Recommender
+    from serving.request import Request
 
     config = scratch.with_overrides({"index": {"type": "ivf", "nlist": 64}})
     build_index(config, ml, catalog=Catalog.synthetic(ml, 20_000, chunk=7_000), log=lambda _: None)

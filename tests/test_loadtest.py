@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from commands.cli import _loadtest_mode_error, build_parser
+from commands.cli import build_parser
+from commands.slo import mode_error
 from loadtest.report import render, summarize, violations
 from localservices.procs import write_config
 from recsys.config import LoadTestConfig
@@ -99,7 +100,7 @@ def test_the_gate_fails_on_p99_p999_and_any_failure() -> None:
 )
 def test_loadtest_refuses_flags_that_do_not_go_together(flags, error) -> None:
     args = build_parser().parse_args(["loadtest", *flags.split()])
-    assert error in (_loadtest_mode_error(args) or "")
+    assert error in (mode_error(args) or "")
 
 
 @pytest.mark.parametrize(
@@ -115,7 +116,7 @@ def test_loadtest_refuses_flags_that_do_not_go_together(flags, error) -> None:
 )
 def test_loadtest_accepts_flags_that_go_together(flags) -> None:
     args = build_parser().parse_args(["loadtest", *flags.split()])
-    assert _loadtest_mode_error(args) is None
+    assert mode_error(args) is None
 
 
 def _loadtest(config_file, out, *args) -> subprocess.CompletedProcess[str]:

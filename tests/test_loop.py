@@ -92,7 +92,7 @@ def test_served_items_are_the_stream_protocols_ranking(server, ingester, ml) -> 
     from evaluation.stream import StreamEvaluator
     from features.activity import fold_ratings
     from recsys.data import temporal_split
-    from serving.recommender import Bundle
+    from serving.bundle import Bundle
     from towers.examples import catalog_inputs
     from towers.runtime import NumpyItemTower
 

@@ -11,14 +11,13 @@ import pandas as pd
 import pytest
 
 from evaluation.protocols import (
-    RECBOLE_HEADER,
     Split,
     recbole_split,
     recbole_split_sizes,
     temporal_split_protocol,
     tfrs_split,
-    write_recbole_atomic,
 )
+from evaluation.recbole import RECBOLE_HEADER, write_recbole_atomic
 from recsys.data import MovieLens, load_movielens
 from recsys.errors import DataError
 

@@ -12,7 +12,8 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from features.activity import Activity, item_hash
 from features.events import encode
-from features.ingest import Backoff, IngestStats, StateCache, check, process_batch
+from features.fold import IngestStats, StateCache, check, process_batch
+from features.ingest import Backoff
 from features.store import OnlineFeatures, open_store
 from recsys.errors import DataError, StoreUnavailableError
 

@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from evaluation.baselines import ItemKNN, Popularity, TrailingPopularity
 from evaluation.metrics import next_item_metrics, next_item_ranks
 from evaluation.protocols import temporal_split_protocol
-from evaluation.stream import ItemKNN, Popularity, StreamEvaluator, TrailingPopularity, walk
+from evaluation.stream import StreamEvaluator
+from evaluation.walk import walk
 from features.activity import EMPTY, apply_events, ratings_to_interactions
 from towers.examples import fit_feature_space
 

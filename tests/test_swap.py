@@ -16,7 +16,7 @@ from recsys import artifacts
 from recsys.v1 import admin_pb2, admin_pb2_grpc
 from serving.client import RecommendClient
 from serving.live import Live
-from serving.recommender import Request
+from serving.request import Request
 from tests.conftest import running_server, wait_until
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from features.events import encode
-from features.ingest import check
+from features.fold import check
 from features.synthetic import synthetic_interactions
 from recsys.errors import DataError
 

@@ -16,13 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.experiments import evaluate_split
-from evaluation.protocols import (
-    Split,
-    recbole_split,
-    temporal_split_protocol,
-    tfrs_split,
-    write_recbole_atomic,
-)
+from evaluation.protocols import Split, recbole_split, temporal_split_protocol, tfrs_split
+from evaluation.recbole import write_recbole_atomic
 from evaluation.stream import StreamEvaluator, evaluate_stream, select_baselines, stream_summary
 from recsys.config import ModelConfig
 from recsys.data import MovieLens

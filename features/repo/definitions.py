@@ -15,11 +15,32 @@ from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureView, Field, FileSource, Project, PushSource, ValueType
-from feast.types import Array, Bytes, Int64, String
+from feast.types import Array, Bytes, ComplexFeastType, Int64, PrimitiveFeastType, String
+
+FeastType = ComplexFeastType | PrimitiveFeastType
 
 PROFILE_VIEW = "user_profile"
 ACTIVITY_VIEW = "user_activity"
 ACTIVITY_PUSH = "user_activity_push"
+
+PROFILE: dict[str, FeastType] = {
+    "age": Int64,
+    "gender": String,
+    "occupation": String,
+    "zip_code": String,
+}
+"""The profile view's features and their Feast types: the one list of them (the offline
+files, the store's reads and the serving read all take their names from here)."""
+ACTIVITY: dict[str, FeastType] = {
+    "recent_items": Array(String),
+    "last_event_ms": Int64,
+    "last_event_id": String,
+    # Every item seen, newest first, as 8-byte hashes (features.activity.Activity).
+    "seen_items": Bytes,
+    # How many events the state has applied: orders its versions (features.store).
+    "event_count": Int64,
+}
+"""The activity view's features (the state ``features.activity.Activity`` holds)."""
 
 project = Project(
     name="recsys", description="User features of the real-time two-tower recommender."
@@ -49,12 +70,7 @@ def feature_views(offline_dir: Path) -> list[object]:
         name=PROFILE_VIEW,
         entities=[user],
         ttl=timedelta(0),
-        schema=[
-            Field(name="age", dtype=Int64),
-            Field(name="gender", dtype=String),
-            Field(name="occupation", dtype=String),
-            Field(name="zip_code", dtype=String),
-        ],
+        schema=[Field(name=name, dtype=dtype) for name, dtype in PROFILE.items()],
         source=profile_source,
         online=True,
     )
@@ -62,15 +78,7 @@ def feature_views(offline_dir: Path) -> list[object]:
         name=ACTIVITY_VIEW,
         entities=[user],
         ttl=timedelta(0),
-        schema=[
-            Field(name="recent_items", dtype=Array(String)),
-            Field(name="last_event_ms", dtype=Int64),
-            Field(name="last_event_id", dtype=String),
-            # Every item seen, newest first, as 8-byte hashes (features.activity.Activity).
-            Field(name="seen_items", dtype=Bytes),
-            # How many events the state has applied: orders its versions (features.store).
-            Field(name="event_count", dtype=Int64),
-        ],
+        schema=[Field(name=name, dtype=dtype) for name, dtype in ACTIVITY.items()],
         source=activity_push,
         online=True,
     )

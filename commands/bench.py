@@ -1,0 +1,125 @@
+"""``recsys bench``, ``bench-index``, ``bench-ingest`` and ``bench-freshness``: the
+benchmarks behind BENCHMARKS.md, each printing its numbers."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from commands.command import Command
+from commands.dataset import load_dataset
+from recsys.config import Config
+from recsys.errors import ConfigError
+
+
+def bench_serving(config: Config, args: argparse.Namespace) -> None:
+    from benchmarks.serving import run
+    from recsys import artifacts
+
+    artifacts.current(config.indexes_dir)  # fails with what to run when nothing is published
+    run(config, load_dataset(config), calls=args.calls, k=args.k, index_items=args.index_items)
+
+
+def bench_serving_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calls", type=int, default=2000, help="calls per variant")
+    p.add_argument(
+        "--index-items", type=int, default=0, help="also serve a synthetic index this large"
+    )
+    p.add_argument("--k", type=int, default=10, help="items per call")
+
+
+def bench_index(config: Config, args: argparse.Namespace) -> None:
+    if args.engine == "spark":
+        from benchmarks import index_engines as bench_engines
+
+        if args.master:
+            config = config.with_overrides({"index": {"spark_master": args.master}})
+        bench_engines.run(config, load_dataset(config), args.items)
+        return
+    from benchmarks.index import run
+
+    artifacts_out = config.paths.artifacts / "bench" / "index_recall_latency.png"
+    run(config, load_dataset(config), args.items, args.png or artifacts_out)
+
+
+def bench_index_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--items", type=int, default=1_000_000, help="synthetic catalog size")
+    p.add_argument("--png", type=Path, help="recall/latency plot path")
+    p.add_argument(
+        "--engine",
+        choices=["local", "spark"],
+        default="local",
+        help="spark: rebuild on both engines from one Parquet catalog, phase by phase",
+    )
+    p.add_argument("--master", help="Spark master (default: index.spark_master)")
+
+
+def bench_ingest(config: Config, args: argparse.Namespace) -> None:
+    from benchmarks.ingest import run_bench
+
+    run_bench(config, load_dataset(config), events=args.events)
+
+
+def bench_ingest_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--events", type=int, help="default: all ratings")
+
+
+def bench_freshness(config: Config, args: argparse.Namespace) -> None:
+    from benchmarks.ingest import Outage, run_freshness
+    from recsys import artifacts
+
+    artifacts.current(config.indexes_dir)  # the server needs a published model and index
+    ml = load_dataset(config)
+    outage = None
+    if args.redis_outage:
+        if config.feast.online_store != "redis":
+            raise ConfigError(
+                "--redis-outage needs the Redis store: RECSYS_FEAST__ONLINE_STORE=redis"
+            )
+        at_s, for_s = args.redis_outage
+    for rate in args.rates:
+        if args.redis_outage:
+            outage = Outage(at_s, for_s)
+        run_freshness(config, ml, rate=rate, seconds=args.seconds, outage=outage)
+
+
+def bench_freshness_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--rates", type=float, nargs="+", default=[1000.0, 5000.0], help="events/s, one run each"
+    )
+    p.add_argument("--seconds", type=float, default=30.0, help="length of each run")
+    p.add_argument(
+        "--redis-outage",
+        type=float,
+        nargs=2,
+        metavar=("AT_S", "FOR_S"),
+        help="SIGKILL the Redis store AT_S seconds into the stream, restart it FOR_S later",
+    )
+
+
+COMMANDS = (
+    Command(
+        "bench",
+        "Recommend latency and stage costs vs a null handler (runtimes, stores side by side)",
+        bench_serving,
+        bench_serving_arguments,
+    ),
+    Command(
+        "bench-index",
+        "1M-item rebuild, search latency/recall, memory",
+        bench_index,
+        bench_index_arguments,
+    ),
+    Command(
+        "bench-ingest",
+        "ingest throughput from a local broker",
+        bench_ingest,
+        bench_ingest_arguments,
+    ),
+    Command(
+        "bench-freshness",
+        "event → online store → Recommend latency at fixed rates",
+        bench_freshness,
+        bench_freshness_arguments,
+    ),
+)

@@ -1,0 +1,130 @@
+"""Baselines a team would ship instead of a model, scored on a stream walk.
+
+Each is a :class:`evaluation.walk.Scorer`, so :class:`evaluation.stream.StreamEvaluator` ranks
+them exactly as it ranks the model: :class:`Popularity` (the training period),
+:class:`TrailingPopularity` (a window before each event, what the stream has seen by then)
+and :class:`ItemKNN` (item-to-item cosine over the user's last items). The last two break
+ties by training popularity, so their integer-valued or sparse scores do not fall back to
+catalog order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from evaluation.walk import Walk
+
+DAY_MS = 86_400_000
+
+
+def counts(interactions: pd.DataFrame, column: dict[str, int]) -> np.ndarray:
+    """``[items] float64`` interaction counts per catalog column."""
+    cols = interactions["item_id"].map(column).to_numpy(np.int64)
+    return np.bincount(cols, minlength=len(column)).astype(np.float64)
+
+
+def _tiebreak(popularity: np.ndarray) -> np.ndarray:
+    """Training popularity scaled into [0, 0.5): added to integer-valued or sparse scores it
+    orders their ties by popularity and nothing else."""
+    return 0.5 * popularity / (popularity.max() + 1.0)
+
+
+class Popularity:
+    """The most interacted-with items of the training period, for everyone."""
+
+    def __init__(self, train_counts: np.ndarray):
+        self._scores = np.asarray(train_counts, np.float64)
+
+    def __call__(self, walk: Walk, rows: slice) -> np.ndarray:
+        n = len(range(*rows.indices(len(walk))))
+        return np.broadcast_to(self._scores, (n, len(self._scores)))
+
+
+class TrailingPopularity:
+    """The most interacted-with items over a trailing window before each event.
+
+    Counts every user's events strictly before the event's time (what the stream has seen by
+    then), ties ordered by training popularity.
+
+    Args:
+        stream: All interactions the stream could have seen (past and the part itself).
+        column: Item id → catalog column.
+        window_days: The window.
+        train_counts: ``[items]`` training-period counts, for ties.
+    """
+
+    def __init__(
+        self,
+        stream: pd.DataFrame,
+        column: dict[str, int],
+        window_days: int,
+        train_counts: np.ndarray,
+    ):
+        order = np.argsort(stream["timestamp"].to_numpy(np.int64), kind="stable")
+        self._times = stream["timestamp"].to_numpy(np.int64)[order] * 1000
+        self._cols = stream["item_id"].map(column).to_numpy(np.int64)[order]
+        self._window_ms = window_days * DAY_MS
+        self._tiebreak = _tiebreak(train_counts)
+
+    def __call__(self, walk: Walk, rows: slice) -> np.ndarray:
+        times = walk.times_ms[rows]
+        lo = np.searchsorted(self._times, times - self._window_ms, side="left")
+        hi = np.searchsorted(self._times, times, side="left")
+        n_items = len(self._tiebreak)
+        out = np.empty((len(times), n_items), np.float64)
+        for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
+            out[i] = np.bincount(self._cols[a:b], minlength=n_items)
+        return out + self._tiebreak
+
+
+class ItemKNN:
+    """Item-to-item cosine similarity over the training period, summed over the user's last
+    items; a user with no history gets training popularity.
+
+    ``sim(i, j) = |U_i ∩ U_j| / sqrt(|U_i| |U_j|)`` over the sets of users who interacted with
+    each item, the diagonal zeroed.
+
+    Args:
+        train: The training interactions.
+        column: Item id → catalog column.
+        last_items: How many of the user's most recent items vote.
+        train_counts: ``[items]`` training-period counts, for users with no history and ties.
+        similarity: :func:`item_similarity` of the same training part, so several
+            ``last_items`` share it; computed here when not given.
+    """
+
+    def __init__(
+        self,
+        train: pd.DataFrame,
+        column: dict[str, int],
+        last_items: int,
+        train_counts: np.ndarray,
+        similarity: np.ndarray | None = None,
+    ):
+        self.last_items = last_items
+        self._similarity = item_similarity(train, column) if similarity is None else similarity
+        self._tiebreak = 1e-6 * _tiebreak(train_counts)
+
+    def __call__(self, walk: Walk, rows: slice) -> np.ndarray:
+        recent = walk.recent[rows, : self.last_items]
+        padded = np.where(recent < 0, len(self._similarity) - 1, recent)
+        out = np.zeros((len(recent), self._similarity.shape[1]), np.float64)
+        for j in range(padded.shape[1]):
+            out += self._similarity[padded[:, j]]
+        return out + self._tiebreak
+
+
+def item_similarity(train: pd.DataFrame, column: dict[str, int]) -> np.ndarray:
+    """``[items + 1, items] float64`` :class:`ItemKNN`'s cosine similarity, computed once
+    so several ``last_items`` settings can share it; the last row zeros, so ``-1``-padded
+    recent items vote for nothing."""
+    users = pd.factorize(train["user_id"])[0]
+    items = train["item_id"].map(column).to_numpy(np.int64)
+    matrix = np.zeros((users.max() + 1, len(column)), np.float32)
+    matrix[users, items] = 1.0
+    overlap = (matrix.T @ matrix).astype(np.float64)
+    norms = np.sqrt(np.diag(overlap))
+    similarity = overlap / np.maximum(np.outer(norms, norms), 1e-12)
+    np.fill_diagonal(similarity, 0.0)
+    return np.vstack([similarity, np.zeros((1, len(column)))])
