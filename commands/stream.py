@@ -25,7 +25,7 @@ def init_features(config: Config, args: argparse.Namespace) -> None:
 
 def ingest(config: Config, args: argparse.Namespace) -> None:
     from features.fold import IngestStats
-    from features.ingest import Ingester
+    from features.ingester import Ingester
     from features.metrics import IngestMetrics
     from index.versions import published_catalog
 

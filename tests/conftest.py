@@ -134,28 +134,17 @@ def ingest_metrics():
 @pytest.fixture
 def ingester(server: Stack, kafka: str, ingest_metrics) -> Iterator[Config]:
     """``recsys ingest``'s loop in a thread against the real broker and store."""
-    from features.ingest import run
-    from features.replay import ensure_topic
-    from features.store import OnlineFeatures, open_store
-    from index.versions import read_item_ids
-    from recsys import artifacts
+    from features.ingester import Ingester
+    from index.versions import published_catalog
 
     config = server.config.with_overrides({"kafka": {"bootstrap_servers": kafka}})
-    ensure_topic(config)
+    ingester = Ingester.open(config, published_catalog(config.indexes_dir))
     stop = threading.Event()
     errors: list[BaseException] = []
 
-    catalog = set(read_item_ids(artifacts.current(config.indexes_dir)))
-
     def loop() -> None:
         try:
-            run(
-                config,
-                OnlineFeatures(open_store(config, timeout_ms=config.kafka.store_timeout_ms)),
-                stop,
-                catalog=catalog,
-                metrics=ingest_metrics,
-            )
+            ingester.run(stop, metrics=ingest_metrics)
         except BaseException as exc:  # surfaced in the test below, not lost in the thread
             errors.append(exc)
 
