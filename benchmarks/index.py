@@ -35,7 +35,9 @@ def search_latencies_us(index: faiss.Index, queries: np.ndarray) -> np.ndarray:
     return times * 1e6
 
 
-def run(config: Config, ml: MovieLens, items: int, out_png: Path, queries: int = 1000) -> dict:
+def run(
+    config: Config, ml: MovieLens, items: int, out_png: Path, queries: int = 1000
+) -> dict[str, object]:
     cfg = config.with_overrides({"index": {"synthetic_items": items}})
     with tempfile.TemporaryDirectory(prefix="recsys-bench-index-") as tmp:
         root = Path(tmp)
@@ -60,7 +62,7 @@ def run(config: Config, ml: MovieLens, items: int, out_png: Path, queries: int =
     exact_pcts = percentiles(exact_us, (50, 99))
     del vectors, exact
     chosen = int(ivf.nprobe)
-    rows = []
+    rows: list[dict[str, float]] = []
     for nprobe in (1, 2, 4, 8, 16, 32, 64, 128):
         ivf.nprobe = nprobe
         _, found = index.search(test, 10)
@@ -103,7 +105,9 @@ def run(config: Config, ml: MovieLens, items: int, out_png: Path, queries: int =
     }
 
 
-def _plot(rows: list[dict], chosen: int, items: int, out: Path, exact_p99: float) -> None:
+def _plot(
+    rows: list[dict[str, float]], chosen: int, items: int, out: Path, exact_p99: float
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -91,6 +91,7 @@ def _build_child(config: Config, ml: MovieLens, out: Path) -> None:
     )
 
 
+# Any: the rebuild's JSON report.
 def _rebuild(config: Config, ml: MovieLens, root: Path, engine: str) -> dict[str, Any]:
     (root / "models").symlink_to(config.models_dir)
     cfg = config.with_overrides({"paths": {"artifacts": str(root)}, "index": {"engine": engine}})
@@ -105,7 +106,7 @@ def _rebuild(config: Config, ml: MovieLens, root: Path, engine: str) -> dict[str
     memory.join()
     if child.exitcode != 0:
         raise RuntimeError(f"the {engine} rebuild failed (exit {child.exitcode}); see above")
-    got: dict[str, Any] = json.loads(out.read_text())
+    got: dict[str, Any] = json.loads(out.read_text())  # Any: JSON
     got["tree_peaks"] = memory.peaks
     got["directory"] = artifacts.current(cfg.indexes_dir)
     return got
@@ -114,7 +115,8 @@ def _rebuild(config: Config, ml: MovieLens, root: Path, engine: str) -> dict[str
 def _vectors(index: faiss.Index) -> np.ndarray:
     ivf = faiss.extract_index_ivf(index)
     ivf.make_direct_map()
-    return ivf.reconstruct_n(0, ivf.ntotal)
+    vectors: np.ndarray = ivf.reconstruct_n(0, ivf.ntotal)
+    return vectors
 
 
 def _held_out_recall(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray) -> float:
@@ -144,6 +146,7 @@ def _as_shards(
     return shards, keep
 
 
+# Any: JSON reports by engine.
 def run(config: Config, ml: MovieLens, items: int, queries: int = 1000) -> dict[str, Any]:
     cfg = config.with_overrides({"index": {"type": "ivf", "catalog": None}})
     with tempfile.TemporaryDirectory(prefix="recsys-bench-engines-") as tmp:
@@ -181,6 +184,7 @@ def run(config: Config, ml: MovieLens, items: int, queries: int = 1000) -> dict[
     return runs
 
 
+# Any: JSON reports by engine.
 def _report(
     items: int, write_seconds: float, runs: dict[str, Any], queries: int, min_recall: float
 ) -> None:

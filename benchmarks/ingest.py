@@ -17,13 +17,14 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from benchmarks.harness import percentiles, pinned, split_cores
 from features.activity import fold_ratings
+from features.fold import IngestStats
 from features.ingest import rebuild, run
 from features.replay import replay
 from features.store import OnlineFeatures, initialise, open_store, restore
@@ -33,6 +34,14 @@ from recsys.config import Config
 from recsys.data import MovieLens
 from recsys.errors import RecsysError, StoreUnavailableError
 
+if TYPE_CHECKING:
+    from subprocess import Popen
+    from threading import Event
+
+    from feast import FeatureStore
+
+    from serving.client import RecommendClient
+
 
 @dataclass
 class Stack:
@@ -40,7 +49,7 @@ class Stack:
     ``feast.FeatureStore``, and the ``redis-server`` when the store is Redis."""
 
     config: Config
-    store: Any
+    store: FeatureStore
     redis: LocalRedis | None
 
 
@@ -83,7 +92,7 @@ def run_bench(config: Config, ml: MovieLens, events: int | None = None) -> dict[
         stop = threading.Event()
         done_at: list[float] = []
 
-        def on_batch(stats) -> None:
+        def on_batch(stats: IngestStats) -> None:
             if stats.events >= sent and not done_at:
                 done_at.append(time.perf_counter())
                 stop.set()
@@ -100,7 +109,7 @@ def run_bench(config: Config, ml: MovieLens, events: int | None = None) -> dict[
         # the offline backfill, then the whole topic again, as `recsys ingest --rebuild`.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            open_store(cfg).teardown()
+            open_store(cfg).teardown()  # type: ignore[no-untyped-call]  # unannotated in Feast
         started = time.perf_counter()
         restore(cfg)
         rebuilt = OnlineFeatures(open_store(cfg))
@@ -336,7 +345,7 @@ GIVE_UP_S = 30.0
 
 
 def wait_consuming(
-    config: Config, features: OnlineFeatures, ingester: Any, run: str, item: str
+    config: Config, features: OnlineFeatures, ingester: Popen[bytes], run: str, item: str
 ) -> None:
     """Sends a marker event and waits until the ingester (a child process) has written it."""
     from kafka import KafkaProducer
@@ -357,7 +366,7 @@ def wait_consuming(
 
 
 def _check(
-    probes: _Probes, features: OnlineFeatures, client: Any, done: threading.Event, run: str
+    probes: _Probes, features: OnlineFeatures, client: RecommendClient, done: Event, run: str
 ) -> None:
     give_up: float | None = None
     while True:

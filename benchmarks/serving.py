@@ -177,13 +177,16 @@ class _Preloaded:
         return [self._seen[u] for u in user_ids]
 
 
-def _in_process(config: Config, requests: Sequence[pb.RecommendRequest]):
+def _in_process(
+    config: Config, requests: Sequence[pb.RecommendRequest]
+) -> dict[str, dict[str, dict[str, float]]]:
     """The hot path as a plain object in this process (no gRPC), with the store and with
     features preloaded: ``{variant: {stage: percentiles}}`` in µs."""
     import faiss
 
     from features.online import FeatureReader
-    from serving.recommender import Bundle, Recommender
+    from serving.bundle import Bundle
+    from serving.recommender import Recommender
     from serving.wire import request_from
 
     faiss.omp_set_num_threads(1)

@@ -124,7 +124,8 @@ def run_demo(config: Config, *, users: int = 3, events: int = 5) -> None:
 
 def _path(reply: pb.RecommendResponse) -> str:
     """``cold start`` from ``SERVING_PATH_COLD_START``."""
-    return pb.ServingPath.Name(reply.path).removeprefix("SERVING_PATH_").lower().replace("_", " ")
+    name: str = pb.ServingPath.Name(reply.path)
+    return name.removeprefix("SERVING_PATH_").lower().replace("_", " ")
 
 
 def _wait_ingested(

@@ -27,7 +27,8 @@ def counts(interactions: pd.DataFrame, column: dict[str, int]) -> np.ndarray:
 def _tiebreak(popularity: np.ndarray) -> np.ndarray:
     """Training popularity scaled into [0, 0.5): added to integer-valued or sparse scores it
     orders their ties by popularity and nothing else."""
-    return 0.5 * popularity / (popularity.max() + 1.0)
+    scaled: np.ndarray = 0.5 * popularity / (popularity.max() + 1.0)
+    return scaled
 
 
 class Popularity:
@@ -75,7 +76,8 @@ class TrailingPopularity:
         out = np.empty((len(times), n_items), np.float64)
         for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
             out[i] = np.bincount(self._cols[a:b], minlength=n_items)
-        return out + self._tiebreak
+        scores: np.ndarray = out + self._tiebreak
+        return scores
 
 
 class ItemKNN:

@@ -156,7 +156,7 @@ def topk_accuracy(
         positive_scores = block[np.arange(len(block)), cols]
         higher = np.count_nonzero(block > positive_scores[:, None], axis=1)
         hits += int(np.count_nonzero(higher < k))
-    return hits / n_pairs
+    return hits / int(n_pairs)
 
 
 def exclude_seen(scores: np.ndarray, seen: Sequence[np.ndarray]) -> np.ndarray:
@@ -214,7 +214,7 @@ def next_item_ranks(
     tied_before = np.count_nonzero(
         (masked == target) & (np.arange(n_items) < targets[:, np.newaxis]), axis=1
     )
-    ranks = (higher + tied_before).astype(np.float64)
+    ranks: np.ndarray = (higher + tied_before).astype(np.float64)
     ranks[np.isneginf(target[:, 0])] = np.inf
     return ranks
 

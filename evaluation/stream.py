@@ -135,14 +135,14 @@ class StreamEvaluator:
 
 def select_baselines(
     valid: StreamEvaluator, log: Callable[[str], None] | None = None
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, dict[str, Any]]:  # Any: each family's settings, of mixed types
     """Each baseline family's setting with the best validation NDCG@10.
 
     Returns:
         ``{"trailing_popularity": {"window_days": d, "valid": metrics...}, "item_knn":
         {"last_items": n, "valid": ...}}``.
     """
-    chosen: dict[str, dict[str, Any]] = {}
+    chosen: dict[str, dict[str, Any]] = {}  # Any: settings of mixed types
     trailing = {
         d: valid.baseline(TrailingPopularity(valid.stream, valid.column, d, valid.train_counts))
         for d in TRAILING_WINDOWS_DAYS
@@ -174,7 +174,7 @@ def evaluate_stream(
     item_vecs: np.ndarray,
     split: Split,
     *,
-    chosen: dict[str, dict[str, Any]] | None = None,
+    chosen: dict[str, dict[str, Any]] | None = None,  # Any: settings of mixed types
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The model (live and frozen histories) and every baseline on the test part's stream.
@@ -197,7 +197,7 @@ def evaluate_stream(
     test = StreamEvaluator(ml, space, split, "test")
     days = int(chosen["trailing_popularity"]["window_days"])
     last = int(chosen["item_knn"]["last_items"])
-    results: dict[str, Any] = {
+    results: dict[str, Any] = {  # Any: a JSON report
         "model": test.model(user_fn, item_vecs),
         "frozen": test.model(user_fn, item_vecs, "frozen"),
         "frozen_features": test.model(user_fn, item_vecs, "frozen", seen="live"),
@@ -226,7 +226,7 @@ ROWS: Sequence[tuple[str, str]] = (
 """The stream results' rows as a report shows them, with their labels."""
 
 
-def stream_table(results: dict[str, Any]) -> str:
+def stream_table(results: dict[str, Any]) -> str:  # Any: a JSON report
     """The stream results as an aligned table, one row per model variant and baseline."""
     settings = results["settings"]
     labels = {
@@ -241,7 +241,7 @@ def stream_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def stream_summary(results: dict[str, Any]) -> str:
+def stream_summary(results: dict[str, Any]) -> str:  # Any: a JSON report
     """What ``recsys train`` and the demo print first: the table, the best baseline and the
     freshness lift."""
     model = results["model"]["ndcg@10"]

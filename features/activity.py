@@ -152,7 +152,8 @@ class SeenIndex:
             return np.zeros(0, np.int64)
         at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
         found = self._keys[at] == keys
-        return self._order[at[found]].astype(np.int64)
+        rows: np.ndarray = self._order[at[found]].astype(np.int64)
+        return rows
 
 
 def point_in_time(events: Sequence[Interaction], history_length: int) -> Iterator[Activity]:

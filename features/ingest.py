@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 from features.fold import IngestStats, StateCache, process_batch
 from features.metrics import IngestMetrics
@@ -21,10 +21,14 @@ from features.store import OnlineFeatures
 from recsys.config import Config
 from recsys.errors import DataError, StoreUnavailableError
 
+if TYPE_CHECKING:
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.consumer.fetcher import ConsumerRecord
+
 log = logging.getLogger(__name__)
 
 
-def make_consumer(config: Config, on_rebalance: Callable[[], None] = lambda: None) -> Any:
+def make_consumer(config: Config, on_rebalance: Callable[[], None] = lambda: None) -> KafkaConsumer:
     """A consumer in the configured group; it logs each partition assignment it receives and
     calls ``on_rebalance`` whenever partitions are revoked or assigned."""
     from kafka import KafkaConsumer
@@ -44,16 +48,16 @@ def make_consumer(config: Config, on_rebalance: Callable[[], None] = lambda: Non
     return consumer
 
 
-def _subscribe(consumer: Any, config: Config, on_rebalance: Callable[[], None]) -> None:
+def _subscribe(consumer: KafkaConsumer, config: Config, on_rebalance: Callable[[], None]) -> None:
     from kafka import ConsumerRebalanceListener
 
     topic = config.kafka.topic
 
-    class LogAssignment(ConsumerRebalanceListener):  # type: ignore[misc]
-        def on_partitions_revoked(self, revoked: Any) -> None:
+    class LogAssignment(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python: no types
+        def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
             on_rebalance()
 
-        def on_partitions_assigned(self, assigned: Any) -> None:
+        def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
             on_rebalance()
             partitions = sorted(tp.partition for tp in assigned)
             log.info("assigned partitions %s of %s", partitions, topic)
@@ -84,7 +88,7 @@ class _Starvation:
         self._clock = clock
         self._since: float | None = None
 
-    def check(self, consumer: Any) -> None:
+    def check(self, consumer: KafkaConsumer) -> None:
         now = self._clock()
         if consumer.assignment():
             self._since = None
@@ -119,7 +123,7 @@ def _record(
     metrics.batch_seconds.observe(seconds)
 
 
-def _measure_lag(consumer: Any, metrics: IngestMetrics) -> None:
+def _measure_lag(consumer: KafkaConsumer, metrics: IngestMetrics) -> None:
     from kafka.errors import KafkaError
 
     assigned = list(consumer.assignment())
@@ -134,7 +138,7 @@ def _measure_lag(consumer: Any, metrics: IngestMetrics) -> None:
         metrics.lag.labels(partition=str(tp.partition)).set(max(0, end - consumer.position(tp)))
 
 
-def _commit(consumer: Any) -> None:
+def _commit(consumer: KafkaConsumer) -> None:
     """Commits the consumed positions; a failed commit is logged, not fatal.
 
     The batch is already written, so skipping one commit is safe: the next commit covers
@@ -194,7 +198,7 @@ class Backoff:
 FIRST_RETRY_S = 0.1
 
 
-def _hold(consumer: Any, polled: dict[Any, list[Any]]) -> None:
+def _hold(consumer: KafkaConsumer, polled: dict[TopicPartition, list[ConsumerRecord]]) -> None:
     """Leaves a batch that could not be written in the log: each of its partitions goes back
     to the batch's first offset, and every assigned partition is paused. ``poll`` keeps the
     consumer in its group (heartbeats, ``max.poll.interval.ms``) while returning nothing, and

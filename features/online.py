@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, TypeGuard
 
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
@@ -37,6 +37,9 @@ from features.activity import EMPTY, Activity
 from features.repo.definitions import ACTIVITY_VIEW, PROFILE, PROFILE_VIEW
 from features.store import UserFeatures, open_store
 from recsys.config import Config
+
+if TYPE_CHECKING:
+    from feast.infra.online_stores.online_store import OnlineStore
 
 log = logging.getLogger(__name__)
 PROFILE_READ = tuple(PROFILE)
@@ -52,7 +55,7 @@ Profile = tuple[int, str, str, str] | None
 """(age, gender, occupation, zip code), or None when the store has no profile."""
 
 
-def _present(values: dict[str, Value] | None, names: Iterable[str]) -> bool:
+def _present(values: dict[str, Value] | None, names: Iterable[str]) -> TypeGuard[dict[str, Value]]:
     # SQLite returns no dict for an absent entity; Redis returns empty values.
     if not values:
         return False
@@ -82,7 +85,7 @@ class FeatureReader:
         self.last_error = ""
 
     @staticmethod
-    def _online_store(configured: Any) -> Any:
+    def _online_store(configured: OnlineStore) -> OnlineStore:
         """The ``OnlineStore`` to read through: Feast's SQLite store with the leaner read
         (``features.online_store``) in place of Feast's own; any other store as configured."""
         from feast.infra.online_stores.sqlite import SqliteOnlineStore
@@ -153,10 +156,10 @@ class FeatureReader:
             activity = EMPTY
             if _present(values, ACTIVITY_READ):
                 activity = Activity(
-                    tuple(values["recent_items"].string_list_val.val),  # type: ignore[index]
-                    values["last_event_ms"].int64_val,  # type: ignore[index]
-                    values["last_event_id"].string_val,  # type: ignore[index]
-                    values[SEEN].bytes_val if SEEN in values else b"",  # type: ignore[index]
+                    tuple(values["recent_items"].string_list_val.val),
+                    values["last_event_ms"].int64_val,
+                    values["last_event_id"].string_val,
+                    values[SEEN].bytes_val if SEEN in values else b"",
                 )
             if profile is None:
                 out.append(UserFeatures(user_id, activity=activity))
@@ -186,10 +189,10 @@ class FeatureReader:
         for i, (_, values) in zip(missing, rows, strict=True):
             if _present(values, PROFILE_READ):
                 profiles[i] = (
-                    int(values["age"].int64_val),  # type: ignore[index]
-                    values["gender"].string_val,  # type: ignore[index]
-                    values["occupation"].string_val,  # type: ignore[index]
-                    values["zip_code"].string_val,  # type: ignore[index]
+                    int(values["age"].int64_val),
+                    values["gender"].string_val,
+                    values["occupation"].string_val,
+                    values["zip_code"].string_val,
                 )
         if self._cache_seconds:
             with self._lock:

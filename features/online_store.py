@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.sqlite import SqliteOnlineStore, _quote_id, _table_id
@@ -22,6 +22,9 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.repo_config import RepoConfig
 from feast.value_type import ValueType
+
+if TYPE_CHECKING:
+    from feast.feature_view import FeatureView
 
 _UINT = struct.Struct("<I")
 
@@ -37,7 +40,7 @@ class ServingSqliteOnlineStore(SqliteOnlineStore):
     def online_read(
         self,
         config: RepoConfig,
-        table: Any,
+        table: FeatureView,
         entity_keys: list[EntityKey],
         requested_features: list[str] | None = None,
     ) -> list[tuple[datetime | None, dict[str, Value] | None]]:
@@ -45,7 +48,7 @@ class ServingSqliteOnlineStore(SqliteOnlineStore):
         the view for each key (``requested_features`` is not applied, as in Feast's)."""
         conn = self._get_conn(config)
         keys = [self._key(k, config.entity_key_serialization_version) for k in entity_keys]
-        found: dict[bytes, list[Any]] = {}
+        found: dict[bytes, list[Any]] = {}  # Any: [timestamp text, {feature name: Value}]
         for key, name, blob, ts in conn.execute(self._statement(config, table, len(keys)), keys):
             entry = found.get(key)
             if entry is None:
@@ -60,7 +63,7 @@ class ServingSqliteOnlineStore(SqliteOnlineStore):
             out.append((None, None) if entry is None else (_timestamp(entry[0]), entry[1]))
         return out
 
-    def _statement(self, config: RepoConfig, table: Any, keys: int) -> str:
+    def _statement(self, config: RepoConfig, table: FeatureView, keys: int) -> str:
         statement = self._statements.get((table.name, keys))
         if statement is None:
             versioned = config.registry.enable_online_feature_view_versioning
@@ -93,7 +96,7 @@ class ServingSqliteOnlineStore(SqliteOnlineStore):
             )
             prefix += _UINT.pack(ValueType.STRING.value)
             self._prefixes[name] = prefix
-        value = values[0].string_val.encode()
+        value: bytes = values[0].string_val.encode()
         return prefix + _UINT.pack(len(value)) + value
 
 

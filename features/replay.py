@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from tqdm import tqdm
@@ -13,6 +13,9 @@ from features.activity import rating_event_id
 from features.events import encode
 from recsys.config import Config
 from recsys.errors import BrokerError
+
+if TYPE_CHECKING:
+    from kafka import KafkaProducer
 
 
 def ensure_topic(config: Config, timeout: float = 30.0) -> None:
@@ -50,7 +53,7 @@ def replay(
     *,
     rate: float | None = None,
     progress: bool = True,
-    producer: Any = None,
+    producer: KafkaProducer | None = None,
 ) -> int:
     """Sends ``interactions`` (user_id, item_id, rating, timestamp) as events.
 
@@ -72,7 +75,7 @@ def replay(
 
     ensure_topic(config)
     own = producer is None
-    if own:
+    if producer is None:
         producer = KafkaProducer(
             bootstrap_servers=config.kafka.bootstrap_servers, acks="all", linger_ms=5
         )

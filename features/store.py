@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pandas as pd
 
@@ -30,13 +30,16 @@ from recsys.config import Config
 from recsys.data import MovieLens
 from recsys.errors import DataError, StoreUnavailableError
 
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
 PROFILE_FEATURES = [f"{PROFILE_VIEW}:{f}" for f in PROFILE]
 ACTIVITY_FEATURES = [f"{ACTIVITY_VIEW}:{f}" for f in ACTIVITY]
 PROFILE_TIME = datetime(1997, 9, 1, tzinfo=UTC)
 """Profiles are static in ML-100K; they are stamped as known from before the first rating."""
 
 
-def open_store(config: Config, timeout_ms: int | None = None) -> Any:
+def open_store(config: Config, timeout_ms: int | None = None) -> FeatureStore:
     """A ``feast.FeatureStore`` on the configured online store (SQLite or Redis), registry
     cached forever.
 
@@ -112,6 +115,7 @@ def _activity_frame(states: Mapping[str, Activity]) -> pd.DataFrame:
     )
 
 
+# Any: feature columns of mixed types.
 def _activity(rows: dict[str, list[Any]], i: int) -> Activity:
     """Row ``i`` of a ``get_online_features`` answer as an ``Activity`` (empty if absent)."""
     return Activity(
@@ -160,7 +164,7 @@ class OnlineFeatures:
     SQLite file locked by another writer), so a caller can tell them from bugs and retry.
     """
 
-    def __init__(self, store: Any):
+    def __init__(self, store: FeatureStore):
         self._store = store
 
     def read(self, user_ids: Sequence[str]) -> list[UserFeatures]:
@@ -210,7 +214,7 @@ class OnlineFeatures:
                 self._store.push(ACTIVITY_PUSH, frame)
 
 
-def initialise(config: Config, ml: MovieLens, history: pd.DataFrame) -> Any:
+def initialise(config: Config, ml: MovieLens, history: pd.DataFrame) -> FeatureStore:
     """Creates the feature store from scratch: apply definitions, materialize profiles, and
     backfill each user's activity from ``history`` with the shared activity function.
 
@@ -225,7 +229,7 @@ def initialise(config: Config, ml: MovieLens, history: pd.DataFrame) -> Any:
     if (config.feast_dir / "registry.db").exists():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            open_store(config).teardown()
+            open_store(config).teardown()  # type: ignore[no-untyped-call]  # unannotated in Feast
     shutil.rmtree(config.feast_dir, ignore_errors=True)
     offline = config.feast_dir / "offline"
     offline.mkdir(parents=True)
@@ -238,7 +242,7 @@ def initialise(config: Config, ml: MovieLens, history: pd.DataFrame) -> Any:
     return restore(config)
 
 
-def restore(config: Config) -> Any:
+def restore(config: Config) -> FeatureStore:
     """Writes the offline part of the store back into the online store: applies the
     definitions (creating the online tables if they are gone), materializes the profiles and
     pushes each user's backfilled activity. What the stream added since is the topic's to

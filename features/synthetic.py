@@ -22,7 +22,9 @@ def _ranked(ids: pd.Series, counts: pd.Series) -> np.ndarray:
     """``ids`` ordered by ``counts`` (most first), ties by id so the order is stable."""
     frame = pd.DataFrame({"id": ids.to_numpy()})
     frame["count"] = frame["id"].map(counts).fillna(0).to_numpy()
-    return frame.sort_values(["count", "id"], ascending=[False, True])["id"].to_numpy()
+    ordered = frame.sort_values(["count", "id"], ascending=[False, True])
+    ranked: np.ndarray = ordered["id"].to_numpy()
+    return ranked
 
 
 def _power_law(rng: np.random.Generator, size: int, n: int, exponent: float) -> np.ndarray:

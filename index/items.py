@@ -95,7 +95,7 @@ class ItemMeta:
             genres = np.load(directory / GENRES_FILE)
             with np.load(directory / POPULAR_FILE) as popular:
                 rows, shares = popular["rows"], popular["shares"]
-            names = tuple(str(g) for g in manifest["genres"])  # type: ignore[attr-defined]
+            names = tuple(str(g) for g in manifest["genres"])  # type: ignore[attr-defined]  # JSON: TypeError below
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ArtifactError(
                 f"index {directory} lacks its item metadata ({exc}); rebuild it with "

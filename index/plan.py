@@ -151,7 +151,7 @@ class Filled:
     item_ids: list[str]
     genres: np.ndarray
     exact: ExactTopK
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)  # Any: JSON, for the manifest
 
 
 @dataclass

@@ -94,7 +94,7 @@ def recall_bound(recalls: np.ndarray) -> float:
     expected to reach on queries it was not verified with."""
     if len(recalls) < 2:
         return float(recalls.mean()) if len(recalls) else 0.0
-    se = float(recalls.std(ddof=1)) / np.sqrt(len(recalls))
+    se: float = float(recalls.std(ddof=1)) / np.sqrt(len(recalls))
     return float(recalls.mean()) - MARGIN_SE * se
 
 

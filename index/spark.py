@@ -53,7 +53,7 @@ from recsys.config import Config
 from recsys.errors import ArtifactError, ConfigError, DataError
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import DataFrame, Row, SparkSession
 
 
 ITEMS_PER_PARTITION = 250_000
@@ -177,8 +177,9 @@ def _fill(spark: SparkSession, config: Config, plan: Plan, scratch: Path) -> Fil
     group = f"recsys-build-{scratch.name}"
     sc.setJobGroup(group, f"index build: {catalog.name}")
     model = sc.broadcast((plan.space, plan.tower))
-    stats: dict[str, Any] = {"master": sc.master, "slots": sc.defaultParallelism}
-    sampled: list[Any] = []  # job 1's rows: who loaded the model, if it ran
+    stats: dict[str, Any] = {"master": sc.master, "slots": sc.defaultParallelism}  # Any: JSON
+    # Any: job 1's rows (who loaded the model, if it ran), read by key beside the Spark Rows
+    sampled: list[Any] = []
     try:
         needed = train_size(index, kind)
         if needed:
@@ -238,7 +239,7 @@ def _fill(spark: SparkSession, config: Config, plan: Plan, scratch: Path) -> Fil
     return filled
 
 
-def _merge(shards: list[Any], index: faiss.Index, kind: str, exact: ExactTopK) -> Filled:
+def _merge(shards: list[Row], index: faiss.Index, kind: str, exact: ExactTopK) -> Filled:
     """The shards' indexes, ids, genre bits and exact top lists, in partition order."""
     item_ids: list[str] = []
     genres = []

@@ -22,7 +22,7 @@ from recsys.errors import DataError
 from towers.encoding import FeatureSpace
 
 if TYPE_CHECKING:
-    from pyspark.broadcast import Broadcast
+    from pyspark import Broadcast
 
     from towers.runtime import NumpyItemTower
 
@@ -66,14 +66,16 @@ def ddl(schema: pa.Schema) -> str:
     return ", ".join(f"{f.name} {DDL[f.type]}" for f in schema)
 
 
-_LOADED: list[Any] = [None, None]
+_LOADED: list[Any] = [None, None]  # Any: [the broadcast, its value], both None at first
 """Per Python worker: the last broadcast model and its unpickled value. Spark reuses workers
 across tasks and keeps one object per broadcast in each, so a worker unpickles the model once
 per build; the broadcast is held (not its ``id``, which a later object could reuse) and a new
 build's replaces it, so a long-lived worker keeps one model, not one per build."""
 
 
-def model_of(model: Broadcast[Any]) -> tuple[FeatureSpace, NumpyItemTower, bool]:
+def model_of(
+    model: Broadcast[tuple[FeatureSpace, NumpyItemTower]],
+) -> tuple[FeatureSpace, NumpyItemTower, bool]:
     """The broadcast model, and whether this call unpickled it."""
     fresh = _LOADED[0] is not model
     if fresh:
@@ -83,7 +85,7 @@ def model_of(model: Broadcast[Any]) -> tuple[FeatureSpace, NumpyItemTower, bool]
 
 
 def embed_sample(
-    model: Broadcast[Any], batches: Iterator[pa.RecordBatch]
+    model: Broadcast[tuple[FeatureSpace, NumpyItemTower]], batches: Iterator[pa.RecordBatch]
 ) -> Iterator[pa.RecordBatch]:
     """Job 1: each batch's ids and vectors (as one blob); duplicates are job 2's to find.
     A worker that unpickles the model says so once, in a row of its own if it drew nothing."""
@@ -113,7 +115,9 @@ def sample_row(ids: list[str], vectors: bytes, seconds: float, loaded: bool) -> 
 
 
 def shard(
-    model: Broadcast[Any], empty: Broadcast[Any], batches: Iterator[pa.RecordBatch]
+    model: Broadcast[tuple[FeatureSpace, NumpyItemTower]],
+    empty: Broadcast[tuple[bytes, np.ndarray, str]],
+    batches: Iterator[pa.RecordBatch],
 ) -> Iterator[pa.RecordBatch]:
     """Job 2: one partition embedded, added to a copy of the trained index, scored exactly
     against the queries and written as a shard; yields its one row of ``SHARD``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faiss
 
@@ -25,11 +25,12 @@ def set_search_param(index: faiss.Index, kind: str, value: int) -> None:
     if kind.startswith("ivf"):
         faiss.extract_index_ivf(index).nprobe = value
     elif kind == "hnsw":
-        hnsw: Any = faiss.downcast_index(index)
+        # downcast_index returns the concrete class; the manifest says which.
+        hnsw = cast(faiss.IndexHNSW, faiss.downcast_index(index))
         hnsw.hnsw.efSearch = value
 
 
-def search_params(manifest: dict[str, Any]) -> dict[str, int]:
+def search_params(manifest: dict[str, Any]) -> dict[str, int]:  # Any: a JSON manifest
     return {k: int(v) for k, v in dict(manifest.get("params", {})).items()}
 
 
@@ -88,6 +89,7 @@ def published_catalog(root: Path) -> set[str] | None:
     return set(read_item_ids(directory))
 
 
+# Any: the version's JSON manifest.
 def load_index(directory: Path) -> tuple[faiss.Index, list[str], dict[str, Any]]:
     """Loads and verifies an index version: checksums, id count and dimension agree; the
     search parameters chosen at build time are set."""

@@ -19,7 +19,8 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.experimental.gevent as grpc_gevent
@@ -28,6 +29,9 @@ from locust import User, events, task
 
 from loadtest.traffic import Traffic
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    import argparse
 
 grpc_gevent.init_gevent()
 SAMPLES: list[tuple[float, float, float, float, float]] = []
@@ -39,8 +43,8 @@ STOP_GRACE_S = 0.1
 """Nor are those due just before it: Locust stops sending some 30 ms before it says so."""
 
 
-@events.init_command_line_parser.add_listener
-def _arguments(parser: Any) -> None:
+@events.init_command_line_parser.add_listener  # type: ignore[untyped-decorator]  # locust's is unannotated
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recsys-traffic", help="traffic JSON written by recsys loadtest")
     parser.add_argument("--recsys-samples", help="where to write the µs samples (.npy)")
     parser.add_argument("--recsys-rate", type=float, default=100.0, help="total requests/s")
@@ -49,13 +53,14 @@ def _arguments(parser: Any) -> None:
     )
 
 
-@events.test_stopping.add_listener
-def _stopping(**_: Any) -> None:
+@events.test_stopping.add_listener  # type: ignore[untyped-decorator]  # locust's is unannotated
+def _stopping(**_: object) -> None:
     STOPPING.append(time.perf_counter())
 
 
-@events.quitting.add_listener
-def _write_samples(environment: Any, **_: Any) -> None:
+# Any: locust's Environment.parsed_options is Optional, but always set when a locustfile runs.
+@events.quitting.add_listener  # type: ignore[untyped-decorator]  # locust's is unannotated
+def _write_samples(environment: Any, **_: object) -> None:
     path = environment.parsed_options.recsys_samples
     if path:
         np.save(path, np.array(SAMPLES, dtype=np.float64).reshape(-1, 5))
@@ -140,7 +145,7 @@ class RecommendUser(User):
         )
 
 
-def _hot_path_us(trailer: Any) -> float:
+def _hot_path_us(trailer: Sequence[tuple[str, str]] | None) -> float:
     """The ``hot_path`` part of a ``recsys-timing-us`` trailer (``features=..,hot_path=..``)."""
     for key, value in trailer or ():
         if key == "recsys-timing-us":

@@ -96,7 +96,8 @@ def _or_nan(value: float | None) -> float:
 
 
 def _samples(out: Path, name: str) -> np.ndarray:
-    return np.load(out / slug(name) / "samples.npy")
+    samples: np.ndarray = np.load(out / slug(name) / "samples.npy")
+    return samples
 
 
 def _plan(null: bool, baseline: bool) -> list[tuple[str, bool]]:

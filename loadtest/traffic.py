@@ -19,7 +19,7 @@ class Traffic:
     popular items or filter by genre.
     """
 
-    def __init__(self, spec: dict[str, Any], seed: int):
+    def __init__(self, spec: dict[str, Any], seed: int):  # Any: the traffic JSON
         self.rng = random.Random(seed)
         self.users: list[str] = spec["users"]
         self.cumulative = list(np.cumsum(spec["user_weights"]))

@@ -66,7 +66,7 @@ def staged_version(root: Path, version: str) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:  # Any: JSON
     """Writes ``manifest.json`` with a sha256 of every other file in ``directory``."""
     files = {
         str(p.relative_to(directory)): sha256_file(p)
@@ -76,11 +76,11 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     (directory / MANIFEST).write_text(json.dumps({**manifest, "files": files}, indent=2))
 
 
-def read_manifest(directory: Path, *, verify: bool = True) -> dict[str, Any]:
+def read_manifest(directory: Path, *, verify: bool = True) -> dict[str, Any]:  # Any: JSON
     """Reads a version's manifest and, by default, checks every file's checksum."""
     path = directory / MANIFEST
     try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
+        manifest: dict[str, Any] = json.loads(path.read_text())  # Any: JSON
     except FileNotFoundError as exc:
         raise ArtifactError(f"{path} is missing: {directory} is not a complete version") from exc
     except (OSError, json.JSONDecodeError) as exc:

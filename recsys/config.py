@@ -230,6 +230,7 @@ class Config(_Section):
     def feast_dir(self) -> Path:
         return self.paths.state / "feast"
 
+    # Any: raw values; pydantic validates them.
     def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> Config:
         """Returns a copy with ``{section: {key: value}}`` applied and validated."""
         data = self.model_dump()
@@ -249,7 +250,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         ConfigError: naming the file or variable and the key that is wrong.
     """
     env = os.environ if environ is None else environ
-    data: dict[str, Any] = {}
+    data: dict[str, Any] = {}  # Any: raw YAML; pydantic validates it
     source = "defaults"
     if path is None and env.get("RECSYS_CONFIG"):
         path = Path(env["RECSYS_CONFIG"])
@@ -284,7 +285,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     return _validate(data, source=source)
 
 
-def _validate(data: dict[str, Any], *, source: str) -> Config:
+def _validate(data: dict[str, Any], *, source: str) -> Config:  # Any: raw YAML
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

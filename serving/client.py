@@ -35,7 +35,7 @@ class RecommendClient:
         include_genres: Sequence[str] = (),
         exclude_genres: Sequence[str] = (),
     ) -> pb.RecommendResponse:
-        return self._stub.Recommend(
+        reply: pb.RecommendResponse = self._stub.Recommend(
             pb.RecommendRequest(
                 user_id=user_id,
                 k=k,
@@ -47,6 +47,7 @@ class RecommendClient:
             ),
             timeout=timeout,
         )
+        return reply
 
     def serving(self, timeout: float = 1.0) -> bool:
         """True when the health service reports SERVING."""
@@ -54,7 +55,7 @@ class RecommendClient:
             reply = self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
         except grpc.RpcError:
             return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def wait_until_serving(
         self, timeout: float = 120.0, process: subprocess.Popen[bytes] | None = None

@@ -61,7 +61,7 @@ def search_parameters(index: faiss.Index, selector: faiss.IDSelector) -> faiss.S
             params = faiss.SearchParameters()
         else:
             params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in the stubs
-            params.efSearch = hnsw.efSearch  # type: ignore[attr-defined]
+            params.efSearch = hnsw.efSearch  # type: ignore[attr-defined]  # declared as the base
     else:
         params = faiss.SearchParametersIVF()
         params.nprobe = ivf.nprobe

@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent import futures
-from typing import Any
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -38,7 +38,9 @@ def _status(exc: Exception) -> grpc.StatusCode:
     return exc.grpc_status_code() if isinstance(exc, RecsysError) else grpc.StatusCode.INTERNAL
 
 
-def _abort(context: grpc.ServicerContext, exc: Exception, what: str) -> Any:
+def _abort(  # type: ignore[misc]  # context.abort raises, but grpc is untyped
+    context: grpc.ServicerContext, exc: Exception, what: str
+) -> NoReturn:
     """Ends the call with ``exc``'s status; unexpected errors are logged with their details
     and answered INTERNAL without them."""
     if not isinstance(exc, RecsysError):
@@ -136,16 +138,22 @@ class AdminServicer(admin_pb2_grpc.RecommenderAdminServicer):
             last_error=status.last_error,
         )
 
-    def Status(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def Status(  # noqa: N802
+        self, request: admin_pb2.StatusRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.StatusResponse:
         return self._reply(self._live.status())
 
-    def Reload(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def Reload(  # noqa: N802
+        self, request: admin_pb2.ReloadRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.StatusResponse:
         try:
             return self._reply(self._live.reload())
         except Exception as exc:
             return _abort(context, exc, "Reload")
 
-    def Rollback(self, request: admin_pb2.RollbackRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def Rollback(  # noqa: N802
+        self, request: admin_pb2.RollbackRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.StatusResponse:
         try:
             return self._reply(self._live.rollback(request.to_index_version or None))
         except Exception as exc:
@@ -153,7 +161,7 @@ class AdminServicer(admin_pb2_grpc.RecommenderAdminServicer):
 
 
 def _bind(server: grpc.Server, host: str, port: int) -> int:
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound: int = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise RecsysError(f"cannot bind {host}:{port}; is another server using it?")
     return bound

@@ -142,3 +142,24 @@ def test_the_base_imports_no_product_package() -> None:
         if t.split(".")[0] != "recsys"
     }
     assert not leaks, leaks
+
+
+MAX_MODULE_LINES = 400
+"""One concept per module: past this, split it (TFRS's median module is ~160 lines)."""
+TOOLING = {"localservices", "benchmarks"}
+"""What runs the project on a machine and measures it, beside the product."""
+
+
+def test_no_module_is_past_the_size_to_split_at() -> None:
+    sizes = {name: len(path.read_text().splitlines()) for name, path in _modules().items()}
+    too_big = {name: lines for name, lines in sizes.items() if lines > MAX_MODULE_LINES}
+    assert not too_big, f"split these modules (over {MAX_MODULE_LINES} lines): {too_big}"
+
+
+def test_the_biggest_package_is_product_code_not_tooling() -> None:
+    sizes: dict[str, int] = {}
+    for name, path in _modules().items():
+        package = name.split(".")[0]
+        sizes[package] = sizes.get(package, 0) + len(path.read_text().splitlines())
+    biggest = max(sizes, key=lambda package: sizes[package])
+    assert biggest not in TOOLING, sizes

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -236,18 +236,19 @@ class FeatureSpace:
             "history_length": self.history_length,
         }
 
+    # Any: parsed JSON; a value of the wrong type raises TypeError, reported below.
     @classmethod
-    def from_json(cls, data: Mapping[str, object]) -> FeatureSpace:
+    def from_json(cls, data: Mapping[str, Any]) -> FeatureSpace:
         try:
             return cls(
-                users=Vocab(tuple(data["users"])),  # type: ignore[arg-type]
-                items=Vocab(tuple(data["items"])),  # type: ignore[arg-type]
-                genders=Vocab(tuple(data["genders"])),  # type: ignore[arg-type]
-                occupations=Vocab(tuple(data["occupations"])),  # type: ignore[arg-type]
-                zips=Vocab(tuple(data["zips"])),  # type: ignore[arg-type]
-                genres=tuple(data["genres"]),  # type: ignore[arg-type]
-                title_tokens=Vocab(tuple(data["title_tokens"])),  # type: ignore[arg-type]
-                history_length=int(data["history_length"]),  # type: ignore[call-overload]
+                users=Vocab(tuple(data["users"])),
+                items=Vocab(tuple(data["items"])),
+                genders=Vocab(tuple(data["genders"])),
+                occupations=Vocab(tuple(data["occupations"])),
+                zips=Vocab(tuple(data["zips"])),
+                genres=tuple(data["genres"]),
+                title_tokens=Vocab(tuple(data["title_tokens"])),
+                history_length=int(data["history_length"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"feature space is malformed ({exc!r}); retrain the model") from exc

@@ -49,7 +49,7 @@ def _fit(ids: tf.RaggedTensor | tf.Tensor, width: int) -> tf.Tensor:
     return tf.pad(ids, [[0, 0], [0, width - tf.shape(ids)[1]]])
 
 
-class UserTowerModule(tf.Module):
+class UserTowerModule(tf.Module):  # type: ignore[misc]  # tensorflow ships no types
     """The user tower with its vocabularies: raw features in, ``embedding`` out."""
 
     def __init__(self, tower: keras.Model, space: FeatureSpace):
@@ -66,7 +66,7 @@ class UserTowerModule(tf.Module):
             input_signature=[_encoded_signature(space, USER_INPUTS)],
         )
 
-    @tf.function(
+    @tf.function(  # type: ignore[untyped-decorator]  # tensorflow ships no types
         input_signature=[
             {
                 "user_id": tf.TensorSpec([None], tf.string, name="user_id"),
@@ -98,7 +98,7 @@ class UserTowerModule(tf.Module):
         return {"embedding": self.tower(inputs)}
 
 
-class ItemTowerModule(tf.Module):
+class ItemTowerModule(tf.Module):  # type: ignore[misc]  # tensorflow ships no types
     """The item tower with its vocabularies: raw catalog fields in, ``embedding`` out."""
 
     def __init__(self, tower: keras.Model, space: FeatureSpace):
@@ -113,7 +113,7 @@ class ItemTowerModule(tf.Module):
             input_signature=[_encoded_signature(space, ITEM_INPUTS)],
         )
 
-    @tf.function(
+    @tf.function(  # type: ignore[untyped-decorator]  # tensorflow ships no types
         input_signature=[
             {
                 "item_id": tf.TensorSpec([None], tf.string, name="item_id"),
@@ -187,4 +187,4 @@ def export(model: TwoTower, space: FeatureSpace, directory: Path) -> None:
             arrays[f"{name}_w"] = layer.kernel.numpy()
             if layer.use_bias:
                 arrays[f"{name}_b"] = layer.bias.numpy()
-    np.savez(directory / "weights.npz", **arrays)  # type: ignore[arg-type]
+    np.savez(directory / "weights.npz", **arrays)  # type: ignore[arg-type]  # **arrays vs allow_pickle

@@ -19,7 +19,7 @@ def _masked_mean(embeddings: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(embeddings * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
 
-class UserTower(keras.Model):
+class UserTower(keras.Model):  # type: ignore[misc]  # tf_keras ships no types
     """User id (+ profile, pooled recent items, time context) → ``[batch, dim]``."""
 
     def __init__(
@@ -79,7 +79,7 @@ class UserTower(keras.Model):
         return tf.math.l2_normalize(out, axis=-1) if self.config.normalize else out
 
 
-class ItemTower(keras.Model):
+class ItemTower(keras.Model):  # type: ignore[misc]  # tf_keras ships no types
     """Item id (+ genres, title words, release decade) → ``[batch, dim]``."""
 
     def __init__(
@@ -111,7 +111,7 @@ USER_INPUTS = ("user", "gender", "age", "occupation", "zip", "hour", "weekday", 
 ITEM_INPUTS = ("item", "year", "genres", "title")
 
 
-class TwoTower(tfrs.Model):
+class TwoTower(tfrs.Model):  # type: ignore[misc]  # tensorflow_recommenders ships no types
     """In-batch softmax retrieval.
 
     ``logq``: in-batch negatives are sampled in proportion to popularity, which over-penalises

@@ -39,7 +39,8 @@ def load_weights(path: Path) -> dict[str, np.ndarray]:
 def _masked_mean(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """``[batch, n]`` ids → ``[batch, d]`` mean of the non-zero ids' rows; zeros when none."""
     mask = (ids > 0).astype(np.float32)[..., np.newaxis]
-    return (table[ids] * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
+    mean: np.ndarray = (table[ids] * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
+    return mean
 
 
 _MLP_PARTS = ("hidden_w", "hidden_b", "out_w", "out_b")
@@ -53,7 +54,7 @@ def _mlp(x: np.ndarray, w: dict[str, np.ndarray], prefix: str, normalize: bool) 
 def _output(
     hidden: np.ndarray, w: dict[str, np.ndarray], prefix: str, normalize: bool
 ) -> np.ndarray:
-    out = hidden @ w[f"{prefix}_out_w"] + w[f"{prefix}_out_b"]
+    out: np.ndarray = hidden @ w[f"{prefix}_out_w"] + w[f"{prefix}_out_b"]
     if normalize:
         # tf.math.l2_normalize: x / sqrt(max(sum(x^2), 1e-12))
         out = out / np.sqrt(np.maximum((out * out).sum(axis=-1, keepdims=True), 1e-12))
@@ -217,7 +218,7 @@ class NumpyUserTower(_Tower):
         weights = self._weight_table(rows.shape[1])[counts][:, np.newaxis, :]
         hidden = weights @ self._stack[rows]  # [batch, 1, hidden + 1]
         np.maximum(hidden, 0.0, out=hidden)
-        out = (hidden @ self._out)[:, 0, :]
+        out: np.ndarray = (hidden @ self._out)[:, 0, :]
         if self.config.normalize:
             # tf.math.l2_normalize: x / sqrt(max(sum(x^2), 1e-12)); the sum as a one-row product
             norm = (out[:, np.newaxis, :] @ out[:, :, np.newaxis])[:, 0, :]
@@ -295,7 +296,8 @@ class SavedModelUserTower:
 
     def __call__(self, inputs: UserInputs) -> np.ndarray:
         tensors = {name: self._tf.constant(value) for name, value in inputs.as_dict().items()}
-        return self._fn(**tensors)["embedding"].numpy()
+        embedding: np.ndarray = self._fn(**tensors)["embedding"].numpy()
+        return embedding
 
     def embed(self, space: FeatureSpace, users: Sequence[RawUser]) -> np.ndarray:
         return np.asarray(self(space.encode_users(users)), np.float32)

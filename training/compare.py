@@ -25,7 +25,7 @@ from towers.examples import fit_feature_space
 from training.train import Fitted, fit
 
 PROTOCOLS = ("stream", "temporal", "recbole", "tfrs")
-SETTINGS_BY_PROTOCOL: dict[str, dict[str, Any]] = {
+SETTINGS_BY_PROTOCOL: dict[str, dict[str, Any]] = {  # Any: mixed-type settings
     "recbole": {"user_parts": ("profile",), "oov_rate": 0.0, "epochs": 50, "embedding_dim": 128}
 }
 """Model settings that differ from the configured model, per protocol, each chosen on that
@@ -62,12 +62,12 @@ def run(
     ablation: bool = False,
     export_dir: Path | None = None,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> dict[str, Any]:  # Any: a JSON report
     """Trains and scores one model per protocol (and per ablation row on ``stream``).
 
     ``stream`` and ``temporal`` share one split, so they share one trained model.
     """
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {}  # Any: a JSON report
     fitted_by_split: dict[str, Fitted] = {}
     for protocol in protocols:
         pmc = mc
@@ -129,6 +129,6 @@ def _table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def save(results: dict[str, Any], path: Path) -> None:
+def save(results: dict[str, Any], path: Path) -> None:  # Any: a JSON report
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from towers.encoding import FeatureSpace, UserInputs
 from towers.examples import fit_feature_space, training_examples
 from towers.model_config import TowerConfig
 
+if TYPE_CHECKING:
+    from towers.model import TwoTower  # imports TensorFlow: only for the annotation
+
 Log = Callable[[str], None]
 
 
@@ -30,7 +33,7 @@ Log = Callable[[str], None]
 class Fitted:
     """A trained model and how it got there."""
 
-    model: Any  # towers.model.TwoTower (TensorFlow is imported lazily)
+    model: TwoTower
     space: FeatureSpace
     epochs: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
@@ -134,7 +137,8 @@ def recency_weights(times_s: np.ndarray, half_life_days: float | None) -> np.nda
         return np.ones(len(times_s), np.float32)
     age_days = (times_s.max() - times_s) / 86_400
     weights = 0.5 ** (age_days / half_life_days)
-    return (weights / weights.mean()).astype(np.float32)
+    normalised: np.ndarray = (weights / weights.mean()).astype(np.float32)
+    return normalised
 
 
 def _headline(metrics: dict[str, float]) -> str:
@@ -145,7 +149,7 @@ def _headline(metrics: dict[str, float]) -> str:
     )
 
 
-def save_report(fitted: Fitted, metrics: dict[str, Any], directory: Path) -> None:
+def save_report(fitted: Fitted, metrics: dict[str, Any], directory: Path) -> None:  # Any: JSON
     """``metrics.json`` and ``training.png`` (loss and validation curve per epoch)."""
     import matplotlib
 
@@ -178,7 +182,7 @@ def save_report(fitted: Fitted, metrics: dict[str, Any], directory: Path) -> Non
 class TrainResult:
     version: str
     directory: Path
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # Any: JSON
 
 
 def train(config: Config, ml: MovieLens, *, log: Log = print, publish: bool = True) -> TrainResult:

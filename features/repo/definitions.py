@@ -13,9 +13,13 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from feast import Entity, FeatureView, Field, FileSource, Project, PushSource, ValueType
 from feast.types import Array, Bytes, ComplexFeastType, Int64, PrimitiveFeastType, String
+
+if TYPE_CHECKING:
+    from feast.feast_object import FeastObject
 
 FeastType = ComplexFeastType | PrimitiveFeastType
 
@@ -53,7 +57,7 @@ user = Entity(
 )
 
 
-def feature_views(offline_dir: Path) -> list[object]:
+def feature_views(offline_dir: Path) -> list[FeastObject]:
     """All Feast objects, with their offline sources under ``offline_dir``."""
     profile_source = FileSource(
         name="user_profile_source",
