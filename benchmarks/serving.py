@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 
 from benchmarks.harness import Table, machine_line, percentiles, pinned, split_cores
-from features.store import UserFeatures
+from features.user import UserFeatures
 from localservices.procs import child, serving_ports, slug, write_config
 from recsys.config import Config
 from recsys.data import MovieLens

@@ -67,13 +67,10 @@ class StreamEvaluator:
         times = w.times_ms.tolist()
         self._inputs: dict[History, UserInputs] = {
             "live": space.encode_users(
-                [profiles.raw(u, s, t) for u, s, t in zip(w.users, w.states, times, strict=True)]
+                [profiles.at(u, s) for u, s in zip(w.users, w.states, strict=True)], times
             ),
             "frozen": space.encode_users(
-                [
-                    profiles.raw(u, s, t)
-                    for u, s, t in zip(w.users, w.frozen_states, times, strict=True)
-                ]
+                [profiles.at(u, s) for u, s in zip(w.users, w.frozen_states, strict=True)], times
             ),
         }
 

@@ -35,7 +35,8 @@ from feast.protos.feast.types.Value_pb2 import Value
 
 from features.activity import EMPTY, Activity
 from features.repo.definitions import ACTIVITY_VIEW, PROFILE, PROFILE_VIEW
-from features.store import UserFeatures, open_store
+from features.store import open_store
+from features.user import UserFeatures
 from recsys.config import Config
 
 if TYPE_CHECKING:

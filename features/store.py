@@ -13,11 +13,11 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from features.activity import EMPTY, Activity, fold_ratings
+from features.activity import Activity, fold_ratings
 from features.repo.definitions import (
     ACTIVITY,
     ACTIVITY_PUSH,
@@ -26,6 +26,7 @@ from features.repo.definitions import (
     PROFILE_VIEW,
     feature_views,
 )
+from features.user import UserFeatures
 from recsys.config import Config
 from recsys.data import MovieLens
 from recsys.errors import DataError, StoreUnavailableError
@@ -71,19 +72,6 @@ def _redis(connection: str, timeout_ms: int | None) -> str:
         return connection
     seconds = timeout_ms / 1000
     return f"{connection},socket_timeout={seconds},socket_connect_timeout={seconds}"
-
-
-class UserFeatures(NamedTuple):
-    """What the online store knows about one user; defaults where it knows nothing (a named
-    tuple: one is built per user on every Recommend request)."""
-
-    user_id: str
-    age: int = 0
-    gender: str = ""
-    occupation: str = ""
-    zip_code: str = ""
-    activity: Activity = EMPTY
-    has_profile: bool = False
 
 
 def write_time(state: Activity) -> datetime:

@@ -12,19 +12,22 @@ import faiss
 import numpy as np
 
 from features.activity import SeenIndex
+from features.user import UserFeatures
 from index.items import ItemMeta
 from index.versions import load_index
 from recsys import artifacts
 from recsys.errors import ArtifactError
-from towers.encoding import FeatureSpace, RawUser
+from towers.encoding import FeatureSpace
 from towers.runtime import load_user_tower
 
 
 class UserTower(Protocol):
     dim: int
 
-    def embed(self, space: FeatureSpace, users: Sequence[RawUser]) -> np.ndarray:
-        """Raw features → ``[len(users), dim] float32``."""
+    def embed(
+        self, space: FeatureSpace, users: Sequence[UserFeatures], times_ms: Sequence[int]
+    ) -> np.ndarray:
+        """Users' features at their request times → ``[len(users), dim] float32``."""
         ...
 
 

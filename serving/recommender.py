@@ -21,13 +21,12 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from features.store import UserFeatures
+from features.user import UserFeatures
 from recsys.config import ServingConfig
 from recsys.errors import DeadlineExceededError, InvalidRequestError
 from serving.bundle import Bundle
 from serving.filters import GenreFilters
 from serving.request import Request, validate
-from towers.encoding import RawUser
 
 MIN_FETCH = 64
 """The fewest candidates a search fetches; fetches are powers of two from here."""
@@ -257,16 +256,16 @@ class Recommender:
     def _vectors(self, work: Sequence[_Work]) -> np.ndarray:
         """``[len(work), dim] float32`` user-tower queries."""
         now = 0
-        raws = []
+        times = []
         for w in work:
-            f = w.features
             t = w.request.request_time_ms
             if not t:
                 now = now or _now_ms()
                 t = now
-            recent = f.activity.recent_items
-            raws.append(RawUser(f.user_id, f.gender, f.age, f.occupation, f.zip_code, recent, t))
-        return np.ascontiguousarray(self.bundle.tower.embed(self.bundle.space, raws), np.float32)
+            times.append(t)
+        users = [w.features for w in work]
+        vectors = self.bundle.tower.embed(self.bundle.space, users, times)
+        return np.ascontiguousarray(vectors, np.float32)
 
     def _search(
         self, work: Sequence[_Work], vectors: np.ndarray, results: dict[int, Selected | Exception]

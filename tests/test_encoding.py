@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from recsys.errors import ArtifactError
+from tests.users import UserRow, tower_inputs
 from towers.encoding import (
     AGE_BUCKETS,
     DECADES,
     TITLE_TOKENS,
     YEAR_BUCKETS,
     FeatureSpace,
-    RawUser,
     UserInputs,
     Vocab,
     age_bucket,
@@ -142,7 +142,7 @@ def space() -> FeatureSpace:
 
 
 def _users(space: FeatureSpace, *rows: tuple) -> UserInputs:
-    return space.encode_users([RawUser(*row) for row in rows])
+    return space.encode_users(*tower_inputs([UserRow(*row) for row in rows]))
 
 
 def test_encode_users_pads_history_with_zero(space: FeatureSpace) -> None:
@@ -292,13 +292,13 @@ def test_load_missing_feature_space_names_the_file(tmp_path: Path) -> None:
 
 def test_one_user_encodes_as_the_same_row_of_a_batch(space: FeatureSpace) -> None:
     rows = [
-        RawUser("u1", "F", 30, "student", "55455", ("i2", "nope", "i3"), 1_795_789_800_000),
-        RawUser("stranger", "X", 0, "astronaut", "t8h1n", (), 0),
-        RawUser("u3", "M", 56, "engineer", "", ("i5", "i4", "i3", "i2", "i1"), 42),
+        UserRow("u1", "F", 30, "student", "55455", ("i2", "nope", "i3"), 1_795_789_800_000),
+        UserRow("stranger", "X", 0, "astronaut", "t8h1n", (), 0),
+        UserRow("u3", "M", 56, "engineer", "", ("i5", "i4", "i3", "i2", "i1"), 42),
     ]
-    batch = space.encode_users([*rows, rows[0]]).as_dict()
+    batch = space.encode_users(*tower_inputs([*rows, rows[0]])).as_dict()
     for i, row in enumerate(rows):
-        one = space.encode_users([row]).as_dict()
+        one = space.encode_users(*tower_inputs([row])).as_dict()
         for name, value in one.items():
             assert value.dtype == batch[name].dtype and value.shape[0] == 1
             np.testing.assert_array_equal(value[0], batch[name][i], err_msg=name)

@@ -137,7 +137,7 @@ def test_unknown_user_with_streamed_history_gets_the_tower_on_it(rec, bundle, fe
     popular = [bundle.item_ids[r] for r in bundle.meta.popular[:10]]
     assert ids(answer) != popular
     # The same as the tower on that history with an unknown id.
-    from features.store import UserFeatures
+    from features.user import UserFeatures
 
     query = rec.user_vector(UserFeatures(user, activity=Activity(history, now_ms, "")), now_ms)
     _, rows = bundle.index.search(query, 13)

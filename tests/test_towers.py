@@ -10,7 +10,8 @@ from evaluation.protocols import temporal_split_protocol
 from features.activity import rating_event_id
 from recsys import artifacts
 from recsys.errors import ArtifactError
-from towers.encoding import FeatureSpace, RawUser, UserInputs
+from tests.users import UserRow, tower_inputs
+from towers.encoding import FeatureSpace, UserInputs
 from towers.examples import HistoryIndex, catalog_inputs, query_inputs, training_examples
 from towers.runtime import NumpyItemTower, NumpyUserTower, SavedModelUserTower
 from towers.tf_env import tf
@@ -43,10 +44,12 @@ def _user_batch(ml, space, split) -> UserInputs:
     # Brand-new users: unknown id, no profile, a short streamed history with an unknown item
     # (last, and between known ones: position pooling ranks known items only).
     new = space.encode_users(
-        [
-            RawUser("brand-new", recent_items=("50", "181", "nope")),
-            RawUser("brand-new-2", recent_items=("50", "nope", "181", "1")),
-        ]
+        *tower_inputs(
+            [
+                UserRow("brand-new", recent_items=("50", "181", "nope")),
+                UserRow("brand-new-2", recent_items=("50", "nope", "181", "1")),
+            ]
+        )
     )
     batch = {k: np.concatenate([v, new.as_dict()[k]]) for k, v in known.as_dict().items()}
     return UserInputs(**batch)
@@ -79,10 +82,10 @@ def test_a_users_embedding_is_bit_for_bit_the_same_alone_or_in_any_batch(
         np.testing.assert_array_equal(tower(part)[0], batch[i])
 
 
-def _raw_users(ml, space) -> list[RawUser]:
+def _raw_users(ml, space) -> list[UserRow]:
     profiles = ml.users.set_index("user_id")
     raws = [
-        RawUser(
+        UserRow(
             u,
             profiles.loc[u, "gender"],
             int(profiles.loc[u, "age"]),
@@ -95,9 +98,9 @@ def _raw_users(ml, space) -> list[RawUser]:
     ]
     longer = tuple(str(i) for i in range(1, space.history_length + 6))  # truncated
     raws += [
-        RawUser("nobody"),
-        RawUser("new", "X", 0, "astronaut", "t8h1n", ("50", "not-an-item"), 1_795_789_800_000),
-        RawUser("long", "F", 30, "writer", "T8H1N", longer, 5),
+        UserRow("nobody"),
+        UserRow("new", "X", 0, "astronaut", "t8h1n", ("50", "not-an-item"), 1_795_789_800_000),
+        UserRow("long", "F", 30, "writer", "T8H1N", longer, 5),
     ]
     return raws
 
@@ -105,17 +108,17 @@ def _raw_users(ml, space) -> list[RawUser]:
 def test_embed_from_raw_features_is_encode_then_tower_bit_for_bit(model_dir, space, ml) -> None:
     raws = _raw_users(ml, space)
     tower = NumpyUserTower.load(model_dir)
-    embedded = tower.embed(space, raws)
-    np.testing.assert_array_equal(embedded, tower(space.encode_users(raws)))
-    alone = np.concatenate([tower.embed(space, [r]) for r in raws])
+    embedded = tower.embed(space, *tower_inputs(raws))
+    np.testing.assert_array_equal(embedded, tower(space.encode_users(*tower_inputs(raws))))
+    alone = np.concatenate([tower.embed(space, *tower_inputs([r])) for r in raws])
     np.testing.assert_array_equal(alone, embedded)
 
 
 def test_both_runtimes_embed_raw_features_alike(model_dir, space, ml) -> None:
     raws = _raw_users(ml, space)
     np.testing.assert_allclose(
-        SavedModelUserTower(model_dir).embed(space, raws),
-        NumpyUserTower.load(model_dir).embed(space, raws),
+        SavedModelUserTower(model_dir).embed(space, *tower_inputs(raws)),
+        NumpyUserTower.load(model_dir).embed(space, *tower_inputs(raws)),
         atol=1e-5,
         rtol=0,
     )
@@ -135,7 +138,7 @@ def test_raw_feature_signatures_match_python_encoding_and_numpy(model_dir, space
     towers.encoding does in Python, then compute the same embeddings as the NumPy runtime."""
     profiles = ml.users.set_index("user_id")
     raws = [
-        RawUser(
+        UserRow(
             u,
             profiles.loc[u, "gender"],
             int(profiles.loc[u, "age"]),
@@ -146,11 +149,11 @@ def test_raw_feature_signatures_match_python_encoding_and_numpy(model_dir, space
         )
         for u in list(profiles.index[:50])
     ]
-    raws.append(RawUser("nobody", "", 0, "", "", ("50", "not-an-item"), 1_795_789_800_000))
+    raws.append(UserRow("nobody", "", 0, "", "", ("50", "not-an-item"), 1_795_789_800_000))
     width = space.history_length + 5  # longer than the tower keeps: truncation is exercised
     recent = [list(r.recent_items) + [""] * (width - len(r.recent_items)) for r in raws]
     raws.append(
-        RawUser("long", "F", 30, "writer", "T8H1N", tuple(str(i) for i in range(1, width + 1)), 5)
+        UserRow("long", "F", 30, "writer", "T8H1N", tuple(str(i) for i in range(1, width + 1)), 5)
     )
     recent.append([str(i) for i in range(1, width + 1)])
     user_raw = _saved(model_dir, "user_tower", "serving_default")(
@@ -162,7 +165,7 @@ def test_raw_feature_signatures_match_python_encoding_and_numpy(model_dir, space
         recent_items=tf.constant(recent),
         request_time_ms=tf.constant([r.request_time_ms for r in raws], tf.int64),
     )["embedding"].numpy()
-    expected = NumpyUserTower.load(model_dir)(space.encode_users(raws))
+    expected = NumpyUserTower.load(model_dir)(space.encode_users(*tower_inputs(raws)))
     np.testing.assert_allclose(user_raw, expected, atol=1e-5, rtol=0)
 
     items = ml.items

@@ -13,10 +13,11 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
+from features.user import UserFeatures
 from recsys.errors import ArtifactError
 
 AGE_BOUNDARIES = (18, 25, 35, 45, 50, 56)
@@ -104,26 +105,6 @@ def day_of_week(time_ms: int) -> int:
     return int((time_ms // 86_400_000 + 3) % 7)
 
 
-class RawUser(NamedTuple):
-    """A user's raw tower features at request time, as the online store and request give them
-    (a named tuple: the hot path builds one per request).
-
-    Attributes:
-        user_id: Any id; ids unseen in training fall in the unknown bucket.
-        gender, age, occupation, zip_code: The profile; empty/0 when unknown.
-        recent_items: Most recent first.
-        request_time_ms: When the recommendation is asked for (time context).
-    """
-
-    user_id: str
-    gender: str = ""
-    age: int = 0
-    occupation: str = ""
-    zip_code: str = ""
-    recent_items: tuple[str, ...] = ()
-    request_time_ms: int = 0
-
-
 @dataclass(frozen=True)
 class UserInputs:
     """Encoded user-tower inputs for a batch, all ``int32``.
@@ -178,24 +159,30 @@ class FeatureSpace:
     title_tokens: Vocab
     history_length: int
 
-    def encode_users(self, rows: Sequence[RawUser]) -> UserInputs:
-        n = len(rows)
+    def encode_users(self, users: Sequence[UserFeatures], times_ms: Sequence[int]) -> UserInputs:
+        """Each user's features at the request time beside it → the tower's inputs.
+
+        Args:
+            users: What the store (or the point-in-time fold) knows of each user.
+            times_ms: ``[len(users)]`` each request's time, for the time context.
+        """
+        n = len(users)
         history = np.zeros((n, self.history_length), np.int32)
-        for row, user in enumerate(rows):
-            idx = self.items.lookup_many(user.recent_items[: self.history_length])
+        for row, user in enumerate(users):
+            idx = self.items.lookup_many(user.activity.recent_items[: self.history_length])
             history[row, : len(idx)] = idx
 
         def ints(values: Iterable[int]) -> np.ndarray:
             return np.fromiter(values, np.int32, n)
 
         return UserInputs(
-            user=self.users.lookup_many([u.user_id for u in rows]),
-            gender=self.genders.lookup_many([u.gender for u in rows]),
-            age=ints(age_bucket(int(u.age)) for u in rows),
-            occupation=self.occupations.lookup_many([u.occupation for u in rows]),
-            zip=self.zips.lookup_many([zip_prefix(u.zip_code) for u in rows]),
-            hour=ints(hour_of_day(u.request_time_ms) for u in rows),
-            weekday=ints(day_of_week(u.request_time_ms) for u in rows),
+            user=self.users.lookup_many([u.user_id for u in users]),
+            gender=self.genders.lookup_many([u.gender for u in users]),
+            age=ints(age_bucket(int(u.age)) for u in users),
+            occupation=self.occupations.lookup_many([u.occupation for u in users]),
+            zip=self.zips.lookup_many([zip_prefix(u.zip_code) for u in users]),
+            hour=ints(hour_of_day(t) for t in times_ms),
+            weekday=ints(day_of_week(t) for t in times_ms),
             history=history,
         )
 

@@ -21,11 +21,11 @@ from features.activity import (
     point_in_time,
     ratings_to_interactions,
 )
+from features.user import UserFeatures
 from recsys.data import MovieLens
 from towers.encoding import (
     FeatureSpace,
     ItemInputs,
-    RawUser,
     UserInputs,
     Vocab,
     title_tokens,
@@ -65,19 +65,23 @@ def catalog_inputs(ml: MovieLens, space: FeatureSpace) -> tuple[list[str], ItemI
 
 
 class Profiles:
-    """The user table as raw-feature lookups; unknown users get empty profiles."""
+    """The user table as profile lookups, to build the same ``UserFeatures`` record offline
+    that serving reads from the online store; unknown users get empty profiles."""
 
     def __init__(self, users: pd.DataFrame):
         self._rows = {
-            row.user_id: (row.gender, int(row.age), row.occupation, row.zip_code)
+            row.user_id: UserFeatures(
+                row.user_id, int(row.age), row.gender, row.occupation, row.zip_code, EMPTY, True
+            )
             for row in users.itertuples(index=False)
         }
 
-    def raw(self, user_id: str, activity: Activity, request_time_ms: int) -> RawUser:
-        gender, age, occupation, zip_code = self._rows.get(user_id, ("", 0, "", ""))
-        return RawUser(
-            user_id, gender, age, occupation, zip_code, activity.recent_items, request_time_ms
-        )
+    def at(self, user_id: str, activity: Activity) -> UserFeatures:
+        """The user's features with ``activity``: the profile, or defaults if there is none."""
+        known = self._rows.get(user_id)
+        if known is None:
+            return UserFeatures(user_id, activity=activity)
+        return known._replace(activity=activity)
 
 
 @dataclass(frozen=True)
@@ -102,19 +106,19 @@ def training_examples(ml: MovieLens, train: pd.DataFrame, space: FeatureSpace) -
     (only strictly earlier events of ``train``) and the interaction time as request time."""
     profiles = Profiles(ml.users)
     ordered = train.sort_values(["user_id", "timestamp"], kind="stable")
-    raws: list[RawUser] = []
+    users: list[UserFeatures] = []
+    times: list[int] = []
     for user_id, group in ordered.groupby("user_id", sort=False):
         events = ratings_to_interactions(user_id, list(group["item_id"]), list(group["timestamp"]))
-        raws.extend(
-            profiles.raw(user_id, state, event.event_time_ms)
-            for state, event in zip(
-                point_in_time(events, space.history_length), events, strict=True
-            )
-        )
+        for state, event in zip(point_in_time(events, space.history_length), events, strict=True):
+            users.append(profiles.at(user_id, state))
+            times.append(event.event_time_ms)
     catalog_ids, catalog = catalog_inputs(ml, space)
     rows = pd.Index(catalog_ids).get_indexer(ordered["item_id"]).astype(np.int64)
     items = ItemInputs(**{k: v[rows] for k, v in catalog.as_dict().items()})
-    return Examples(space.encode_users(raws), items, rows, ordered["timestamp"].to_numpy(np.int64))
+    return Examples(
+        space.encode_users(users, times), items, rows, ordered["timestamp"].to_numpy(np.int64)
+    )
 
 
 class HistoryIndex:
@@ -155,5 +159,6 @@ def query_inputs(
     """Encoded user inputs for ``(user_id, history_cutoff_ms, request_time_ms)`` queries."""
     profiles = Profiles(ml.users)
     return space.encode_users(
-        [profiles.raw(u, history.before(u, cutoff), t) for u, cutoff, t in queries]
+        [profiles.at(u, history.before(u, cutoff)) for u, cutoff, _ in queries],
+        [t for _, _, t in queries],
     )

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from features.user import UserFeatures
 from recsys.errors import ArtifactError
 from towers.encoding import (
     FeatureSpace,
     ItemInputs,
-    RawUser,
     UserInputs,
     age_bucket,
     day_of_week,
@@ -173,9 +173,12 @@ class NumpyUserTower(_Tower):
             parts.append(np.where(slots, history + o["item_emb"], self._pad))
         return self._forward(np.concatenate(parts, axis=1), counts)
 
-    def embed(self, space: FeatureSpace, users: Sequence[RawUser]) -> np.ndarray:
-        """Raw features → ``[len(users), dim]``: ``space.encode_users`` and ``__call__`` in one
-        step, straight into rows of the stack (the serving hot path)."""
+    def embed(
+        self, space: FeatureSpace, users: Sequence[UserFeatures], times_ms: Sequence[int]
+    ) -> np.ndarray:
+        """Users' features at their request times → ``[len(users), dim]``:
+        ``space.encode_users`` and ``__call__`` in one step, straight into rows of the stack
+        (the serving hot path)."""
         o, pad, parts = self._offset, self._pad, self.config.user_parts
         items, length = space.items.index, space.history_length
         user, user_ix = o["user_emb"], space.users.index
@@ -190,7 +193,7 @@ class NumpyUserTower(_Tower):
         item = o.get("item_emb", 0)
         rows: list[int] = []
         counts: list[int] = []
-        for u in users:
+        for u, t in zip(users, times_ms, strict=True):
             rows.append(user + user_ix.get(u.user_id, 0))
             if profile:
                 rows += (
@@ -200,10 +203,11 @@ class NumpyUserTower(_Tower):
                     zip_ + zip_ix.get(zip_prefix(u.zip_code), 0),
                 )
             if time:
-                t = u.request_time_ms
                 rows += (hour + hour_of_day(t), weekday + day_of_week(t))
             if self._history:
-                recent = [item + i for i in map(items.get, u.recent_items[:length], _ZEROS) if i]
+                recent = [
+                    item + i for i in map(items.get, u.activity.recent_items[:length], _ZEROS) if i
+                ]
                 rows += recent
                 rows += _pads(pad, length - len(recent))
                 counts.append(len(recent))
@@ -299,8 +303,10 @@ class SavedModelUserTower:
         embedding: np.ndarray = self._fn(**tensors)["embedding"].numpy()
         return embedding
 
-    def embed(self, space: FeatureSpace, users: Sequence[RawUser]) -> np.ndarray:
-        return np.asarray(self(space.encode_users(users)), np.float32)
+    def embed(
+        self, space: FeatureSpace, users: Sequence[UserFeatures], times_ms: Sequence[int]
+    ) -> np.ndarray:
+        return np.asarray(self(space.encode_users(users, times_ms)), np.float32)
 
 
 def load_user_tower(

@@ -1,0 +1,32 @@
+"""What is known of one user at a moment: the one record from the feature store (or the
+point-in-time fold, offline) to the user tower."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from features.activity import EMPTY, Activity
+
+
+class UserFeatures(NamedTuple):
+    """One user's profile (materialized) and activity (folded from the stream), with
+    defaults where nothing is known (a named tuple: one is built per user on every Recommend
+    request).
+
+    Serving reads it from the online store; training and evaluation build the same record
+    point-in-time (``towers.examples.Profiles``); the user tower encodes it with the request's
+    time. One type on both sides, so what training saw is what the tower gets served.
+
+    Attributes:
+        age, gender, occupation, zip_code: The profile; 0/empty when unknown.
+        activity: Recent items, watermark and seen set (``features.activity``).
+        has_profile: Whether the store holds a profile for the user.
+    """
+
+    user_id: str
+    age: int = 0
+    gender: str = ""
+    occupation: str = ""
+    zip_code: str = ""
+    activity: Activity = EMPTY
+    has_profile: bool = False
