@@ -24,10 +24,11 @@ import pandas as pd
 
 from benchmarks.harness import percentiles, pinned, split_cores
 from features.activity import fold_ratings
-from features.fold import IngestStats
-from features.ingest import rebuild, run
-from features.replay import replay
-from features.store import OnlineFeatures, initialise, open_store, restore
+from features.backfill import initialise, restore
+from features.store import OnlineFeatures, open_store
+from features.stream.fold import IngestStats
+from features.stream.ingest import rebuild, run
+from features.stream.replay import replay
 from localservices.kafka import LocalBroker, ensure_jars
 from localservices.redis import LocalRedis
 from recsys.config import Config
@@ -229,8 +230,8 @@ def run_freshness(
     """
     from kafka import KafkaProducer
 
-    from features.events import encode
-    from features.synthetic import synthetic_interactions
+    from features.stream.events import encode
+    from features.stream.synthetic import synthetic_interactions
     from localservices.procs import child, serving_ports, write_config
     from serving.client import RecommendClient
 
@@ -350,7 +351,7 @@ def wait_consuming(
     """Sends a marker event and waits until the ingester (a child process) has written it."""
     from kafka import KafkaProducer
 
-    from features.events import encode
+    from features.stream.events import encode
 
     marker = f"marker-{run}"
     producer = KafkaProducer(bootstrap_servers=config.kafka.bootstrap_servers, acks="all")

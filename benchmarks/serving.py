@@ -77,7 +77,7 @@ def variant_servers(
     runtimes on SQLite, NumPy on Redis, and with ``index_items`` a synthetic catalog of that
     size (``index.type: auto``: IVF at 1M; with ``exact_too``, exact flat beside it).
     Yields ``{name: (address, process)}`` once all are SERVING."""
-    from features.store import initialise
+    from features.backfill import initialise
     from index.plan import index_spec
     from localservices.redis import LocalRedis
     from recsys.data import temporal_split
@@ -184,7 +184,7 @@ def _in_process(
     features preloaded: ``{variant: {stage: percentiles}}`` in µs."""
     import faiss
 
-    from features.online import FeatureReader
+    from features.online.read import FeatureReader
     from serving.bundle import Bundle
     from serving.recommender import Recommender
     from serving.wire import request_from

@@ -42,8 +42,9 @@ def _show(
 def run_demo(config: Config, *, users: int = 3, events: int = 5) -> None:
     """Runs the loop for ``users`` users (one of them brand new), ``events`` events each."""
     from commands.dataset import load_dataset
-    from features.replay import replay
-    from features.store import OnlineFeatures, initialise, open_store
+    from features.backfill import initialise
+    from features.store import OnlineFeatures, open_store
+    from features.stream.replay import replay
     from index.build import build_index
     from localservices.kafka import LocalBroker, ensure_jars
     from recsys.data import temporal_split

@@ -14,7 +14,7 @@ from recsys.config import Config
 
 
 def init_features(config: Config, args: argparse.Namespace) -> None:
-    from features.store import initialise
+    from features.backfill import initialise
     from recsys.data import temporal_split
 
     ml = load_dataset(config)
@@ -24,9 +24,9 @@ def init_features(config: Config, args: argparse.Namespace) -> None:
 
 
 def ingest(config: Config, args: argparse.Namespace) -> None:
-    from features.fold import IngestStats
-    from features.ingester import Ingester
-    from features.metrics import IngestMetrics
+    from features.stream.fold import IngestStats
+    from features.stream.ingester import Ingester
+    from features.stream.metrics import IngestMetrics
     from index.versions import published_catalog
 
     stop = threading.Event()
@@ -80,14 +80,14 @@ def ingest_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def replay_events(config: Config, args: argparse.Namespace) -> None:
-    from features.replay import replay
+    from features.stream.replay import replay
     from recsys.data import temporal_split
 
     ml = load_dataset(config)
     _, future = temporal_split(ml.interactions, config.model.test_fraction)
     rows = ml.interactions if args.all else future
     if args.synthetic:
-        from features.synthetic import synthetic_interactions
+        from features.stream.synthetic import synthetic_interactions
 
         rows = synthetic_interactions(
             ml, args.synthetic, seed=args.seed, per_second=args.rate or 1000.0

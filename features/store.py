@@ -1,4 +1,6 @@
-"""The Feast feature store, configured from the project config, and typed access to it.
+"""The Feast feature store, configured from the project config, and typed access to it: what
+the backfill (``features.backfill``), the stream (``features.stream``) and the serving read
+(``features.online``) share.
 
 Everything goes through Feast's own API (``apply``, ``materialize``, ``push``,
 ``get_online_features``); the registry is cached forever (``cache_ttl_seconds: 0``) so no
@@ -7,9 +9,7 @@ request ever waits for a registry refresh.
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -17,27 +17,23 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from features.activity import Activity, fold_ratings
+from features.activity import Activity
 from features.repo.definitions import (
     ACTIVITY,
     ACTIVITY_PUSH,
     ACTIVITY_VIEW,
     PROFILE,
     PROFILE_VIEW,
-    feature_views,
 )
 from features.user import UserFeatures
 from recsys.config import Config
-from recsys.data import MovieLens
-from recsys.errors import DataError, StoreUnavailableError
+from recsys.errors import StoreUnavailableError
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
 PROFILE_FEATURES = [f"{PROFILE_VIEW}:{f}" for f in PROFILE]
 ACTIVITY_FEATURES = [f"{ACTIVITY_VIEW}:{f}" for f in ACTIVITY]
-PROFILE_TIME = datetime(1997, 9, 1, tzinfo=UTC)
-"""Profiles are static in ML-100K; they are stamped as known from before the first rating."""
 
 
 def open_store(config: Config, timeout_ms: int | None = None) -> FeatureStore:
@@ -89,7 +85,7 @@ def write_time(state: Activity) -> datetime:
     )
 
 
-def _activity_frame(states: Mapping[str, Activity]) -> pd.DataFrame:
+def activity_frame(states: Mapping[str, Activity]) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "user_id": list(states),
@@ -134,7 +130,7 @@ def _transient(exc: BaseException) -> bool:
 
 
 @contextmanager
-def _unavailable_as_error(what: str) -> Iterator[None]:
+def unavailable_as_error(what: str) -> Iterator[None]:
     """Re-raises a store error that may pass as :class:`StoreUnavailableError`."""
     try:
         yield
@@ -183,7 +179,7 @@ class OnlineFeatures:
         Raises:
             StoreUnavailableError: the store did not answer; retrying may succeed.
         """
-        with _unavailable_as_error("an activity read"):
+        with unavailable_as_error("an activity read"):
             rows = self._store.get_online_features(
                 features=ACTIVITY_FEATURES, entity_rows=[{"user_id": u} for u in user_ids]
             ).to_dict()
@@ -197,70 +193,6 @@ class OnlineFeatures:
             StoreUnavailableError: the store did not answer; retrying may succeed.
         """
         if states:
-            frame = _activity_frame(states)
-            with _unavailable_as_error("an activity write"):
+            frame = activity_frame(states)
+            with unavailable_as_error("an activity write"):
                 self._store.push(ACTIVITY_PUSH, frame)
-
-
-def initialise(config: Config, ml: MovieLens, history: pd.DataFrame) -> FeatureStore:
-    """Creates the feature store from scratch: apply definitions, materialize profiles, and
-    backfill each user's activity from ``history`` with the shared activity function.
-
-    Anything already in ``config.feast_dir`` is deleted first; run it with no server or
-    ingester attached to that store.
-
-    Returns:
-        The opened ``feast.FeatureStore``.
-    """
-    # From scratch means from scratch: a previous run's streamed activity must not survive,
-    # in the SQLite file or on the Redis server.
-    if (config.feast_dir / "registry.db").exists():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            open_store(config).teardown()  # type: ignore[no-untyped-call]  # unannotated in Feast
-    shutil.rmtree(config.feast_dir, ignore_errors=True)
-    offline = config.feast_dir / "offline"
-    offline.mkdir(parents=True)
-    profiles = ml.users.assign(event_timestamp=PROFILE_TIME)[
-        ["user_id", *PROFILE, "event_timestamp"]
-    ]
-    profiles.to_parquet(offline / "user_profile.parquet", index=False)
-    states = fold_ratings(history, config.model.history_length)
-    _activity_frame(states).to_parquet(offline / "user_activity.parquet", index=False)
-    return restore(config)
-
-
-def restore(config: Config) -> FeatureStore:
-    """Writes the offline part of the store back into the online store: applies the
-    definitions (creating the online tables if they are gone), materializes the profiles and
-    pushes each user's backfilled activity. What the stream added since is the topic's to
-    give back (``recsys ingest --rebuild``).
-
-    Returns:
-        The opened ``feast.FeatureStore``.
-
-    Raises:
-        DataError: the offline files are missing (the store was never initialised).
-    """
-    offline = config.feast_dir / "offline"
-    backfill = offline / "user_activity.parquet"
-    if not backfill.exists():
-        raise DataError(
-            f"no offline feature files under {offline}; run `recsys init-features` first"
-        )
-    store = open_store(config)
-    with warnings.catch_warnings():
-        # Feast warns about experimental features and the file offline store on every apply.
-        warnings.simplefilter("ignore")
-        store.apply(feature_views(offline))
-        store.materialize(
-            start_date=PROFILE_TIME - timedelta(days=1),
-            end_date=PROFILE_TIME + timedelta(days=1),
-            feature_views=[PROFILE_VIEW],
-        )
-    frame = pd.read_parquet(backfill)
-    frame["recent_items"] = frame["recent_items"].map(list)  # Parquet gives back arrays
-    if len(frame):
-        with _unavailable_as_error("the activity backfill"):
-            store.push(ACTIVITY_PUSH, frame)
-    return store

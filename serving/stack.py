@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def load_live(config: Config, metrics: ServingMetrics | None = None) -> Live:
     """Opens the online store and loads, verifies and warms the current pair."""
     # Lazily: Feast is slow to import and a null server never needs it.
-    from features.online import FeatureReader
+    from features.online.read import FeatureReader
 
     return Live(config, FeatureReader(config), metrics)
 

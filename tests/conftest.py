@@ -75,7 +75,7 @@ def trained(base_config: Config, ml: MovieLens) -> Config:
 @pytest.fixture(scope="session")
 def feature_store(trained: Config, ml: MovieLens) -> Config:
     """A Feast store with profiles materialized and activity backfilled from the past."""
-    from features.store import initialise
+    from features.backfill import initialise
 
     past, _ = temporal_split(ml.interactions, trained.model.test_fraction)
     initialise(trained, ml, past)
@@ -126,7 +126,7 @@ def server(feature_store: Config) -> Iterator[Stack]:
 @pytest.fixture
 def ingest_metrics():
     """The metrics of the ``ingester`` fixture's loop, one registry per test."""
-    from features.metrics import IngestMetrics
+    from features.stream.metrics import IngestMetrics
 
     return IngestMetrics()
 
@@ -134,7 +134,7 @@ def ingest_metrics():
 @pytest.fixture
 def ingester(server: Stack, kafka: str, ingest_metrics) -> Iterator[Config]:
     """``recsys ingest``'s loop in a thread against the real broker and store."""
-    from features.ingester import Ingester
+    from features.stream.ingester import Ingester
     from index.versions import published_catalog
 
     config = server.config.with_overrides({"kafka": {"bootstrap_servers": kafka}})

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
-from features.online import FeatureReader
+from features.online.read import FeatureReader
 from index.build import build_index
 from loadtest.run import traffic_spec
 from loadtest.traffic import Traffic

@@ -12,7 +12,7 @@ import time
 import grpc
 import pytest
 
-from features.store import initialise
+from features.backfill import initialise
 from localservices.redis import LocalRedis
 from recsys.data import temporal_split
 from recsys.v1 import recommender_pb2 as pb

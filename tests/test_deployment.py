@@ -83,7 +83,7 @@ def _dashboard_queries() -> list[str]:
 
 def _exported() -> set[str]:
     """Every sample name a server's and an ingester's /metrics can hold."""
-    from features.metrics import IngestMetrics
+    from features.stream.metrics import IngestMetrics
     from serving.metrics import ServingMetrics
 
     names = set()
@@ -138,7 +138,7 @@ def test_a_real_prometheus_scrapes_a_real_server_and_ingester(
     feature_store, kafka: str, tmp_path: Path
 ) -> None:
     """The compose scrape jobs, pointed at a `recsys serve` and a `recsys ingest` here."""
-    from features.replay import ensure_topic
+    from features.stream.replay import ensure_topic
     from localservices.procs import child, free_port, serving_ports, write_config
     from serving.client import RecommendClient
 

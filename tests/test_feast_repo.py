@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from features.store import OnlineFeatures, initialise, open_store
+from features.backfill import initialise
+from features.store import OnlineFeatures, open_store
 from recsys.config import Config
 from recsys.data import temporal_split
 
@@ -66,7 +67,7 @@ def test_the_feast_cli_works_on_the_store_init_features_made(
 
 
 def test_the_serving_read_names_features_the_views_define() -> None:
-    from features.online import ACTIVITY_READ, PROFILE_READ, SEEN
+    from features.online.read import ACTIVITY_READ, PROFILE_READ, SEEN
     from features.repo.definitions import ACTIVITY, PROFILE
 
     assert set(PROFILE_READ) == set(PROFILE)

@@ -7,7 +7,8 @@ import contextlib
 import pytest
 
 from features.activity import EMPTY, Activity, Interaction, apply_events
-from features.store import OnlineFeatures, initialise, write_time
+from features.backfill import initialise
+from features.store import OnlineFeatures, write_time
 from localservices.redis import LocalRedis
 from recsys.data import temporal_split
 

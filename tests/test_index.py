@@ -71,7 +71,7 @@ def test_genre_filters_run_inside_an_ivf_search_at_its_own_nprobe(
 ) -> None:
     """A filtered search on an IVF index keeps the nprobe the build chose and gives the first
     k passing items of the same probed lists: what fetching them all and filtering gives."""
-    from features.online import FeatureReader
+    from features.online.read import FeatureReader
     from serving.recommender import Recommender
     from serving.request import Request
 

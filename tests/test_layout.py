@@ -144,6 +144,29 @@ def test_the_base_imports_no_product_package() -> None:
     assert not leaks, leaks
 
 
+APART = [
+    ("features.online", ("features.stream", "features.backfill")),
+    ("features.stream", ("features.online",)),
+    ("serving", ("features.stream", "features.backfill")),
+    ("features.store", ("features.stream", "features.online", "features.backfill")),
+]
+"""Within ``features/``, three times of day: the backfill (offline), the stream (events in)
+and the online read (per request), on the definitions and the store they share. Neither of
+the last two imports the other, and the server reads features only through the online read."""
+
+
+def test_offline_stream_and_online_read_stay_apart() -> None:
+    wrong = {
+        f"{module} imports {target}"
+        for module, targets in _graph().items()
+        for here, banned in APART
+        if module == here or module.startswith(here + ".")
+        for target in targets
+        if any(target == b or target.startswith(b + ".") for b in banned)
+    }
+    assert not wrong, "\n".join(sorted(wrong))
+
+
 MAX_MODULE_LINES = 400
 """One concept per module: past this, split it (TFRS's median module is ~160 lines)."""
 TOOLING = {"localservices", "benchmarks"}

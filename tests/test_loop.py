@@ -8,8 +8,8 @@ import time
 import pandas as pd
 import pytest
 
-from features.replay import replay
 from features.store import OnlineFeatures, open_store
+from features.stream.replay import replay
 from serving.client import RecommendClient
 
 pytestmark = pytest.mark.integration

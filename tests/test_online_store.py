@@ -10,7 +10,7 @@ from feast.infra.online_stores.sqlite import SqliteOnlineStore
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
-from features.online_store import ServingSqliteOnlineStore
+from features.online.sqlite import ServingSqliteOnlineStore
 from features.repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW
 from features.store import open_store
 

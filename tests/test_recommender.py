@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from features.activity import Activity
-from features.online import FeatureReader
+from features.online.read import FeatureReader
 from features.repo.definitions import PROFILE_VIEW
 from features.store import OnlineFeatures, open_store
 from recsys.data import temporal_split

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from features.store import OnlineFeatures, initialise, open_store
+from features.backfill import initialise
+from features.store import OnlineFeatures, open_store
 from localservices.procs import child, free_port, write_config
 from localservices.redis import LocalRedis
 from recsys.config import Config

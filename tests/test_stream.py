@@ -11,10 +11,10 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from features.activity import Activity, item_hash
-from features.events import encode
-from features.fold import IngestStats, StateCache, check, process_batch
-from features.ingest import Backoff
 from features.store import OnlineFeatures, open_store
+from features.stream.events import encode
+from features.stream.fold import IngestStats, StateCache, check, process_batch
+from features.stream.ingest import Backoff
 from recsys.errors import DataError, StoreUnavailableError
 
 pytestmark = pytest.mark.integration
@@ -97,7 +97,7 @@ def test_metrics_are_served_over_http() -> None:
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from features.metrics import IngestMetrics
+    from features.stream.metrics import IngestMetrics
 
     # Importing Feast switches prometheus_client to multiprocess mode (it sets
     # PROMETHEUS_MULTIPROC_DIR), where counters of one name share a value within a process:
@@ -257,7 +257,7 @@ class _IdleConsumer:
 def test_a_consumer_starved_of_partitions_rejoins_after_a_while(
     base_config, assigned, partitions, rejoins
 ) -> None:
-    from features import ingest
+    from features.stream import ingest
 
     clock = [1000.0]
     consumer = _IdleConsumer(assigned, partitions)

@@ -119,7 +119,7 @@ class GatedReader:
 
 
 def test_a_request_in_flight_during_a_swap_finishes_on_its_old_pair(scratch, ml) -> None:
-    from features.online import FeatureReader
+    from features.online.read import FeatureReader
 
     user = "in-flight-user"  # not one that verification or warm-up asks for
     gated = GatedReader(FeatureReader(scratch), user)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features.events import encode
-from features.fold import check
-from features.synthetic import synthetic_interactions
+from features.stream.events import encode
+from features.stream.fold import check
+from features.stream.synthetic import synthetic_interactions
 from recsys.errors import DataError
 
 N = 20_000

@@ -96,4 +96,4 @@ def _feast_cli_dir() -> Path:
 
 
 user_activity_push, user_profile, user_activity = feature_views(_feast_cli_dir() / "offline")[2:]
-"""What ``feast apply`` registers: the same objects as ``features.store`` applies."""
+"""What ``feast apply`` registers: the same objects as ``features.backfill`` applies."""

@@ -1,15 +1,15 @@
 """``recsys ingest`` put together once, for the command and the tests: the online store,
-the topic and the catalog around the consumer loop of ``features.ingest``."""
+the topic and the catalog around the consumer loop of ``features.stream.ingest``."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Collection
 
-from features.fold import IngestStats
-from features.ingest import rebuild, run
-from features.metrics import IngestMetrics
 from features.store import OnlineFeatures
+from features.stream.fold import IngestStats
+from features.stream.ingest import rebuild, run
+from features.stream.metrics import IngestMetrics
 from recsys.config import Config
 from recsys.errors import StoreUnavailableError
 
@@ -38,8 +38,8 @@ class Ingester:
         Raises:
             StoreUnavailableError: the store does not answer, with where it was looked for.
         """
-        from features.replay import ensure_topic
         from features.store import open_store
+        from features.stream.replay import ensure_topic
 
         features = OnlineFeatures(open_store(config, timeout_ms=config.kafka.store_timeout_ms))
         if check_store:
@@ -78,7 +78,7 @@ class Ingester:
     def rebuild(self, stop: threading.Event | None = None) -> IngestStats:
         """Puts the offline backfill back, then folds the whole retained topic into the store
         again (:func:`rebuild`): the recovery after a store loss."""
-        from features.store import restore
+        from features.backfill import restore
 
         restore(self.config)
         return rebuild(self.config, self.features, catalog=self.catalog, stop=stop)

@@ -1,6 +1,6 @@
 """Kafka → activity features → Feast online store: the consumer loop.
 
-At-least-once: a polled batch is folded into the store (``features.fold``), its dead
+At-least-once: a polled batch is folded into the store (``features.stream.fold``), its dead
 letters flushed, and only then are the offsets committed. A batch replayed after a crash
 changes nothing (each stored state carries its watermark).
 """
@@ -15,9 +15,9 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from features.fold import IngestStats, StateCache, process_batch
-from features.metrics import IngestMetrics
 from features.store import OnlineFeatures
+from features.stream.fold import IngestStats, StateCache, process_batch
+from features.stream.metrics import IngestMetrics
 from recsys.config import Config
 from recsys.errors import DataError, StoreUnavailableError
 
@@ -313,7 +313,7 @@ def rebuild(
     Every partition is read from its earliest retained offset up to the end it had when the
     rebuild started, by a consumer outside any group (it commits nothing, so the live
     group's offsets are untouched), through the same ``process_batch`` and watermark as
-    ``run``: run it after :func:`features.store.restore` has put the offline backfill back,
+    ``run``: run it after :func:`features.backfill.restore` has put the offline backfill back,
     and it ends with the states the lost store held. A store that fails is retried as in
     ``run``. Dead letters are counted, not sent again (the live ingester sent them).
 

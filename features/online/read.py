@@ -7,7 +7,7 @@ answers the same question every time. The hot path instead calls the online stor
 ``online_read`` (Feast's ``OnlineStore`` interface, so any online store plugs in) with the
 feature views resolved once from the registry, once per view for a whole batch of users (SQLite
 takes every key in one query, Redis pipelines them). On SQLite it reads through
-``features.online_store`` (the same store and tables, a leaner read: ~25 µs instead of ~40
+``features.online.sqlite`` (the same store and tables, a leaner read: ~25 µs instead of ~40
 for one user). The registry is never read per request, so a registry refresh cannot stall one.
 
 Profiles are batch-materialized and change rarely; the activity view is what the stream
@@ -88,10 +88,10 @@ class FeatureReader:
     @staticmethod
     def _online_store(configured: OnlineStore) -> OnlineStore:
         """The ``OnlineStore`` to read through: Feast's SQLite store with the leaner read
-        (``features.online_store``) in place of Feast's own; any other store as configured."""
+        (``features.online.sqlite``) in place of Feast's own; any other store as configured."""
         from feast.infra.online_stores.sqlite import SqliteOnlineStore
 
-        from features.online_store import ServingSqliteOnlineStore
+        from features.online.sqlite import ServingSqliteOnlineStore
 
         if type(configured) is SqliteOnlineStore:
             return ServingSqliteOnlineStore()

@@ -1,0 +1,1 @@
+"""The serving read: users' features from the online store, per batch, bounded in time."""
