@@ -191,6 +191,14 @@ def test_encode_users_time_context_from_request_time(space: FeatureSpace) -> Non
     np.testing.assert_array_equal(out.weekday, [4, 3])  # 1970-01-01 was a Thursday
 
 
+def test_encode_users_refuses_times_that_do_not_match_the_users(space: FeatureSpace) -> None:
+    users, times = tower_inputs([UserRow("u1"), UserRow("u2")])
+    with pytest.raises(ValueError, match="2 users but 1 request times"):
+        space.encode_users(users, times[:1])
+    with pytest.raises(ValueError, match="2 users but 3 request times"):
+        space.encode_users(users, [*times, 0])
+
+
 def test_encode_users_as_dict_has_every_input(space: FeatureSpace) -> None:
     out = _users(space, ("u3", "M", 56, "engineer", "", ("i4",)))
     d = out.as_dict()

@@ -165,8 +165,13 @@ class FeatureSpace:
         Args:
             users: What the store (or the point-in-time fold) knows of each user.
             times_ms: ``[len(users)]`` each request's time, for the time context.
+
+        Raises:
+            ValueError: ``times_ms`` is not one time per user.
         """
         n = len(users)
+        if len(times_ms) != n:
+            raise ValueError(f"encode_users got {n} users but {len(times_ms)} request times")
         history = np.zeros((n, self.history_length), np.int32)
         for row, user in enumerate(users):
             idx = self.items.lookup_many(user.activity.recent_items[: self.history_length])
