@@ -1,6 +1,7 @@
 # Two commands for a newcomer: `make demo` (the main job) and `make test` (the tests).
 # Each bootstraps what it needs, idempotently: .venv with the locked stack, gRPC stubs,
-# MovieLens-100K, the Kafka broker jars.
+# MovieLens-100K, the Kafka broker jars. `make check` is the inner loop: lint, types and the
+# tests that need no trained model and no real part (tests/conftest.py sorts them).
 
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -12,8 +13,10 @@ PROTOS := $(wildcard proto/recsys/v1/*.proto)
 STUBS := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 DATA := .cache/data/ml-100k/ml-100k.inter
 KAFKA_JARS := .cache/kafka/libs/.pom.sha256
+MYPY := $(VENV)/bin/mypy recsys features towers evaluation training index serving loadtest \
+	benchmarks localservices commands
 
-.PHONY: demo test setup venv proto data kafka-jars redis broker loadtest lint clean
+.PHONY: demo test check setup venv proto data kafka-jars redis broker loadtest lint clean
 
 demo: setup
 	@echo "==> recsys demo (train, index, features, Kafka + server + ingester, the loop)"
@@ -22,6 +25,17 @@ demo: setup
 test: setup lint
 	@echo "==> tests (real Kafka broker, Feast store, gRPC servers and Locust; 6-13 min)"
 	$(PY) -m pytest
+
+# The fast tier: ruff, then mypy beside the tests that need no trained model, broker, Redis,
+# Feast store or server (the two share the machine's two cores).
+check: venv proto data
+	@echo "==> check: ruff, mypy and the fast tier of the tests (no trained model, no real part)"
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	@$(MYPY) > $(VENV)/mypy.out 2>&1 & mypy=$$!; \
+	  $(PY) -m pytest -m "not integration" -q; tests=$$?; \
+	  wait $$mypy; typed=$$?; echo "==> mypy"; cat $(VENV)/mypy.out; \
+	  exit $$(( tests || typed ))
 
 setup: venv proto data kafka-jars redis
 
@@ -70,8 +84,7 @@ lint: venv proto
 	@echo "==> lint: ruff, mypy"
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy recsys features towers evaluation training index serving loadtest \
-	  benchmarks localservices commands
+	$(MYPY)
 
 clean:
 	rm -rf .state artifacts

@@ -1,27 +1,101 @@
 """Shared fixtures: the real data set, one trained model+index, a real Feast store, a real
 Kafka broker, and a real gRPC server on an ephemeral port. Each is built once per session and
-stopped by the fixture that started it."""
+stopped by the fixture that started it.
+
+Two tiers. A fixture that trains a model or starts a real part (a broker, Redis, a Feast
+store, a server, a Spark session) is declared with ``@real_part``; every test that uses one,
+directly or through other fixtures, is marked ``integration`` here, not by hand. The rest is
+the fast tier (``make check``: ``pytest -m "not integration"``). A test outside the
+integration tier that starts a child process or imports TensorFlow fails, so a test cannot
+land in the wrong tier by forgetting a marker.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-import towers.tf_env  # noqa: F401  (TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 from recsys.config import Config
 from recsys.data import MovieLens, fetch_ml100k, load_movielens, temporal_split
 
 if TYPE_CHECKING:
     from serving.stack import Stack
 
+# TensorFlow reads it at its first import, wherever that happens (towers.tf_env checks it).
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
 REPO = Path(__file__).resolve().parents[1]
+REAL_PARTS: set[str] = set()
+"""Names of the fixtures that train a model or start a real part."""
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def real_part(fixture: F) -> F:
+    """Declares a fixture (under its ``@pytest.fixture``) as training a model or starting a
+    real part: the tests that use it belong to the integration tier."""
+    REAL_PARTS.add(fixture.__name__)
+    return fixture
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_PARTS.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+_started: list[object] = []
+"""Child processes started since the current test's setup began (its fixtures' included)."""
+_popen_init = subprocess.Popen.__init__
+
+
+def _recording_init(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+    _started.append(args)
+    _popen_init(self, args, *rest, **kwargs)
+
+
+subprocess.Popen.__init__ = _recording_init  # type: ignore[method-assign]
+_HAD_TENSORFLOW = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _started.clear()
+    item.stash[_HAD_TENSORFLOW] = "tensorflow" in sys.modules
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_is_pure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails a fast-tier test that (or whose fixtures) started a child process or imported
+    TensorFlow: it needs a real part, so it must take it from a ``@real_part`` fixture."""
+    yield
+    if request.node.get_closest_marker("integration"):
+        return
+    if _started:
+        pytest.fail(
+            f"this test started {_started[0]!r} without a @real_part fixture; take the part "
+            "from one (tests/conftest.py), so the test runs in the integration tier"
+        )
+    if not request.node.stash[_HAD_TENSORFLOW] and "tensorflow" in sys.modules:
+        pytest.fail(
+            "this test imported TensorFlow without a @real_part fixture; take the trained "
+            "model from `trained` (or declare its fixture @real_part)"
+        )
+
+
+@pytest.fixture
+@real_part
+def processes() -> None:
+    """For a test that starts child processes of its own (a JVM, a server binary, the CLI):
+    ``@pytest.mark.usefixtures("processes")`` puts it in the integration tier."""
 
 
 def _quiet(_: str) -> None:
@@ -62,6 +136,7 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
 
 
 @pytest.fixture(scope="session")
+@real_part
 def trained(base_config: Config, ml: MovieLens) -> Config:
     """A published model and index built from it."""
     from index.build import build_index
@@ -73,6 +148,7 @@ def trained(base_config: Config, ml: MovieLens) -> Config:
 
 
 @pytest.fixture(scope="session")
+@real_part
 def feature_store(trained: Config, ml: MovieLens) -> Config:
     """A Feast store with profiles materialized and activity backfilled from the past."""
     from features.backfill import initialise
@@ -83,6 +159,7 @@ def feature_store(trained: Config, ml: MovieLens) -> Config:
 
 
 @pytest.fixture(scope="session")
+@real_part
 def kafka(base_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real single-node Kafka broker; yields its bootstrap servers."""
     from localservices.kafka import LocalBroker, ensure_jars
@@ -102,6 +179,7 @@ def running_server(config: Config) -> Iterator[Stack]:
 
 
 @pytest.fixture
+@real_part
 def scratch(feature_store: Config, tmp_path: Path) -> Config:
     """Indexes of their own (the session's current one copied), the session's models and store."""
     from recsys import artifacts
@@ -118,6 +196,7 @@ def scratch(feature_store: Config, tmp_path: Path) -> Config:
 
 
 @pytest.fixture(scope="session")
+@real_part
 def server(feature_store: Config) -> Iterator[Stack]:
     with running_server(feature_store) as running:
         yield running
@@ -132,6 +211,7 @@ def ingest_metrics():
 
 
 @pytest.fixture
+@real_part
 def ingester(server: Stack, kafka: str, ingest_metrics) -> Iterator[Config]:
     """``recsys ingest``'s loop in a thread against the real broker and store."""
     from features.stream.ingester import Ingester

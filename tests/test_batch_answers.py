@@ -29,7 +29,6 @@ from serving.request import Request
 from serving.wire import request_from
 from tests.conftest import running_server, wait_until
 
-pytestmark = pytest.mark.integration
 T = 889_000_000_000
 
 

@@ -20,8 +20,7 @@ from kafka.admin import NewTopic
 
 from localservices.kafka import LocalBroker, ensure_jars
 from recsys.errors import BrokerError
-
-pytestmark = pytest.mark.integration
+from tests.conftest import real_part
 
 REPO = Path(__file__).resolve().parents[1]
 POM = REPO / "features" / "kafka" / "pom.xml"
@@ -46,6 +45,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
+@real_part
 def jars_dir() -> Path:
     return ensure_jars(POM, JARS, log=_quiet)
 

@@ -73,7 +73,6 @@ def _one_line(code: int, err: str, *needles: str) -> None:
     assert len(lines) == 1 and all(n in lines[0] for n in needles), err[-3000:]
 
 
-@pytest.mark.integration
 def test_a_down_broker_is_one_line(feature_store: Config, tmp_path: Path) -> None:
     config = feature_store.with_overrides(
         {"kafka": {"bootstrap_servers": f"127.0.0.1:{free_port('127.0.0.1')}"}}
@@ -81,7 +80,6 @@ def test_a_down_broker_is_one_line(feature_store: Config, tmp_path: Path) -> Non
     _one_line(*_run(config, tmp_path, "ingest"), "no Kafka broker answers", "recsys broker")
 
 
-@pytest.mark.integration
 def test_an_unreachable_store_is_one_line(feature_store: Config, tmp_path: Path) -> None:
     config = feature_store.with_overrides(
         {
@@ -93,14 +91,12 @@ def test_an_unreachable_store_is_one_line(feature_store: Config, tmp_path: Path)
     _one_line(*_run(config, tmp_path, "ingest"), "does not answer", "start it first")
 
 
-@pytest.mark.integration
 def test_a_store_never_initialised_is_one_line(feature_store: Config, tmp_path: Path) -> None:
     config = feature_store.with_overrides({"paths": {"state": str(tmp_path / "state")}})
     _one_line(*_run(config, tmp_path, "ingest"), "never initialised", "recsys init-features")
     _one_line(*_run(config, tmp_path, "serve"), "never initialised", "recsys init-features")
 
 
-@pytest.mark.integration
 def test_a_missing_model_or_index_is_one_line(feature_store: Config, tmp_path: Path) -> None:
     config = feature_store.with_overrides({"paths": {"artifacts": str(tmp_path / "none")}})
     _one_line(*_run(config, tmp_path, "serve"), "recsys train", "recsys build-index")

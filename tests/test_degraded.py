@@ -19,8 +19,6 @@ from recsys.v1 import recommender_pb2 as pb
 from serving.client import RecommendClient
 from tests.conftest import running_server
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def redis_store(trained, ml, tmp_path):

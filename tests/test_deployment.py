@@ -60,6 +60,7 @@ def _imported_stubs() -> set[str]:
     return found
 
 
+@pytest.mark.usefixtures("processes")
 def test_the_script_compiles_every_stub_the_code_imports(tmp_path: Path) -> None:
     shutil.copytree(REPO / "proto", tmp_path / "proto")
     subprocess.run(
@@ -118,6 +119,7 @@ def test_compose_provisions_the_dashboard_and_the_datasource() -> None:
     assert source["url"] == "http://prometheus:9090" and "prometheus" in compose["services"]
 
 
+@pytest.mark.usefixtures("processes")
 def test_promtool_accepts_the_scrape_config() -> None:
     done = subprocess.run(
         ["promtool", "check", "config", str(REPO / "docker" / "prometheus.yml")],
@@ -133,7 +135,6 @@ def _prometheus_query(port: int, query: str) -> list[dict]:
         return json.load(reply)["data"]["result"]
 
 
-@pytest.mark.integration
 def test_a_real_prometheus_scrapes_a_real_server_and_ingester(
     feature_store, kafka: str, tmp_path: Path
 ) -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from kafka import KafkaProducer
 
 from features.activity import EMPTY, Activity, Interaction, apply_events, fold_ratings
@@ -30,8 +29,6 @@ from localservices.kafka import LocalBroker
 from localservices.procs import child, free_port, write_config
 from recsys.config import Config
 from tests.conftest import wait_until
-
-pytestmark = pytest.mark.integration
 
 USERS = 150
 EVENTS = 12_000

@@ -9,14 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from features.backfill import initialise
 from features.store import OnlineFeatures, open_store
 from recsys.config import Config
 from recsys.data import temporal_split
-
-pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 FEAST = Path(sys.executable).parent / "feast"

@@ -11,11 +11,11 @@ from features.backfill import initialise
 from features.store import OnlineFeatures, write_time
 from localservices.redis import LocalRedis
 from recsys.data import temporal_split
-
-pytestmark = pytest.mark.integration
+from tests.conftest import real_part
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
+@real_part
 def store(request, base_config, ml, tmp_path_factory):
     """The same store API on both online stores: a SQLite file and a real redis-server."""
     state = tmp_path_factory.mktemp(f"feature-store-{request.param}")

@@ -25,8 +25,7 @@ from index.versions import load_index, versions
 from recsys import artifacts
 from recsys.config import Config
 from recsys.errors import DataError
-
-pytestmark = pytest.mark.integration
+from tests.conftest import real_part
 
 
 @pytest.fixture
@@ -38,6 +37,7 @@ def scratch(trained: Config, tmp_path: Path) -> Config:
 
 
 @pytest.fixture(scope="module")
+@real_part
 def spark() -> Iterator[object]:
     with spark_engine.session("local[2,4]") as session:
         yield session

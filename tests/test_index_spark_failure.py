@@ -16,12 +16,12 @@ from index.catalog import Catalog
 from index.versions import load_index, versions
 from recsys import artifacts
 from recsys.errors import ArtifactError
+from tests.conftest import real_part
 from tests.test_index_spark import kill_a_busy_worker
-
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
+@real_part
 def no_retries() -> Iterator[object]:
     with spark_engine.session("local[2]") as session:
         yield session

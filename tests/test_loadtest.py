@@ -130,7 +130,6 @@ def _loadtest(config_file, out, *args) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.integration
 def test_a_short_run_passes_a_generous_slo_and_fails_a_strict_one(server, tmp_path) -> None:
     config_file = write_config(server.config, tmp_path / "config.yaml")
     passed = _loadtest(config_file, tmp_path / "pass", "--slo-p99-ms", "2000")
@@ -158,7 +157,6 @@ def test_a_short_run_passes_a_generous_slo_and_fails_a_strict_one(server, tmp_pa
     assert "SLO not met: p99" in strict.stderr
 
 
-@pytest.mark.integration
 def test_a_run_against_two_worker_processes_loads_both(server, tmp_path) -> None:
     config_file = write_config(server.config, tmp_path / "config.yaml")
     done = _loadtest(
@@ -173,7 +171,6 @@ def test_a_run_against_two_worker_processes_loads_both(server, tmp_path) -> None
     assert hot["batch_mean"] >= 1 and hot["cpu_ms"] > 0 and hot["stage_us"]["features"] > 0
 
 
-@pytest.mark.integration
 def test_a_ramp_reports_the_highest_rate_that_held(server, tmp_path) -> None:
     config_file = write_config(server.config, tmp_path / "config.yaml")
     command = [sys.executable, "-m", "commands.cli", "--config", str(config_file), "loadtest"]
@@ -192,7 +189,6 @@ def test_a_ramp_reports_the_highest_rate_that_held(server, tmp_path) -> None:
     assert "highest rate holding p99 <= 2000 ms, recommend: 30" in done.stdout
 
 
-@pytest.mark.integration
 def test_a_hot_swap_mid_run_loses_no_request(server, tmp_path) -> None:
     config_file = write_config(server.config, tmp_path / "config.yaml")
     serving_before = (server.config.indexes_dir / "CURRENT").read_text()
@@ -210,7 +206,6 @@ def test_a_hot_swap_mid_run_loses_no_request(server, tmp_path) -> None:
     assert (out / "artifacts" / "indexes" / "CURRENT").read_text().strip() == swap["to"]
 
 
-@pytest.mark.integration
 def test_a_run_with_events_streaming_into_the_store_loses_no_event(server, tmp_path) -> None:
     config_file = write_config(server.config, tmp_path / "config.yaml")
     out = tmp_path / "ingest"
@@ -224,7 +219,6 @@ def test_a_run_with_events_streaming_into_the_store_loses_no_event(server, tmp_p
     assert "stream: " in done.stdout
 
 
-@pytest.mark.integration
 def test_transports_loads_a_threaded_and_an_aio_null_server_alike(server, tmp_path) -> None:
     config_file = write_config(server.config, tmp_path / "config.yaml")
     out = tmp_path / "transports"
@@ -237,7 +231,6 @@ def test_transports_loads_a_threaded_and_an_aio_null_server_alike(server, tmp_pa
     assert "aio / sync CPU per call" in done.stdout
 
 
-@pytest.mark.integration
 def test_compare_loads_each_variant_in_turn(server, tmp_path) -> None:
     config_file = write_config(server.config, tmp_path / "config.yaml")
     out = tmp_path / "compare"

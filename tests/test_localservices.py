@@ -63,6 +63,7 @@ def test_tails_drop_colour_and_keep_the_last_lines(tmp_path: Path) -> None:
     assert log_tail(tmp_path / "none.log") == "(no log)"
 
 
+@pytest.mark.usefixtures("processes")
 def test_stop_process_kills_what_ignores_sigterm() -> None:
     ignore = (
         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
@@ -98,6 +99,7 @@ class _Shell(ManagedProcess):
         return self.ready_file.exists(), "no ready file yet"
 
 
+@pytest.mark.usefixtures("processes")
 def test_a_server_that_exits_at_startup_fails_fast_with_its_log(tmp_path: Path) -> None:
     server = _Shell("echo boom; exit 3", tmp_path)
     with pytest.raises(BrokerError, match=r"(?s)shell server exited with code 3.*boom"):
@@ -105,6 +107,7 @@ def test_a_server_that_exits_at_startup_fails_fast_with_its_log(tmp_path: Path) 
     assert server.pid is None
 
 
+@pytest.mark.usefixtures("processes")
 def test_a_server_never_ready_is_stopped_with_its_group(tmp_path: Path) -> None:
     # The grandchild would outlive a stop that signalled the shell alone.
     server = _Shell(f"sleep 60 & echo $! > {tmp_path}/child; wait", tmp_path)
@@ -118,6 +121,7 @@ def test_a_server_never_ready_is_stopped_with_its_group(tmp_path: Path) -> None:
     assert _gone(grandchild)
 
 
+@pytest.mark.usefixtures("processes")
 def test_a_ready_server_runs_until_its_context_ends(tmp_path: Path) -> None:
     with _Shell(f"touch {tmp_path}/ready; exec sleep 60", tmp_path) as server:
         pid = server.pid
@@ -126,6 +130,7 @@ def test_a_ready_server_runs_until_its_context_ends(tmp_path: Path) -> None:
     server.stop()  # idempotent
 
 
+@pytest.mark.usefixtures("processes")
 def test_a_missing_executable_is_a_broker_error(tmp_path: Path) -> None:
     class Missing(_Shell):
         def start(self, timeout: float = 10.0) -> None:

@@ -6,13 +6,10 @@ from __future__ import annotations
 import time
 
 import pandas as pd
-import pytest
 
 from features.store import OnlineFeatures, open_store
 from features.stream.replay import replay
 from serving.client import RecommendClient
-
-pytestmark = pytest.mark.integration
 
 NEW_USER = "loop-test-new-user"
 

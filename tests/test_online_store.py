@@ -14,8 +14,6 @@ from features.online.sqlite import ServingSqliteOnlineStore
 from features.repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW
 from features.store import open_store
 
-pytestmark = pytest.mark.integration
-
 
 def key(user: str) -> EntityKey:
     return EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user)])

@@ -22,7 +22,6 @@ from serving.bundle import Bundle
 from serving.recommender import Recommender, ServingPath
 from serving.request import Request
 
-pytestmark = pytest.mark.integration
 USER = "196"
 
 

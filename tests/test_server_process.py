@@ -11,13 +11,9 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from localservices.procs import child, free_port, write_config
 from recsys import artifacts
 from serving.client import RecommendClient
-
-pytestmark = pytest.mark.integration
 
 
 def test_serve_process_metrics_logs_and_graceful_sigterm(feature_store, tmp_path) -> None:

@@ -11,8 +11,6 @@ from features.store import OnlineFeatures, open_store
 from recsys.v1 import recommender_pb2 as pb
 from serving.client import RecommendClient
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def client(server) -> RecommendClient:

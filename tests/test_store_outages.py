@@ -26,8 +26,6 @@ from recsys.data import temporal_split
 from tests.conftest import wait_until
 from tests.test_faults import Stream, _terminate
 
-pytestmark = pytest.mark.integration
-
 
 def _metric(port: int, name: str) -> float:
     """A sample of the ingester's ``/metrics`` (0 when absent)."""

@@ -17,8 +17,6 @@ from features.stream.fold import IngestStats, StateCache, check, process_batch
 from features.stream.ingest import Backoff
 from recsys.errors import DataError, StoreUnavailableError
 
-pytestmark = pytest.mark.integration
-
 T0 = 890_000_000_000  # 1998-03-15, in milliseconds
 
 

@@ -19,8 +19,6 @@ from serving.live import Live
 from serving.request import Request
 from tests.conftest import running_server, wait_until
 
-pytestmark = pytest.mark.integration
-
 
 class Traffic:
     """Sequential Recommend calls from a thread, every reply and error kept."""

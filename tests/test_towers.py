@@ -14,7 +14,6 @@ from tests.users import UserRow, tower_inputs
 from towers.encoding import FeatureSpace, UserInputs
 from towers.examples import HistoryIndex, catalog_inputs, query_inputs, training_examples
 from towers.runtime import NumpyItemTower, NumpyUserTower, SavedModelUserTower
-from towers.tf_env import tf
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +32,15 @@ def split(ml, trained):
     return temporal_split_protocol(ml.interactions, mc.test_fraction, mc.valid_fraction or None)
 
 
-def _saved(model_dir, name, signature="encoded"):
+@pytest.fixture(scope="module")
+def tf(trained):
+    """TensorFlow, imported only where a trained model is (not at collection)."""
+    from towers.tf_env import tf
+
+    return tf
+
+
+def _saved(tf, model_dir, name, signature="encoded"):
     return tf.saved_model.load(str(model_dir / name)).signatures[signature]
 
 
@@ -55,11 +62,11 @@ def _user_batch(ml, space, split) -> UserInputs:
     return UserInputs(**batch)
 
 
-def test_user_tower_numpy_matches_saved_model(model_dir, space, ml, split) -> None:
+def test_user_tower_numpy_matches_saved_model(tf, model_dir, space, ml, split) -> None:
     inputs = _user_batch(ml, space, split)
     assert (inputs.history == 0).any() and (inputs.user == 0).any() and (inputs.zip > 0).any()
     tensors = {k: tf.constant(v) for k, v in inputs.as_dict().items()}
-    expected = _saved(model_dir, "user_tower")(**tensors)["embedding"].numpy()
+    expected = _saved(tf, model_dir, "user_tower")(**tensors)["embedding"].numpy()
     got = NumpyUserTower.load(model_dir)(inputs)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # normalized
@@ -124,16 +131,16 @@ def test_both_runtimes_embed_raw_features_alike(model_dir, space, ml) -> None:
     )
 
 
-def test_item_tower_numpy_matches_saved_model(model_dir, space, ml) -> None:
+def test_item_tower_numpy_matches_saved_model(tf, model_dir, space, ml) -> None:
     _, catalog = catalog_inputs(ml, space)
     assert (catalog.title > 0).any()
     tensors = {k: tf.constant(v) for k, v in catalog.as_dict().items()}
-    expected = _saved(model_dir, "item_tower")(**tensors)["embedding"].numpy()
+    expected = _saved(tf, model_dir, "item_tower")(**tensors)["embedding"].numpy()
     got = NumpyItemTower.load(model_dir)(catalog)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
-def test_raw_feature_signatures_match_python_encoding_and_numpy(model_dir, space, ml) -> None:
+def test_raw_feature_signatures_match_python_encoding_and_numpy(tf, model_dir, space, ml) -> None:
     """The SavedModels' raw-feature signatures encode in TensorFlow exactly as
     towers.encoding does in Python, then compute the same embeddings as the NumPy runtime."""
     profiles = ml.users.set_index("user_id")
@@ -156,7 +163,7 @@ def test_raw_feature_signatures_match_python_encoding_and_numpy(model_dir, space
         UserRow("long", "F", 30, "writer", "T8H1N", tuple(str(i) for i in range(1, width + 1)), 5)
     )
     recent.append([str(i) for i in range(1, width + 1)])
-    user_raw = _saved(model_dir, "user_tower", "serving_default")(
+    user_raw = _saved(tf, model_dir, "user_tower", "serving_default")(
         user_id=tf.constant([r.user_id for r in raws]),
         gender=tf.constant([r.gender for r in raws]),
         age=tf.constant([r.age for r in raws], tf.int32),
@@ -170,7 +177,7 @@ def test_raw_feature_signatures_match_python_encoding_and_numpy(model_dir, space
 
     items = ml.items
     width = max(len(g) for g in items["genres"])
-    item_raw = _saved(model_dir, "item_tower", "serving_default")(
+    item_raw = _saved(tf, model_dir, "item_tower", "serving_default")(
         item_id=tf.constant(list(items["item_id"])),
         release_year=tf.constant(items["release_year"].to_numpy(np.int32)),
         genres=tf.constant([list(g) + [""] * (width - len(g)) for g in items["genres"]]),
