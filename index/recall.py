@@ -10,7 +10,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index.versions import set_search_param
+from index.tuning import NPROBE, knob, set_knob
 from recsys.data import MovieLens
 from recsys.errors import ArtifactError
 from towers.encoding import FeatureSpace
@@ -104,14 +104,15 @@ def tune(
     """Smallest nprobe / efSearch whose recall, less ``MARGIN_SE`` standard errors over the
     queries, reaches ``min_recall``; the sweep is returned for the record (recall, that
     bound and mean batch search time per query at each setting)."""
-    if kind == "flat":
+    name = knob(kind)
+    if name is None:
         _, rows = index.search(queries, K)
         return {}, recall_at_k(rows, truth), []
-    name = "nprobe" if kind.startswith("ivf") else "efSearch"
-    limit = faiss.extract_index_ivf(index).nlist if kind.startswith("ivf") else SWEEP[-1]
+    ivf = name == NPROBE
+    limit = faiss.extract_index_ivf(index).nlist if ivf else SWEEP[-1]
     sweep = []
-    for value in [v for v in SWEEP if v <= limit and (name == "nprobe" or v >= K)]:
-        set_search_param(index, kind, value)
+    for value in [v for v in SWEEP if v <= limit and (ivf or v >= K)]:
+        set_knob(index, name, value)
         started = time.perf_counter()
         _, rows = index.search(queries, K)
         per_query_us = (time.perf_counter() - started) / len(queries) * 1e6

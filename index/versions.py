@@ -10,24 +10,16 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import faiss
 
+from index.tuning import set_knob
 from recsys import artifacts
 from recsys.errors import ArtifactError
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "item_ids.json"
-
-
-def set_search_param(index: faiss.Index, kind: str, value: int) -> None:
-    if kind.startswith("ivf"):
-        faiss.extract_index_ivf(index).nprobe = value
-    elif kind == "hnsw":
-        # downcast_index returns the concrete class; the manifest says which.
-        hnsw = cast(faiss.IndexHNSW, faiss.downcast_index(index))
-        hnsw.hnsw.efSearch = value
 
 
 def search_params(manifest: dict[str, Any]) -> dict[str, int]:  # Any: a JSON manifest
@@ -107,5 +99,5 @@ def load_index(directory: Path) -> tuple[faiss.Index, list[str], dict[str, Any]]
     if index.d != manifest["dim"]:
         raise ArtifactError(f"index {directory} has dim {index.d}, manifest says {manifest['dim']}")
     for name, value in search_params(manifest).items():
-        set_search_param(index, "ivf" if name == "nprobe" else "hnsw", value)
+        set_knob(index, name, value)
     return index, item_ids, manifest
