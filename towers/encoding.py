@@ -105,6 +105,10 @@ def day_of_week(time_ms: int) -> int:
     return int((time_ms // 86_400_000 + 3) % 7)
 
 
+USER_SCALARS = ("user", "gender", "age", "occupation", "zip", "hour", "weekday")
+"""The user tower's one-id-per-user inputs, in ``FeatureSpace.encode_user``'s order."""
+
+
 @dataclass(frozen=True)
 class UserInputs:
     """Encoded user-tower inputs for a batch, all ``int32``.
@@ -159,8 +163,31 @@ class FeatureSpace:
     title_tokens: Vocab
     history_length: int
 
+    def encode_user(self, user: UserFeatures, time_ms: int) -> tuple[tuple[int, ...], list[int]]:
+        """One user's features at a request time → the user tower's inputs as ids: the one
+        encoder. ``encode_users`` stacks its rows for a batch (training, evaluation, the
+        SavedModel runtime); the NumPy runtime gathers its folded rows by them (serving).
+
+        Returns:
+            One id per ``USER_SCALARS`` input, in that order, and the recent items' ids,
+            most recent first, at most ``history_length``, 0 where the vocabulary lacks one.
+        """
+        items = self.items.index
+        scalars = (
+            self.users.index.get(user.user_id, 0),
+            self.genders.index.get(user.gender, 0),
+            age_bucket(int(user.age)),
+            self.occupations.index.get(user.occupation, 0),
+            self.zips.index.get(zip_prefix(user.zip_code), 0),
+            hour_of_day(time_ms),
+            day_of_week(time_ms),
+        )
+        history = [items.get(i, 0) for i in user.activity.recent_items[: self.history_length]]
+        return scalars, history
+
     def encode_users(self, users: Sequence[UserFeatures], times_ms: Sequence[int]) -> UserInputs:
-        """Each user's features at the request time beside it → the tower's inputs.
+        """Each user's features at the request time beside it → the tower's inputs
+        (``encode_user`` for each).
 
         Args:
             users: What the store (or the point-in-time fold) knows of each user.
@@ -172,24 +199,14 @@ class FeatureSpace:
         n = len(users)
         if len(times_ms) != n:
             raise ValueError(f"encode_users got {n} users but {len(times_ms)} request times")
+        scalars = np.zeros((n, len(USER_SCALARS)), np.int32)
         history = np.zeros((n, self.history_length), np.int32)
-        for row, user in enumerate(users):
-            idx = self.items.lookup_many(user.activity.recent_items[: self.history_length])
-            history[row, : len(idx)] = idx
-
-        def ints(values: Iterable[int]) -> np.ndarray:
-            return np.fromiter(values, np.int32, n)
-
-        return UserInputs(
-            user=self.users.lookup_many([u.user_id for u in users]),
-            gender=self.genders.lookup_many([u.gender for u in users]),
-            age=ints(age_bucket(int(u.age)) for u in users),
-            occupation=self.occupations.lookup_many([u.occupation for u in users]),
-            zip=self.zips.lookup_many([zip_prefix(u.zip_code) for u in users]),
-            hour=ints(hour_of_day(t) for t in times_ms),
-            weekday=ints(day_of_week(t) for t in times_ms),
-            history=history,
-        )
+        for row, (user, time_ms) in enumerate(zip(users, times_ms, strict=True)):
+            ids, recent = self.encode_user(user, time_ms)
+            scalars[row] = ids
+            history[row, : len(recent)] = recent
+        columns = {name: scalars[:, i].copy() for i, name in enumerate(USER_SCALARS)}
+        return UserInputs(**columns, history=history)
 
     def encode_items(
         self,

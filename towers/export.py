@@ -8,6 +8,7 @@ produces. Tests hold the two signatures, the NumPy runtime and the Python encodi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -156,7 +157,9 @@ def export(model: TwoTower, space: FeatureSpace, directory: Path) -> None:
     """
     _save(UserTowerModule(model.user_tower, space), directory / "user_tower")
     _save(ItemTowerModule(model.item_tower, space), directory / "item_tower")
-    model.user_tower.config.save(directory / "tower.json")
+    config = model.user_tower.config
+    # The concatenation order the model used, for the NumPy runtime's folded kernel.
+    dataclasses.replace(config, user_concat=config.user_tables()).save(directory / "tower.json")
     u, i = model.user_tower, model.item_tower
     layers = {
         "item_emb": u.item_emb,

@@ -6,7 +6,7 @@ Which features each tower uses is a ``TowerConfig``, so ablations train the same
 from __future__ import annotations
 
 from towers.encoding import AGE_BUCKETS, YEAR_BUCKETS, FeatureSpace
-from towers.model_config import TowerConfig
+from towers.model_config import USER_TABLES, TowerConfig
 from towers.tf_env import keras, tf, tfrs
 
 SIDE_DIM = 8
@@ -62,19 +62,12 @@ class UserTower(keras.Model):  # type: ignore[misc]  # tf_keras ships no types
         return tf.reduce_sum(embeddings * weights[..., tf.newaxis], axis=1)
 
     def call(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
-        parts = self.config.user_parts
-        x = [self.user_emb(inputs["user"])]
-        if "profile" in parts:
-            x += [
-                self.gender_emb(inputs["gender"]),
-                self.age_emb(inputs["age"]),
-                self.occupation_emb(inputs["occupation"]),
-                self.zip_emb(inputs["zip"]),
-            ]
-        if "history" in parts:
-            x.append(self._pool_history(inputs["history"]))
-        if "time" in parts:
-            x += [self.hour_emb(inputs["hour"]), self.weekday_emb(inputs["weekday"])]
+        x = [
+            self._pool_history(inputs["history"])
+            if table == "item_emb"
+            else getattr(self, table)(inputs[USER_TABLES[table]])
+            for table in self.config.user_tables()
+        ]
         out = self.out(self.hidden(tf.concat(x, axis=-1)))
         return tf.math.l2_normalize(out, axis=-1) if self.config.normalize else out
 

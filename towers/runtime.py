@@ -1,14 +1,14 @@
 """Both towers in NumPy: the user tower on the serving hot path, the item tower for checks.
 
-A ``tf.function`` call costs ~0.6 ms here; the same arithmetic on these small matrices in
-NumPy costs tens of microseconds, and the serving process never imports TensorFlow. Parity
-with the SavedModels (≤ 1e-5) is tested in ``tests/test_towers.py``.
+A ``tf.function`` call costs an order of magnitude more than the same arithmetic on these
+small matrices in NumPy (BENCHMARKS.md, the figures behind the code), and the serving
+process never imports TensorFlow. Parity with the SavedModels (≤ 1e-5) is tested in
+``tests/test_towers.py``.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,16 +16,8 @@ import numpy as np
 
 from features.user import UserFeatures
 from recsys.errors import ArtifactError
-from towers.encoding import (
-    FeatureSpace,
-    ItemInputs,
-    UserInputs,
-    age_bucket,
-    day_of_week,
-    hour_of_day,
-    zip_prefix,
-)
-from towers.model_config import TowerConfig
+from towers.encoding import USER_SCALARS, FeatureSpace, ItemInputs, UserInputs
+from towers.model_config import USER_TABLES, TowerConfig
 
 
 def load_weights(path: Path) -> dict[str, np.ndarray]:
@@ -97,19 +89,21 @@ class NumpyUserTower(_Tower):
     """
 
     def __init__(self, weights: dict[str, np.ndarray], config: TowerConfig):
-        names = ["user_emb"]
-        if "profile" in config.user_parts:
-            names += ["gender_emb", "age_emb", "occupation_emb", "zip_emb"]
-        if "time" in config.user_parts:
-            names += ["hour_emb", "weekday_emb"]
-        history = "history" in config.user_parts
-        if history:
-            names.append("item_emb")
+        concat = list(config.user_concat)
+        if not concat:
+            raise ArtifactError(
+                "tower.json does not record the user tower's input order (user_concat); "
+                "the model was exported before it was: retrain it with `recsys train`"
+            )
+        if sorted(concat) != sorted(config.user_tables()):
+            raise ArtifactError(
+                f"tower.json's user_concat {concat} does not match user_parts "
+                f"{list(config.user_parts)}; re-export the model"
+            )
+        names = concat
+        history = "item_emb" in names
         super().__init__(weights, config, names + [f"user_{p}" for p in _MLP_PARTS])
-        # The kernel's input rows follow the Keras concatenation order.
-        order = ["user_emb", "gender_emb", "age_emb", "occupation_emb", "zip_emb", "item_emb"]
-        order += ["hour_emb", "weekday_emb"]
-        concat = [n for n in order if n in names]
+        # The hidden kernel's input rows follow the concatenation the model recorded.
         kernel = weights["user_hidden_w"]
         widths = {n: weights[n].shape[1] for n in concat}
         if sum(widths.values()) != kernel.shape[0]:
@@ -127,14 +121,17 @@ class NumpyUserTower(_Tower):
         # One more column, 1 in the user-id rows: the hidden layer then carries a constant 1
         # (ReLU keeps it), and the output bias rides on it as one more row of the output
         # kernel, so the output layer is one product.
-        ones = np.zeros((len(stack), 1), np.float32)
-        ones[: len(folded["user_emb"])] = 1.0
-        self._stack = np.concatenate([stack, ones], axis=1)
         starts = np.cumsum([0] + [len(t) for t in folded.values()]).tolist()
         self._offset = dict(zip(names, starts[:-1], strict=False))
+        ones = np.zeros((len(stack), 1), np.float32)
+        user = self._offset["user_emb"]
+        ones[user : user + len(folded["user_emb"])] = 1.0
+        self._stack = np.concatenate([stack, ones], axis=1)
         self._pad = starts[-1]
         """The zero row: history slots beyond a user's recent items point here."""
         self._scalars = [n for n in names if n != "item_emb"]
+        self._picks = [(USER_SCALARS.index(USER_TABLES[n]), self._offset[n]) for n in self._scalars]
+        """Which of ``encode_user``'s ids each scalar row is, and its table's offset."""
         self._history = history
         self._out = np.concatenate([weights["user_out_w"], weights["user_out_b"][np.newaxis]])
         self._tables: dict[int, np.ndarray] = {}
@@ -150,17 +147,11 @@ class NumpyUserTower(_Tower):
 
     def __call__(self, inputs: UserInputs) -> np.ndarray:
         """Encoded inputs (training's and evaluation's form) → ``[batch, dim]``."""
-        columns = {
-            "user_emb": inputs.user,
-            "gender_emb": inputs.gender,
-            "age_emb": inputs.age,
-            "occupation_emb": inputs.occupation,
-            "zip_emb": inputs.zip,
-            "hour_emb": inputs.hour,
-            "weekday_emb": inputs.weekday,
-        }
         o = self._offset
-        parts = [o[n] + columns[n].astype(np.intp)[:, np.newaxis] for n in self._scalars]
+        parts = [
+            o[n] + getattr(inputs, USER_TABLES[n]).astype(np.intp)[:, np.newaxis]
+            for n in self._scalars
+        ]
         counts = np.zeros(len(inputs.user), np.intp)
         if self._history:
             history = inputs.history.astype(np.intp)
@@ -176,42 +167,24 @@ class NumpyUserTower(_Tower):
     def embed(
         self, space: FeatureSpace, users: Sequence[UserFeatures], times_ms: Sequence[int]
     ) -> np.ndarray:
-        """Users' features at their request times → ``[len(users), dim]``:
-        ``space.encode_users`` and ``__call__`` in one step, straight into rows of the stack
-        (the serving hot path)."""
-        o, pad, parts = self._offset, self._pad, self.config.user_parts
-        items, length = space.items.index, space.history_length
-        user, user_ix = o["user_emb"], space.users.index
-        profile = "profile" in parts
-        if profile:
-            gender, gender_ix = o["gender_emb"], space.genders.index
-            age, occupation = o["age_emb"], o["occupation_emb"]
-            occupation_ix, zip_, zip_ix = space.occupations.index, o["zip_emb"], space.zips.index
-        time = "time" in parts
-        if time:
-            hour, weekday = o["hour_emb"], o["weekday_emb"]
-        item = o.get("item_emb", 0)
+        """Users' features at their request times → ``[len(users), dim]``: the one encoder
+        (``space.encode_user``) straight into rows of the stack, then ``_forward`` (the
+        serving hot path; ``__call__`` of ``encode_users`` gives the same bits)."""
+        encode, picks, pad, length = space.encode_user, self._picks, self._pad, 0
+        history, item = self._history, self._offset.get("item_emb", 0)
+        if history:
+            length = space.history_length
         rows: list[int] = []
         counts: list[int] = []
         for u, t in zip(users, times_ms, strict=True):
-            rows.append(user + user_ix.get(u.user_id, 0))
-            if profile:
-                rows += (
-                    gender + gender_ix.get(u.gender, 0),
-                    age + age_bucket(int(u.age)),
-                    occupation + occupation_ix.get(u.occupation, 0),
-                    zip_ + zip_ix.get(zip_prefix(u.zip_code), 0),
-                )
-            if time:
-                rows += (hour + hour_of_day(t), weekday + day_of_week(t))
-            if self._history:
-                recent = [
-                    item + i for i in map(items.get, u.activity.recent_items[:length], _ZEROS) if i
-                ]
-                rows += recent
-                rows += _pads(pad, length - len(recent))
-                counts.append(len(recent))
-        width = len(self._scalars) + (length if self._history else 0)
+            scalars, recent = encode(u, t)
+            rows += [offset + scalars[i] for i, offset in picks]
+            if history:
+                known = [item + i for i in recent if i]
+                rows += known
+                rows += _pads(pad, length - len(known))
+                counts.append(len(known))
+        width = len(picks) + length
         grid = np.fromiter(rows, np.intp, len(users) * width).reshape(len(users), width)
         return self._forward(grid, np.array(counts or [0] * len(users), np.intp))
 
@@ -247,10 +220,6 @@ class NumpyUserTower(_Tower):
                     table[n, scalars : scalars + n] = weights / weights.sum()
             self._tables[width] = table
         return table
-
-
-_ZEROS = itertools.repeat(0)
-"""The default of ``dict.get`` for every recent item: an unknown item is the masked bucket."""
 
 
 @functools.cache
