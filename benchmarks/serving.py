@@ -29,10 +29,11 @@ from recsys.data import MovieLens
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
 from serving.client import RecommendClient
+from serving.metrics import STAGES as HOT_PATH_STAGES
 from serving.recommender import Features
 
 BLOCK = 50
-STAGES = ("grpc", "features", "tower", "search", "filter", "hot_path")
+STAGES = ("grpc", *HOT_PATH_STAGES, "hot_path")
 
 
 class _Target:
@@ -95,7 +96,7 @@ def variant_servers(
     }
     with contextlib.ExitStack() as stack:
         # Beside the servers, as a local Redis would share their host: unpinned, the
-        # scheduler can park it behind the client's core and a read waits a tick (~4 ms).
+        # scheduler can park it behind the client's core and a read waits a scheduler tick.
         redis = stack.enter_context(LocalRedis(work / "redis", cpus=cpu))
         redis_cfg = variant().with_overrides(
             {
@@ -201,10 +202,10 @@ def _in_process(
         samples: dict[str, list[float]] = {s: [] for s in STAGES[1:]}
         for request in plain:
             t = time.perf_counter()
-            answer = rec.recommend(request)
+            served = rec.recommend_batch([request])
             samples["hot_path"].append((time.perf_counter() - t) * 1e6)
-            for stage in ("features", "tower", "search", "filter"):
-                if value := getattr(answer.stages, stage):
+            for stage in HOT_PATH_STAGES:
+                if value := getattr(served.stages, stage):
                     samples[stage].append(value * 1e6)
         out[name] = {s: percentiles(v) for s, v in samples.items() if v}
     return out
@@ -267,7 +268,7 @@ def _report(
         "\nper stage, p50 / p99 (µs); gRPC = client round trip − server hot path, per call; "
         "hot path = request in to answer ready inside the server"
     )
-    header = ("gRPC", "features", "tower", "search", "filter", "hot path")
+    header = ("gRPC", *HOT_PATH_STAGES, "hot path")
     stages = Table([("server", "<34"), *((h, ">15") for h in header)])
     print(stages.header())
     rows = [(name, r) for name, r in result.items() if "hot_path" in r]

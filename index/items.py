@@ -88,6 +88,23 @@ class ItemMeta:
             mask |= 1 << self.genre_names.index(name)
         return mask
 
+    def passing(self, include: int, exclude: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """Which items pass a pair of genre masks: one of ``include``'s genres (0: any) and
+        none of ``exclude``'s. The one place a mask is applied, for the search filters and
+        the popular-items answer alike.
+
+        Args:
+            rows: ``[n] int64`` rows to test; ``None``: every item.
+
+        Returns:
+            ``[n] bool`` (``[items]`` without ``rows``).
+        """
+        bits = self.genres if rows is None else self.genres[rows]
+        keep = (bits & np.uint64(include)) != 0 if include else np.ones(len(bits), bool)
+        if exclude:
+            keep &= (bits & np.uint64(exclude)) == 0
+        return keep
+
     @classmethod
     def load(cls, directory: Path, manifest: Mapping[str, object], items: int) -> ItemMeta:
         """Loads and checks the metadata (the manifest's checksums were verified already)."""

@@ -146,7 +146,7 @@ class RecommendUser(User):
 
 
 def _hot_path_us(trailer: Sequence[tuple[str, str]] | None) -> float:
-    """The ``hot_path`` part of a ``recsys-timing-us`` trailer (``features=..,hot_path=..``)."""
+    """The ``hot_path`` part of a ``recsys-timing-us`` trailer (``plan=..,read=..,hot_path=..``)."""
     for key, value in trailer or ():
         if key == "recsys-timing-us":
             return float(dict(part.split("=") for part in value.split(","))["hot_path"])

@@ -22,8 +22,7 @@ from localservices.procs import child, free_port, free_ports, write_config
 from recsys.config import Config
 from recsys.errors import RecsysError
 from serving.client import RecommendClient
-
-STAGES = ("features", "tower", "search", "filter")
+from serving.metrics import STAGES
 
 
 @dataclass(frozen=True)

@@ -6,21 +6,24 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from index.items import ItemMeta
+from index.tuning import with_selector
+
 FILTERS_KEPT = 64
-"""Genre-filter bitmaps kept per pair (1M items: 125 kB each)."""
+"""Genre-filter bitmaps kept per pair (one bit per item each)."""
 
 
 class GenreFilters:
     """The search parameters for each genre-mask pair of one index, built once per pair."""
 
-    def __init__(self, index: faiss.Index, genres: np.ndarray):
+    def __init__(self, index: faiss.Index, meta: ItemMeta):
         """
         Args:
             index: The index the parameters are for (its own nprobe or efSearch is kept).
-            genres: ``[ntotal] uint64`` genre bits of each row.
+            meta: Its items' genres, row-aligned.
         """
         self._index = index
-        self._genres = genres
+        self._meta = meta
         self._filters: dict[tuple[int, int], tuple[faiss.SearchParameters, object, np.ndarray]] = {}
 
     def params(self, include: int, exclude: int) -> faiss.SearchParameters | None:
@@ -32,38 +35,11 @@ class GenreFilters:
         key = (include, exclude)
         kept = self._filters.get(key)
         if kept is None:
-            genres = self._genres
-            passes = (genres & np.uint64(include)) != 0 if include else np.ones(len(genres), bool)
-            if exclude:
-                passes &= (genres & np.uint64(exclude)) == 0
+            passes = self._meta.passing(include, exclude)
             bitmap = np.packbits(passes, bitorder="little")
             selector = faiss.IDSelectorBitmap(len(passes), faiss.swig_ptr(bitmap))
             if len(self._filters) >= FILTERS_KEPT:
                 self._filters.pop(next(iter(self._filters)))
             # The bitmap and selector are kept with the parameters: FAISS holds bare pointers.
-            kept = self._filters[key] = (
-                search_parameters(self._index, selector),
-                selector,
-                bitmap,
-            )
+            kept = self._filters[key] = (with_selector(self._index, selector), selector, bitmap)
         return kept[0]
-
-
-def search_parameters(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
-    """Parameters with ``selector`` that keep the index's own search setting (passing
-    parameters replaces it: an IVF index would fall back to nprobe 1)."""
-    params: faiss.SearchParameters
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:  # not an IVF index
-        hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
-        if hnsw is None:
-            params = faiss.SearchParameters()
-        else:
-            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in the stubs
-            params.efSearch = hnsw.efSearch  # type: ignore[attr-defined]  # declared as the base
-    else:
-        params = faiss.SearchParametersIVF()
-        params.nprobe = ivf.nprobe
-    params.sel = selector
-    return params

@@ -3,7 +3,7 @@ latency overall and per stage, the batch sizes served and the CPU they took, the
 CPU time, the loaded versions, swaps and refused reloads.
 
 One registry per server process, served by ``serving.metrics_port``; tests read it directly.
-The histograms' buckets reach down to 25 µs: the stages cost tens of microseconds.
+The histograms' buckets reach down to 25 µs, below the cheapest stage's cost.
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ from prometheus_client import (
 )
 
 from recsys.telemetry import in_process_values
-from serving.recommender import Recommendation, Recommender, Stages
+from serving.answers import Recommendation, Stages
+from serving.recommender import Recommender
 
 BUCKETS = (
     25e-6, 50e-6, 100e-6, 150e-6, 250e-6, 500e-6,
     1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3,
 )  # fmt: skip
-STAGES = ("features", "tower", "search", "filter")
+STAGES = Stages._fields[:-1]
+"""The hot path's stages, in order (``Stages`` less the batch size)."""
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
@@ -91,14 +93,12 @@ class ServingMetrics:
         self._paths[answer.path.name.lower()].inc()
         self.latency.observe(seconds)
 
-    def observe_batch(self, stages: Stages, size: int, cpu_seconds: float) -> None:
+    def observe_batch(self, stages: Stages, cpu_seconds: float) -> None:
         """One batch: its stage times, how many requests it held, and its CPU time."""
-        for child, value in zip(
-            self._stages, (stages.features, stages.tower, stages.search, stages.filter), strict=True
-        ):
+        for child, value in zip(self._stages, stages[:-1], strict=True):
             if value:  # a batch of popular-items answers runs no tower and no search
                 child.observe(value)
-        self.batch.observe(size)
+        self.batch.observe(stages.batch)
         self.cpu.inc(cpu_seconds)
 
     def serving(self, recommender: Recommender) -> None:

@@ -14,16 +14,16 @@ its own validation, deadline and errors: one that fails fails alone.
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from features.user import UserFeatures
 from recsys.config import ServingConfig
 from recsys.errors import DeadlineExceededError, InvalidRequestError
+from serving.answers import Outcome, Recommendation, Served, ServingPath, Stages
 from serving.bundle import Bundle
 from serving.filters import GenreFilters
 from serving.request import Request, validate
@@ -31,16 +31,9 @@ from serving.request import Request, validate
 MIN_FETCH = 64
 """The fewest candidates a search fetches; fetches are powers of two from here."""
 FIRST_FETCH = 256
-"""The most candidates a first search fetches to survive exclusions (FAISS's flat top-k
-costs 26 µs at 512 and 90 at 1,024 on ML-100K); widening covers the rare user it fails."""
-
-
-class ServingPath(enum.Enum):
-    """Which path produced an answer (``recsys.v1.ServingPath``)."""
-
-    PERSONALIZED = 1
-    COLD_START = 2
-    DEGRADED = 3
+"""The most candidates a first search fetches to survive exclusions (a flat top-k grows
+steeply past it: BENCHMARKS.md, the figures behind the code); widening covers the rare user
+it fails."""
 
 
 class Features(Protocol):
@@ -49,75 +42,14 @@ class Features(Protocol):
         ...
 
 
-class ScoredItem(NamedTuple):
-    item_id: str
-    score: float
-
-
-class Stages(NamedTuple):
-    """Seconds spent in each stage of the batch a request was served in (the feature read, the
-    tower and the search ran once for all of it; filter is every request's own filtering), and
-    how many requests the batch held."""
-
-    features: float = 0.0
-    tower: float = 0.0
-    search: float = 0.0
-    filter: float = 0.0
-    batch: int = 1
-
-
-class Recommendation:
-    """One answer: index rows and scores, best first, and the pair and path that produced it.
-
-    Attributes:
-        rows: ``[n] int64`` rows of the bundle's index.
-        scores: ``[n] float32``.
-    """
-
-    __slots__ = ("bundle", "path", "rows", "scores", "stages")
-
-    def __init__(
-        self,
-        bundle: Bundle,
-        rows: np.ndarray,
-        scores: np.ndarray,
-        path: ServingPath,
-        stages: Stages,
-    ):
-        self.bundle = bundle
-        self.rows = rows
-        self.scores = scores
-        self.path = path
-        self.stages = stages
-
-    @property
-    def model_version(self) -> str:
-        return self.bundle.model_version
-
-    @property
-    def index_version(self) -> str:
-        return self.bundle.index_version
-
-    @property
-    def items(self) -> list[ScoredItem]:
-        ids = self.bundle.item_ids
-        return [
-            ScoredItem(ids[r], s)
-            for r, s in zip(self.rows.tolist(), self.scores.tolist(), strict=True)
-        ]
-
-
 Selected = tuple[np.ndarray, np.ndarray]
 """``[n] int64`` rows and ``[n] float32`` scores, best first."""
-Outcome = Recommendation | Exception
-"""An answer, or the error that request alone fails with (``RecsysError`` subclasses say
-what to do; anything else is an internal error)."""
 
 
 class _Work:
     """One valid request on its way through a batch."""
 
-    __slots__ = ("banned", "deadline", "exclude", "features", "include", "request", "slot")
+    __slots__ = ("banned", "deadline", "exclude", "features", "include", "path", "request", "slot")
 
     def __init__(self, slot: int, request: Request, deadline: float | None, masks: tuple[int, int]):
         self.slot = slot
@@ -127,6 +59,7 @@ class _Work:
         self.features = UserFeatures(request.user_id)
         self.banned: np.ndarray = _NOTHING
         """``[n] int64`` index rows this request must not answer with."""
+        self.path = ServingPath.PERSONALIZED
 
 
 class Recommender:
@@ -137,7 +70,7 @@ class Recommender:
         self._features = features
         self._config = config
         self._limit = min(bundle.index.ntotal, config.max_fetch)
-        self._filters = GenreFilters(bundle.index, bundle.meta.genres)
+        self._filters = GenreFilters(bundle.index, bundle.meta)
 
     def recommend(self, request: Request, deadline: float | None = None) -> Recommendation:
         """Top ``k`` items for the user, without excluded, filtered or recently seen items.
@@ -149,21 +82,64 @@ class Recommender:
             InvalidRequestError: the request breaks a limit.
             DeadlineExceededError: the deadline passed before the answer was ready.
         """
-        outcome = self.recommend_batch([request], [deadline])[0]
+        outcome = self.recommend_batch([request], [deadline]).outcomes[0]
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
     def recommend_batch(
         self, requests: Sequence[Request], deadlines: Sequence[float | None] | None = None
-    ) -> list[Outcome]:
-        """``recommend`` for several requests at once: each outcome is the answer, or the
-        error that request alone would have raised.
+    ) -> Served:
+        """``recommend`` for several requests at once, in named stages over the batch: plan →
+        read → embed → search → select. Each outcome is the answer, or the error that
+        request alone would have raised.
 
         Args:
             deadlines: Each request's ``time.monotonic()`` deadline (``None``: none).
         """
+        clock = time.perf_counter
         outcomes: list[Outcome | None] = [None] * len(requests)
+        t0 = clock()
+        work = self._validate(requests, deadlines, outcomes)
+        t1 = clock()
+        features = self._features.read_many([w.request.user_id for w in work]) if work else []
+        t2 = clock()
+        work, towered = self._plan(work, features, outcomes)
+        t3 = clock()
+        results: dict[int, Selected | Exception] = {}
+        towered, vectors = self._embed(towered, results)
+        t4 = clock()
+        searched = self._search(towered, vectors, results)
+        meta = self.bundle.meta
+        for w in work:
+            if w.slot not in results:  # nothing to personalize on: the most popular items
+                results[w.slot] = self._try_select(w, meta.popular, meta.popular_share)
+        for w in work:
+            result = results[w.slot]
+            outcomes[w.slot] = (
+                result
+                if isinstance(result, Exception)
+                else Recommendation(self.bundle, *result, w.path)
+            )
+        t5 = clock()
+        stages = Stages(
+            plan=(t1 - t0) + (t3 - t2),
+            read=t2 - t1 if work else 0.0,
+            embed=t4 - t3 if len(vectors) else 0.0,
+            search=searched,
+            select=t5 - t4 - searched if work else 0.0,
+            batch=len(requests),
+        )
+        return Served(outcomes, stages)  # type: ignore[arg-type]  # every slot is filled by now
+
+    def _validate(
+        self,
+        requests: Sequence[Request],
+        deadlines: Sequence[float | None] | None,
+        outcomes: list[Outcome | None],
+    ) -> list[_Work]:
+        """Plan, before the read: each request checked and its genre masks made; one that
+        is invalid or out of time gets its error in ``outcomes``."""
         work: list[_Work] = []
         for i, request in enumerate(requests):
             try:
@@ -172,10 +148,21 @@ class Recommender:
                 outcomes[i] = exc
                 continue
             work.append(_Work(i, request, deadlines[i] if deadlines else None, masks))
-        work = _in_time(work, outcomes)
-        t0 = time.perf_counter()
-        features = self._features.read_many([w.request.user_id for w in work]) if work else []
-        t1 = time.perf_counter()
+        return _in_time(work, outcomes)
+
+    def _plan(
+        self,
+        work: list[_Work],
+        features: Sequence[UserFeatures] | None,
+        outcomes: list[Outcome | None],
+    ) -> tuple[list[_Work], list[_Work]]:
+        """Plan, after the read: each request's features, path and banned rows (its seen set
+        and its exclusions).
+
+        Returns:
+            The requests still in time, and those of them the tower embeds (a user it knows,
+            or one with a profile or recent items; the rest get the popular items).
+        """
         degraded = features is None
         if features is not None:
             for w, f in zip(work, features, strict=True):
@@ -183,15 +170,14 @@ class Recommender:
         work = _in_time(work, outcomes)
         lookup, seen = self.bundle.space.users.index, self.bundle.seen
         towered: list[_Work] = []
-        paths: list[ServingPath] = []
         for w in work:
             f = w.features
             known = f.user_id in lookup
             recent = f.activity.recent_items
             if degraded:
-                paths.append(ServingPath.DEGRADED)
-            else:
-                paths.append(ServingPath.PERSONALIZED if known else ServingPath.COLD_START)
+                w.path = ServingPath.DEGRADED
+            elif not known:
+                w.path = ServingPath.COLD_START
             exclude = w.request.exclude
             if not w.request.include_seen and (recent or f.activity.seen):
                 w.banned = seen.rows(f.activity)
@@ -201,30 +187,7 @@ class Recommender:
                 w.banned = seen.rows_of(exclude)
             if known or f.has_profile or recent:
                 towered.append(w)
-        results: dict[int, Selected | Exception] = {}
-        towered, vectors = self._embed(towered, results)
-        t2 = time.perf_counter()
-        searched = self._search(towered, vectors, results)
-        meta = self.bundle.meta
-        for w in work:
-            if w.slot not in results:  # nothing to personalize on: the most popular items
-                results[w.slot] = self._try_select(w, meta.popular, meta.popular_share)
-        t4 = time.perf_counter()
-        # Stages that did not run count 0; filtering is everything after the tower but FAISS.
-        stages = Stages(
-            t1 - t0 if work else 0.0,
-            t2 - t1 if len(vectors) else 0.0,
-            searched,
-            t4 - t2 - searched if work else 0.0,
-            len(requests),
-        )
-        for w, path in zip(work, paths, strict=True):
-            result = results[w.slot]
-            if isinstance(result, Exception):
-                outcomes[w.slot] = result
-            else:
-                outcomes[w.slot] = Recommendation(self.bundle, *result, path, stages)
-        return outcomes  # type: ignore[return-value]  # every slot is filled by now
+        return work, towered
 
     def user_vector(self, features: UserFeatures, request_time_ms: int) -> np.ndarray:
         """``[1, dim] float32`` from the user's features and the request time."""
@@ -330,17 +293,12 @@ class Recommender:
             found = rows >= 0
             rows, scores = rows[found], scores[found]
         if genres and (include or exclude):
-            bits = self.bundle.meta.genres[rows]
-            keep = np.ones(len(rows), bool)
-            if include:
-                keep &= (bits & np.uint64(include)) != 0
-            if exclude:
-                keep &= (bits & np.uint64(exclude)) == 0
+            keep = self.bundle.meta.passing(include, exclude, rows)
             rows, scores = rows[keep], scores[keep]
         if not len(banned):
             return rows[:k], scores[:k]
         # At most len(banned) of the first k + len(banned) candidates can be banned. A mask
-        # over the index's rows beats np.isin's sort (3 vs 17 µs at ~100 seen items), and
+        # over the index's rows beats np.isin's sort (BENCHMARKS.md has the figures), and
         # np.zeros maps zeroed pages lazily, so a large index costs little more.
         head = rows[: k + len(banned)]
         is_banned = np.zeros(self.bundle.index.ntotal, bool)

@@ -19,10 +19,10 @@ from recsys.config import Config
 from recsys.errors import NotReadyError, RecsysError
 from recsys.v1 import admin_pb2, admin_pb2_grpc
 from recsys.v1 import recommender_pb2 as pb
+from serving.answers import Recommendation, Stages
 from serving.batching import Batcher
 from serving.live import Live, Status
-from serving.metrics import ServingMetrics
-from serving.recommender import Outcome, Recommendation, Stages
+from serving.metrics import STAGES, ServingMetrics
 from serving.request import Request
 from serving.wire import SERVICE, Encoders, add_recommender, request_from
 
@@ -51,6 +51,8 @@ def _abort(  # type: ignore[misc]  # context.abort raises, but grpc is untyped
 
 Item = tuple[Request, float | None]
 """A request and its ``time.monotonic()`` deadline (``None``: the caller set none)."""
+Answer = tuple[Recommendation, Stages]
+"""An answer and the stages of the batch it was served in (for the timing trailer)."""
 
 
 class RecommenderServicer:
@@ -68,7 +70,7 @@ class RecommenderServicer:
         self.live = live
         self._metrics = metrics or ServingMetrics()
         self._timing = timing_trailer
-        self._batcher: Batcher[Item, Recommendation] = Batcher(self._run, max_batch)
+        self._batcher: Batcher[Item, Answer] = Batcher(self._run, max_batch)
         self._encoders = Encoders()
 
     def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> bytes:  # noqa: N802
@@ -80,40 +82,32 @@ class RecommenderServicer:
         try:
             if self.live is None:
                 raise NotReadyError("the server is loading its model, index and features")
-            answer = self._batcher.submit((request_from(request), deadline))
+            answer, stages = self._batcher.submit((request_from(request), deadline))
         except Exception as exc:
             self._metrics.errors.labels(_status(exc).name).inc()
             return _abort(context, exc, f"Recommend for user_id={request.user_id!r}")
         self._metrics.observe(answer, time.perf_counter() - started)
         if self._timing:
-            context.set_trailing_metadata((("recsys-timing-us", timing(answer, started)),))
+            context.set_trailing_metadata((("recsys-timing-us", timing(stages, started)),))
         return self._encoders.encode(answer)
 
-    def _run(self, items: Sequence[Item]) -> list[Outcome]:
+    def _run(self, items: Sequence[Item]) -> list[Answer | Exception]:
         """One batch, on the pair serving now (read once: a batch never mixes two pairs)."""
         recommender = self.live.recommender  # type: ignore[union-attr]  # set before submit
         cpu = time.thread_time()
-        outcomes = recommender.recommend_batch([r for r, _ in items], [d for _, d in items])
-        cpu = time.thread_time() - cpu
-        for outcome in outcomes:
-            if isinstance(outcome, Recommendation):
-                self._metrics.observe_batch(outcome.stages, len(items), cpu)
-                break
-        else:
-            self._metrics.observe_batch(Stages(batch=len(items)), len(items), cpu)
-        return outcomes
+        served = recommender.recommend_batch([r for r, _ in items], [d for _, d in items])
+        self._metrics.observe_batch(served.stages, time.thread_time() - cpu)
+        stages = served.stages
+        return [o if isinstance(o, Exception) else (o, stages) for o in served.outcomes]
 
 
-def timing(answer: Recommendation, started: float) -> str:
-    """``features=12.3,tower=...,batch=3,hot_path=...``: microseconds per stage of the batch the
-    request was served in, its size, and the time from request in to answer ready (the hot
-    path, waiting for its batch included, without the gRPC stack)."""
-    s = answer.stages
-    return (
-        f"features={s.features * 1e6:.1f},tower={s.tower * 1e6:.1f},"
-        f"search={s.search * 1e6:.1f},filter={s.filter * 1e6:.1f},batch={s.batch},"
-        f"hot_path={(time.perf_counter() - started) * 1e6:.1f}"
-    )
+def timing(stages: Stages, started: float) -> str:
+    """``plan=3.1,read=12.3,...,batch=3,hot_path=...``: microseconds per stage of the batch
+    the request was served in, its size, and the time from request in to answer ready (the
+    hot path, waiting for its batch included, without the gRPC stack)."""
+    parts = [f"{name}={getattr(stages, name) * 1e6:.1f}" for name in STAGES]
+    elapsed = (time.perf_counter() - started) * 1e6
+    return ",".join([*parts, f"batch={stages.batch}", f"hot_path={elapsed:.1f}"])
 
 
 class NullServicer:

@@ -161,7 +161,8 @@ def serve(
 
 def _freeze_startup() -> None:
     """What start-up allocated (TF, Feast, the first bundle) leaves the collector's sight, so
-    a full collection no longer walks it (one took 239 ms under load). A bundle swapped out
+    a full collection no longer walks it (one stalled requests for hundreds of milliseconds
+    under load: BENCHMARKS.md). A bundle swapped out
     later is still freed by reference counting; only cycles inside it would stay."""
     gc.collect()
     gc.freeze()

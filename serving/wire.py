@@ -19,8 +19,8 @@ from collections.abc import Callable
 import grpc
 
 from recsys.v1 import recommender_pb2 as pb
+from serving.answers import Recommendation, ServingPath
 from serving.bundle import Bundle
-from serving.recommender import Recommendation, ServingPath
 from serving.request import Request
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"].full_name

@@ -23,8 +23,9 @@ from loadtest.traffic import Traffic
 from recsys import artifacts
 from recsys.errors import DeadlineExceededError, InvalidRequestError
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
+from serving.answers import Recommendation, ServingPath
 from serving.bundle import Bundle
-from serving.recommender import Recommendation, Recommender, ServingPath
+from serving.recommender import Recommender
 from serving.request import Request
 from serving.wire import request_from
 from tests.conftest import running_server, wait_until
@@ -78,7 +79,7 @@ def test_the_load_test_mix_gets_the_same_answers_in_any_batch(rec, feature_store
         "new users": any(r.user_id.startswith("loadtest-new-") for r in requests),
     }
     assert all(kinds.values()), kinds
-    alone = [rec.recommend_batch([r])[0] for r in requests]
+    alone = [rec.recommend_batch([r]).outcomes[0] for r in requests]
     paths = {a.path for a in alone if isinstance(a, Recommendation)}
     assert paths == {ServingPath.PERSONALIZED, ServingPath.COLD_START}
     assert sum(isinstance(a, InvalidRequestError) for a in alone) == 2
@@ -94,14 +95,13 @@ def test_the_load_test_mix_gets_the_same_answers_in_any_batch(rec, feature_store
         sizes.append(len(members))
         late = members[0]  # the first of each batch had already given up
         deadlines = [time.monotonic() - 1 if i == late else None for i in members]
-        outcomes = rec.recommend_batch([requests[i] for i in members], deadlines)
-        for i, outcome in zip(members, outcomes, strict=True):
+        served = rec.recommend_batch([requests[i] for i in members], deadlines)
+        assert served.stages.batch == len(members)
+        for i, outcome in zip(members, served.outcomes, strict=True):
             if i == late and not isinstance(alone[i], InvalidRequestError):
                 assert isinstance(outcome, DeadlineExceededError)
             else:
                 assert_same(outcome, alone[i], requests[i])
-                if isinstance(outcome, Recommendation):
-                    assert outcome.stages.batch == len(members)
     assert max(sizes) > 8
 
 
@@ -115,8 +115,8 @@ def test_a_batch_answered_while_the_store_is_locked_is_degraded_alike(feature_st
     lock = sqlite3.connect(config.feast_dir / "online.db", timeout=0)
     lock.execute("BEGIN EXCLUSIVE")  # a writer that never lets go
     try:
-        batched = rec.recommend_batch(requests)
-        alone = [rec.recommend_batch([r])[0] for r in requests]
+        batched = rec.recommend_batch(requests).outcomes
+        alone = [rec.recommend_batch([r]).outcomes[0] for r in requests]
     finally:
         lock.rollback()
         lock.close()
@@ -187,7 +187,7 @@ def test_concurrent_calls_across_a_hot_swap_get_their_pairs_answers(scratch, ml)
     for version in (first, second):
         bundle = Bundle.load(scratch.models_dir, scratch.indexes_dir / version)
         rec = Recommender(bundle, FeatureReader(scratch), scratch.serving)
-        expected[version] = {r: rec.recommend_batch([r])[0] for r in set(requests)}
+        expected[version] = {r: rec.recommend_batch([r]).outcomes[0] for r in set(requests)}
     seen_versions = set()
     replies = [reply for c in callers for reply in c.replies]
     for request, reply in replies:

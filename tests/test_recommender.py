@@ -18,8 +18,9 @@ from features.repo.definitions import PROFILE_VIEW
 from features.store import OnlineFeatures, open_store
 from recsys.data import temporal_split
 from recsys.errors import DeadlineExceededError, InvalidRequestError
+from serving.answers import ServingPath
 from serving.bundle import Bundle
-from serving.recommender import Recommender, ServingPath
+from serving.recommender import Recommender
 from serving.request import Request
 
 USER = "196"

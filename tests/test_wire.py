@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from recsys.v1 import recommender_pb2 as pb
-from serving.recommender import Recommendation, ServingPath, Stages
+from serving.answers import Recommendation, ServingPath
 from serving.wire import PATHS, Encoders, ResponseEncoder, request_from
 
 IDS = ["1", "42", "é-ünïcode-Ø", "x" * 200, "", "syn-99"]
@@ -26,7 +26,6 @@ def answer(rows, scores, path=ServingPath.PERSONALIZED, version="idx-1") -> Reco
         np.asarray(rows, np.int64),
         np.asarray(scores, np.float32),
         path,
-        Stages(),
     )
 
 
