@@ -138,14 +138,14 @@ def test_metrics_count_requests_by_path_and_time_each_stage(client, server) -> N
     m = server.metrics
     before = m.value("recsys_recommend_requests_total", path="cold_start")
     errors = m.value("recsys_recommend_errors_total", code="INVALID_ARGUMENT")
-    stage = m.value("recsys_recommend_stage_seconds_count", stage="tower")
+    stage = m.value("recsys_recommend_stage_seconds_count", stage="embed")
     client.recommend("metrics-probe-user", k=3)
     client.recommend("196", k=3)
     with pytest.raises(grpc.RpcError):
         client.recommend("196", k=0)
     assert m.value("recsys_recommend_requests_total", path="cold_start") == before + 1
     assert m.value("recsys_recommend_errors_total", code="INVALID_ARGUMENT") == errors + 1
-    assert m.value("recsys_recommend_stage_seconds_count", stage="tower") == stage + 1
+    assert m.value("recsys_recommend_stage_seconds_count", stage="embed") == stage + 1
     b = server.live.recommender.bundle
     pair = {"model_version": b.model_version, "index_version": b.index_version}
     assert m.value("recsys_serving_pair_info", **pair) == 1
