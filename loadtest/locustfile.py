@@ -29,6 +29,7 @@ from locust import User, events, task
 
 from loadtest.traffic import Traffic
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
+from serving.client import RETRY_OPTIONS
 
 if TYPE_CHECKING:
     import argparse
@@ -80,8 +81,11 @@ class RecommendUser(User):
         # spread over --recsys-connections of them, so a server of several workers on
         # SO_REUSEPORT (which spreads connections, not calls) gets all of its workers loaded.
         connection = next(_USER_NUMBERS) % max(1, options.recsys_connections)
+        # The retry policy every caller should use (serving.client): a worker killed or
+        # restarted under load is retried on another, not counted as a failure.
         self.channel = grpc.insecure_channel(
-            self.host.removeprefix("grpc://"), options=[("recsys.connection", connection)]
+            self.host.removeprefix("grpc://"),
+            options=[("recsys.connection", connection), *RETRY_OPTIONS],
         )
         self.stub = pb_grpc.RecommenderStub(self.channel)
         users = max(1, self.environment.runner.target_user_count or 1)

@@ -149,6 +149,14 @@ class ServingConfig(_Section):
     """Requests run on a freshly loaded pair before it serves (first-call costs)."""
     timing_trailer: bool = False
     """Send each request's stage times as trailing metadata ``recsys-timing-us`` (benchmarks)."""
+    max_request_bytes: int = Field(262_144, ge=1024)
+    """Largest request message the public port accepts; gRPC refuses a larger one with
+    RESOURCE_EXHAUSTED before it is read. The default holds ``max_exclude`` ids of
+    ``max_id_length`` characters with room to spare."""
+    refused_log_seconds: float = Field(10.0, gt=0)
+    """Undecodable requests are logged at most once per this many seconds, with a count."""
+    drain_seconds: float = Field(5.0, ge=0)
+    """On SIGTERM, how long in-flight calls get to finish after new ones are refused."""
 
 
 class IndexConfig(_Section):

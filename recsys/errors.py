@@ -12,6 +12,10 @@ class RecsysError(Exception):
     """
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    retryable = False
+    """Whether the same call again, perhaps on another worker, may succeed. The server marks
+    an UNAVAILABLE answer that is not (``grpc-retry-pushback-ms: -1``), so the callers'
+    retry policy (``serving.client.SERVICE_CONFIG``) leaves it alone."""
 
     def grpc_status_code(self) -> grpc.StatusCode:
         return self.code
@@ -45,10 +49,12 @@ class NotReadyError(RecsysError):
     """The service has not loaded its model, index or features yet."""
 
     code = grpc.StatusCode.UNAVAILABLE
+    retryable = True
 
 
 class StoreUnavailableError(RecsysError):
-    """The online store did not answer (down, timed out, locked); retrying may succeed."""
+    """The online store did not answer (down, timed out, locked). Every worker shares it, so
+    an immediate retry would meet the same store: not ``retryable`` by a caller's policy."""
 
     code = grpc.StatusCode.UNAVAILABLE
 

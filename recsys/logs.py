@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -41,3 +42,28 @@ def configure(structured: bool) -> None:
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     for package in ("recsys", "towers", "index", "features", "serving"):
         logging.getLogger(package).setLevel(logging.INFO)
+
+
+class Throttled:
+    """A warning that a flood would repeat, written at most once per ``every`` seconds with
+    how many times it happened since the last line (the first at once), never a traceback:
+    a client sending garbage cannot flood the log."""
+
+    def __init__(self, logger: logging.Logger, message: str, every: float):
+        self._logger = logger
+        self._message = message
+        self._every = every
+        self._lock = threading.Lock()
+        self._count = 0
+        self._last = -float("inf")
+
+    def note(self, detail: str) -> bool:
+        """Counts one occurrence; returns whether a line was written for it."""
+        with self._lock:
+            self._count += 1
+            now = time.monotonic()
+            if now - self._last < self._every:
+                return False
+            count, self._count, self._last = self._count, 0, now
+        self._logger.warning(self._message, extra={"count": count, "last": detail})
+        return True

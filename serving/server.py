@@ -16,18 +16,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recsys.config import Config
-from recsys.errors import NotReadyError, RecsysError
+from recsys.errors import InvalidRequestError, NotReadyError, RecsysError
+from recsys.logs import Throttled
 from recsys.v1 import admin_pb2, admin_pb2_grpc
-from recsys.v1 import recommender_pb2 as pb
 from serving.answers import Recommendation, Stages
 from serving.batching import Batcher
 from serving.live import Live, Status
 from serving.metrics import STAGES, ServingMetrics
 from serving.request import Request
-from serving.wire import SERVICE, Encoders, add_recommender, request_from
+from serving.wire import SERVICE, Encoders, add_recommender, parse_request, request_from
 
 log = logging.getLogger(__name__)
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["RecommenderAdmin"].full_name
+PUSHBACK = "grpc-retry-pushback-ms"
+"""Trailing metadata a gRPC client's retry policy reads: negative means do not retry."""
 NO_DEADLINE = 1e6
 """``time_remaining()`` above this many seconds means the caller set no deadline."""
 
@@ -42,11 +44,15 @@ def _abort(  # type: ignore[misc]  # context.abort raises, but grpc is untyped
     context: grpc.ServicerContext, exc: Exception, what: str
 ) -> NoReturn:
     """Ends the call with ``exc``'s status; unexpected errors are logged with their details
-    and answered INTERNAL without them."""
-    if not isinstance(exc, RecsysError):
-        log.exception("%s failed", what)
-        context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-    context.abort(_status(exc), str(exc))
+    and answered INTERNAL without them. An UNAVAILABLE answer a retry cannot help carries
+    ``grpc-retry-pushback-ms: -1``: gRPC's retry policy does not retry it."""
+    if isinstance(exc, RecsysError):
+        code = exc.grpc_status_code()
+        if code == grpc.StatusCode.UNAVAILABLE and not exc.retryable:
+            context.set_trailing_metadata(((PUSHBACK, "-1"),))
+        context.abort(code, str(exc))
+    log.exception("%s failed", what)
+    context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
 
 Item = tuple[Request, float | None]
@@ -66,19 +72,29 @@ class RecommenderServicer:
         metrics: ServingMetrics | None = None,
         timing_trailer: bool = False,
         max_batch: int = 64,
+        refused_log_seconds: float = 10.0,
     ):
         self.live = live
         self._metrics = metrics or ServingMetrics()
+        self._garbage = Throttled(
+            log, "refused undecodable Recommend requests (INVALID_ARGUMENT)", refused_log_seconds
+        )
         self._timing = timing_trailer
         self._batcher: Batcher[Item, Answer] = Batcher(self._run, max_batch)
         self._encoders = Encoders()
 
-    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> bytes:  # noqa: N802
+    def Recommend(self, data: bytes, context: grpc.ServicerContext) -> bytes:  # noqa: N802
         started = time.perf_counter()
         remaining = context.time_remaining()
         deadline = (
             None if remaining is None or remaining > NO_DEADLINE else time.monotonic() + remaining
         )
+        try:
+            request = parse_request(data)
+        except InvalidRequestError as exc:
+            self._metrics.errors.labels(grpc.StatusCode.INVALID_ARGUMENT.name).inc()
+            self._garbage.note(context.peer())
+            return _abort(context, exc, "Recommend")
         try:
             if self.live is None:
                 raise NotReadyError("the server is loading its model, index and features")
@@ -114,7 +130,7 @@ class NullServicer:
     """Answers Recommend with an empty response: the cost of the gRPC stack alone
     (benchmarks), registered the same way as ``RecommenderServicer``."""
 
-    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> bytes:  # noqa: N802
+    def Recommend(self, data: bytes, context: grpc.ServicerContext) -> bytes:  # noqa: N802
         return b""
 
 
@@ -172,7 +188,10 @@ def create_server(
         The server, the bound port (resolves port 0) and the health servicer.
     """
     sc = config.serving
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=sc.workers))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=sc.workers),
+        options=[("grpc.max_receive_message_length", sc.max_request_bytes)],
+    )
     add_recommender(server, servicer.Recommend)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -7,8 +7,11 @@ protobuf wire format: each item is a length-delimited ``ScoredItem`` whose bytes
 score depend only on the index row (kept once per row, on first use), followed by the
 score's four little-endian bytes; the versions and path close the message. The bytes are
 what ``RecommendResponse.SerializeToString`` writes for the same answer (tested), and the
-method is registered with no response serializer, so gRPC sends them as they are. Requests
-are parsed by the generated message class as usual.
+method is registered with no response serializer, so gRPC sends them as they are.
+
+Requests arrive as bytes too (no request deserializer): the handler parses them
+(``parse_request``), so bytes that are not a ``RecommendRequest`` are the caller's error
+(INVALID_ARGUMENT, one line) rather than gRPC's (INTERNAL and a logged traceback).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import threading
 from collections.abc import Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from recsys.errors import InvalidRequestError
 from recsys.v1 import recommender_pb2 as pb
 from serving.answers import Recommendation, ServingPath
 from serving.bundle import Bundle
@@ -27,6 +32,22 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 PATHS = {p: pb.ServingPath.Value(f"SERVING_PATH_{p.name}") for p in ServingPath}
 _ZERO = b"\0\0\0\0"
 """A score of exactly 0.0: proto3 leaves a zero field out of the message."""
+
+
+def parse_request(data: bytes) -> pb.RecommendRequest:
+    """The request message from its wire bytes.
+
+    Raises:
+        InvalidRequestError: the bytes are not a ``RecommendRequest``.
+    """
+    try:
+        message: pb.RecommendRequest = pb.RecommendRequest.FromString(data)
+    except DecodeError as exc:
+        raise InvalidRequestError(
+            f"the request's {len(data)} bytes are not a {pb.RecommendRequest.DESCRIPTOR.full_name}"
+            f" ({exc}); send the message proto/recsys/v1/recommender.proto defines"
+        ) from None
+    return message
 
 
 def request_from(message: pb.RecommendRequest) -> Request:
@@ -114,16 +135,12 @@ class Encoders:
         return encoder.encode(answer)
 
 
-Handler = Callable[[pb.RecommendRequest, grpc.ServicerContext], bytes]
+Handler = Callable[[bytes, grpc.ServicerContext], bytes]
 
 
 def add_recommender(server: grpc.Server, recommend: Handler) -> None:
-    """Registers ``recommend`` as ``recsys.v1.Recommender/Recommend``: requests parsed by the
-    generated class, responses sent as the bytes it returns."""
-    handlers = {
-        "Recommend": grpc.unary_unary_rpc_method_handler(
-            recommend, request_deserializer=pb.RecommendRequest.FromString
-        )
-    }
+    """Registers ``recommend`` as ``recsys.v1.Recommender/Recommend``: it gets the request's
+    bytes (``parse_request``) and returns the response's."""
+    handlers = {"Recommend": grpc.unary_unary_rpc_method_handler(recommend)}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)
