@@ -1,4 +1,4 @@
-"""``recsys bench``, ``bench-index``, ``bench-ingest`` and ``bench-freshness``: the
+"""``recsys bench``, ``bench-index``, ``bench-ingest``, ``bench-fleet`` and ``bench-freshness``: the
 benchmarks behind BENCHMARKS.md, each printing its numbers."""
 
 from __future__ import annotations
@@ -97,6 +97,20 @@ def bench_freshness_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def bench_fleet(config: Config, args: argparse.Namespace) -> None:
+    from benchmarks.fleet import run
+    from recsys import artifacts
+
+    artifacts.current(config.indexes_dir)  # the workers need a published model and index
+    run(config, rate=args.rate, workers=args.workers, seconds=args.seconds)
+
+
+def bench_fleet_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rate", type=float, default=1000.0, help="Recommend calls/s")
+    p.add_argument("--workers", type=int, default=2, help="server processes")
+    p.add_argument("--seconds", type=float, default=15.0, help="length of the steady run")
+
+
 COMMANDS = (
     Command(
         "bench",
@@ -115,6 +129,12 @@ COMMANDS = (
         "ingest throughput from a local broker",
         bench_ingest,
         bench_ingest_arguments,
+    ),
+    Command(
+        "bench-fleet",
+        "serve --workers under faults: a worker killed, a rolling restart, garbage floods",
+        bench_fleet,
+        bench_fleet_arguments,
     ),
     Command(
         "bench-freshness",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
 from commands.command import Command
 from recsys.config import Config
@@ -15,17 +14,34 @@ from recsys.errors import RecsysError
 def run_server(config: Config, args: argparse.Namespace) -> None:
     from serving.stack import serve
 
+    if args.worker is not None:  # started by a supervisor: one of its workers
+        from serving.workers import report_ready, worker_config
+
+        index, port, ready_fd = args.worker
+        cfg = worker_config(config, index, port)
+        serve(cfg, null=args.null, on_ready=lambda: report_ready(ready_fd))
+        return
     if args.workers is not None:
         config = config.with_overrides({"serving": {"processes": args.workers}})
-    if config.serving.processes == 1:
+    elif config.serving.processes == 1:  # one process, unsupervised; --workers 1 supervises it
         serve(config, null=args.null)
         return
-    from serving.workers import Supervisor
+    from serving.workers import Supervisor, worker_argv
 
-    def worker(cfg: Config, on_ready: Callable[[], object]) -> None:
-        serve(cfg, null=args.null, on_ready=on_ready)
+    # Workers read the same file (and environment) afresh, so a rolling restart picks up
+    # a changed configuration.
+    config_file = getattr(args, "config", None)
+    config_args = ["--config", str(config_file)] if config_file else []
+    command = worker_argv(config_args, null=args.null)
+    sys.exit(Supervisor(config, config.serving.processes, command).run())
 
-    sys.exit(Supervisor(config, config.serving.processes, worker).run())
+
+def _worker(value: str) -> tuple[int, int, int]:
+    try:
+        index, port, fd = (int(part) for part in value.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected INDEX:PORT:FD, got {value!r}") from None
+    return index, port, fd
 
 
 def serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,8 +51,18 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         type=int,
-        help="server processes sharing the port (SO_REUSEPORT; serving.processes); worker i's "
-        "admin and metrics ports are serving.admin_port + i and serving.metrics_port + i",
+        help="server processes sharing the port under a supervisor that replaces a dead one "
+        "(SO_REUSEPORT; serving.processes; 1 is a supervised single worker); worker i's "
+        "admin and metrics ports are serving.admin_port + i and serving.metrics_port + i; "
+        "SIGHUP to the supervisor restarts them one at a time, each replacement serving "
+        "before the old one drains",
+    )
+    p.add_argument(
+        "--worker",
+        type=_worker,
+        metavar="INDEX:PORT:FD",
+        help="run as worker INDEX of a supervisor on PORT, reporting readiness on FD "
+        "(the supervisor starts its workers so)",
     )
 
 

@@ -6,6 +6,7 @@ reverse. ``recsys serve`` runs it until a signal; the tests run it on ephemeral 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import logging
 import signal
@@ -27,6 +28,8 @@ from serving.server import (
 )
 
 log = logging.getLogger(__name__)
+METRICS_RETRY_S = 0.2
+"""How often a worker retries a metrics port its predecessor still holds."""
 
 
 def load_live(config: Config, metrics: ServingMetrics | None = None) -> Live:
@@ -77,42 +80,50 @@ def start_stack(
     grace: float | None = None,
     before_serving: Callable[[], object] | None = None,
 ) -> Iterator[Stack]:
-    """Starts the stack and yields it SERVING; on exit, NOT_SERVING first, then stops it.
+    """Loads and warms the pair, then starts the stack and yields it SERVING; on exit,
+    NOT_SERVING first, then the public server drains and stops.
 
-    The public port answers health (NOT_SERVING) while the pair loads and warms, and
-    Recommend only once it is SERVING.
+    Nothing listens on the public port until the pair is loaded and warm: a client that
+    connects earlier is refused and retries (``serving.client.SERVICE_CONFIG``), instead of
+    being handed to a process that can only answer "loading" (with ``SO_REUSEPORT``, the
+    kernel gives a listening worker its share of new connections whatever its state).
 
     Args:
         config: The project configuration (``serving.*``: ports, watcher, metrics).
         null: Serve ``NullServicer`` instead: a latency baseline with nothing behind it.
-        grace: Seconds in-flight calls get to finish at the stop (``None``: none).
-        before_serving: Called once warm, just before health turns SERVING.
+        grace: Seconds in-flight calls get to finish at the stop, new calls refused
+            meanwhile (``None``: none).
+        before_serving: Called once warm, just before the public port opens.
     """
     sc = config.serving
     stop = threading.Event()
     metrics = ServingMetrics()
     recommend = RecommenderServicer(
-        metrics=metrics, timing_trailer=sc.timing_trailer, max_batch=sc.max_batch
+        metrics=metrics,
+        timing_trailer=sc.timing_trailer,
+        max_batch=sc.max_batch,
+        refused_log_seconds=sc.refused_log_seconds,
     )
+    live = None
+    if not null:
+        live = load_live(config, metrics)
+        recommend.live = live
+    if before_serving is not None:
+        before_serving()
     server, port, health_servicer = create_server(config, NullServicer() if null else recommend)
+    set_serving(health_servicer, True)
     server.start()
     admin = None
     stop_metrics: Callable[[], None] | None = None
     try:
-        live = None
         admin_port = None
-        if not null:
-            live = load_live(config, metrics)
-            recommend.live = live
+        if live is not None:
             admin, admin_port = create_admin_server(config, live)
             admin.start()
             if sc.metrics_port is not None:
-                stop_metrics = metrics.serve(sc.metrics_port, sc.admin_host)
+                stop_metrics = serve_metrics(metrics, sc.metrics_port, sc.admin_host, stop)
             if sc.reload_poll_seconds:
                 live.watch(stop)
-        if before_serving is not None:
-            before_serving()
-        set_serving(health_servicer, True)
         yield Stack(config, port, health_servicer, metrics, live, admin_port)
     finally:
         stop.set()
@@ -124,10 +135,47 @@ def start_stack(
             stop_metrics()
 
 
+def serve_metrics(
+    metrics: ServingMetrics, port: int, host: str, stop: threading.Event
+) -> Callable[[], None]:
+    """Serves ``/metrics`` on ``host:port``; while another process holds the port (the worker
+    this one replaces in a rolling restart, still draining), keeps trying in the background.
+
+    Returns:
+        What stops it (and frees the port).
+    """
+    try:
+        return metrics.serve(port, host)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+    stopped: list[Callable[[], None]] = []
+
+    def keep_trying() -> None:
+        while not stop.wait(METRICS_RETRY_S):
+            with contextlib.suppress(OSError):
+                stopped.append(metrics.serve(port, host))
+                log.info("metrics port bound", extra={"port": port})
+                return
+
+    waiter = threading.Thread(target=keep_trying, name="metrics-bind", daemon=True)
+    waiter.start()
+
+    def stop_it() -> None:
+        stop.set()
+        waiter.join()
+        for fn in stopped:
+            fn()
+
+    return stop_it
+
+
 def serve(
     config: Config, *, null: bool = False, on_ready: Callable[[], object] | None = None
 ) -> None:
-    """Runs the stack until SIGTERM/SIGINT, then drains in-flight calls (5 s).
+    """Runs the stack until SIGTERM/SIGINT, then drains: health NOT_SERVING, new calls and
+    connections refused (callers retry on another worker), in-flight calls given
+    ``serving.drain_seconds`` to finish.
 
     Args:
         config: The project configuration.
@@ -142,7 +190,9 @@ def serve(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with start_stack(config, null=null, grace=5, before_serving=_freeze_startup) as stack:
+    with start_stack(
+        config, null=null, grace=config.serving.drain_seconds, before_serving=_freeze_startup
+    ) as stack:
         sc = config.serving
         what = "null handler"
         if stack.live is not None:

@@ -7,8 +7,16 @@ serving pair with its own hot swap (each watches ``indexes/CURRENT``), health, a
 port through ``SO_REUSEPORT``: the supervisor reserves it with that option set, and every
 worker binds it again (gRPC sets the option by default).
 
-The workers are forked before any gRPC server starts (grpc/grpc#16001), and the supervisor
-never creates a gRPC object, so it can also fork a replacement for a worker that dies.
+Each worker is a fresh interpreter (``recsys serve --worker INDEX:PORT:FD``), started by a
+supervisor that never creates a gRPC object (a fork of a process with gRPC threads is unsafe,
+grpc/grpc#16001). A worker loads and warms its pair before it listens, then reports on the
+supervisor's pipe (``FD``): nothing is handed a connection before it can answer.
+
+The supervisor replaces a worker that dies, and on SIGHUP rolls them all: for each in turn a
+replacement starts (reading the configuration file and the code afresh), and once it is
+serving, the old one is told to drain (SIGTERM: new connections and calls go to the others,
+in-flight calls finish) before the next is replaced. A replacement that fails before it
+serves stops the roll, and the old worker keeps serving.
 
 ``SO_REUSEPORT`` spreads connections, not calls: the kernel hashes each new TCP connection to
 one worker, and every call on that connection goes to it. A client should therefore open
@@ -25,10 +33,12 @@ import os
 import select
 import signal
 import socket
+import struct
+import subprocess
 import sys
 import time
-import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from recsys.config import Config
 from recsys.errors import RecsysError
@@ -71,102 +81,196 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-class Supervisor:
-    """Forks the workers, restarts one that dies, and stops them all on SIGTERM or SIGINT."""
+WorkerCommand = Callable[[int, int, int], Sequence[str]]
+"""``(index, port, ready_fd)`` → the argv that runs worker ``index`` on the shared ``port``,
+reporting readiness on ``ready_fd`` (``worker_argv``)."""
 
-    def __init__(self, config: Config, workers: int, serve: Callable[..., None]):
+
+def worker_argv(config_args: Sequence[str], null: bool = False) -> WorkerCommand:
+    """The command of a worker: ``recsys [--config F] serve --worker INDEX:PORT:FD``."""
+
+    def argv(index: int, port: int, ready_fd: int) -> list[str]:
+        run = [sys.executable, "-m", "commands.cli", *config_args, "serve"]
+        return [*run, *(["--null"] if null else []), "--worker", f"{index}:{port}:{ready_fd}"]
+
+    return argv
+
+
+def report_ready(ready_fd: int) -> None:
+    """A worker's word to its supervisor that it serves: its pid, in one atomic write."""
+    os.write(ready_fd, struct.pack(_READY, os.getpid()))
+
+
+_READY = "<i"
+
+
+@dataclass
+class _Worker:
+    index: int
+    proc: subprocess.Popen[bytes]
+    started: float
+    serving: bool = False
+
+
+class Supervisor:
+    """Starts the workers, restarts one that dies, rolls them all on SIGHUP, and stops them
+    on SIGTERM or SIGINT."""
+
+    def __init__(self, config: Config, workers: int, command: WorkerCommand):
         if workers < 1:
             raise RecsysError(f"--workers must be at least 1, got {workers}")
         self._config = config
         self._workers = workers
-        self._serve = serve
-        self._pids: dict[int, int] = {}
-        self._started: dict[int, float] = {}
+        self._command = command
+        self._by_pid: dict[int, _Worker] = {}
+        self._current: dict[int, _Worker] = {}
+        """The worker serving (or starting for) each index."""
+        self._incoming: _Worker | None = None
+        """A rolling restart's replacement, loading."""
+        self._retiring: _Worker | None = None
+        """The worker a rolling restart told to drain."""
+        self._roll: list[int] = []
+        """Indexes a rolling restart has still to replace."""
+        self._roll_requested = False
+        self._served: set[int] = set()
+        """Indexes that have served at least once (a later start is a restart)."""
         self._quick_exits = [0] * workers
         self._stopping = False
-        self._restarted: set[int] = set()
+        self._failed = False
 
     def run(self) -> int:
         """Runs until stopped; returns the exit code (0: every worker stopped cleanly).
 
-        One thread only (a fork beside a running thread could copy a lock it holds): the
-        loop waits on the workers' readiness pipe and polls for workers that exited.
+        One thread only: the loop waits on the workers' readiness pipe, reaps workers that
+        exited and moves a rolling restart on.
         """
         sc = self._config.serving
         reserved = reserve_port(sc.host, sc.port)
-        port = reserved.getsockname()[1]
-        ready_r, ready_w = os.pipe()
-        configs = [worker_config(self._config, i, port) for i in range(self._workers)]
+        self._port = reserved.getsockname()[1]
+        self._ready_r, self._ready_w = os.pipe()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._stop)
-        for i, cfg in enumerate(configs):
-            self._spawn(i, cfg, ready_w)
-        ready: set[int] = set()
-        failed = False
-        while self._pids:
-            if select.select([ready_r], [], [], 0.2)[0]:
-                for index in os.read(ready_r, 64):
-                    print(
-                        f"worker {index} serving again"
-                        if index in ready
-                        else f"worker {index} serving",
-                        flush=True,
-                    )
-                    ready.add(index)
-                    if len(ready) == self._workers and index not in self._restarted:
-                        print(
-                            f"all {self._workers} workers serving on {sc.host}:{port}", flush=True
-                        )
-            while self._pids:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-                if pid == 0:
-                    break
-                index = self._pids.pop(pid)
-                code = os.waitstatus_to_exitcode(status)
-                if self._stopping:
-                    failed |= code != 0
-                    continue
-                quick = time.monotonic() - self._started[index] < QUICK_EXIT_S
-                self._quick_exits[index] = self._quick_exits[index] + 1 if quick else 0
-                if self._quick_exits[index] >= 3:
-                    print(f"worker {index} keeps exiting (code {code}); stopping", flush=True)
-                    failed = True
-                    self._stop()
-                    continue
-                print(f"worker {index} exited with code {code}; restarting it", flush=True)
-                log.error("worker exited; restarting", extra={"worker": index, "code": code})
-                time.sleep(RESTART_DELAY_S)
-                if not self._stopping:
-                    self._restarted.add(index)
-                    self._spawn(index, configs[index], ready_w)
+        signal.signal(signal.SIGHUP, self._request_roll)
+        print(
+            f"supervisor {os.getpid()}: {self._workers} workers on {sc.host}:{self._port} "
+            "(SIGHUP: rolling restart; SIGTERM: drain and stop)",
+            flush=True,
+        )
+        for index in range(self._workers):
+            self._current[index] = self._spawn(index)
+        while self._by_pid:
+            if select.select([self._ready_r], [], [], 0.2)[0]:
+                data = os.read(self._ready_r, 4 * 64)
+                for (pid,) in struct.iter_unpack(_READY, data):
+                    self._ready(pid)
+            self._reap()
+            if self._roll_requested and not self._stopping:
+                self._roll_requested = False
+                self._start_roll()
         reserved.close()
-        os.close(ready_r)
-        os.close(ready_w)
+        os.close(self._ready_r)
+        os.close(self._ready_w)
         print(f"all {self._workers} workers stopped", flush=True)
-        return 1 if failed else 0
+        return 1 if self._failed else 0
 
-    def _spawn(self, index: int, config: Config, ready_w: int) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 0
-            try:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(sig, signal.SIG_DFL)  # serve installs its own
-                self._serve(config, on_ready=lambda: os.write(ready_w, bytes([index])))
-            except BaseException:  # a worker reports anything, then exits
-                traceback.print_exc()
-                code = 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        self._pids[pid] = index
-        self._started[index] = time.monotonic()
+    def _spawn(self, index: int) -> _Worker:
+        argv = self._command(index, self._port, self._ready_w)
+        proc = subprocess.Popen(argv, pass_fds=(self._ready_w,))
+        worker = _Worker(index, proc, time.monotonic())
+        self._by_pid[proc.pid] = worker
+        return worker
+
+    def _ready(self, pid: int) -> None:
+        worker = self._by_pid.get(pid)
+        if worker is None:
+            return
+        worker.serving = True
+        index = worker.index
+        if worker is self._incoming:
+            self._incoming = None
+            old, self._current[index] = self._current[index], worker
+            print(f"worker {index} replaced (pid {pid}); draining the old one", flush=True)
+            self._retiring = old
+            self._signal(old, signal.SIGTERM)
+            return
+        again = index in self._served
+        self._served.add(index)
+        print(f"worker {index} serving{' again' if again else ''}", flush=True)
+        if not again and len(self._served) == self._workers:
+            print(
+                f"all {self._workers} workers serving on {self._config.serving.host}:{self._port}",
+                flush=True,
+            )
+
+    def _reap(self) -> None:
+        for pid, worker in list(self._by_pid.items()):
+            code = worker.proc.poll()
+            if code is None:
+                continue
+            del self._by_pid[pid]
+            index = worker.index
+            if worker is self._retiring:
+                self._retiring = None
+                print(f"worker {index}'s old process drained and stopped (code {code})", flush=True)
+                self._failed |= code != 0
+                self._next_in_roll()
+            elif self._stopping:
+                self._failed |= code != 0
+            elif worker is self._incoming:
+                self._incoming = None
+                self._roll = []
+                print(
+                    f"rolling restart stopped: worker {index}'s replacement exited with code "
+                    f"{code} before serving; the old worker keeps serving",
+                    flush=True,
+                )
+                self._failed = True
+            else:
+                self._restart(worker, code)
+
+    def _restart(self, worker: _Worker, code: int) -> None:
+        index = worker.index
+        quick = time.monotonic() - worker.started < QUICK_EXIT_S
+        self._quick_exits[index] = self._quick_exits[index] + 1 if quick else 0
+        if self._quick_exits[index] >= 3:
+            print(f"worker {index} keeps exiting (code {code}); stopping", flush=True)
+            self._failed = True
+            self._stop()
+            return
+        print(f"worker {index} exited with code {code}; restarting it", flush=True)
+        log.error("worker exited; restarting", extra={"worker": index, "code": code})
+        time.sleep(RESTART_DELAY_S)
+        if not self._stopping:
+            self._current[index] = self._spawn(index)
+
+    def _start_roll(self) -> None:
+        if self._roll or self._incoming or self._retiring:
+            print("a rolling restart is already running", flush=True)
+            return
+        print(f"rolling restart of {self._workers} workers", flush=True)
+        self._roll = list(range(self._workers))
+        self._next_in_roll()
+
+    def _next_in_roll(self) -> None:
+        if self._stopping:
+            return
+        if not self._roll:
+            if self._incoming is None and self._retiring is None:
+                print("rolling restart done", flush=True)
+            return
+        index = self._roll.pop(0)
+        print(f"rolling restart: starting worker {index}'s replacement", flush=True)
+        self._incoming = self._spawn(index)
+
+    def _request_roll(self, *_: object) -> None:
+        self._roll_requested = True
+
+    def _signal(self, worker: _Worker, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):  # it exited already
+            worker.proc.send_signal(sig)
 
     def _stop(self, *_: object) -> None:
         self._stopping = True
-        for pid in list(self._pids):
-            with contextlib.suppress(ProcessLookupError):  # it exited already
-                os.kill(pid, signal.SIGTERM)
+        self._roll = []
+        for worker in list(self._by_pid.values()):
+            self._signal(worker, signal.SIGTERM)
