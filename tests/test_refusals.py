@@ -12,16 +12,15 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
+from benchmarks.fleet import METHOD, garbage
 from recsys.config import Config
 from recsys.errors import InvalidRequestError
 from recsys.logs import Throttled
 from recsys.v1 import recommender_pb2 as pb
 from serving.recommender import Recommender
 from serving.server import RecommenderServicer, create_server
-from serving.wire import SERVICE, parse_request
+from serving.wire import parse_request
 from tests import tiny
-
-METHOD = f"/{SERVICE}/Recommend"
 
 
 @pytest.fixture
@@ -37,11 +36,6 @@ def target():
     server.start()
     yield f"127.0.0.1:{port}"
     server.stop(grace=None).wait()
-
-
-def garbage(i: int) -> bytes:
-    """Bytes no RecommendRequest has: a field with a wire type the message cannot take."""
-    return bytes([0x0A, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]) + i.to_bytes(4, "little")
 
 
 def test_garbage_and_oversized_floods_leave_real_calls_alone(target, caplog) -> None:
