@@ -95,7 +95,7 @@ def calling(
     def run(n: int) -> None:
         interval = channels / rate
         rng = random.Random(n)
-        with grpc.insecure_channel(target, options=[*options, ("recsys.channel", n)]) as ch:
+        with grpc.insecure_channel(target, options=options) as ch:
             call = pb_grpc.RecommenderStub(ch).Recommend
             due = time.monotonic() + rng.random() * interval
             while not stop.is_set():
@@ -132,12 +132,9 @@ def probing(target: str, every: float = 0.25, timeout: float = 2.0) -> Iterator[
     stop = threading.Event()
 
     def run() -> None:
-        n = 0
         while not stop.wait(every):
-            n += 1
             due = time.monotonic()
-            options = [*CHANNEL_OPTIONS, ("recsys.probe", n)]
-            with grpc.insecure_channel(target, options=options) as ch:
+            with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as ch:
                 try:
                     pb_grpc.RecommenderStub(ch).Recommend(
                         pb.RecommendRequest(user_id="196", k=5), timeout=timeout
@@ -198,12 +195,20 @@ def _collect(pending: list[grpc.Future], codes: dict[str, int]) -> None:
     pending.clear()
 
 
+Fleet = tuple[subprocess.Popen[bytes], str, Path]
+"""A running fleet: its supervisor, public address and log."""
+
+
 @contextlib.contextmanager
 def started_fleet(
-    config: Config, work: Path, workers: int, cpus: set[int] | None
-) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    """``recsys serve --workers N`` on free ports, pinned to ``cpus``, until every worker
-    serves; yields the supervisor, the public address and its log."""
+    config: Config,
+    work: Path,
+    workers: int,
+    cpus: set[int] | None = None,
+    args: Sequence[str] = (),
+) -> Iterator[Fleet]:
+    """``recsys serve --workers N [args]`` on free ports, pinned to ``cpus``, until every
+    worker serves; yields the supervisor, the public address and its log."""
     from localservices.procs import child, free_port, free_ports, write_config
 
     ports = {
@@ -214,7 +219,7 @@ def started_fleet(
     }
     config_file = write_config(config.with_overrides({"serving": ports}), work / "serve.yaml")
     log = work / "serve.log"
-    argv = ["serve", "--workers", str(workers)]
+    argv = ["serve", "--workers", str(workers), *args]
     with child("serve", config_file, argv, work, quiet=True, cpus=cpus) as proc:
         _wait(lambda: f"all {workers} workers serving" in log.read_text(), 600, proc)
         yield proc, f"127.0.0.1:{ports['port']}", log
@@ -235,7 +240,6 @@ def _lines(log: Path) -> int:
 
 
 Row = dict[str, object]
-Fleet = tuple[subprocess.Popen[bytes], str, Path]
 
 
 def run(

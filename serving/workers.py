@@ -109,7 +109,6 @@ class _Worker:
     index: int
     proc: subprocess.Popen[bytes]
     started: float
-    serving: bool = False
 
 
 class Supervisor:
@@ -184,7 +183,6 @@ class Supervisor:
         worker = self._by_pid.get(pid)
         if worker is None:
             return
-        worker.serving = True
         index = worker.index
         if worker is self._incoming:
             self._incoming = None

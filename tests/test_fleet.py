@@ -6,43 +6,22 @@ the supervisor's socket."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from benchmarks.fleet import calling, loading, probing, workers_of
-from localservices.procs import child, free_port, free_ports, write_config
+from benchmarks.fleet import calling, loading, probing, started_fleet, workers_of
 from tests.conftest import wait_until
 
 WORKERS = 2
 
 
-@contextlib.contextmanager
-def fleet(config, tmp_path: Path, *args: str, workers: int = WORKERS) -> Iterator[tuple]:
-    ports = {
-        "port": free_port("127.0.0.1"),
-        "admin_port": free_ports("127.0.0.1", workers),
-        "metrics_port": free_ports("127.0.0.1", workers),
-        "reload_poll_seconds": 0,
-        "drain_seconds": 5,
-    }
-    config_file = write_config(config.with_overrides({"serving": ports}), tmp_path / "serve.yaml")
-    log = tmp_path / "serve.log"
-    argv = ["serve", "--workers", str(workers), *args]
-    with child("serve", config_file, argv, tmp_path, quiet=True) as proc:
-        wait_until(lambda: f"all {workers} workers serving" in log.read_text(), 300, "workers up")
-        yield proc, f"127.0.0.1:{ports['port']}", log
-
-
 @pytest.fixture(scope="module")
 def served(feature_store, tmp_path_factory):
-    with fleet(feature_store, tmp_path_factory.mktemp("fleet")) as running:
+    with started_fleet(feature_store, tmp_path_factory.mktemp("fleet"), WORKERS) as running:
         yield running
 
 
@@ -81,7 +60,7 @@ def test_a_rolling_restart_under_load_fails_no_call(served) -> None:
 
 @pytest.mark.usefixtures("processes")
 def test_while_no_worker_listens_a_connection_is_refused_at_once(base_config, tmp_path) -> None:
-    with fleet(base_config, tmp_path, "--null", workers=1) as (proc, target, log):
+    with started_fleet(base_config, tmp_path, 1, args=["--null"]) as (proc, target, log):
         host, port = target.split(":")
         os.kill(workers_of(proc.pid)[0], signal.SIGKILL)
         refused = 0

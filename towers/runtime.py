@@ -89,29 +89,28 @@ class NumpyUserTower(_Tower):
     """
 
     def __init__(self, weights: dict[str, np.ndarray], config: TowerConfig):
-        concat = list(config.user_concat)
-        if not concat:
+        names = list(config.user_concat)
+        if not names:
             raise ArtifactError(
                 "tower.json does not record the user tower's input order (user_concat); "
                 "the model was exported before it was: retrain it with `recsys train`"
             )
-        if sorted(concat) != sorted(config.user_tables()):
+        if sorted(names) != sorted(config.user_tables()):
             raise ArtifactError(
-                f"tower.json's user_concat {concat} does not match user_parts "
+                f"tower.json's user_concat {names} does not match user_parts "
                 f"{list(config.user_parts)}; re-export the model"
             )
-        names = concat
         history = "item_emb" in names
         super().__init__(weights, config, names + [f"user_{p}" for p in _MLP_PARTS])
         # The hidden kernel's input rows follow the concatenation the model recorded.
         kernel = weights["user_hidden_w"]
-        widths = {n: weights[n].shape[1] for n in concat}
+        widths = {n: weights[n].shape[1] for n in names}
         if sum(widths.values()) != kernel.shape[0]:
             raise ArtifactError(
                 f"user_hidden_w has {kernel.shape[0]} input rows, the tables "
                 f"{sum(widths.values())}; re-export the model"
             )
-        bounds = dict(zip(concat, np.cumsum([0, *widths.values()]).tolist(), strict=False))
+        bounds = dict(zip(names, np.cumsum([0, *widths.values()]).tolist(), strict=False))
         folded = {n: weights[n] @ kernel[bounds[n] : bounds[n] + widths[n]] for n in names}
         # Every query has exactly one user-id row at weight 1, so the hidden bias is added to
         # those rows once, here, instead of to every query.
