@@ -11,7 +11,7 @@ RECSYS := $(VENV)/bin/recsys
 INSTALLED := $(VENV)/.installed
 PROTOS := $(wildcard proto/recsys/v1/*.proto)
 STUBS := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
-DATA := .cache/data/ml-100k/ml-100k.inter
+DATA := .cache/data/ml-100k/parquet/interactions.parquet
 KAFKA_JARS := .cache/kafka/libs/.pom.sha256
 MYPY := $(VENV)/bin/mypy recsys features towers evaluation training index serving loadtest \
 	benchmarks localservices commands

@@ -21,7 +21,7 @@ from index.recall import ExactTopK, recall_at_k, user_queries
 from index.versions import load_index
 from recsys import artifacts
 from recsys.config import Config
-from recsys.data import MovieLens
+from recsys.data.dataset import Dataset
 
 
 def search_latencies_us(index: faiss.Index, queries: np.ndarray) -> np.ndarray:
@@ -36,7 +36,7 @@ def search_latencies_us(index: faiss.Index, queries: np.ndarray) -> np.ndarray:
 
 
 def run(
-    config: Config, ml: MovieLens, items: int, out_png: Path, queries: int = 1000
+    config: Config, ml: Dataset, items: int, out_png: Path, queries: int = 1000
 ) -> dict[str, object]:
     cfg = config.with_overrides({"index": {"synthetic_items": items}})
     with tempfile.TemporaryDirectory(prefix="recsys-bench-index-") as tmp:

@@ -35,7 +35,7 @@ from index.recall import ExactTopK, recall_at_k, user_queries
 from index.versions import load_index
 from recsys import artifacts
 from recsys.config import Config
-from recsys.data import MovieLens
+from recsys.data.dataset import Dataset
 
 ENGINES = ("local", "spark")
 HELD_OUT_SEED = 12345
@@ -73,7 +73,7 @@ class _TreeMemory(threading.Thread):
                 self.peaks[role] = max(self.peaks.get(role, 0), rss)
 
 
-def _build_child(config: Config, ml: MovieLens, out: Path) -> None:
+def _build_child(config: Config, ml: Dataset, out: Path) -> None:
     """In a fresh process: one rebuild; its result and the driver's peak RSS to ``out``."""
     result = build_index(config, ml, progress=True)
     manifest = artifacts.read_manifest(result.directory)
@@ -92,7 +92,7 @@ def _build_child(config: Config, ml: MovieLens, out: Path) -> None:
 
 
 # Any: the rebuild's JSON report.
-def _rebuild(config: Config, ml: MovieLens, root: Path, engine: str) -> dict[str, Any]:
+def _rebuild(config: Config, ml: Dataset, root: Path, engine: str) -> dict[str, Any]:
     (root / "models").symlink_to(config.models_dir)
     cfg = config.with_overrides({"paths": {"artifacts": str(root)}, "index": {"engine": engine}})
     out = root / "result.json"
@@ -147,7 +147,7 @@ def _as_shards(
 
 
 # Any: JSON reports by engine.
-def run(config: Config, ml: MovieLens, items: int, queries: int = 1000) -> dict[str, Any]:
+def run(config: Config, ml: Dataset, items: int, queries: int = 1000) -> dict[str, Any]:
     cfg = config.with_overrides({"index": {"type": "ivf", "catalog": None}})
     with tempfile.TemporaryDirectory(prefix="recsys-bench-engines-") as tmp:
         scratch = Path(tmp)

@@ -32,7 +32,7 @@ from features.stream.replay import replay
 from localservices.kafka import LocalBroker, ensure_jars
 from localservices.redis import LocalRedis
 from recsys.config import Config
-from recsys.data import MovieLens
+from recsys.data.dataset import Dataset
 from recsys.errors import RecsysError, StoreUnavailableError
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class Stack:
 
 @contextlib.contextmanager
 def scratch_stack(
-    config: Config, ml: MovieLens, history: pd.DataFrame | None = None
+    config: Config, ml: Dataset, history: pd.DataFrame | None = None
 ) -> Iterator[Stack]:
     """A throw-away broker, online store (and ``redis-server`` for Redis) for one benchmark,
     the store's profiles materialized and its activity backfilled from ``history`` (default:
@@ -79,7 +79,7 @@ def scratch_stack(
         yield Stack(cfg, store, redis)
 
 
-def run_bench(config: Config, ml: MovieLens, events: int | None = None) -> dict[str, float]:
+def run_bench(config: Config, ml: Dataset, events: int | None = None) -> dict[str, float]:
     """Returns ``{"events", "produce_per_s", "ingest_per_s", "seconds"}`` and prints them.
 
     With ``feast.online_store: redis`` a local ``redis-server`` is started for the run.
@@ -204,7 +204,7 @@ class Outage:
 
 def run_freshness(
     config: Config,
-    ml: MovieLens,
+    ml: Dataset,
     *,
     rate: float,
     seconds: float = 30.0,

@@ -25,7 +25,7 @@ from benchmarks.harness import Table, machine_line, percentiles, pinned, split_c
 from features.user import UserFeatures
 from localservices.procs import child, serving_ports, slug, write_config
 from recsys.config import Config
-from recsys.data import MovieLens
+from recsys.data.dataset import Dataset
 from recsys.v1 import recommender_pb2 as pb
 from recsys.v1 import recommender_pb2_grpc as pb_grpc
 from serving.client import RecommendClient
@@ -68,7 +68,7 @@ class _Target:
 @contextlib.contextmanager
 def variant_servers(
     config: Config,
-    ml: MovieLens,
+    ml: Dataset,
     work: Path,
     index_items: int,
     cpu: set[int] | None,
@@ -126,7 +126,7 @@ def variant_servers(
         yield servers
 
 
-def _large_index(config: Config, ml: MovieLens, items: int, kind: str = "auto") -> Config:
+def _large_index(config: Config, ml: Dataset, items: int, kind: str = "auto") -> Config:
     """A config whose index is a synthetic ``items``-item catalog (``index.type`` ``kind``),
     built once per model and reused."""
     from index.build import build_index
@@ -151,12 +151,15 @@ def _large_index(config: Config, ml: MovieLens, items: int, kind: str = "auto") 
     return cfg
 
 
-def _requests(users: Sequence[str], calls: int, k: int) -> list[pb.RecommendRequest]:
-    """Known users, one in ten unknown (cold start), every fifth with a genre filter."""
+def _requests(
+    users: Sequence[str], calls: int, k: int, filter_value: str | None
+) -> list[pb.RecommendRequest]:
+    """Known users, one in ten unknown (cold start), every fifth with a filter (on the most
+    common value of the filter field, when there is one)."""
     out = []
     for i in range(calls):
         user = users[i % len(users)] if i % 10 else f"bench-new-user-{i}"
-        genres = ["Drama"] if i % 5 == 2 else []
+        genres = [filter_value] if filter_value and i % 5 == 2 else []
         out.append(pb.RecommendRequest(user_id=user, k=k, include_genres=genres))
     return out
 
@@ -212,14 +215,16 @@ def _in_process(
 
 
 def run(
-    config: Config, ml: MovieLens, *, calls: int = 2000, k: int = 10, index_items: int = 0
+    config: Config, ml: Dataset, *, calls: int = 2000, k: int = 10, index_items: int = 0
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Prints the latency tables; returns ``{server: {"client": pcts, stage: pcts}}`` (µs)."""
     work = config.paths.state / "bench" / "serving"
     work.mkdir(parents=True, exist_ok=True)
     server_cpu, client_cpu = split_cores(system=1, load=1)
-    users = list(ml.users["user_id"])
-    requests = _requests(users, calls, k)
+    users = list(ml.interactions["user_id"].unique())
+    field = ml.schema.filter
+    common = ml.items[field].explode().value_counts().index[0] if field else None
+    requests = _requests(users, calls, k, common)
     with pinned(server_cpu):
         in_process = _in_process(config, requests)
     with (

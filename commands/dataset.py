@@ -9,23 +9,30 @@ from commands.command import Command
 from recsys.config import Config
 
 if TYPE_CHECKING:  # the data module pulls in pandas; keep `recsys --help` fast
-    from recsys.data import MovieLens
+    from recsys.data.dataset import Dataset
 
 
-def load_dataset(config: Config) -> MovieLens:
-    """The configured data set: an official ml-100k folder if given, else the download."""
-    from recsys.data import fetch_ml100k, load_movielens
+def load_dataset(config: Config) -> Dataset:
+    """The configured data set, read and checked through its schema. For MovieLens-100K's
+    own schema its files are fetched and converted first (once)."""
+    from recsys.data.dataset import load_dataset as read
+    from recsys.data.movielens import prepare_ml100k
+    from recsys.data.schema import BUILTIN, configured_schema
 
-    path = config.paths.dataset or fetch_ml100k(config.paths.data_dir)
-    return load_movielens(path)
+    schema = configured_schema(config)
+    if schema.path == BUILTIN.absolute():
+        prepare_ml100k(config.paths.data_dir, config.paths.dataset)
+    return read(schema)
 
 
 def fetch_data(config: Config, args: argparse.Namespace) -> None:
-    ml = load_dataset(config)
+    data = load_dataset(config)
     print(
-        f"ML-100K ready: {len(ml.interactions):,} ratings, {len(ml.users):,} users, "
-        f"{len(ml.items):,} items"
+        f"{data.name} ready: {len(data.interactions):,} interactions, {len(data.users):,} "
+        f"users with a profile, {len(data.items):,} items"
     )
 
 
-COMMANDS = (Command("fetch-data", "download and check MovieLens-100K", fetch_data),)
+COMMANDS = (
+    Command("fetch-data", "fetch (MovieLens-100K) and check the configured data set", fetch_data),
+)

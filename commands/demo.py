@@ -53,10 +53,11 @@ def run_demo(config: Config, *, users: int = 3, events: int = 5) -> None:
 
     started = time.monotonic()
     total = 6
-    _step(1, total, "data: MovieLens-100K")
+    _step(1, total, "data: the configured data set (MovieLens-100K by default)")
     ml = load_dataset(config)
+    print(f"      {ml.name}: {len(ml.interactions):,} interactions, {len(ml.items):,} items")
     past, future = temporal_split(ml.interactions, config.model.test_fraction)
-    titles = dict(zip(ml.items["item_id"], ml.items["title"], strict=True))
+    titles = ml.item_labels()
     _step(2, total, "train the two towers on the past")
     train(config, ml)
     _step(3, total, "build the FAISS index with the item tower")

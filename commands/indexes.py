@@ -41,8 +41,8 @@ def build_index_arguments(bi: argparse.ArgumentParser) -> None:
         "--catalog",
         type=Path,
         metavar="PARQUET",
-        help="index this Parquet catalog (file or folder; columns item_id, title, "
-        "release_year, genres) instead of index.catalog / ML-100K's",
+        help="index this Parquet catalog (file or folder, with the data schema's item "
+        "columns) instead of index.catalog / the data set's",
     )
     bi.add_argument(
         "--engine",

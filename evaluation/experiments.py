@@ -14,11 +14,11 @@ import numpy as np
 from evaluation.baselines import counts
 from evaluation.metrics import rank_metrics, topk_accuracy
 from evaluation.protocols import Split
-from recsys.data import MovieLens
-from towers.encoding import FeatureSpace, UserInputs
+from recsys.data.dataset import Dataset
+from towers.encoding import FeatureSpace, Inputs
 from towers.examples import HistoryIndex, catalog_inputs, query_inputs
 
-UserFn = Callable[[UserInputs], np.ndarray]
+UserFn = Callable[[Inputs], np.ndarray]
 """Encoded user inputs → ``[batch, dim]`` embeddings."""
 MS = 1000
 
@@ -38,7 +38,7 @@ class Evaluator:
         on: ``"test"`` (known = train + valid) or ``"valid"`` (known = train).
     """
 
-    def __init__(self, ml: MovieLens, space: FeatureSpace, split: Split, on: str = "test"):
+    def __init__(self, ml: Dataset, space: FeatureSpace, split: Split, on: str = "test"):
         known, target = split.known_and_evaluated(on)
         self.protocol = split.name
         column = {item: c for c, item in enumerate(ml.items["item_id"])}
@@ -80,11 +80,11 @@ class Evaluator:
         """The same metrics for ranking by popularity in the known interactions."""
         # Built on demand: per-epoch validation never asks, and for the TFRS protocol the
         # matrix is 20,000 × 1,682.
-        return self._score(np.tile(self._known_counts, (len(self._inputs.user), 1)))
+        return self._score(np.tile(self._known_counts, (len(self._inputs["user"]), 1)))
 
 
 def evaluate_split(
-    ml: MovieLens,
+    ml: Dataset,
     space: FeatureSpace,
     user_fn: UserFn,
     item_vecs: np.ndarray,
@@ -98,8 +98,8 @@ def evaluate_split(
 
 
 def item_vectors(
-    item_fn: Callable[[dict[str, np.ndarray]], np.ndarray], ml: MovieLens, space: FeatureSpace
+    item_fn: Callable[[dict[str, np.ndarray]], np.ndarray], ml: Dataset, space: FeatureSpace
 ) -> np.ndarray:
     """``[items, dim]`` embeddings of the whole catalog, in catalog order."""
     _, inputs = catalog_inputs(ml, space)
-    return item_fn(inputs.as_dict())
+    return item_fn(inputs)

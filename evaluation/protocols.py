@@ -1,6 +1,6 @@
 """The three evaluation protocols this project reports, as plain data splits.
 
-Each protocol turns the interactions frame of :class:`recsys.data.MovieLens` into a
+Each protocol turns the interactions frame of :class:`recsys.data.dataset.Dataset` into a
 :class:`Split`, so models are trained and scored on exactly the same rows whoever runs them:
 
 * :func:`temporal_split_protocol`: train on the past, test on the future (one global cut time),
@@ -33,7 +33,7 @@ import pandas as pd
 from recsys.data import temporal_split
 from recsys.errors import DataError
 
-INTERACTION_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "rating", "timestamp")
+INTERACTION_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "value", "timestamp")
 """Columns every input frame must have; other columns are carried along unchanged."""
 
 
@@ -47,7 +47,7 @@ class Split:
     Attributes:
         name: Short protocol name: ``"temporal"``, ``"recbole"`` or ``"tfrs"``.
         train: ``[n_train rows]`` with the input's columns (``user_id`` str, ``item_id`` str,
-            ``rating`` float32, ``timestamp`` int64 seconds, plus any others).
+            ``value`` float32, ``timestamp`` int64 seconds, plus any others).
         valid: ``[n_valid rows]``, same columns, or ``None`` when the protocol has none.
         test: ``[n_test rows]``, same columns.
         description: One sentence saying how the rows were split, parameters included.
@@ -149,7 +149,7 @@ def recbole_split(
     order, and cut each user's list into consecutive parts whose sizes are
     :func:`recbole_split_sizes`. RecBole shuffles with ``torch.randperm``; here the shuffle
     is ``numpy.random.default_rng(seed).permutation`` over the rows first sorted by
-    (user, timestamp, item, rating), so the split is deterministic for a seed and
+    (user, timestamp, item, value), so the split is deterministic for a seed and
     independent of the input's row order, but not the same rows RecBole would draw for the
     same seed. Export it with :func:`evaluation.recbole.write_recbole_atomic` to make RecBole
     use these rows.
@@ -168,7 +168,7 @@ def recbole_split(
     """
     weights = _check_ratios(ratios)
     _check_input(interactions)
-    by_user = _sorted(interactions, ("user_id", "timestamp", "item_id", "rating"))
+    by_user = _sorted(interactions, ("user_id", "timestamp", "item_id", "value"))
     n = len(by_user)
     shuffled = by_user.iloc[np.random.default_rng(seed).permutation(n)].reset_index(drop=True)
     users = shuffled["user_id"]
@@ -331,7 +331,7 @@ def _sorted(interactions: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
 
 
 def _canonical(interactions: pd.DataFrame) -> pd.DataFrame:
-    return _sorted(interactions, ("timestamp", "user_id", "item_id", "rating"))
+    return _sorted(interactions, ("timestamp", "user_id", "item_id", "value"))
 
 
 def _check_input(interactions: pd.DataFrame) -> None:

@@ -77,7 +77,7 @@ def _atomic_text(frame: pd.DataFrame, part: str) -> str:
                 f"the {part} part has {len(bad):,} {what}(s) that are empty or hold a tab or "
                 f"line break, e.g. {bad[0]!r}; RecBole atomic files cannot store them"
             )
-    ratings = frame["rating"].to_numpy(np.float32)
+    ratings = frame["value"].to_numpy(np.float32)
     if not np.isfinite(ratings).all():
         raise DataError(f"the {part} part has non-finite ratings")
     # Shortest text that reads back as the same float32: "3" for 3.0 (RecBole's own style).

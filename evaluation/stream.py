@@ -29,11 +29,11 @@ from evaluation.baselines import ItemKNN, Popularity, TrailingPopularity, counts
 from evaluation.metrics import exclude_seen, next_item_metrics, next_item_ranks
 from evaluation.protocols import Split
 from evaluation.walk import Scorer, Walk, walk
-from recsys.data import MovieLens
-from towers.encoding import FeatureSpace, UserInputs
+from recsys.data.dataset import Dataset
+from towers.encoding import FeatureSpace, Inputs
 from towers.examples import Profiles
 
-UserFn = Callable[[UserInputs], np.ndarray]
+UserFn = Callable[[Inputs], np.ndarray]
 """Encoded user inputs → ``[batch, dim]`` embeddings."""
 History = Literal["live", "frozen"]
 """``live``: every earlier event folded in; ``frozen``: the state at the start of the part."""
@@ -55,17 +55,17 @@ class StreamEvaluator:
         on: ``"test"`` (known = train + valid) or ``"valid"`` (known = train).
     """
 
-    def __init__(self, ml: MovieLens, space: FeatureSpace, split: Split, on: str = "test"):
+    def __init__(self, ml: Dataset, space: FeatureSpace, split: Split, on: str = "test"):
         known, part = split.known_and_evaluated(on)
         self.column = {item: c for c, item in enumerate(ml.items["item_id"])}
         self.train = split.train
         self.train_counts = counts(split.train, self.column)
         self.stream = pd.concat([known, part], ignore_index=True)
         self.walk = walk(known, part, self.column, space.history_length)
-        profiles = Profiles(ml.users)
+        profiles = Profiles(ml)
         w = self.walk
         times = w.times_ms.tolist()
-        self._inputs: dict[History, UserInputs] = {
+        self._inputs: dict[History, Inputs] = {
             "live": space.encode_users(
                 [profiles.at(u, s) for u, s in zip(w.users, w.states, strict=True)], times
             ),
@@ -165,7 +165,7 @@ def select_baselines(
 
 
 def evaluate_stream(
-    ml: MovieLens,
+    ml: Dataset,
     space: FeatureSpace,
     user_fn: UserFn,
     item_vecs: np.ndarray,

@@ -12,20 +12,22 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from features.activity import fold_ratings
-from features.repo.definitions import ACTIVITY_PUSH, PROFILE, PROFILE_VIEW, feature_views
+from features.repo.definitions import ACTIVITY_PUSH, PROFILE_VIEW, feature_views
 from features.store import activity_frame, open_store, unavailable_as_error
 from recsys.config import Config
-from recsys.data import MovieLens
+from recsys.data.dataset import Dataset
+from recsys.data.schema import DataSchema, configured_schema
 from recsys.errors import DataError
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-PROFILE_TIME = datetime(1997, 9, 1, tzinfo=UTC)
-"""Profiles are static in ML-100K; they are stamped as known from before the first rating."""
+PROFILE_TIME = datetime(1970, 1, 2, tzinfo=UTC)
+"""Profiles are static (a data set's user table has no history): they are stamped as known
+from before any event."""
 
 
-def initialise(config: Config, ml: MovieLens, history: pd.DataFrame) -> FeatureStore:
+def initialise(config: Config, ml: Dataset, history: pd.DataFrame) -> FeatureStore:
     """Creates the feature store from scratch: apply definitions, materialize profiles, and
     backfill each user's activity from ``history`` with the shared activity function.
 
@@ -44,9 +46,8 @@ def initialise(config: Config, ml: MovieLens, history: pd.DataFrame) -> FeatureS
     shutil.rmtree(config.feast_dir, ignore_errors=True)
     offline = config.feast_dir / "offline"
     offline.mkdir(parents=True)
-    profiles = ml.users.assign(event_timestamp=PROFILE_TIME)[
-        ["user_id", *PROFILE, "event_timestamp"]
-    ]
+    profiles = ml.users.assign(event_timestamp=PROFILE_TIME)
+    profiles = profiles.assign(**{n: list(map(list, profiles[n])) for n in _tags(ml.schema)})
     profiles.to_parquet(offline / "user_profile.parquet", index=False)
     states = fold_ratings(history, config.model.history_length)
     activity_frame(states).to_parquet(offline / "user_activity.parquet", index=False)
@@ -72,18 +73,25 @@ def restore(config: Config) -> FeatureStore:
             f"no offline feature files under {offline}; run `recsys init-features` first"
         )
     store = open_store(config)
+    schema = configured_schema(config)
     with warnings.catch_warnings():
         # Feast warns about experimental features and the file offline store on every apply.
         warnings.simplefilter("ignore")
-        store.apply(feature_views(offline))
-        store.materialize(
-            start_date=PROFILE_TIME - timedelta(days=1),
-            end_date=PROFILE_TIME + timedelta(days=1),
-            feature_views=[PROFILE_VIEW],
-        )
+        store.apply(feature_views(offline, schema))
+        if schema.user_features:
+            store.materialize(
+                start_date=PROFILE_TIME - timedelta(days=1),
+                end_date=PROFILE_TIME + timedelta(days=1),
+                feature_views=[PROFILE_VIEW],
+            )
     frame = pd.read_parquet(backfill)
     frame["recent_items"] = frame["recent_items"].map(list)  # Parquet gives back arrays
     if len(frame):
         with unavailable_as_error("the activity backfill"):
             store.push(ACTIVITY_PUSH, frame)
     return store
+
+
+def _tags(schema: DataSchema) -> list[str]:
+    """The user features whose values are lists (Parquet wants lists, not tuples)."""
+    return [name for name, f in schema.user_features.items() if f.kind == "tags"]

@@ -18,13 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from features.activity import Activity
-from features.repo.definitions import (
-    ACTIVITY,
-    ACTIVITY_PUSH,
-    ACTIVITY_VIEW,
-    PROFILE,
-    PROFILE_VIEW,
-)
+from features.repo.definitions import ACTIVITY, ACTIVITY_PUSH, ACTIVITY_VIEW, PROFILE_VIEW
 from features.user import UserFeatures
 from recsys.config import Config
 from recsys.errors import StoreUnavailableError
@@ -32,7 +26,6 @@ from recsys.errors import StoreUnavailableError
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-PROFILE_FEATURES = [f"{PROFILE_VIEW}:{f}" for f in PROFILE]
 ACTIVITY_FEATURES = [f"{ACTIVITY_VIEW}:{f}" for f in ACTIVITY]
 
 
@@ -70,13 +63,25 @@ def _redis(connection: str, timeout_ms: int | None) -> str:
     return f"{connection},socket_timeout={seconds},socket_connect_timeout={seconds}"
 
 
+def profile_names(store: FeatureStore) -> list[str]:
+    """The registered profile view's features, in the data schema's order (none when the
+    schema declares no user features: the view does not exist)."""
+    from feast.errors import FeatureViewNotFoundException
+
+    try:
+        view = store.get_feature_view(PROFILE_VIEW)
+    except FeatureViewNotFoundException:
+        return []
+    return [f.name for f in view.features]
+
+
 def write_time(state: Activity) -> datetime:
     """The time a state is written to the online store with: its last event's time plus
     ``events % 1000`` microseconds.
 
     Feast's Redis store drops a write whose time is not after the stored one's, so the
     time must grow with every new state of a user, including one that only adds an event
-    sharing the last one's millisecond (common: MovieLens times are in seconds, and a batch
+    sharing the last one's millisecond (common: Dataset times are in seconds, and a batch
     can end between two ratings of one second). The microseconds are the state's event
     count, which grows by one per applied event.
     """
@@ -150,27 +155,19 @@ class OnlineFeatures:
 
     def __init__(self, store: FeatureStore):
         self._store = store
+        self._profile = profile_names(store)
 
     def read(self, user_ids: Sequence[str]) -> list[UserFeatures]:
         """Profile and activity for each user, in order; one online-store round trip."""
         rows = self._store.get_online_features(
-            features=PROFILE_FEATURES + ACTIVITY_FEATURES,
+            features=[f"{PROFILE_VIEW}:{f}" for f in self._profile] + ACTIVITY_FEATURES,
             entity_rows=[{"user_id": u} for u in user_ids],
         ).to_dict()
         out = []
         for i, user_id in enumerate(user_ids):
-            gender = rows["gender"][i]
-            out.append(
-                UserFeatures(
-                    user_id=user_id,
-                    age=int(rows["age"][i] or 0),
-                    gender=gender or "",
-                    occupation=rows["occupation"][i] or "",
-                    zip_code=rows["zip_code"][i] or "",
-                    activity=_activity(rows, i),
-                    has_profile=gender is not None,
-                )
-            )
+            profile = tuple(rows[f][i] for f in self._profile)
+            known = any(v is not None for v in profile)
+            out.append(UserFeatures(user_id, profile if known else (), _activity(rows, i), known))
         return out
 
     def read_activity(self, user_ids: Sequence[str]) -> dict[str, Activity]:

@@ -3,7 +3,7 @@ point-in-time fold, offline) to the user tower."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from features.activity import EMPTY, Activity
 
@@ -18,15 +18,13 @@ class UserFeatures(NamedTuple):
     time. One type on both sides, so what training saw is what the tower gets served.
 
     Attributes:
-        age, gender, occupation, zip_code: The profile; 0/empty when unknown.
+        profile: The declared user features' values, in the data schema's order (``None``
+            for a missing one); empty when the user has no profile.
         activity: Recent items, watermark and seen set (``features.activity``).
         has_profile: Whether the store holds a profile for the user.
     """
 
     user_id: str
-    age: int = 0
-    gender: str = ""
-    occupation: str = ""
-    zip_code: str = ""
+    profile: tuple[Any, ...] = ()  # Any: a value of each feature's kind
     activity: Activity = EMPTY
     has_profile: bool = False

@@ -43,7 +43,8 @@ from index.recall import ExactTopK, K, tune, user_queries
 from index.versions import IDS_FILE, INDEX_FILE, prune
 from recsys import artifacts
 from recsys.config import Config
-from recsys.data import MovieLens, temporal_split
+from recsys.data import temporal_split
+from recsys.data.dataset import Dataset
 from recsys.errors import ArtifactError, DataError
 from towers.encoding import FeatureSpace
 
@@ -89,13 +90,13 @@ def _fill_locally(plan: Plan, progress: bool) -> Filled:
     if not index.is_trained:
         _train_locally(plan, progress)
     item_ids: list[str] = []
-    genres: list[np.ndarray] = []
+    tags: list[np.ndarray] = []
     seen: set[str] = set()
     bar = tqdm(total=catalog.size, unit="item", disable=not progress, desc="embed+add")
     for chunk in catalog.chunks():
         t = time.perf_counter()
         ids, vectors, bits = embed_chunk(space, tower, chunk, seen)
-        genres.append(bits)
+        tags.append(bits)
         phases["embed"] += time.perf_counter() - t
         t = time.perf_counter()
         exact.add(vectors, len(item_ids))
@@ -106,7 +107,7 @@ def _fill_locally(plan: Plan, progress: bool) -> Filled:
         phases["add"] += time.perf_counter() - t
         bar.update(len(ids))
     bar.close()
-    return Filled(index, item_ids, items.stack_bits(genres), exact)
+    return Filled(index, item_ids, items.stack_bits(tags), exact)
 
 
 def _train_locally(plan: Plan, progress: bool) -> None:
@@ -134,19 +135,19 @@ def _train_locally(plan: Plan, progress: bool) -> None:
     plan.phases["train"] = time.perf_counter() - t
 
 
-def default_catalog(config: Config, ml: MovieLens) -> Catalog:
-    """``index.catalog`` if set, else the synthetic catalog if sized, else ML-100K's."""
+def default_catalog(config: Config, ml: Dataset) -> Catalog:
+    """``index.catalog`` if set, else the synthetic catalog if sized, else the data set's."""
     cfg = config.index
     if cfg.catalog is not None:
-        return Catalog.parquet(cfg.catalog, chunk=cfg.chunk_items)
+        return Catalog.parquet(cfg.catalog, ml.schema.items, chunk=cfg.chunk_items)
     if cfg.synthetic_items:
         return Catalog.synthetic(ml, cfg.synthetic_items, chunk=cfg.chunk_items)
-    return Catalog.movielens(ml, chunk=cfg.chunk_items)
+    return Catalog.dataset(ml, chunk=cfg.chunk_items)
 
 
 def build_index(
     config: Config,
-    ml: MovieLens,
+    ml: Dataset,
     *,
     catalog: Catalog | None = None,
     log: Callable[[str], None] = print,
@@ -183,7 +184,7 @@ class Builder:
     (tune the search parameters against exact truth), write (a staged, checksummed
     version), publish (move ``CURRENT``, prune). ``phases`` times each."""
 
-    def __init__(self, config: Config, ml: MovieLens, catalog: Catalog, progress: bool = False):
+    def __init__(self, config: Config, ml: Dataset, catalog: Catalog, progress: bool = False):
         """Loads the current model's item tower and the verification queries, and makes
         the empty index the catalog's size calls for."""
         from towers.runtime import NumpyItemTower
@@ -284,7 +285,7 @@ class Builder:
             (staging / IDS_FILE).write_text(json.dumps(item_ids))
             past, _ = temporal_split(self.ml.interactions, self.config.model.test_fraction)
             rows, shares = items.popular_rows(item_ids, items.interaction_counts(past))
-            items.write(staging, filled.genres, rows, shares)
+            items.write(staging, filled.tags, rows, shares)
             artifacts.write_manifest(
                 staging,
                 {
@@ -297,7 +298,10 @@ class Builder:
                     "dim": int(index.d),
                     "metric": "inner_product",
                     "index_type": self.spec,
-                    "genres": list(self.plan.space.genres),
+                    "filter": {
+                        "field": self.plan.space.filter,
+                        "values": list(self.plan.space.filter_values),
+                    },
                     "params": tuned.params,
                     f"recall_at_{K}": round(tuned.recall, 4),
                     "min_recall": cfg.min_recall,

@@ -1,22 +1,23 @@
-"""Item catalogs for the index build: MovieLens-100K's items, a synthetic catalog of any
-size, or a Parquet catalog a user brings, produced in chunks so memory stays bounded however
-many items there are.
+"""Item catalogs for the index build: the data set's items, a synthetic catalog of any size
+drawn from them, or a Parquet catalog a user brings, produced in chunks of canonical columns
+(``recsys.data.dataset``: ``item_id`` and one column per declared item feature) so memory
+stays bounded however many items there are.
 
-A Parquet catalog has one row per item with the columns of ``COLUMNS``; other columns are
-ignored. ``item_id`` may be an integer (it becomes its decimal string); a missing title,
-year or genre list is an empty one (year 0: unknown). Every catalog can be written as
-Parquet, which is what the Spark engine reads.
+A Parquet catalog has the columns the data schema's ``items`` table declares (its id column
+and each feature's column); other columns are ignored, and each chunk is checked and
+converted by the feature's kind exactly as the data set's own item file is. Every catalog can
+be written as such a Parquet file (``write_parquet``), which is what the Spark engine reads.
 
 A synthetic catalog starts with the real items (so events and trained ids stay valid) and
-continues with generated ones whose features follow the real catalog: genre sets drawn
-from the real items' genre combinations, release years from the real year distribution
-(spread over the decade), and titles of 2–6 words drawn from the real title vocabulary with
-a power-law skew. Popularity follows a power law over a random permutation of the items.
+continues with generated ones whose features follow the real catalog, feature by feature:
+categorical values and tag sets drawn from the real items', numbers from the real values
+(years moved by up to four), and texts of 2–6 words drawn from the real words with a
+power-law skew. Popularity follows a power law over a random permutation of the items.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,160 +27,181 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from recsys.data import MovieLens
+from recsys.data.dataset import SECONDS_PER_YEAR, Dataset, convert, ids_of
+from recsys.data.schema import BUCKETED, Table
 from recsys.errors import DataError
-from towers.encoding import title_tokens
+from towers.encoding import words
 
 CHUNK = 100_000
 TITLE_WORD_SKEW = 0.7
-"""Power-law exponent of title-word draws: common words are common, most words still appear."""
-COLUMNS = {
-    "item_id": "string",
-    "title": "string",
-    "release_year": "integer",
-    "genres": "list<string>",
+"""Power-law exponent of text-word draws: common words are common, most words still appear."""
+_ARROW = {
+    "categorical": pa.string(),
+    "text": pa.string(),
+    "tags": pa.list_(pa.string()),
+    "date": pa.timestamp("ms", tz="UTC"),
 }
-"""The columns a catalog needs, with their kinds (integer ids are taken as strings too)."""
-_WANTED = ", ".join(f"{name} ({kind})" for name, kind in COLUMNS.items())
 
 
-def column_kind(dtype: pa.DataType) -> str:
-    """The ``COLUMNS`` kind an Arrow type is, or its own name."""
-    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
-        return "string"
-    if pa.types.is_integer(dtype):
-        return "integer"
-    if (pa.types.is_list(dtype) or pa.types.is_large_list(dtype)) and column_kind(
-        dtype.value_type
-    ) == "string":
-        return "list<string>"
-    return str(dtype)
+def to_canonical(batch: pa.Table | pa.RecordBatch, table: Table, source: str) -> pd.DataFrame:
+    """A batch of a catalog file's columns (``table`` names them) as canonical columns.
 
-
-def check_columns(kinds: Mapping[str, str], source: str) -> None:
-    """Raises ``DataError`` naming the first missing or wrongly typed catalog column.
-
-    Args:
-        kinds: Column name → kind (``column_kind`` of its type), as the engine reads it.
+    Raises:
+        DataError: an id is empty, or a feature's values are not of its kind.
     """
-    for name, kind in COLUMNS.items():
-        if name not in kinds:
-            raise DataError(
-                f"the catalog {source} has no column {name!r}; a catalog needs {_WANTED}"
-            )
-        got = kinds[name]
-        if got != kind and not (name == "item_id" and got == "integer"):
-            raise DataError(
-                f"the catalog {source}'s column {name!r} is {got}, not {kind}; a catalog "
-                f"needs {_WANTED}"
-            )
-
-
-def tidy(frame: pd.DataFrame) -> pd.DataFrame:
-    """A Parquet chunk in the form of ``MovieLens.items``: string ids, ``""`` for a missing
-    title, 0 for a missing year, an empty list for missing genres."""
-    return pd.DataFrame(
-        {
-            "item_id": [None if i is None else str(i) for i in frame["item_id"]],
-            "title": frame["title"].fillna("").astype(str),
-            "release_year": frame["release_year"].fillna(0).astype(np.int64),
-            "genres": [() if g is None else tuple(g) for g in frame["genres"]],
-        }
-    )
+    where = Path(source)
+    frame = pd.DataFrame({"item_id": ids_of(batch.column(table.id), where, table.id)})
+    for name, feature in table.features.items():
+        frame[name] = convert(batch.column(feature.source(name)), feature, where, name).to_numpy()
+    return frame
 
 
 @dataclass(frozen=True)
 class Catalog:
-    """A catalog as a sequence of item-table chunks (columns of ``MovieLens.items``)."""
+    """A catalog as a sequence of canonical item-table chunks.
+
+    Attributes:
+        items: The data schema's items table: the features every chunk has.
+        data: The data set (for its own and synthetic catalogs).
+        path: The Parquet file or folder of a catalog a user brought, with ``table``'s
+            columns.
+    """
 
     name: str
     size: int
-    ml: MovieLens | None
+    items: Table
+    data: Dataset | None
     seed: int = 0
     chunk: int = CHUNK
     path: Path | None = None
-    """The Parquet file or folder of a catalog a user brought."""
+    table: Table | None = None
 
     @classmethod
-    def movielens(cls, ml: MovieLens, chunk: int = CHUNK) -> Catalog:
-        return cls("movielens", len(ml.items), ml, chunk=chunk)
+    def dataset(cls, data: Dataset, chunk: int = CHUNK) -> Catalog:
+        return cls(data.name, len(data.items), data.schema.items, data, chunk=chunk)
 
     @classmethod
-    def synthetic(cls, ml: MovieLens, size: int, seed: int = 0, chunk: int = CHUNK) -> Catalog:
-        if size < len(ml.items):
+    def synthetic(cls, data: Dataset, size: int, seed: int = 0, chunk: int = CHUNK) -> Catalog:
+        if size < len(data.items):
             raise DataError(
-                f"a synthetic catalog holds the {len(ml.items):,} real items and more; "
+                f"a synthetic catalog holds the {len(data.items):,} real items and more; "
                 f"asked for {size:,}"
             )
-        return cls(f"synthetic-{size}", size, ml, seed, chunk)
+        return cls(f"synthetic-{size}", size, data.schema.items, data, seed, chunk)
 
     @classmethod
-    def parquet(cls, path: Path, chunk: int = CHUNK) -> Catalog:
-        """A catalog read from a Parquet file (or a folder of them).
+    def parquet(
+        cls, path: Path, items: Table, chunk: int = CHUNK, table: Table | None = None
+    ) -> Catalog:
+        """A catalog read from a Parquet file (or a folder of them) whose columns are
+        ``table``'s (default: the data schema's ``items``).
 
         Raises:
-            DataError: the path cannot be read as Parquet, or a column is missing or of the
-                wrong type.
+            DataError: the path cannot be read as Parquet, or a declared column is missing.
         """
+        table = table or items
         dataset = _dataset(path)
-        check_columns({f.name: column_kind(f.type) for f in dataset.schema}, str(path))
-        return cls(f"parquet:{path}", dataset.count_rows(), None, chunk=chunk, path=path)
+        found = dataset.schema.names
+        for column in [table.id, *(f.source(n) for n, f in table.features.items())]:
+            if column not in found:
+                raise DataError(
+                    f"the catalog {path} has no column {column!r}, which the data schema "
+                    f"declares; its columns: {found}"
+                )
+        return cls(
+            f"parquet:{path}",
+            dataset.count_rows(),
+            items,
+            None,
+            chunk=chunk,
+            path=path,
+            table=table,
+        )
+
+    @property
+    def columns(self) -> list[str]:
+        """The Parquet columns ``chunks`` reads (a brought catalog's)."""
+        assert self.table is not None
+        return [self.table.id, *(f.source(n) for n, f in self.table.features.items())]
 
     def chunks(self) -> Iterator[pd.DataFrame]:
-        """Item tables of at most ``chunk`` rows, the real items first."""
+        """Canonical item tables of at most ``chunk`` rows, the real items first."""
         if self.path is not None:
-            batches = _dataset(self.path).to_batches(columns=list(COLUMNS), batch_size=self.chunk)
+            assert self.table is not None
+            batches = _dataset(self.path).to_batches(columns=self.columns, batch_size=self.chunk)
             for batch in batches:
                 if batch.num_rows:
-                    yield tidy(batch.to_pandas())
+                    yield to_canonical(batch, self.table, str(self.path))
             return
-        assert self.ml is not None, "a generated catalog is drawn from the data set"
-        real = self.ml.items[["item_id", "title", "release_year", "genres"]]
+        assert self.data is not None, "a generated catalog is drawn from the data set"
+        real = self.data.items
         for start in range(0, len(real), self.chunk):
             yield real.iloc[start : start + self.chunk].reset_index(drop=True)
         generated = self.size - len(real)
         if generated <= 0:
             return
         rng = np.random.default_rng(self.seed)
-        genre_sets = list(real["genres"])
-        years = real["release_year"].to_numpy()
-        years = years[years > 0]
-        words = pd.Series([w for t in real["title"] for w in title_tokens(t)]).value_counts()
-        vocab = words.index.to_numpy(dtype=object)
-        weights = np.arange(1, len(vocab) + 1, dtype=np.float64) ** -TITLE_WORD_SKEW
-        weights /= weights.sum()
+        draw = {name: _drawer(real[name], f.kind) for name, f in self.items.features.items()}
         for start in range(0, generated, self.chunk):
             n = min(self.chunk, generated - start)
-            lengths = rng.integers(2, 7, size=n)
-            drawn = vocab[rng.choice(len(vocab), size=int(lengths.sum()), p=weights)]
-            bounds = np.concatenate([[0], np.cumsum(lengths)])
-            titles = [" ".join(drawn[bounds[i] : bounds[i + 1]]) for i in range(n)]
-            yield pd.DataFrame(
-                {
-                    "item_id": [f"s{start + i}" for i in range(n)],
-                    "title": titles,
-                    "release_year": years[rng.integers(0, len(years), size=n)]
-                    + rng.integers(-4, 5, size=n),
-                    "genres": [genre_sets[g] for g in rng.integers(0, len(genre_sets), size=n)],
-                }
-            )
+            frame = pd.DataFrame({"item_id": [f"s{start + i}" for i in range(n)]})
+            for name, drawer in draw.items():
+                frame[name] = drawer(rng, n)
+            yield frame
 
     def write_parquet(self, path: Path) -> Path:
-        """Writes the catalog as one Parquet file of ``COLUMNS``, chunk by chunk."""
+        """Writes the catalog as one Parquet file with the data schema's item columns (so it
+        reads back as ``index.catalog``), chunk by chunk."""
+        table = self.items
         schema = pa.schema(
-            [
-                ("item_id", pa.string()),
-                ("title", pa.string()),
-                ("release_year", pa.int32()),
-                ("genres", pa.list_(pa.string())),
-            ]
+            [(table.id, pa.string())]
+            + [(f.source(n), _ARROW.get(f.kind, pa.float64())) for n, f in table.features.items()]
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         with pq.ParquetWriter(path, schema) as writer:
             for chunk in self.chunks():
-                frame = chunk.assign(genres=[list(g) for g in chunk["genres"]])
+                columns = {table.id: chunk["item_id"]}
+                for name, f in table.features.items():
+                    values = chunk[name]
+                    if f.kind == "tags":
+                        values = [list(t) for t in values]
+                    elif f.kind == "date":
+                        seconds = (values.to_numpy(np.float64) - 1970.0) * SECONDS_PER_YEAR
+                        values = pd.to_datetime(np.round(seconds * 1000), unit="ms", utc=True)
+                    columns[f.source(name)] = values
+                frame = pd.DataFrame(columns)
                 writer.write_table(pa.Table.from_pandas(frame, schema, preserve_index=False))
         return path
+
+
+def _drawer(real: pd.Series, kind: str):  # type: ignore[no-untyped-def]  # a small closure
+    """A function ``(rng, n) -> values`` drawing ``n`` values like ``real``'s."""
+    if kind in BUCKETED:
+        known = real.to_numpy(np.float64)
+        known = known[~np.isnan(known)]
+        if not len(known):
+            return lambda rng, n: np.full(n, np.nan)
+        jitter = 4 if kind == "year" else 0
+        return lambda rng, n: (
+            known[rng.integers(0, len(known), size=n)] + rng.integers(-jitter, jitter + 1, size=n)
+        )
+    if kind == "text":
+        counts = pd.Series([w for t in real for w in words(t)], dtype=object).value_counts()
+        vocab = counts.index.to_numpy(dtype=object)
+        if not len(vocab):
+            return lambda rng, n: [""] * n
+        weights = np.arange(1, len(vocab) + 1, dtype=np.float64) ** -TITLE_WORD_SKEW
+        weights /= weights.sum()
+
+        def texts(rng: np.random.Generator, n: int) -> list[str]:
+            lengths = rng.integers(2, 7, size=n)
+            drawn = vocab[rng.choice(len(vocab), size=int(lengths.sum()), p=weights)]
+            bounds = np.concatenate([[0], np.cumsum(lengths)])
+            return [" ".join(drawn[bounds[i] : bounds[i + 1]]) for i in range(n)]
+
+        return texts
+    values = real.tolist()
+    return lambda rng, n: [values[i] for i in rng.integers(0, len(values), size=n)]
 
 
 def _dataset(path: Path) -> pads.Dataset:

@@ -18,7 +18,8 @@ from index import items
 from index.catalog import Catalog
 from index.recall import ExactTopK
 from recsys.config import IndexConfig
-from recsys.data import MovieLens
+from recsys.data.dataset import Dataset
+from recsys.data.schema import BUCKETED
 from recsys.errors import DataError
 from towers.encoding import FeatureSpace
 
@@ -27,30 +28,34 @@ if TYPE_CHECKING:
 
 
 def embed_catalog(
-    model_dir: Path, ml: MovieLens, batch_size: int = 4096
+    model_dir: Path, data: Dataset, batch_size: int = 4096
 ) -> tuple[list[str], np.ndarray]:
-    """Runs the exported item-tower SavedModel (raw-feature signature) over ML-100K's items.
-
-    The reference the NumPy runtime and the index are checked against in tests.
-    """
+    """Runs the exported item-tower SavedModel (raw-feature signature) over the data set's
+    items: the reference the NumPy runtime and the index are checked against in tests."""
     from towers.tf_env import tf
 
     tower = tf.saved_model.load(str(model_dir / "item_tower")).signatures["serving_default"]
-    items = ml.items
+    space = FeatureSpace.load(model_dir / "features.json")
+    items = data.items
     item_ids = list(items["item_id"])
-    width = max(1, max(len(g) for g in items["genres"]))
-    genres = np.array([list(g) + [""] * (width - len(g)) for g in items["genres"]], dtype=object)
-    raw = {
-        "item_id": np.array(item_ids, dtype=object),
-        "release_year": items["release_year"].to_numpy(np.int32),
-        "genres": genres,
-        "title": items["title"].to_numpy(dtype=object),
-    }
+    raw = {"item_id": np.array(item_ids, dtype=object)}
+    for f in space.item_features:
+        raw[f.name] = raw_column(items[f.name], f.kind)
     chunks = []
     for start in range(0, len(item_ids), batch_size):
         part = {k: tf.constant(v[start : start + batch_size]) for k, v in raw.items()}
         chunks.append(tower(**part)["embedding"].numpy())
     return item_ids, np.ascontiguousarray(np.concatenate(chunks), np.float32)
+
+
+def raw_column(values: pd.Series, kind: str) -> np.ndarray:
+    """A canonical column as the SavedModel's raw signature takes it: numbers as float64,
+    tag sets as a ``""``-padded string matrix, strings as they are."""
+    if kind == "tags":
+        width = max(1, max((len(t) for t in values), default=1))
+        return np.array([list(t) + [""] * (width - len(t)) for t in values], dtype=object)
+    column: np.ndarray = values.to_numpy(np.float64 if kind in BUCKETED else object)
+    return column
 
 
 def index_spec(cfg: IndexConfig, items: int) -> tuple[str, str]:
@@ -89,18 +94,16 @@ def check_ids(chunk: pd.DataFrame, seen: set[str]) -> list[str]:
 def embed_chunk(
     space: FeatureSpace, tower: NumpyItemTower, chunk: pd.DataFrame, seen: set[str]
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """One catalog chunk through the item tower, as both engines run it.
+    """One catalog chunk (canonical columns) through the item tower, as both engines run it.
 
     Returns:
-        The ids (checked by ``check_ids``), ``[n, dim] float32`` vectors and ``[n] uint64``
-        genre bits.
+        The ids (checked by ``check_ids``), ``[n, dim] float32`` vectors and ``[n, words]
+        uint64`` filter bits.
     """
     ids = check_ids(chunk, seen)
-    inputs = space.encode_items(
-        ids, list(chunk["release_year"]), list(chunk["genres"]), list(chunk["title"])
-    )
-    vectors = np.ascontiguousarray(tower(inputs), np.float32)
-    return ids, vectors, items.genre_bits(chunk["genres"], space.genres)
+    vectors = np.ascontiguousarray(tower(space.encode_items(chunk)), np.float32)
+    tags = chunk[space.filter] if space.filter else [()] * len(ids)
+    return ids, vectors, items.tag_bits(tags, space.filter_values)
 
 
 def train_size(index: faiss.Index, kind: str) -> int:
@@ -142,14 +145,14 @@ class Filled:
 
     Attributes:
         index: Trained, holding every item; row ``i`` is ``item_ids[i]``.
-        genres: ``[items] uint64`` genre bits.
+        tags: ``[items, words] uint64`` filter bits.
         exact: The verification queries' exact top results over every item.
         stats: Engine facts for the manifest (the Spark engine's partitions, task retries).
     """
 
     index: faiss.Index
     item_ids: list[str]
-    genres: np.ndarray
+    tags: np.ndarray
     exact: ExactTopK
     stats: dict[str, Any] = field(default_factory=dict)  # Any: JSON, for the manifest
 

@@ -11,7 +11,7 @@ import faiss
 import numpy as np
 
 from index.tuning import NPROBE, knob, set_knob
-from recsys.data import MovieLens
+from recsys.data.dataset import Dataset
 from recsys.errors import ArtifactError
 from towers.encoding import FeatureSpace
 
@@ -27,7 +27,7 @@ only just reaches it on the verification queries falls short on others about hal
 time (measured at 1M items: 0.951 verified, 0.944 held out)."""
 
 
-def user_queries(model_dir: Path, ml: MovieLens, n: int, seed: int = 0) -> np.ndarray:
+def user_queries(model_dir: Path, ml: Dataset, n: int, seed: int = 0) -> np.ndarray:
     """``[n, dim]`` user-tower vectors for random ML-100K users at random moments of theirs
     (profile, history up to that moment, that request time): what serving asks."""
     from towers.examples import HistoryIndex, query_inputs

@@ -10,7 +10,7 @@ Two jobs over a Parquet catalog (a generated one is written as Parquet first):
 2. The catalog, partitioned by item-id hash (so a duplicate id meets its twin in one
    partition), goes through ``mapInArrow``. Each task embeds its Arrow batches with the item
    tower, adds them to a copy of the trained, empty index, keeps the exact top results of the
-   verification queries over its items, and writes its shard (FAISS index, ids, genre bits)
+   verification queries over its items, and writes its shard (FAISS index, ids, filter bits)
    to the scratch folder. It returns one row: where the shard is, its size, its exact top
    lists and its timings.
 
@@ -46,10 +46,10 @@ import numpy as np
 
 from index import items
 from index import spark_tasks as tasks
-from index.catalog import COLUMNS, check_columns
 from index.plan import Filled, Plan, sample_threshold, train_size, training_sample
 from index.recall import ExactTopK
 from recsys.config import Config
+from recsys.data.schema import Table
 from recsys.errors import ArtifactError, ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -99,33 +99,30 @@ def session(master: str, app: str = "recsys-build-index") -> Iterator[SparkSessi
         spark.stop()
 
 
-def read_catalog(spark: SparkSession, path: Path) -> DataFrame:
-    """The catalog's ``COLUMNS`` as a DataFrame, ids as strings.
+def read_catalog(spark: SparkSession, path: Path, table: Table) -> DataFrame:
+    """The catalog's columns (``table``'s) as a DataFrame, the id column as string
+    ``item_id``; each executor converts its rows by kind (``index.catalog.to_canonical``).
 
     Raises:
-        DataError: the path is not readable Parquet, or a column is missing or mistyped.
+        DataError: the path is not readable Parquet, or a declared column is missing.
     """
     from pyspark.errors import PySparkException
     from pyspark.sql import functions as F  # noqa: N812 (Spark's own convention)
-    from pyspark.sql import types as T  # noqa: N812
 
     try:
         frame = spark.read.parquet(str(path))
     except PySparkException as exc:
         raise DataError(f"cannot read the catalog {path} as Parquet: {_first_line(exc)}") from exc
-    kinds = {}
-    for column in frame.schema.fields:
-        dtype = column.dataType
-        if isinstance(dtype, T.StringType):
-            kinds[column.name] = "string"
-        elif isinstance(dtype, T.IntegralType):
-            kinds[column.name] = "integer"
-        elif isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.StringType):
-            kinds[column.name] = "list<string>"
-        else:
-            kinds[column.name] = dtype.simpleString()
-    check_columns(kinds, str(path))
-    return frame.select(*COLUMNS).withColumn("item_id", F.col("item_id").cast("string"))
+    columns = [table.id, *(f.source(n) for n, f in table.features.items())]
+    for column in columns:
+        if column not in frame.columns:
+            raise DataError(
+                f"the catalog {path} has no column {column!r}, which the data schema declares; "
+                f"its columns: {frame.columns}"
+            )
+    return frame.select(*dict.fromkeys(columns)).withColumn(
+        "item_id", F.col(table.id).cast("string")
+    )
 
 
 def fill(config: Config, plan: Plan, version: str) -> Filled:
@@ -172,7 +169,10 @@ def _fill(spark: SparkSession, config: Config, plan: Plan, scratch: Path) -> Fil
     sc = spark.sparkContext
     t = time.perf_counter()
     path = catalog.path or catalog.write_parquet(scratch / "catalog.parquet")
-    frame = read_catalog(spark, path)
+    table = catalog.table or catalog.items
+    frame = read_catalog(spark, path, table)
+    # Executors read the id from the string column read_catalog adds.
+    reading = (table.model_copy(update={"id": "item_id"}), str(path))
     phases["catalog"] = time.perf_counter() - t
     group = f"recsys-build-{scratch.name}"
     sc.setJobGroup(group, f"index build: {catalog.name}")
@@ -186,7 +186,7 @@ def _fill(spark: SparkSession, config: Config, plan: Plan, scratch: Path) -> Fil
             t = time.perf_counter()
             drawn = frame.where(F.crc32("item_id") < sample_threshold(needed, catalog.size))
             rows = drawn.mapInArrow(
-                functools.partial(tasks.embed_sample, model), tasks.ddl(tasks.SAMPLE)
+                functools.partial(tasks.embed_sample, model, reading), tasks.ddl(tasks.SAMPLE)
             ).collect()
             sampled = [{"pid": r["pid"], "loaded": r["loaded"]} for r in rows]
             ids = [i for r in rows for i in r["ids"]]
@@ -209,7 +209,9 @@ def _fill(spark: SparkSession, config: Config, plan: Plan, scratch: Path) -> Fil
         t = time.perf_counter()
         shards = (
             frame.repartition(partitions, "item_id")
-            .mapInArrow(functools.partial(tasks.shard, model, empty), tasks.ddl(tasks.SHARD))
+            .mapInArrow(
+                functools.partial(tasks.shard, model, reading, empty), tasks.ddl(tasks.SHARD)
+            )
             .collect()
         )
         phases["shards"] = time.perf_counter() - t
@@ -240,9 +242,9 @@ def _fill(spark: SparkSession, config: Config, plan: Plan, scratch: Path) -> Fil
 
 
 def _merge(shards: list[Row], index: faiss.Index, kind: str, exact: ExactTopK) -> Filled:
-    """The shards' indexes, ids, genre bits and exact top lists, in partition order."""
+    """The shards' indexes, ids, filter bits and exact top lists, in partition order."""
     item_ids: list[str] = []
-    genres = []
+    tags = []
     for row in shards:
         shard = faiss.read_index(row["path"])
         n = len(item_ids)
@@ -250,14 +252,14 @@ def _merge(shards: list[Row], index: faiss.Index, kind: str, exact: ExactTopK) -
         index.merge_from(shard, n if kind.startswith("ivf") else 0)
         with np.load(row["path"] + ".npz") as meta:
             ids = meta["ids"].tolist()
-            genres.append(meta["genres"])
+            tags.append(meta["tags"])
         scores = np.frombuffer(row["scores"], np.float32).reshape(len(exact.queries), -1)
         rows = np.frombuffer(row["rows"], np.int64).reshape(scores.shape) + n
         exact.merge(scores, rows)
         item_ids += ids
     if index.ntotal != len(item_ids):
         raise ArtifactError(f"merged {index.ntotal} vectors for {len(item_ids)} ids; rebuild")
-    return Filled(index, item_ids, items.stack_bits(genres), exact)
+    return Filled(index, item_ids, items.stack_bits(tags), exact)
 
 
 def _failed_tasks(spark: SparkSession, group: str) -> int:

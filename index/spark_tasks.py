@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 
 from index import items
-from index.catalog import tidy
+from index.catalog import to_canonical
 from index.plan import embed_chunk
 from index.recall import ExactTopK
+from recsys.data.schema import Table
 from recsys.errors import DataError
 from towers.encoding import FeatureSpace
 
@@ -85,7 +86,9 @@ def model_of(
 
 
 def embed_sample(
-    model: Broadcast[tuple[FeatureSpace, NumpyItemTower]], batches: Iterator[pa.RecordBatch]
+    model: Broadcast[tuple[FeatureSpace, NumpyItemTower]],
+    reading: tuple[Table, str],
+    batches: Iterator[pa.RecordBatch],
 ) -> Iterator[pa.RecordBatch]:
     """Job 1: each batch's ids and vectors (as one blob); duplicates are job 2's to find.
     A worker that unpickles the model says so once, in a row of its own if it drew nothing."""
@@ -94,7 +97,7 @@ def embed_sample(
         if not batch.num_rows:
             continue
         t = time.perf_counter()
-        ids, vectors, _ = embed_chunk(space, tower, tidy(batch.to_pandas()), set())
+        ids, vectors, _ = embed_chunk(space, tower, to_canonical(batch, *reading), set())
         yield sample_row(ids, vectors.tobytes(), time.perf_counter() - t, loaded)
         loaded = False
     if loaded:
@@ -116,6 +119,7 @@ def sample_row(ids: list[str], vectors: bytes, seconds: float, loaded: bool) -> 
 
 def shard(
     model: Broadcast[tuple[FeatureSpace, NumpyItemTower]],
+    reading: tuple[Table, str],
     empty: Broadcast[tuple[bytes, np.ndarray, str]],
     batches: Iterator[pa.RecordBatch],
 ) -> Iterator[pa.RecordBatch]:
@@ -134,7 +138,7 @@ def shard(
     index = faiss.deserialize_index(np.frombuffer(blob, np.uint8))
     exact = ExactTopK(queries)
     ids: list[str] = []
-    genres = []
+    tags = []
     seen: set[str] = set()
     embed_seconds = 0.0
     error = None
@@ -143,12 +147,14 @@ def shard(
             if not batch.num_rows:
                 continue
             t = time.perf_counter()
-            batch_ids, vectors, bits = embed_chunk(space, tower, tidy(batch.to_pandas()), seen)
+            batch_ids, vectors, bits = embed_chunk(
+                space, tower, to_canonical(batch, *reading), seen
+            )
             embed_seconds += time.perf_counter() - t
             exact.add(vectors, len(ids))
             index.add(vectors)
             ids += batch_ids
-            genres.append(bits)
+            tags.append(bits)
     except DataError as exc:  # the catalog's fault: retrying will not help, so report it
         error = str(exc)
     path = Path(scratch) / f"part-{part:05d}-{attempt}.faiss"
@@ -158,7 +164,7 @@ def shard(
         np.savez(
             str(path) + ".npz",
             ids=np.array(ids, dtype=np.str_),
-            genres=items.stack_bits(genres),
+            tags=items.stack_bits(tags),
         )
     yield pa.RecordBatch.from_pydict(
         {

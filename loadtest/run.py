@@ -34,7 +34,7 @@ from loadtest.swap import SWAP_DRAIN_S, Swap, swap_pair
 from loadtest.target import Target, hot_path, started_server
 from localservices.procs import slug
 from recsys.config import Config
-from recsys.data import MovieLens
+from recsys.data.dataset import Dataset
 from recsys.errors import RecsysError
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -44,11 +44,12 @@ class SloError(RecsysError):
     """A load run broke its latency SLO or had failed requests."""
 
 
-def traffic_spec(config: Config, ml: MovieLens) -> dict[str, object]:
+def traffic_spec(config: Config, ml: Dataset) -> dict[str, object]:
     """The request mix the Locust users draw from (``traffic.Traffic``)."""
     activity = ml.interactions["user_id"].value_counts()
     popular = ml.interactions["item_id"].value_counts().index[:200]
-    genres = sorted({g for gs in ml.items["genres"] for g in gs})
+    field = ml.schema.filter
+    genres = sorted({g for gs in ml.items[field] for g in gs}) if field else []
     ks = [k for k in (5, 10, 20, 50) if k <= config.serving.max_k] or [config.serving.max_k]
     return {
         "users": [str(u) for u in activity.index],
@@ -60,7 +61,7 @@ def traffic_spec(config: Config, ml: MovieLens) -> dict[str, object]:
     }
 
 
-def write_traffic(config: Config, ml: MovieLens, path: Path) -> Path:
+def write_traffic(config: Config, ml: Dataset, path: Path) -> Path:
     path.write_text(json.dumps(traffic_spec(config, ml)))
     return path
 
@@ -174,7 +175,7 @@ def run_locust(
 
 def run(
     config: Config,
-    ml: MovieLens,
+    ml: Dataset,
     out: Path,
     *,
     target: str | None = None,
@@ -258,7 +259,7 @@ def run(
 
 def ramp(
     config: Config,
-    ml: MovieLens,
+    ml: Dataset,
     out: Path,
     rates: Sequence[float],
     *,
@@ -325,7 +326,7 @@ def ramp(
     return best
 
 
-def compare(config: Config, ml: MovieLens, out: Path, index_items: int = 0) -> dict[str, Summary]:
+def compare(config: Config, ml: Dataset, out: Path, index_items: int = 0) -> dict[str, Summary]:
     """The same load against each variant in turn, side by side in one run: the null handler,
     NumPy vs SavedModel tower, SQLite vs Redis store, and with ``index_items`` a synthetic
     catalog of that size behind an IVF and an exact flat index (``benchmarks.serving``'s servers,

@@ -27,7 +27,8 @@ from features.stream.replay import ensure_topic
 from features.stream.synthetic import synthetic_interactions
 from localservices.procs import child, write_config
 from recsys.config import Config
-from recsys.data import MovieLens, temporal_split
+from recsys.data import temporal_split
+from recsys.data.dataset import Dataset
 from recsys.errors import RecsysError
 
 PROBES_PER_S = 1.0
@@ -37,7 +38,7 @@ GIVE_UP_S = 30.0
 
 @contextlib.contextmanager
 def stream_stack(
-    config: Config, ml: MovieLens, out: Path, cpus: set[int] | None
+    config: Config, ml: Dataset, out: Path, cpus: set[int] | None
 ) -> Iterator[tuple[Config, OnlineFeatures]]:
     """A scratch broker and online store with ``recsys ingest`` consuming (pinned to
     ``cpus``, beside the server); yields the config pointing at them and the store."""
@@ -61,7 +62,7 @@ class Stream:
 
     config: Config
     features: OnlineFeatures
-    ml: MovieLens
+    ml: Dataset
     rate: float
     seconds: float
     cpus: set[int] | None

@@ -26,7 +26,7 @@ from benchmarks.harness import Table, context_switches, machine_facts, pinning, 
 from loadtest.target import Target
 from localservices.procs import free_port
 from recsys.config import Config
-from recsys.data import MovieLens
+from recsys.data.dataset import Dataset
 
 KINDS = ("sync", "aio")
 
@@ -105,7 +105,7 @@ def _bare_server(kind: str, cpus: set[int] | None, out: Path) -> Iterator[Target
 
 
 def compare(
-    config: Config, ml: MovieLens, out: Path, rates: Sequence[float], rounds: int = 2
+    config: Config, ml: Dataset, out: Path, rates: Sequence[float], rounds: int = 2
 ) -> dict[str, dict[float, dict[str, float]]]:
     """Loads each kind at each rate, ``rounds`` times alternating; writes ``transports.txt``
     and ``transports.json``; returns ``{kind: {rate: medians}}``."""

@@ -45,6 +45,20 @@ class PathsConfig(_Section):
         return None if value is None else value.absolute()
 
 
+class DataConfig(_Section):
+    # Named schema_file in code: ``schema`` is a BaseModel attribute. The key is ``schema``.
+    model_config = ConfigDict(populate_by_name=True)
+    schema_file: Path | None = Field(None, alias="schema")
+    """The data schema (``recsys/data/schema.py``): which files hold the events, the catalog
+    and the user profiles, and what their columns are. Unset: MovieLens-100K's
+    (``recsys/data/ml-100k.yaml``), fetched by ``recsys fetch-data``."""
+
+    @field_validator("schema_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.absolute()
+
+
 class ModelConfig(_Section):
     embedding_dim: int = Field(64, ge=4, le=1024)
     history_length: int = Field(20, ge=1, le=500)
@@ -54,8 +68,9 @@ class ModelConfig(_Section):
     history_pooling: Literal["mean", "position"] = "position"
     """Recent items pooled with a learned weight per recency rank (``position``) or by
     their plain mean; chosen on the stream protocol's validation part (BENCHMARKS.md)."""
-    item_parts: tuple[Literal["genres", "title", "year"], ...] = ("genres", "title", "year")
-    """Item-tower inputs beside the item id."""
+    item_parts: tuple[str, ...] | None = None
+    """Item-tower inputs beside the item id: names of the data schema's item features
+    (unset: every declared one)."""
     epochs: int = Field(15, ge=1)
     """The most epochs; with a validation part the best epoch by NDCG@10 is kept."""
     batch_size: int = Field(1024, ge=8)
@@ -219,6 +234,7 @@ class LoadTestConfig(_Section):
 class Config(_Section):
     # Factories, not instances: default paths resolve when a config is loaded, not at import.
     paths: PathsConfig = Field(default_factory=PathsConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     feast: FeastConfig = Field(default_factory=FeastConfig)
@@ -241,7 +257,7 @@ class Config(_Section):
     # Any: raw values; pydantic validates them.
     def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> Config:
         """Returns a copy with ``{section: {key: value}}`` applied and validated."""
-        data = self.model_dump()
+        data = self.model_dump(by_alias=True)
         for section, values in overrides.items():
             data.setdefault(section, {}).update(values)
         return _validate(data, source="overrides")

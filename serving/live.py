@@ -61,7 +61,7 @@ def warm_up(recommender: Recommender, requests: int) -> None:
     """Runs the hot path (personalized, cold-start, filtered) until first-call costs are paid."""
     bundle = recommender.bundle
     users = list(bundle.space.users.values[:50]) or ["__warmup__"]
-    genres = bundle.meta.genre_names[:1]
+    genres = bundle.meta.filter_values[:1]
     for i in range(requests):
         user = users[i % len(users)] if i % 4 else f"__warmup_{i}__"
         recommender.recommend(Request(user, k=10, include_genres=genres if i % 8 == 1 else ()))

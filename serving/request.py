@@ -61,4 +61,4 @@ def validate(request: Request, cfg: ServingConfig, meta: ItemMeta) -> tuple[int,
         return 0, 0
     if len(include_genres) + len(exclude_genres) > cfg.max_genres:
         raise InvalidRequestError(f"at most {cfg.max_genres} genre filters are allowed")
-    return meta.genre_mask(include_genres), meta.genre_mask(exclude_genres)
+    return meta.filter_mask(include_genres), meta.filter_mask(exclude_genres)

@@ -26,7 +26,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 from recsys.config import Config
-from recsys.data import MovieLens, fetch_ml100k, load_movielens, temporal_split
+from recsys.data import temporal_split
+from recsys.data.dataset import Dataset, load_dataset
+from recsys.data.movielens import prepare_ml100k
+from recsys.data.schema import load_schema
 
 if TYPE_CHECKING:
     from serving.stack import Stack
@@ -112,8 +115,11 @@ def wait_until(predicate, timeout: float, what: str, every: float = 0.2) -> None
 
 
 @pytest.fixture(scope="session")
-def ml() -> MovieLens:
-    return load_movielens(fetch_ml100k(REPO / ".cache" / "data", log=_quiet))
+def ml() -> Dataset:
+    """MovieLens-100K read through its schema, as every command reads it."""
+    data_dir = REPO / ".cache" / "data"
+    prepare_ml100k(data_dir, log=_quiet)
+    return load_dataset(load_schema(None, data_dir))
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +143,7 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
 
 @pytest.fixture(scope="session")
 @real_part
-def trained(base_config: Config, ml: MovieLens) -> Config:
+def trained(base_config: Config, ml: Dataset) -> Config:
     """A published model and index built from it."""
     from index.build import build_index
     from training.train import train
@@ -149,7 +155,7 @@ def trained(base_config: Config, ml: MovieLens) -> Config:
 
 @pytest.fixture(scope="session")
 @real_part
-def feature_store(trained: Config, ml: MovieLens) -> Config:
+def feature_store(trained: Config, ml: Dataset) -> Config:
     """A Feast store with profiles materialized and activity backfilled from the past."""
     from features.backfill import initialise
 

@@ -26,7 +26,7 @@ def test_a_model_scoring_by_popularity_equals_the_popularity_baseline(ml, split)
     known = pd.concat([p for p in (split.train, split.valid) if p is not None])
     counts = known["item_id"].value_counts().reindex(ml.items["item_id"], fill_value=0)
     item_vecs = counts.to_numpy(np.float32)[:, np.newaxis]
-    model = evaluator(lambda inputs: np.ones((len(inputs.user), 1), np.float32), item_vecs)
+    model = evaluator(lambda inputs: np.ones((len(inputs["user"]), 1), np.float32), item_vecs)
     assert model == evaluator.popularity()
 
 
@@ -45,7 +45,7 @@ def test_an_oracle_that_knows_the_targets_scores_perfect_hits(ml, split) -> None
     # The user id index identifies the query row (test users unknown to training share 0, so
     # the oracle is only exact for known users: compare hit@10 on those rows only).
     metrics = evaluator(
-        lambda inputs: oracle[[lookup.get(int(u), 0) for u in inputs.user]],
+        lambda inputs: oracle[[lookup.get(int(u), 0) for u in inputs["user"]]],
         np.eye(len(column), dtype=np.float32),
     )
     assert metrics["hit@10"] >= sum(1 for u in users if space.users.lookup(u)) / len(users) - 1e-9

@@ -198,7 +198,7 @@ def test_broker_sigkill_mid_replay_loses_nothing_acknowledged(feature_store, ml,
             {
                 "user_id": [stream.users[k] for k in rng.integers(USERS, size=EVENTS)],
                 "item_id": [items[k] for k in rng.integers(len(items), size=EVENTS)],
-                "rating": 4.0,
+                "value": 4.0,
                 "timestamp": 893_000_000 + np.arange(EVENTS),
             }
         )

@@ -53,8 +53,8 @@ def test_the_feast_cli_works_on_the_store_init_features_made(
     _feast(
         config,
         "materialize",
-        "1997-08-01T00:00:00",
-        "1997-10-01T00:00:00",
+        "1970-01-01T00:00:00",
+        "1970-01-03T00:00:00",
         "--views",
         "user_profile",
     )
@@ -62,9 +62,19 @@ def test_the_feast_cli_works_on_the_store_init_features_made(
     assert after == before and after[0].has_profile
 
 
-def test_the_serving_read_names_features_the_views_define() -> None:
-    from features.online.read import ACTIVITY_READ, PROFILE_READ, SEEN
-    from features.repo.definitions import ACTIVITY, PROFILE
+def test_the_views_follow_the_data_schema_and_the_serving_read_names_their_features() -> None:
+    from feast.types import Array, Float64, String
 
-    assert set(PROFILE_READ) == set(PROFILE)
+    from features.online.read import ACTIVITY_READ, SEEN
+    from features.repo.definitions import ACTIVITY, feature_views, profile_fields
+    from recsys.data.schema import load_schema
+
+    schema = load_schema(None, REPO / ".cache" / "data")
+    fields = profile_fields(schema)
+    assert fields == {"gender": String, "age": Float64, "occupation": String, "zip_code": String}
     assert {*ACTIVITY_READ, SEEN} <= set(ACTIVITY)
+    views = {o.name: o for o in feature_views(Path("/offline"), schema)}
+    assert [f.name for f in views["user_profile"].features] == list(fields)
+    shop = schema.model_copy(update={"users": None})  # a data set without profiles
+    assert "user_profile" not in {o.name for o in feature_views(Path("/offline"), shop)}
+    assert profile_fields(shop) == {} and Array(String) != String

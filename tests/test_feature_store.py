@@ -34,14 +34,14 @@ def test_profiles_are_materialized(store, ml) -> None:
     row = ml.users.set_index("user_id").loc["196"]
     got = features.read(["196"])[0]
     assert got.has_profile
-    assert (got.age, got.gender, got.occupation) == (row["age"], row["gender"], row["occupation"])
+    assert got.profile == tuple(row[n] for n in ml.schema.user_features)
 
 
 def test_unknown_user_reads_as_defaults(store) -> None:
     _, _, features = store
     got = features.read(["nobody-here"])[0]
     assert not got.has_profile
-    assert (got.age, got.gender, got.occupation, got.activity) == (0, "", "", Activity())
+    assert (got.profile, got.activity) == ((), Activity())
 
 
 def test_backfill_holds_each_users_newest_past_items(store) -> None:

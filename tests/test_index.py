@@ -81,14 +81,14 @@ def test_genre_filters_run_inside_an_ivf_search_at_its_own_nprobe(
     nprobe = faiss.extract_index_ivf(bundle.index).nprobe
     assert nprobe > 1
     rec = Recommender(bundle, FeatureReader(config), config.serving)
-    genres = bundle.meta.genre_names
+    genres = bundle.meta.filter_values
     horror, drama = 1 << genres.index("Horror"), 1 << genres.index("Drama")
     for user in ("196", "1", "42"):
         t = 889_000_000_000
         query = rec.user_vector(FeatureReader(config).read(user), t)
         _, everything = bundle.index.search(query, bundle.index.ntotal)
         rows = everything[0][everything[0] >= 0]
-        g = bundle.meta.genres[rows]
+        g = bundle.meta.tags[rows][:, 0]  # 19 genres: one 64-bit word
         for include, exclude, k in ((horror, 0, 20), (0, drama, 50), (horror, drama, 10)):
             passing = rows[
                 ((g & np.uint64(include)) != 0 if include else True)

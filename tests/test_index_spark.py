@@ -52,8 +52,9 @@ def _vectors_by_id(directory: Path) -> tuple[dict[str, np.ndarray], dict[str, ob
 
 
 def _genres_by_id(directory: Path) -> dict[str, int]:
+    """Each item's filter bits (ML-100K's 19 genres: one word)."""
     ids = load_index(directory)[1]
-    return dict(zip(ids, np.load(directory / "genres.npy").tolist(), strict=True))
+    return dict(zip(ids, np.load(directory / "tags.npy")[:, 0].tolist(), strict=True))
 
 
 def _popular(directory: Path) -> tuple[set[str], list[float]]:
@@ -158,7 +159,7 @@ def test_a_catalog_column_missing_or_mistyped_is_named(scratch, ml, spark, engin
     with pytest.raises(DataError, match="no column 'genres'"):
         _build(scratch, ml, engine, missing)
     mistyped = _write(root / "typed.parquet", _frame(["a", "b"]).assign(release_year=["x", "y"]))
-    with pytest.raises(DataError, match="'release_year' is string, not integer"):
+    with pytest.raises(DataError, match="'release_year' row 0: 'x' is not a number"):
         _build(scratch, ml, engine, mistyped)
 
 
@@ -186,7 +187,7 @@ def test_an_unreadable_catalog_is_a_data_error(tmp_path) -> None:
     bad = tmp_path / "items.parquet"
     bad.write_text("not parquet")
     with pytest.raises(DataError, match="cannot read the catalog"):
-        Catalog.parquet(bad)
+        Catalog.parquet(bad, ml_items())
 
 
 def python_workers() -> list[int]:
@@ -233,3 +234,10 @@ def test_a_python_worker_killed_mid_job_is_retried(scratch, ml, spark):
     assert manifest["engine_stats"]["failed_tasks"] >= 1
     assert len(set(ids)) == len(ids) == 300_000
     assert artifacts.current(scratch.indexes_dir) == directory
+
+
+def ml_items():
+    """MovieLens-100K's items table, as its schema declares it."""
+    from recsys.data.schema import load_schema
+
+    return load_schema(None, Path(".cache/data")).items

@@ -37,7 +37,7 @@ def test_new_user_events_change_their_next_recommendations(server, ingester) -> 
             {
                 "user_id": NEW_USER,
                 "item_id": consumed,
-                "rating": 5.0,
+                "value": 5.0,
                 "timestamp": [893_000_000 + i for i in range(len(consumed))],
             }
         )
@@ -68,7 +68,7 @@ def test_known_user_history_is_extended_by_the_stream(server, ingester, ml) -> N
         {
             "user_id": user,
             "item_id": unseen,
-            "rating": 4.0,
+            "value": 4.0,
             "timestamp": [stored.last_event_ms // 1000 + 1 + i for i in range(2)],
         }
     )

@@ -18,7 +18,8 @@ from evaluation.protocols import (
     tfrs_split,
 )
 from evaluation.recbole import RECBOLE_HEADER, write_recbole_atomic
-from recsys.data import MovieLens, load_movielens
+from recsys.data import load_movielens
+from recsys.data.dataset import Dataset
 from recsys.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def shuffled_rows(interactions: pd.DataFrame, seed: int) -> pd.DataFrame:
 # Temporal ---------------------------------------------------------------------------------
 
 
-def test_temporal_partitions_and_orders_train_valid_test(ml: MovieLens) -> None:
+def test_temporal_partitions_and_orders_train_valid_test(ml: Dataset) -> None:
     split = temporal_split_protocol(ml.interactions)
     assert split.name == "temporal"
     assert split.valid is not None
@@ -65,7 +66,7 @@ def test_temporal_partitions_and_orders_train_valid_test(ml: MovieLens) -> None:
     assert len(split.test) < 20_100 and len(split.valid) < 8_100
 
 
-def test_temporal_without_valid(ml: MovieLens) -> None:
+def test_temporal_without_valid(ml: Dataset) -> None:
     split = temporal_split_protocol(ml.interactions, test_fraction=0.2, valid_fraction=None)
     assert split.valid is None
     assert_partition(split, ml.interactions)
@@ -75,7 +76,7 @@ def test_temporal_without_valid(ml: MovieLens) -> None:
     pd.testing.assert_frame_equal(split.test, with_valid.test)
 
 
-def test_temporal_rejects_bad_fractions(ml: MovieLens) -> None:
+def test_temporal_rejects_bad_fractions(ml: Dataset) -> None:
     for bad in (0.0, 1.0, -0.1, True):
         with pytest.raises(DataError):
             temporal_split_protocol(ml.interactions, valid_fraction=bad)
@@ -106,7 +107,7 @@ def test_recbole_sizes_mirror_calcu_split_ids() -> None:
     assert recbole_split_sizes(10, (0.7, 0.3)) == (7, 3)
 
 
-def test_recbole_per_user_sizes_on_ml100k(ml: MovieLens) -> None:
+def test_recbole_per_user_sizes_on_ml100k(ml: Dataset) -> None:
     split = recbole_split(ml.interactions)
     assert split.name == "recbole"
     assert split.valid is not None
@@ -137,7 +138,7 @@ def test_recbole_per_user_sizes_on_ml100k(ml: MovieLens) -> None:
     assert len(split.test) == len(split.valid) == int(tenth.sum())
 
 
-def test_recbole_is_random_within_each_user_not_temporal(ml: MovieLens) -> None:
+def test_recbole_is_random_within_each_user_not_temporal(ml: Dataset) -> None:
     split = recbole_split(ml.interactions)
     last_train = split.train.groupby("user_id")["timestamp"].max()
     first_test = split.test.groupby("user_id")["timestamp"].min()
@@ -145,7 +146,7 @@ def test_recbole_is_random_within_each_user_not_temporal(ml: MovieLens) -> None:
     assert (first_test > last_train.loc[first_test.index]).mean() < 0.05
 
 
-def test_recbole_is_deterministic_and_seeded(ml: MovieLens) -> None:
+def test_recbole_is_deterministic_and_seeded(ml: Dataset) -> None:
     a = recbole_split(ml.interactions, seed=2020)
     b = recbole_split(ml.interactions, seed=2020)
     c = recbole_split(ml.interactions, seed=7)
@@ -159,20 +160,20 @@ def test_recbole_is_deterministic_and_seeded(ml: MovieLens) -> None:
     )
 
 
-def test_recbole_ignores_input_row_order(ml: MovieLens) -> None:
+def test_recbole_ignores_input_row_order(ml: Dataset) -> None:
     a = recbole_split(ml.interactions)
     b = recbole_split(shuffled_rows(ml.interactions, seed=1))
     for part in ("train", "valid", "test"):
         pd.testing.assert_frame_equal(a.parts()[part], b.parts()[part])
 
 
-def test_recbole_two_ratios_has_no_valid(ml: MovieLens) -> None:
+def test_recbole_two_ratios_has_no_valid(ml: Dataset) -> None:
     split = recbole_split(ml.interactions, ratios=(0.8, 0.2))
     assert split.valid is None
     assert_partition(split, ml.interactions)
 
 
-def test_recbole_rejects_bad_ratios(ml: MovieLens) -> None:
+def test_recbole_rejects_bad_ratios(ml: Dataset) -> None:
     for bad in ((0.8, 0.1, 0.1, 0.0), (1.0,), (0.8, -0.1, 0.3), (0.0, 0.5, 0.5), (0.9, 0.1, 0)):
         with pytest.raises(DataError):
             recbole_split(ml.interactions, ratios=bad)
@@ -181,7 +182,7 @@ def test_recbole_rejects_bad_ratios(ml: MovieLens) -> None:
 # TFRS -------------------------------------------------------------------------------------
 
 
-def test_tfrs_sizes_and_partition(ml: MovieLens) -> None:
+def test_tfrs_sizes_and_partition(ml: Dataset) -> None:
     split = tfrs_split(ml.interactions)
     assert split.name == "tfrs"
     assert split.valid is None
@@ -190,7 +191,7 @@ def test_tfrs_sizes_and_partition(ml: MovieLens) -> None:
     assert_partition(split, ml.interactions)
 
 
-def test_tfrs_is_one_global_permutation(ml: MovieLens) -> None:
+def test_tfrs_is_one_global_permutation(ml: Dataset) -> None:
     split = tfrs_split(ml.interactions, seed=42)
     order = np.random.default_rng(42).permutation(len(ml.interactions))
     # ml.interactions is already in canonical order, so the permutation indexes it directly.
@@ -213,10 +214,11 @@ def read_atomic(path: Path) -> pd.DataFrame:
         keep_default_na=False,
     )
     frame.columns = [c.rpartition(":")[0] for c in frame.columns]
-    return frame.astype({"rating": np.float32, "timestamp": np.int64})
+    frame = frame.rename(columns={"rating": "value"})[["user_id", "item_id", "timestamp", "value"]]
+    return frame.astype({"value": np.float32, "timestamp": np.int64})
 
 
-def test_atomic_files_match_recbole_format(ml: MovieLens, tmp_path: Path) -> None:
+def test_atomic_files_match_recbole_format(ml: Dataset, tmp_path: Path) -> None:
     split = recbole_split(ml.interactions)
     paths = write_recbole_atomic(split, tmp_path / "ml-100k", "ml-100k")
     assert [p.name for p in paths] == [
@@ -241,7 +243,7 @@ def test_atomic_files_match_recbole_format(ml: MovieLens, tmp_path: Path) -> Non
     assert not list((tmp_path / "ml-100k").glob(".*.tmp"))
 
 
-def test_atomic_files_round_trip_through_recsys_reader(ml: MovieLens, tmp_path: Path) -> None:
+def test_atomic_files_round_trip_through_recsys_reader(ml: Dataset, tmp_path: Path) -> None:
     split = temporal_split_protocol(ml.interactions)
     paths = write_recbole_atomic(split, tmp_path / "out", "ml")
     for path, frame in zip(paths, split.parts().values(), strict=True):
@@ -251,8 +253,9 @@ def test_atomic_files_round_trip_through_recsys_reader(ml: MovieLens, tmp_path: 
         shutil.copy(path, folder / path.name)
         for kind in ("user", "item"):
             shutil.copy(RECBOLE_INTER.with_suffix(f".{kind}"), folder / f"{path.stem}.{kind}")
-        loaded = load_movielens(folder, expected_counts=None)
-        pd.testing.assert_frame_equal(loaded.interactions, frame)
+        loaded = load_movielens(folder, expected_counts=None).interactions
+        as_values = loaded.rename(columns={"rating": "value"})[list(frame.columns)]
+        pd.testing.assert_frame_equal(as_values, frame)
 
 
 def test_atomic_writer_handles_fractional_ratings_and_stale_valid(tmp_path: Path) -> None:
@@ -260,7 +263,7 @@ def test_atomic_writer_handles_fractional_ratings_and_stale_valid(tmp_path: Path
         {
             "user_id": ["1", "2"],
             "item_id": ["10", "20"],
-            "rating": np.array([3.5, 4.0], np.float32),
+            "value": np.array([3.5, 4.0], np.float32),
             "timestamp": np.array([100, 200], np.int64),
         }
     )
@@ -280,7 +283,7 @@ def test_atomic_writer_rejects_unstorable_ids(tmp_path: Path) -> None:
         {
             "user_id": ["a\tb"],
             "item_id": ["1"],
-            "rating": np.array([3.0], np.float32),
+            "value": np.array([3.0], np.float32),
             "timestamp": np.array([1], np.int64),
         }
     )

@@ -6,13 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index.items import ItemMeta, genre_bits
+from index.items import ItemMeta, tag_bits
 from recsys.config import ServingConfig
 from recsys.errors import InvalidRequestError
 from serving.request import Request, validate
 
 NAMES = ("Action", "Drama", "Horror")
-META = ItemMeta(NAMES, genre_bits([("Action",), ("Drama",)], NAMES), np.arange(2), np.ones(2))
+META = ItemMeta(
+    "genres", NAMES, tag_bits([("Action",), ("Drama",)], NAMES), np.arange(2), np.ones(2)
+)
 CONFIG = ServingConfig(max_k=50, max_exclude=3, max_id_length=8, max_genres=2)
 
 
@@ -31,8 +33,8 @@ CONFIG = ServingConfig(max_k=50, max_exclude=3, max_id_length=8, max_genres=2)
             Request("u1", include_genres=("Action", "Drama"), exclude_genres=("Horror",)),
             "at most 2",
         ),
-        (Request("u1", include_genres=("Jazz",)), "unknown genre 'Jazz'"),
-        (Request("u1", exclude_genres=("jazz",)), "the catalog's genres: Action, Drama, Horror"),
+        (Request("u1", include_genres=("Jazz",)), "unknown genres value 'Jazz'"),
+        (Request("u1", exclude_genres=("jazz",)), "the catalog's: Action, Drama, Horror"),
     ],
 )
 def test_each_limit_is_refused_with_what_is_allowed(request_, message) -> None:

@@ -23,7 +23,7 @@ DAY_S = 86_400
 def _frame(rows: list[tuple[str, str, int]]) -> pd.DataFrame:
     users, items, times = zip(*rows, strict=True)
     return pd.DataFrame(
-        {"user_id": users, "item_id": items, "rating": 4.0, "timestamp": np.array(times)}
+        {"user_id": users, "item_id": items, "value": 4.0, "timestamp": np.array(times)}
     )
 
 
@@ -132,15 +132,15 @@ def test_an_oracle_hits_every_event_and_an_anti_oracle_none(evaluator) -> None:
 
 def test_a_model_scoring_by_popularity_equals_the_popularity_baseline(evaluator) -> None:
     vectors = evaluator.train_counts.astype(np.float32)[:, np.newaxis]
-    model = evaluator.model(lambda inputs: np.ones((len(inputs.user), 1), np.float32), vectors)
+    model = evaluator.model(lambda inputs: np.ones((len(inputs["user"]), 1), np.float32), vectors)
     assert model == evaluator.baseline(Popularity(evaluator.train_counts))
     assert model["events"] == len(evaluator.stream) - len(evaluator.train)
 
 
 def test_frozen_histories_feed_the_tower_the_state_at_the_cut(evaluator) -> None:
     w = evaluator.walk
-    live = evaluator._inputs["live"].history
-    frozen = evaluator._inputs["frozen"].history
+    live = evaluator._inputs["live"]["history"]
+    frozen = evaluator._inputs["frozen"]["history"]
     # Before a user's first event of the part, live and frozen are the same state; later ones
     # differ wherever the user has acted since.
     first = {}

@@ -8,10 +8,11 @@ import pytest
 
 from evaluation.protocols import temporal_split_protocol
 from features.activity import rating_event_id
+from index.plan import raw_column
 from recsys import artifacts
 from recsys.errors import ArtifactError
 from tests.users import UserRow, tower_inputs
-from towers.encoding import FeatureSpace, UserInputs
+from towers.encoding import FeatureSpace, Inputs
 from towers.examples import HistoryIndex, catalog_inputs, query_inputs, training_examples
 from towers.runtime import NumpyItemTower, NumpyUserTower, SavedModelUserTower
 
@@ -44,7 +45,7 @@ def _saved(tf, model_dir, name, signature="encoded"):
     return tf.saved_model.load(str(model_dir / name)).signatures[signature]
 
 
-def _user_batch(ml, space, split) -> UserInputs:
+def _user_batch(ml, space, split) -> Inputs:
     users = list(ml.users["user_id"][:200])
     history = HistoryIndex(split.train, space.history_length)
     known = query_inputs(ml, space, history, [(u, 889_000_000_000, 889_000_000_000) for u in users])
@@ -58,14 +59,14 @@ def _user_batch(ml, space, split) -> UserInputs:
             ]
         )
     )
-    batch = {k: np.concatenate([v, new.as_dict()[k]]) for k, v in known.as_dict().items()}
-    return UserInputs(**batch)
+    return {k: np.concatenate([v, new[k]]) for k, v in known.items()}
 
 
 def test_user_tower_numpy_matches_saved_model(tf, model_dir, space, ml, split) -> None:
     inputs = _user_batch(ml, space, split)
-    assert (inputs.history == 0).any() and (inputs.user == 0).any() and (inputs.zip > 0).any()
-    tensors = {k: tf.constant(v) for k, v in inputs.as_dict().items()}
+    assert (inputs["history"] == 0).any() and (inputs["user"] == 0).any()
+    assert (inputs["user_zip_code"] > 0).any()
+    tensors = {k: tf.constant(v) for k, v in inputs.items()}
     expected = _saved(tf, model_dir, "user_tower")(**tensors)["embedding"].numpy()
     got = NumpyUserTower.load(model_dir)(inputs)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
@@ -82,10 +83,10 @@ def test_a_users_embedding_is_bit_for_bit_the_same_alone_or_in_any_batch(
     inputs = _user_batch(ml, space, split)
     tower = NumpyUserTower.load(model_dir)
     batch = tower(inputs)
-    for i in [0, 1, 57, len(inputs.user) - 1]:  # the last is the brand-new user
-        one = UserInputs(**{k: v[i : i + 1] for k, v in inputs.as_dict().items()})
+    for i in [0, 1, 57, len(inputs["user"]) - 1]:  # the last is the brand-new user
+        one = {k: v[i : i + 1] for k, v in inputs.items()}
         np.testing.assert_array_equal(tower(one), batch[i : i + 1])
-        part = UserInputs(**{k: v[i : i + 3] for k, v in inputs.as_dict().items()})
+        part = {k: v[i : i + 3] for k, v in inputs.items()}
         np.testing.assert_array_equal(tower(part)[0], batch[i])
 
 
@@ -133,8 +134,8 @@ def test_both_runtimes_embed_raw_features_alike(model_dir, space, ml) -> None:
 
 def test_item_tower_numpy_matches_saved_model(tf, model_dir, space, ml) -> None:
     _, catalog = catalog_inputs(ml, space)
-    assert (catalog.title > 0).any()
-    tensors = {k: tf.constant(v) for k, v in catalog.as_dict().items()}
+    assert (catalog["item_title"] > 0).any()
+    tensors = {k: tf.constant(v) for k, v in catalog.items()}
     expected = _saved(tf, model_dir, "item_tower")(**tensors)["embedding"].numpy()
     got = NumpyItemTower.load(model_dir)(catalog)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
@@ -166,7 +167,7 @@ def test_raw_feature_signatures_match_python_encoding_and_numpy(tf, model_dir, s
     user_raw = _saved(tf, model_dir, "user_tower", "serving_default")(
         user_id=tf.constant([r.user_id for r in raws]),
         gender=tf.constant([r.gender for r in raws]),
-        age=tf.constant([r.age for r in raws], tf.int32),
+        age=tf.constant([float(r.age) if r.age else np.nan for r in raws], tf.float64),
         occupation=tf.constant([r.occupation for r in raws]),
         zip_code=tf.constant([r.zip_code for r in raws]),
         recent_items=tf.constant(recent),
@@ -176,12 +177,9 @@ def test_raw_feature_signatures_match_python_encoding_and_numpy(tf, model_dir, s
     np.testing.assert_allclose(user_raw, expected, atol=1e-5, rtol=0)
 
     items = ml.items
-    width = max(len(g) for g in items["genres"])
+    raw = {f.name: tf.constant(raw_column(items[f.name], f.kind)) for f in space.item_features}
     item_raw = _saved(tf, model_dir, "item_tower", "serving_default")(
-        item_id=tf.constant(list(items["item_id"])),
-        release_year=tf.constant(items["release_year"].to_numpy(np.int32)),
-        genres=tf.constant([list(g) + [""] * (width - len(g)) for g in items["genres"]]),
-        title=tf.constant(list(items["title"])),
+        item_id=tf.constant(list(items["item_id"])), **raw
     )["embedding"].numpy()
     _, catalog = catalog_inputs(ml, space)
     np.testing.assert_allclose(item_raw, NumpyItemTower.load(model_dir)(catalog), atol=1e-5, rtol=0)
@@ -209,7 +207,7 @@ def test_training_examples_use_only_strictly_earlier_history(ml, space, split) -
     ordered = split.train.sort_values(["user_id", "timestamp"], kind="stable").reset_index(
         drop=True
     )
-    assert len(examples.users.user) == len(ordered)
+    assert len(examples.users["user"]) == len(ordered)
     for row in (0, 1, 500, len(ordered) - 1):
         user, t = ordered.loc[row, "user_id"], ordered.loc[row, "timestamp"]
         earlier = ordered[(ordered["user_id"] == user) & (ordered["timestamp"] < t)]
@@ -220,12 +218,12 @@ def test_training_examples_use_only_strictly_earlier_history(ml, space, split) -
             reverse=True,
         )
         want = space.items.lookup_many([i for _, i in newest_first][: space.history_length])
-        got = examples.users.history[row]
+        got = examples.users["history"][row]
         np.testing.assert_array_equal(got[: len(want)], want)
         assert not got[len(want) :].any()
         # The request time of a training example is the interaction's own time.
-        assert examples.users.hour[row] == (t // 3600) % 24
-        assert examples.items.item[row] == space.items.lookup(ordered.loc[row, "item_id"])
+        assert examples.users["hour"][row] == (t // 3600) % 24
+        assert examples.items["item"][row] == space.items.lookup(ordered.loc[row, "item_id"])
 
 
 def test_manifest_records_test_metrics_a_baseline_and_the_report(model_dir) -> None:

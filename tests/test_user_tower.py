@@ -10,14 +10,15 @@ import faiss
 import numpy as np
 import pytest
 
-from index.items import ItemMeta, genre_bits
+from features.activity import Activity
+from features.user import UserFeatures
+from index.items import ItemMeta, tag_bits
 from index.tuning import EF_SEARCH, NPROBE, knob, set_knob, with_selector
-from recsys.errors import ArtifactError
+from recsys.errors import ArtifactError, InvalidRequestError
 from serving.filters import GenreFilters
 from tests import tiny
 from tests.users import UserRow, tower_inputs
-from towers.encoding import USER_SCALARS
-from towers.model_config import USER_TABLES
+from towers.model_config import table_input
 from towers.runtime import NumpyUserTower
 
 ROWS = [
@@ -41,15 +42,67 @@ def test_embed_is_the_encoder_then_the_tower_bit_for_bit() -> None:
         )
 
 
+MULTI = [
+    UserFeatures(
+        "u1", ("F", 30.0, "writer", "55123", ("food", "art"), "Likes the dog!"), Activity()
+    ),
+    UserFeatures("u2", ("M", None, "", "", ("sport", "art", "food", "x"), "cat cat dog bird")),
+    UserFeatures("u3", ("X", 99.0, "doctor", "1", (), ""), Activity(("i1", "i2")), True),
+    UserFeatures("brand-new", activity=Activity(("i4",))),
+]
+"""Users of a space with multi-id features too (``tiny.space(multi=True)``): tags beyond the
+width, unknown words and tags, empty values, no profile."""
+
+
+def test_embed_with_tags_and_text_is_the_encoder_then_the_tower() -> None:
+    space = tiny.space(multi=True)
+    tower = tiny.tower(space)
+    times = [889_000_000_000 + i for i in range(len(MULTI))]
+    batch = tower.embed(space, MULTI, times)
+    np.testing.assert_array_equal(batch, tower(space.encode_users(MULTI, times)))
+    for i, user in enumerate(MULTI):
+        np.testing.assert_array_equal(tower.embed(space, [user], [times[i]])[0], batch[i])
+
+
+def test_a_tag_set_is_summed_and_a_text_averaged() -> None:
+    """u1's embedding equals a tower fed the pooled rows by hand: the hidden layer's input
+    holds the sum of the two tags' rows and the mean of the two known words' rows."""
+    space = tiny.space(multi=True)
+    w = tiny.weights(space)
+    config = tiny.config(space)
+    tower = NumpyUserTower(w, config)
+    user, t = MULTI[0], 889_000_000_000
+    _singles, lists, _ = space.encode_user(user, t)
+    assert lists == [[1, 2], [3, 2]]  # art, food; likes, dog ("the" is unknown)
+    inputs = space.encode_users([user], [t])
+    parts = []
+    for table in config.user_concat:
+        ids = inputs[table_input(table)][0]
+        rows = w[table][ids]
+        if config.pooling(table) == "sum":
+            parts.append(rows[ids > 0].sum(axis=0))
+        elif table == "item_emb" or config.pooling(table) == "mean":
+            known = rows[ids > 0]
+            parts.append(known.mean(axis=0) if len(known) else np.zeros(rows.shape[1]))
+        else:
+            parts.append(rows)
+    hidden = np.maximum(np.concatenate(parts) @ w["user_hidden_w"] + w["user_hidden_b"], 0)
+    out = hidden @ w["user_out_w"] + w["user_out_b"]
+    out /= np.linalg.norm(out)  # the tower's outputs are normalised
+    np.testing.assert_allclose(tower.embed(space, [user], [t])[0], out, rtol=1e-4, atol=1e-5)
+
+
 def test_encode_users_stacks_encode_user() -> None:
-    space = tiny.space()
-    users, times = tower_inputs(ROWS)
+    space = tiny.space(multi=True)
+    users, times = list(MULTI), [5_000] * len(MULTI)
     inputs = space.encode_users(users, times)
     for row, (user, t) in enumerate(zip(users, times, strict=True)):
-        scalars, recent = space.encode_user(user, t)
-        assert tuple(int(getattr(inputs, name)[row]) for name in USER_SCALARS) == scalars
-        assert inputs.history[row, : len(recent)].tolist() == recent
-        assert not inputs.history[row, len(recent) :].any()
+        singles, lists, recent = space.encode_user(user, t)
+        assert tuple(int(inputs[name][row]) for name in space.user_inputs) == singles
+        for name, found in zip(("user_interests", "user_bio"), lists, strict=True):
+            assert inputs[name][row].tolist() == found + [0] * (inputs[name].shape[1] - len(found))
+        assert inputs["history"][row, : len(recent)].tolist() == recent
+        assert not inputs["history"][row, len(recent) :].any()
 
 
 def test_the_kernel_is_split_by_the_recorded_concatenation_order() -> None:
@@ -87,15 +140,16 @@ def test_a_tower_without_its_recorded_order_is_refused() -> None:
 
 
 def test_every_table_is_indexed_by_an_encoded_input() -> None:
-    assert {v for v in USER_TABLES.values() if v != "history"} == set(USER_SCALARS)
-    assert set(tiny.config().user_tables()) == set(USER_TABLES)
+    space = tiny.space(multi=True)
+    inputs = space.encode_users(list(MULTI), [0] * len(MULTI))
+    assert {table_input(t) for t in tiny.config(space).user_tables()} == set(inputs)
 
 
-def test_genre_masks_pass_one_included_and_no_excluded_genre() -> None:
+def test_filter_masks_pass_one_included_and_no_excluded_value() -> None:
     names = ("A", "B", "C")
     genres = [("A",), ("B",), ("A", "C"), (), ("B", "C")]
-    meta = ItemMeta(names, genre_bits(genres, names), np.arange(5), np.ones(5, np.float32))
-    a, b, c = (meta.genre_mask([n]) for n in names)
+    meta = ItemMeta("g", names, tag_bits(genres, names), np.arange(5), np.ones(5, np.float32))
+    a, b, c = (meta.filter_mask([n]) for n in names)
     assert meta.passing(a | b, 0).tolist() == [True, True, True, False, True]
     assert meta.passing(0, c).tolist() == [True, True, False, True, False]
     assert meta.passing(b, c).tolist() == [False, True, False, False, False]
@@ -109,7 +163,7 @@ def test_filtered_searches_keep_the_index_setting_and_pass_only_matching_rows() 
     ivf.train(vectors)
     ivf.add(vectors)
     set_knob(ivf, NPROBE, 3)
-    horror = bundle.meta.genre_mask(["Horror"])
+    horror = bundle.meta.filter_mask(["Horror"])
     params = GenreFilters(ivf, bundle.meta).params(horror, 0)
     assert params.nprobe == 3
     _, rows = ivf.search(vectors[:5], 20, params=params)
@@ -131,3 +185,24 @@ def test_each_index_kind_has_its_one_knob() -> None:
     assert with_selector(hnsw, faiss.IDSelectorRange(0, 1)).efSearch == 77
     with pytest.raises(ValueError, match="nprobe or efSearch"):
         set_knob(hnsw, "depth", 3)
+
+
+def test_filters_over_more_than_64_values_use_several_words() -> None:
+    names = tuple(f"t{i}" for i in range(150))
+    tags = [("t0",), ("t70",), ("t149", "t3"), (), ("t64", "t65")]
+    bits = tag_bits(tags, names)
+    assert bits.shape == (5, 3)
+    meta = ItemMeta("t", names, bits, np.arange(5), np.ones(5, np.float32))
+    assert meta.passing(meta.filter_mask(["t149"]), 0).tolist() == [0, 0, 1, 0, 0]
+    assert meta.passing(meta.filter_mask(["t70", "t64"]), 0).tolist() == [0, 1, 0, 0, 1]
+    assert meta.passing(0, meta.filter_mask(["t3", "t0"])).tolist() == [0, 1, 0, 1, 1]
+    with pytest.raises(InvalidRequestError, match="unknown t value 'nope'"):
+        meta.filter_mask(["nope"])
+
+
+def test_a_catalog_without_a_filter_field_refuses_filters_clearly() -> None:
+    meta = ItemMeta(None, (), tag_bits([(), ()], ()), np.arange(2), np.ones(2, np.float32))
+    assert meta.tags.shape == (2, 0)
+    assert meta.passing(0, 0).tolist() == [True, True]
+    with pytest.raises(InvalidRequestError, match="no filter field"):
+        meta.filter_mask(["Drama"])

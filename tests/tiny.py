@@ -12,9 +12,9 @@ import numpy as np
 
 from features.activity import Activity, SeenIndex, item_hash
 from features.user import UserFeatures
-from index.items import ItemMeta, genre_bits, popular_rows
+from index.items import ItemMeta, popular_rows, tag_bits
 from serving.bundle import Bundle
-from towers.encoding import AGE_BUCKETS, FeatureSpace, Vocab
+from towers.encoding import FeatureEncoder, FeatureSpace, Vocab
 from towers.model_config import TowerConfig
 from towers.runtime import NumpyUserTower
 
@@ -23,16 +23,29 @@ DIM = 16
 SIDE = 8
 
 
-def space(items: int = 300, users: int = 50, history_length: int = 5) -> FeatureSpace:
+USER_FEATURES = (
+    FeatureEncoder("gender", "categorical", Vocab(("F", "M"))),
+    FeatureEncoder("age", "numeric", boundaries=(18, 25, 35, 45, 50, 56)),
+    FeatureEncoder("occupation", "categorical", Vocab(("doctor", "student", "writer"))),
+    FeatureEncoder("zip_code", "categorical", Vocab(("10", "55", "94")), prefix=2),
+)
+"""MovieLens-100K's user features, kinds and all."""
+INTERESTS = FeatureEncoder("interests", "tags", Vocab(("art", "food", "sport")), width=2)
+BIO = FeatureEncoder("bio", "text", Vocab(("cat", "dog", "likes")), width=3)
+"""Multi-id user features, for a space of every kind (``space(multi=True)``)."""
+
+
+def space(
+    items: int = 300, users: int = 50, history_length: int = 5, multi: bool = False
+) -> FeatureSpace:
+    features = USER_FEATURES + ((INTERESTS, BIO) if multi else ())
     return FeatureSpace(
         users=Vocab(tuple(f"u{i}" for i in range(users))),
         items=Vocab(tuple(f"i{i}" for i in range(items))),
-        genders=Vocab(("F", "M")),
-        occupations=Vocab(("doctor", "student", "writer")),
-        zips=Vocab(("10", "55", "94")),
-        genres=GENRES,
-        title_tokens=Vocab(()),
+        user_features=features,
+        item_features=(FeatureEncoder("genres", "tags", Vocab(GENRES), width=3),),
         history_length=history_length,
+        filter="genres",
     )
 
 
@@ -41,10 +54,7 @@ def weights(space: FeatureSpace, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     tables = {
         "user_emb": (space.users.size, DIM),
-        "gender_emb": (space.genders.size, SIDE),
-        "age_emb": (AGE_BUCKETS, SIDE),
-        "occupation_emb": (space.occupations.size, SIDE),
-        "zip_emb": (space.zips.size, SIDE),
+        **{f"user_{f.name}_emb": (f.size, SIDE) for f in space.user_features},
         "item_emb": (space.items.size, DIM),
         "hour_emb": (24, SIDE),
         "weekday_emb": (7, SIDE),
@@ -58,14 +68,15 @@ def weights(space: FeatureSpace, seed: int = 0) -> dict[str, np.ndarray]:
     return w
 
 
-def config() -> TowerConfig:
+def config(space: FeatureSpace | None = None) -> TowerConfig:
     """Every user part, mean pooling, and the concatenation order an export records."""
-    plain = TowerConfig(dim=DIM)
+    features = (space or globals()["space"]()).user_features
+    plain = TowerConfig(dim=DIM, user_features=tuple((f.name, f.pooling) for f in features))
     return dataclasses.replace(plain, user_concat=plain.user_tables())
 
 
 def tower(space: FeatureSpace, seed: int = 0) -> NumpyUserTower:
-    return NumpyUserTower(weights(space, seed), config())
+    return NumpyUserTower(weights(space, seed), config(space))
 
 
 def item_genres(n: int) -> list[tuple[str, ...]]:
@@ -89,7 +100,7 @@ def bundle(items: int = 300, users: int = 50, seed: int = 0) -> Bundle:
     ids = list(s.items.values)
     counts = {f"i{i}": int(c) for i, c in enumerate(rng.zipf(1.5, size=items) % 1000)}
     rows, shares = popular_rows(ids, counts)
-    meta = ItemMeta(GENRES, genre_bits(item_genres(items), GENRES), rows, shares)
+    meta = ItemMeta("genres", GENRES, tag_bits(item_genres(items), GENRES), rows, shares)
     return Bundle(
         model_version="m-test",
         index_version="i-test",
@@ -134,4 +145,4 @@ def user(
     activity = Activity(tuple(recent), seen=seen_bytes(recent if seen is None else seen))
     if not profile:
         return UserFeatures(user_id, activity=activity)
-    return UserFeatures(user_id, 30, "F", "writer", "55123", activity, has_profile=True)
+    return UserFeatures(user_id, ("F", 30.0, "writer", "55123"), activity, has_profile=True)

@@ -21,9 +21,15 @@ class UserRow(NamedTuple):
 
 
 def tower_inputs(rows: Sequence[UserRow]) -> tuple[list[UserFeatures], list[int]]:
-    """``(users, times_ms)`` for ``encode_users`` and ``embed``."""
+    """``(users, times_ms)`` for ``encode_users`` and ``embed``: the profile in the order
+    MovieLens-100K's schema declares it (gender, age, occupation, zip code)."""
     users = [
-        UserFeatures(r.user_id, r.age, r.gender, r.occupation, r.zip_code, Activity(r.recent_items))
+        UserFeatures(
+            r.user_id,
+            (r.gender, float(r.age) if r.age else None, r.occupation, r.zip_code),
+            Activity(r.recent_items),
+            True,
+        )
         for r in rows
     ]
     return users, [r.request_time_ms for r in rows]

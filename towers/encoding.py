@@ -1,30 +1,33 @@
-"""Raw features → integer ids and arrays, shared by training, the index build and serving.
+"""Raw features → integer ids, by the kinds the data schema declares; shared by training, the
+index build and serving.
 
-Pure NumPy: the serving process uses it without importing TensorFlow. Index 0 of every
-vocabulary is the out-of-vocabulary / missing bucket, so a value never seen in training maps
-to a defined embedding instead of failing.
+Pure NumPy: the serving process uses it without importing TensorFlow. Id 0 of every feature
+is the unknown / missing bucket (and the padding of multi-valued ones), so a value never seen
+in training maps to a defined embedding instead of failing. One ``FeatureEncoder`` per
+declared feature maps its kind to its ids: the one place a kind is interpreted.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from features.user import UserFeatures
+from recsys.data.schema import BUCKETED, MULTI, Feature
 from recsys.errors import ArtifactError
 
-AGE_BOUNDARIES = (18, 25, 35, 45, 50, 56)
-"""Age buckets as in MovieLens-1M: <18, 18-24, ..., 56+ (1..7); 0 is unknown."""
-FIRST_DECADE = 1920
-DECADES = 11
-"""Release-year buckets: <1930, 1930s, ..., 2020s and later (1..11); 0 is unknown."""
+Inputs = dict[str, np.ndarray]
+"""Encoded tower inputs by name (``user``, ``user_<feature>``, ``hour``, ``weekday``,
+``history``; ``item``, ``item_<feature>``), ``int32``, one row per user or item."""
 
 
 @dataclass(frozen=True)
@@ -59,40 +62,13 @@ class Vocab:
         return np.fromiter((self._index.get(v, 0) for v in values), np.int32, len(values))
 
 
-def age_bucket(age: int) -> int:
-    """Maps an age in years to 1..7; 0 for unknown (age <= 0)."""
-    if age <= 0:
-        return 0
-    return 1 + bisect.bisect_right(AGE_BOUNDARIES, age)
+_WORD = re.compile(r"[^\W_]+")
+"""A word: letters and digits of any script (the SavedModel's ``[\\p{L}\\p{N}]+``)."""
 
 
-AGE_BUCKETS = len(AGE_BOUNDARIES) + 2
-
-
-def year_bucket(year: int) -> int:
-    """Maps a release year to a decade bucket 1..DECADES; 0 for unknown."""
-    if year <= 0:
-        return 0
-    return 1 + min(DECADES - 1, max(0, (year - FIRST_DECADE) // 10))
-
-
-YEAR_BUCKETS = DECADES + 1
-
-
-ZIP_PREFIX = 2
-"""Leading zip-code characters kept: the US region and state group (``"55"``)."""
-TITLE_TOKENS = 6
-"""Title tokens kept per item."""
-_TOKEN = re.compile(r"[a-z0-9]+")
-
-
-def zip_prefix(zip_code: str) -> str:
-    return zip_code[:ZIP_PREFIX].upper()
-
-
-def title_tokens(title: str) -> list[str]:
-    """Lower-case ASCII words of a title: ``"Star Wars (1977)"`` → ``["star", "wars", "1977"]``."""
-    return _TOKEN.findall(title.lower())
+def words(text: str) -> list[str]:
+    """Lower-case words of a text: ``"Star Wars (1977)"`` → ``["star", "wars", "1977"]``."""
+    return _WORD.findall(text.lower())
 
 
 def hour_of_day(time_ms: int) -> int:
@@ -105,87 +81,201 @@ def day_of_week(time_ms: int) -> int:
     return int((time_ms // 86_400_000 + 3) % 7)
 
 
-USER_SCALARS = ("user", "gender", "age", "occupation", "zip", "hour", "weekday")
-"""The user tower's one-id-per-user inputs, in ``FeatureSpace.encode_user``'s order."""
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 @dataclass(frozen=True)
-class UserInputs:
-    """Encoded user-tower inputs for a batch, all ``int32``.
+class FeatureEncoder:
+    """One declared feature's values → ids, fitted on the data.
 
     Attributes:
-        user, gender, age, occupation, zip, hour, weekday: ``[batch]``.
-        history: ``[batch, history_length]`` recent item indexes, most recent first, 0-padded.
+        name: The feature's name in the schema.
+        kind: Its kind (``recsys.data.schema.KINDS``).
+        vocab: ``categorical``, ``tags``, ``text``: the known values (words).
+        boundaries: ``numeric``, ``year``, ``date``: bucket boundaries; a value ``v`` is
+            bucket ``1 + bisect_right(boundaries, v)``, a missing one 0.
+        width: Ids per value: 1, or the most tags / words the tower reads.
+        prefix: ``categorical``: leading characters kept (0: all).
     """
 
-    user: np.ndarray
-    gender: np.ndarray
-    age: np.ndarray
-    occupation: np.ndarray
-    zip: np.ndarray
-    hour: np.ndarray
-    weekday: np.ndarray
-    history: np.ndarray
+    name: str
+    kind: str
+    vocab: Vocab = Vocab(())
+    boundaries: tuple[float, ...] = ()
+    width: int = 1
+    prefix: int = 0
 
-    def as_dict(self) -> dict[str, np.ndarray]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    @property
+    def multi(self) -> bool:
+        """Several ids per value (``tags``, ``text``), 0-padded to ``width``."""
+        return self.kind in MULTI
+
+    @property
+    def size(self) -> int:
+        """Rows of the feature's embedding table, the unknown bucket included."""
+        return len(self.boundaries) + 2 if self.kind in BUCKETED else self.vocab.size
+
+    @property
+    def pooling(self) -> str:
+        """How the tower pools the rows of a value: ``one`` row, the ``sum`` of a tag set's
+        (what a multi-hot layer computes), or the ``mean`` of a text's words."""
+        return {"tags": "sum", "text": "mean"}.get(self.kind, "one")
+
+    def id(self, value: Any) -> int:  # Any: a raw value of the feature's kind
+        """A single-id kind's value → its id."""
+        if self.kind in BUCKETED:
+            if _missing(value):
+                return 0
+            return 1 + bisect.bisect_right(self.boundaries, float(value))
+        if not value:
+            return 0
+        text = str(value)
+        return self.vocab.index.get(text[: self.prefix] if self.prefix else text, 0)
+
+    def ids(self, value: Any) -> list[int]:  # Any: a raw value of the feature's kind
+        """A multi-id kind's value → its known ids, at most ``width``: a text's words in
+        order, a tag set's ids smallest first (the most common tags when the vocabulary is
+        ordered by count; here it is sorted, so the cut is arbitrary but stable)."""
+        index = self.vocab.index
+        if not value:
+            return []
+        if self.kind == "text":
+            return [i for i in (index.get(w, 0) for w in words(str(value))) if i][: self.width]
+        return sorted({index.get(str(t), 0) for t in value} - {0})[: self.width]
+
+    def column(self, values: Sequence[Any]) -> np.ndarray:
+        """``[n] int32`` ids, or ``[n, width] int32`` 0-padded for a multi-id kind."""
+        n = len(values)
+        if not self.multi:
+            return np.fromiter((self.id(v) for v in values), np.int32, n)
+        out = np.zeros((n, self.width), np.int32)
+        for row, value in enumerate(values):
+            found = self.ids(value)
+            out[row, : len(found)] = found
+        return out
+
+    @classmethod
+    def fit(cls, name: str, spec: Feature, values: pd.Series) -> FeatureEncoder:
+        """Fits the vocabulary (values in at least ``min_count`` rows) or the bucket
+        boundaries (declared, or the data's quantiles) on the feature's canonical values."""
+        if spec.kind in BUCKETED:
+            if spec.boundaries is not None:
+                return cls(name, spec.kind, boundaries=tuple(float(b) for b in spec.boundaries))
+            known = values.to_numpy(np.float64)
+            known = known[~np.isnan(known)]
+            cuts = np.linspace(0, 1, spec.buckets + 1)[1:-1]
+            bounds = np.unique(np.quantile(known, cuts)) if len(known) else np.zeros(0)
+            return cls(name, spec.kind, boundaries=tuple(float(b) for b in bounds))
+        if spec.kind == "categorical":
+            keys = values.map(lambda v: v[: spec.prefix] if spec.prefix else v)
+            counts = keys[keys != ""].value_counts()
+            return cls(
+                name,
+                spec.kind,
+                Vocab.fit(counts[counts >= spec.min_count].index),
+                prefix=spec.prefix or 0,
+            )
+        per_row = (
+            [set(words(v)) for v in values] if spec.kind == "text" else [set(v) for v in values]
+        )
+        counts = pd.Series([w for row in per_row for w in row], dtype=object).value_counts()
+        vocab = Vocab.fit(counts[counts >= spec.min_count].index)
+        if spec.kind == "text":
+            width = spec.max_tokens
+        else:
+            width = max(1, min(spec.max_values, max((len(r) for r in per_row), default=1)))
+        return cls(name, spec.kind, vocab, width=width)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "vocab": list(self.vocab.values),
+            "boundaries": list(self.boundaries),
+            "width": self.width,
+            "prefix": self.prefix,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FeatureEncoder:  # Any: parsed JSON
+        return cls(
+            str(data["name"]),
+            str(data["kind"]),
+            Vocab(tuple(data["vocab"])),
+            tuple(float(b) for b in data["boundaries"]),
+            int(data["width"]),
+            int(data["prefix"]),
+        )
 
 
-@dataclass(frozen=True)
-class ItemInputs:
-    """Encoded item-tower inputs.
-
-    Attributes:
-        item, year: ``[batch] int32``.
-        genres: ``[batch, n_genres] float32`` multi-hot.
-        title: ``[batch, TITLE_TOKENS] int32`` title-token indexes, 0-padded.
-    """
-
-    item: np.ndarray
-    year: np.ndarray
-    genres: np.ndarray
-    title: np.ndarray
-
-    def as_dict(self) -> dict[str, np.ndarray]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+TIME_INPUTS = (("hour", 24), ("weekday", 7))
+"""The request-time context the user tower reads, and each input's number of values."""
 
 
 @dataclass(frozen=True)
 class FeatureSpace:
-    """Every vocabulary the towers were trained with; saved beside the model."""
+    """Every vocabulary and bucketing the towers were trained with; saved beside the model.
+
+    Attributes:
+        users, items: The id vocabularies.
+        user_features, item_features: One encoder per declared feature, in schema order.
+        history_length: Recent items the user tower reads.
+        filter: The item ``tags`` feature the API's filters name (the schema's ``filter``).
+    """
 
     users: Vocab
     items: Vocab
-    genders: Vocab
-    occupations: Vocab
-    zips: Vocab
-    genres: tuple[str, ...]
-    title_tokens: Vocab
+    user_features: tuple[FeatureEncoder, ...]
+    item_features: tuple[FeatureEncoder, ...]
     history_length: int
+    filter: str | None = None
 
-    def encode_user(self, user: UserFeatures, time_ms: int) -> tuple[tuple[int, ...], list[int]]:
+    @property
+    def filter_values(self) -> tuple[str, ...]:
+        """The values filters can name: the filter feature's vocabulary (none without one)."""
+        return () if self.filter is None else self.item_feature(self.filter).vocab.values
+
+    @property
+    def user_inputs(self) -> tuple[str, ...]:
+        """The user tower's single-id inputs (``user``, its single-id features, the time
+        context), in ``encode_user``'s order."""
+        own = tuple(f"user_{f.name}" for f in self.user_features if not f.multi)
+        return ("user", *own, *(name for name, _ in TIME_INPUTS))
+
+    def item_feature(self, name: str) -> FeatureEncoder:
+        for f in self.item_features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def encode_user(
+        self, user: UserFeatures, time_ms: int
+    ) -> tuple[tuple[int, ...], list[list[int]], list[int]]:
         """One user's features at a request time → the user tower's inputs as ids: the one
         encoder. ``encode_users`` stacks its rows for a batch (training, evaluation, the
         SavedModel runtime); the NumPy runtime gathers its folded rows by them (serving).
 
         Returns:
-            One id per ``USER_SCALARS`` input, in that order, and the recent items' ids,
-            most recent first, at most ``history_length``, 0 where the vocabulary lacks one.
+            One id per ``user_inputs`` name, in that order; each multi-id user feature's ids
+            (in ``user_features`` order); and the recent items' ids, most recent first, at
+            most ``history_length``, 0 where the vocabulary lacks one.
         """
+        profile = user.profile
+        singles: list[int] = [self.users.index.get(user.user_id, 0)]
+        multis: list[list[int]] = []
+        for i, f in enumerate(self.user_features):
+            value = profile[i] if profile else None
+            if f.multi:
+                multis.append(f.ids(value))
+            else:
+                singles.append(f.id(value))
+        singles += (hour_of_day(time_ms), day_of_week(time_ms))
         items = self.items.index
-        scalars = (
-            self.users.index.get(user.user_id, 0),
-            self.genders.index.get(user.gender, 0),
-            age_bucket(int(user.age)),
-            self.occupations.index.get(user.occupation, 0),
-            self.zips.index.get(zip_prefix(user.zip_code), 0),
-            hour_of_day(time_ms),
-            day_of_week(time_ms),
-        )
         history = [items.get(i, 0) for i in user.activity.recent_items[: self.history_length]]
-        return scalars, history
+        return tuple(singles), multis, history
 
-    def encode_users(self, users: Sequence[UserFeatures], times_ms: Sequence[int]) -> UserInputs:
+    def encode_users(self, users: Sequence[UserFeatures], times_ms: Sequence[int]) -> Inputs:
         """Each user's features at the request time beside it → the tower's inputs
         (``encode_user`` for each).
 
@@ -199,50 +289,38 @@ class FeatureSpace:
         n = len(users)
         if len(times_ms) != n:
             raise ValueError(f"encode_users got {n} users but {len(times_ms)} request times")
-        scalars = np.zeros((n, len(USER_SCALARS)), np.int32)
+        names = self.user_inputs
+        multi = [f for f in self.user_features if f.multi]
+        singles = np.zeros((n, len(names)), np.int32)
+        multis = [np.zeros((n, f.width), np.int32) for f in multi]
         history = np.zeros((n, self.history_length), np.int32)
         for row, (user, time_ms) in enumerate(zip(users, times_ms, strict=True)):
-            ids, recent = self.encode_user(user, time_ms)
-            scalars[row] = ids
+            ids, lists, recent = self.encode_user(user, time_ms)
+            singles[row] = ids
+            for out, found in zip(multis, lists, strict=True):
+                out[row, : len(found)] = found
             history[row, : len(recent)] = recent
-        columns = {name: scalars[:, i].copy() for i, name in enumerate(USER_SCALARS)}
-        return UserInputs(**columns, history=history)
+        inputs = {name: singles[:, i].copy() for i, name in enumerate(names)}
+        inputs.update({f"user_{f.name}": out for f, out in zip(multi, multis, strict=True)})
+        inputs["history"] = history
+        return inputs
 
-    def encode_items(
-        self,
-        item_ids: Sequence[str],
-        years: Sequence[int],
-        genres: Sequence[Iterable[str]],
-        titles: Sequence[str],
-    ) -> ItemInputs:
-        column = {g: i for i, g in enumerate(self.genres)}
-        multi_hot = np.zeros((len(item_ids), len(self.genres)), np.float32)
-        for row, names in enumerate(genres):
-            for name in names:
-                if name in column:
-                    multi_hot[row, column[name]] = 1.0
-        tokens = np.zeros((len(item_ids), TITLE_TOKENS), np.int32)
-        for row, title in enumerate(titles):
-            idx = self.title_tokens.lookup_many(title_tokens(title))
-            idx = idx[idx > 0][:TITLE_TOKENS]
-            tokens[row, : len(idx)] = idx
-        return ItemInputs(
-            item=self.items.lookup_many(item_ids),
-            year=np.fromiter((year_bucket(int(y)) for y in years), np.int32, len(years)),
-            genres=multi_hot,
-            title=tokens,
-        )
+    def encode_items(self, items: pd.DataFrame) -> Inputs:
+        """Catalog rows (``item_id`` and the declared features' canonical columns) → the
+        item tower's inputs."""
+        inputs = {"item": self.items.lookup_many(list(items["item_id"]))}
+        for f in self.item_features:
+            inputs[f"item_{f.name}"] = f.column(list(items[f.name]))
+        return inputs
 
     def to_json(self) -> dict[str, object]:
         return {
             "users": list(self.users.values),
             "items": list(self.items.values),
-            "genders": list(self.genders.values),
-            "occupations": list(self.occupations.values),
-            "zips": list(self.zips.values),
-            "genres": list(self.genres),
-            "title_tokens": list(self.title_tokens.values),
+            "user_features": [f.to_json() for f in self.user_features],
+            "item_features": [f.to_json() for f in self.item_features],
             "history_length": self.history_length,
+            "filter": self.filter,
         }
 
     # Any: parsed JSON; a value of the wrong type raises TypeError, reported below.
@@ -252,15 +330,16 @@ class FeatureSpace:
             return cls(
                 users=Vocab(tuple(data["users"])),
                 items=Vocab(tuple(data["items"])),
-                genders=Vocab(tuple(data["genders"])),
-                occupations=Vocab(tuple(data["occupations"])),
-                zips=Vocab(tuple(data["zips"])),
-                genres=tuple(data["genres"]),
-                title_tokens=Vocab(tuple(data["title_tokens"])),
+                user_features=tuple(FeatureEncoder.from_json(f) for f in data["user_features"]),
+                item_features=tuple(FeatureEncoder.from_json(f) for f in data["item_features"]),
                 history_length=int(data["history_length"]),
+                filter=None if data["filter"] is None else str(data["filter"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(f"feature space is malformed ({exc!r}); retrain the model") from exc
+            raise ArtifactError(
+                f"feature space is malformed or from an older release ({exc!r}); retrain the "
+                "model with `recsys train`"
+            ) from exc
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json()))

@@ -22,58 +22,46 @@ from features.activity import (
     ratings_to_interactions,
 )
 from features.user import UserFeatures
-from recsys.data import MovieLens
-from towers.encoding import (
-    FeatureSpace,
-    ItemInputs,
-    UserInputs,
-    Vocab,
-    title_tokens,
-    zip_prefix,
-)
-
-MIN_TITLE_TOKEN_COUNT = 2
-"""A title word must appear in this many titles to get an embedding (others are noise)."""
+from recsys.data.dataset import Dataset
+from towers.encoding import FeatureEncoder, FeatureSpace, Inputs, Vocab
 
 
-def fit_feature_space(ml: MovieLens, train: pd.DataFrame, history_length: int) -> FeatureSpace:
-    """Vocabularies: users seen in ``train`` (others fall in the unknown bucket), the whole
-    catalog, the user table's profile values, and title words shared by several titles."""
-    counts = pd.Series([t for title in ml.items["title"] for t in set(title_tokens(title))])
-    frequent = counts.value_counts()
+def fit_feature_space(data: Dataset, train: pd.DataFrame, history_length: int) -> FeatureSpace:
+    """Vocabularies and buckets: users seen in ``train`` (others fall in the unknown
+    bucket), the whole catalog, and each declared feature fitted on its whole table."""
+    schema = data.schema
     return FeatureSpace(
         users=Vocab.fit(train["user_id"]),
-        items=Vocab.fit(ml.items["item_id"]),
-        genders=Vocab.fit(ml.users["gender"]),
-        occupations=Vocab.fit(ml.users["occupation"]),
-        zips=Vocab.fit(zip_prefix(z) for z in ml.users["zip_code"]),
-        genres=tuple(sorted({g for gs in ml.items["genres"] for g in gs})),
-        title_tokens=Vocab.fit(frequent[frequent >= MIN_TITLE_TOKEN_COUNT].index),
+        items=Vocab.fit(data.items["item_id"]),
+        user_features=tuple(
+            FeatureEncoder.fit(name, spec, data.users[name])
+            for name, spec in schema.user_features.items()
+        ),
+        item_features=tuple(
+            FeatureEncoder.fit(name, spec, data.items[name])
+            for name, spec in schema.item_features.items()
+        ),
         history_length=history_length,
+        filter=schema.filter,
     )
 
 
-def catalog_inputs(ml: MovieLens, space: FeatureSpace) -> tuple[list[str], ItemInputs]:
+def catalog_inputs(data: Dataset, space: FeatureSpace) -> tuple[list[str], Inputs]:
     """Every catalog item's id and tower inputs, in catalog order."""
-    items = ml.items
-    return list(items["item_id"]), space.encode_items(
-        list(items["item_id"]),
-        list(items["release_year"]),
-        list(items["genres"]),
-        list(items["title"]),
-    )
+    return list(data.items["item_id"]), space.encode_items(data.items)
 
 
 class Profiles:
     """The user table as profile lookups, to build the same ``UserFeatures`` record offline
     that serving reads from the online store; unknown users get empty profiles."""
 
-    def __init__(self, users: pd.DataFrame):
+    def __init__(self, data: Dataset):
+        names = list(data.schema.user_features)
+        users = data.users
+        columns = [users[n].tolist() for n in names]
         self._rows = {
-            row.user_id: UserFeatures(
-                row.user_id, int(row.age), row.gender, row.occupation, row.zip_code, EMPTY, True
-            )
-            for row in users.itertuples(index=False)
+            user_id: UserFeatures(user_id, tuple(c[i] for c in columns), EMPTY, True)
+            for i, user_id in enumerate(users["user_id"])
         }
 
     def at(self, user_id: str, activity: Activity) -> UserFeatures:
@@ -95,16 +83,16 @@ class Examples:
         times_s: ``[n] int64`` each interaction's time (for recency weights).
     """
 
-    users: UserInputs
-    items: ItemInputs
+    users: Inputs
+    items: Inputs
     item_rows: np.ndarray
     times_s: np.ndarray
 
 
-def training_examples(ml: MovieLens, train: pd.DataFrame, space: FeatureSpace) -> Examples:
+def training_examples(data: Dataset, train: pd.DataFrame, space: FeatureSpace) -> Examples:
     """One example per interaction in ``train``, with the user's history taken point-in-time
     (only strictly earlier events of ``train``) and the interaction time as request time."""
-    profiles = Profiles(ml.users)
+    profiles = Profiles(data)
     ordered = train.sort_values(["user_id", "timestamp"], kind="stable")
     users: list[UserFeatures] = []
     times: list[int] = []
@@ -113,9 +101,9 @@ def training_examples(ml: MovieLens, train: pd.DataFrame, space: FeatureSpace) -
         for state, event in zip(point_in_time(events, space.history_length), events, strict=True):
             users.append(profiles.at(user_id, state))
             times.append(event.event_time_ms)
-    catalog_ids, catalog = catalog_inputs(ml, space)
+    catalog_ids, catalog = catalog_inputs(data, space)
     rows = pd.Index(catalog_ids).get_indexer(ordered["item_id"]).astype(np.int64)
-    items = ItemInputs(**{k: v[rows] for k, v in catalog.as_dict().items()})
+    items = {k: v[rows] for k, v in catalog.items()}
     return Examples(
         space.encode_users(users, times), items, rows, ordered["timestamp"].to_numpy(np.int64)
     )
@@ -151,13 +139,13 @@ class HistoryIndex:
 
 
 def query_inputs(
-    ml: MovieLens,
+    data: Dataset,
     space: FeatureSpace,
     history: HistoryIndex,
     queries: Sequence[tuple[str, int, int]],
-) -> UserInputs:
+) -> Inputs:
     """Encoded user inputs for ``(user_id, history_cutoff_ms, request_time_ms)`` queries."""
-    profiles = Profiles(ml.users)
+    profiles = Profiles(data)
     return space.encode_users(
         [profiles.at(u, history.before(u, cutoff)) for u, cutoff, _ in queries],
         [t for _, _, t in queries],

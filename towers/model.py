@@ -1,16 +1,17 @@
-"""The two-tower retrieval model (TFRS) and its export to SavedModel + NumPy weights.
+"""The two-tower retrieval model (TFRS), built from the feature space: one input per declared
+feature, embedded by its kind.
 
-Which features each tower uses is a ``TowerConfig``, so ablations train the same code.
+Which parts each tower uses is a ``TowerConfig``, so ablations train the same code.
 """
 
 from __future__ import annotations
 
-from towers.encoding import AGE_BUCKETS, YEAR_BUCKETS, FeatureSpace
-from towers.model_config import USER_TABLES, TowerConfig
+from towers.encoding import TIME_INPUTS, FeatureEncoder, FeatureSpace
+from towers.model_config import TowerConfig, table_input
 from towers.tf_env import keras, tf, tfrs
 
 SIDE_DIM = 8
-"""Width of the small categorical side-feature embeddings (gender, age, hour, ...)."""
+"""Width of every side-feature embedding (a categorical value, a bucket, a tag, a word)."""
 
 
 def _masked_mean(embeddings: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
@@ -19,8 +20,33 @@ def _masked_mean(embeddings: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(embeddings * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
 
+def _masked_sum(embeddings: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
+    """Sum over the non-zero ids: ``[batch, n, d]`` → ``[batch, d]`` (a multi-hot product)."""
+    return tf.reduce_sum(embeddings * tf.cast(ids > 0, tf.float32)[..., tf.newaxis], axis=1)
+
+
+def side_embedding(feature: FeatureEncoder) -> keras.layers.Embedding:
+    """A feature's table. A tag set is summed, as a dense layer over its multi-hot vector
+    would, and starts from the same Glorot-uniform draw such a layer's kernel would."""
+    init = "glorot_uniform" if feature.pooling == "sum" else "uniform"
+    return keras.layers.Embedding(
+        feature.size, SIDE_DIM, embeddings_initializer=init, name=feature.name
+    )
+
+
+def pooled(table: keras.layers.Embedding, ids: tf.Tensor, pooling: str) -> tf.Tensor:
+    """A feature's embedding: its one row, or its rows' sum or mean."""
+    rows = table(ids)
+    if pooling == "sum":
+        return _masked_sum(rows, ids)
+    if pooling == "mean":
+        return _masked_mean(rows, ids)
+    return rows
+
+
 class UserTower(keras.Model):  # type: ignore[misc]  # tf_keras ships no types
-    """User id (+ profile, pooled recent items, time context) → ``[batch, dim]``."""
+    """User id (+ declared profile features, pooled recent items, time context) →
+    ``[batch, dim]``."""
 
     def __init__(
         self, space: FeatureSpace, config: TowerConfig, item_embedding: keras.layers.Embedding
@@ -28,16 +54,15 @@ class UserTower(keras.Model):  # type: ignore[misc]  # tf_keras ships no types
         super().__init__(name="user_tower")
         self.config = config
         dim = config.dim
-        self.user_emb = keras.layers.Embedding(space.users.size, dim, name="user_id")
-        self.gender_emb = keras.layers.Embedding(space.genders.size, SIDE_DIM, name="gender")
-        self.age_emb = keras.layers.Embedding(AGE_BUCKETS, SIDE_DIM, name="age")
-        self.occupation_emb = keras.layers.Embedding(
-            space.occupations.size, SIDE_DIM, name="occupation"
-        )
-        self.zip_emb = keras.layers.Embedding(space.zips.size, SIDE_DIM, name="zip")
-        self.hour_emb = keras.layers.Embedding(24, SIDE_DIM, name="hour")
-        self.weekday_emb = keras.layers.Embedding(7, SIDE_DIM, name="weekday")
-        self.item_emb = item_embedding
+        self.tables: dict[str, keras.layers.Embedding] = {
+            "user_emb": keras.layers.Embedding(space.users.size, dim, name="user_id"),
+            "item_emb": item_embedding,
+        }
+        for f in space.user_features:
+            self.tables[f"user_{f.name}_emb"] = side_embedding(f)
+        for name, size in TIME_INPUTS:
+            self.tables[f"{name}_emb"] = keras.layers.Embedding(size, SIDE_DIM, name=name)
+        # Keras tracks layers held in attributes: the dict's values are the tower's weights.
         self.position = None
         if config.history_pooling == "position":
             # One logit per recency rank; zeros start it as the plain mean.
@@ -51,7 +76,7 @@ class UserTower(keras.Model):  # type: ignore[misc]  # tf_keras ships no types
         """``[batch, n]`` recent item ids → ``[batch, dim]``: the plain mean of the known
         items, or their mean weighted by ``exp(logit[rank])``, where rank counts known items
         only (0 = the most recent), as the NumPy runtime compacts them."""
-        embeddings = self.item_emb(ids)
+        embeddings = self.tables["item_emb"](ids)
         if self.position is None:
             return _masked_mean(embeddings, ids)
         mask = tf.cast(ids > 0, tf.float32)
@@ -65,7 +90,7 @@ class UserTower(keras.Model):  # type: ignore[misc]  # tf_keras ships no types
         x = [
             self._pool_history(inputs["history"])
             if table == "item_emb"
-            else getattr(self, table)(inputs[USER_TABLES[table]])
+            else pooled(self.tables[table], inputs[table_input(table)], self.config.pooling(table))
             for table in self.config.user_tables()
         ]
         out = self.out(self.hidden(tf.concat(x, axis=-1)))
@@ -73,7 +98,7 @@ class UserTower(keras.Model):  # type: ignore[misc]  # tf_keras ships no types
 
 
 class ItemTower(keras.Model):  # type: ignore[misc]  # tf_keras ships no types
-    """Item id (+ genres, title words, release decade) → ``[batch, dim]``."""
+    """Item id (+ the declared item features it reads) → ``[batch, dim]``."""
 
     def __init__(
         self, space: FeatureSpace, config: TowerConfig, item_embedding: keras.layers.Embedding
@@ -81,27 +106,29 @@ class ItemTower(keras.Model):  # type: ignore[misc]  # tf_keras ships no types
         super().__init__(name="item_tower")
         self.config = config
         self.item_emb = item_embedding
-        self.year_emb = keras.layers.Embedding(YEAR_BUCKETS, SIDE_DIM, name="year")
-        self.genres = keras.layers.Dense(SIDE_DIM, use_bias=False, name="genres")
-        self.title_emb = keras.layers.Embedding(space.title_tokens.size, SIDE_DIM, name="title")
+        self.tables = {
+            name: side_embedding(space.item_feature(name)) for name, _ in config.item_features
+        }
         self.hidden = keras.layers.Dense(2 * config.dim, activation="relu", name="hidden")
         self.out = keras.layers.Dense(config.dim, name="out")
 
     def call(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
-        parts = self.config.item_parts
         x = [self.item_emb(inputs["item"])]
-        if "genres" in parts:
-            x.append(self.genres(inputs["genres"]))
-        if "title" in parts:
-            x.append(_masked_mean(self.title_emb(inputs["title"]), inputs["title"]))
-        if "year" in parts:
-            x.append(self.year_emb(inputs["year"]))
+        for name, pooling in self.config.item_features:
+            x.append(pooled(self.tables[name], inputs[f"item_{name}"], pooling))
         out = self.out(self.hidden(tf.concat(x, axis=-1)))
         return tf.math.l2_normalize(out, axis=-1) if self.config.normalize else out
 
 
-USER_INPUTS = ("user", "gender", "age", "occupation", "zip", "hour", "weekday", "history")
-ITEM_INPUTS = ("item", "year", "genres", "title")
+def user_input_names(space: FeatureSpace) -> tuple[str, ...]:
+    """Every user-tower input ``FeatureSpace.encode_users`` gives."""
+    multi = tuple(f"user_{f.name}" for f in space.user_features if f.multi)
+    return (*space.user_inputs, *multi, "history")
+
+
+def item_input_names(space: FeatureSpace) -> tuple[str, ...]:
+    """Every item-tower input ``FeatureSpace.encode_items`` gives."""
+    return ("item", *(f"item_{f.name}" for f in space.item_features))
 
 
 class TwoTower(tfrs.Model):  # type: ignore[misc]  # tensorflow_recommenders ships no types
@@ -126,6 +153,8 @@ class TwoTower(tfrs.Model):  # type: ignore[misc]  # tensorflow_recommenders shi
         shared = keras.layers.Embedding(space.items.size, config.dim, name="item_id")
         self.user_tower = UserTower(space, config, shared)
         self.item_tower = ItemTower(space, config, shared)
+        self.user_inputs = user_input_names(space)
+        self.item_inputs = item_input_names(space)
         self.task = tfrs.tasks.Retrieval(
             temperature=temperature, remove_accidental_hits=remove_accidental_hits
         )
@@ -133,8 +162,8 @@ class TwoTower(tfrs.Model):  # type: ignore[misc]  # tensorflow_recommenders shi
         self._remove_accidental_hits = remove_accidental_hits
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        users = self.user_tower({k: features[k] for k in USER_INPUTS})
-        items = self.item_tower({k: features[k] for k in ITEM_INPUTS})
+        users = self.user_tower({k: features[k] for k in self.user_inputs})
+        items = self.item_tower({k: features[k] for k in self.item_inputs})
         return self.task(
             users,
             items,

@@ -16,8 +16,8 @@ import numpy as np
 
 from features.user import UserFeatures
 from recsys.errors import ArtifactError
-from towers.encoding import USER_SCALARS, FeatureSpace, ItemInputs, UserInputs
-from towers.model_config import USER_TABLES, TowerConfig
+from towers.encoding import FeatureSpace, Inputs
+from towers.model_config import TowerConfig, table_input
 
 
 def load_weights(path: Path) -> dict[str, np.ndarray]:
@@ -26,13 +26,6 @@ def load_weights(path: Path) -> dict[str, np.ndarray]:
             return {name: np.ascontiguousarray(data[name], np.float32) for name in data.files}
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"cannot load tower weights from {path}: {exc}") from exc
-
-
-def _masked_mean(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """``[batch, n]`` ids → ``[batch, d]`` mean of the non-zero ids' rows; zeros when none."""
-    mask = (ids > 0).astype(np.float32)[..., np.newaxis]
-    mean: np.ndarray = (table[ids] * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
-    return mean
 
 
 _MLP_PARTS = ("hidden_w", "hidden_b", "out_w", "out_b")
@@ -71,16 +64,17 @@ def load_tower_config(model_dir: Path) -> TowerConfig:
 
 
 class NumpyUserTower(_Tower):
-    """``UserInputs`` (or raw features) → ``[batch, dim] float32``, the same function as the
+    """``Inputs`` (or raw features) → ``[batch, dim] float32``, the same function as the
     SavedModel.
 
     The first dense layer is folded into the embedding tables at load: its input is the
-    concatenation of embedding rows (and the mean of the recent items' rows), so
-    ``concat(rows) @ W`` equals the sum of each row's ``row @ W_slice``, and each table is
-    multiplied by its slice once, ahead of time. The folded tables are stacked (with one zero
-    row at the end, for history padding), so a user is ``R`` rows of the stack and ``R``
-    weights: 1 for each scalar input, ``1/n`` for each of ``n`` recent items, 0 for padding.
-    A batch is then one gather and one weighted sum.
+    concatenation of embedding rows (and pooled rows: the recent items', a tag set's, a
+    text's words'), so ``concat(rows) @ W`` equals the weighted sum of each row's
+    ``row @ W_slice``, and each table is multiplied by its slice once, ahead of time. The
+    folded tables are stacked (with one zero row at the end, for padding), so a user is ``R``
+    rows of the stack and ``R`` weights: 1 for each single-id input and each tag, ``1/n``
+    for each of ``n`` recent items or words, 0 for padding. A batch is then one gather and one
+    weighted sum.
 
     Batch-invariant: every matrix product is a stack of one-row products, so a user's
     embedding is bit-for-bit the same alone or in any batch (a 2-D ``[B, h] @ [h, d]`` lets
@@ -100,7 +94,6 @@ class NumpyUserTower(_Tower):
                 f"tower.json's user_concat {names} does not match user_parts "
                 f"{list(config.user_parts)}; re-export the model"
             )
-        history = "item_emb" in names
         super().__init__(weights, config, names + [f"user_{p}" for p in _MLP_PARTS])
         # The hidden kernel's input rows follow the concatenation the model recorded.
         kernel = weights["user_hidden_w"]
@@ -127,33 +120,40 @@ class NumpyUserTower(_Tower):
         ones[user : user + len(folded["user_emb"])] = 1.0
         self._stack = np.concatenate([stack, ones], axis=1)
         self._pad = starts[-1]
-        """The zero row: history slots beyond a user's recent items point here."""
-        self._scalars = [n for n in names if n != "item_emb"]
-        self._picks = [(USER_SCALARS.index(USER_TABLES[n]), self._offset[n]) for n in self._scalars]
-        """Which of ``encode_user``'s ids each scalar row is, and its table's offset."""
-        self._history = history
+        """The zero row: padding slots of pooled inputs point here."""
+        self._singles = [n for n in names if config.pooling(n) == "one"]
+        self._multi = [n for n in names if n != "item_emb" and config.pooling(n) != "one"]
+        self._history = "item_emb" in names
         self._out = np.concatenate([weights["user_out_w"], weights["user_out_b"][np.newaxis]])
         self._tables: dict[int, np.ndarray] = {}
         self._position: np.ndarray | None = None
-        if history and config.history_pooling == "position":
+        if self._history and config.history_pooling == "position":
             if "history_position" not in weights:
                 raise ArtifactError("tower weights lack history_position; re-export the model")
             self._position = np.exp(weights["history_position"][:, 0])
+        self._picks: dict[int, list[tuple[int, int]]] = {}
+        self._combined: dict[tuple[int, int], np.ndarray] = {}
 
     @classmethod
     def load(cls, model_dir: Path) -> NumpyUserTower:
         return cls(load_weights(model_dir / "weights.npz"), load_tower_config(model_dir))
 
-    def __call__(self, inputs: UserInputs) -> np.ndarray:
+    def __call__(self, inputs: Inputs) -> np.ndarray:
         """Encoded inputs (training's and evaluation's form) → ``[batch, dim]``."""
         o = self._offset
+        n = len(inputs["user"])
         parts = [
-            o[n] + getattr(inputs, USER_TABLES[n]).astype(np.intp)[:, np.newaxis]
-            for n in self._scalars
+            o[t] + inputs[table_input(t)].astype(np.intp)[:, np.newaxis] for t in self._singles
         ]
-        counts = np.zeros(len(inputs.user), np.intp)
+        weights = [np.ones((n, len(parts)), np.float32)]
+        for t in self._multi:
+            ids = inputs[table_input(t)].astype(np.intp)
+            known = ids > 0  # known ids come first (encode_user drops unknown ones)
+            parts.append(np.where(known, ids + o[t], self._pad))
+            weights.append(_pooling_weights(known, self.config.pooling(t)))
+        counts = np.zeros(n, np.intp)
         if self._history:
-            history = inputs.history.astype(np.intp)
+            history = inputs["history"].astype(np.intp)
             known = history > 0
             # Known items first, in order (unknown ones and padding are masked out).
             order = np.argsort(~known, axis=1, kind="stable")
@@ -161,7 +161,18 @@ class NumpyUserTower(_Tower):
             counts = known.sum(axis=1)
             slots = np.arange(history.shape[1]) < counts[:, np.newaxis]
             parts.append(np.where(slots, history + o["item_emb"], self._pad))
-        return self._forward(np.concatenate(parts, axis=1), counts)
+            weights.append(self._history_table(history.shape[1])[counts])
+        return self._forward(np.concatenate(parts, axis=1), np.concatenate(weights, axis=1))
+
+    def _picks_for(self, space: FeatureSpace) -> list[tuple[int, int]]:
+        """Which of ``encode_user``'s single ids each single-id row is, and its table's
+        offset (per feature space: a bundle's space never changes)."""
+        picks = self._picks.get(id(space))
+        if picks is None:
+            order = space.user_inputs
+            picks = [(order.index(table_input(t)), self._offset[t]) for t in self._singles]
+            self._picks = {id(space): picks}
+        return picks
 
     def embed(
         self, space: FeatureSpace, users: Sequence[UserFeatures], times_ms: Sequence[int]
@@ -169,30 +180,44 @@ class NumpyUserTower(_Tower):
         """Users' features at their request times → ``[len(users), dim]``: the one encoder
         (``space.encode_user``) straight into rows of the stack, then ``_forward`` (the
         serving hot path; ``__call__`` of ``encode_users`` gives the same bits)."""
-        encode, picks, pad, length = space.encode_user, self._picks, self._pad, 0
+        encode, picks, pad = space.encode_user, self._picks_for(space), self._pad
         history, item = self._history, self._offset.get("item_emb", 0)
-        if history:
-            length = space.history_length
+        length = space.history_length if history else 0
+        multi = [
+            (self._offset[f"user_{f.name}_emb"], f.width, f.pooling)
+            for f in space.user_features
+            if f.multi and self._multi
+        ]
         rows: list[int] = []
         counts: list[int] = []
+        pooled: list[float] = []
         for u, t in zip(users, times_ms, strict=True):
-            scalars, recent = encode(u, t)
-            rows += [offset + scalars[i] for i, offset in picks]
+            singles, lists, recent = encode(u, t)
+            rows += [offset + singles[i] for i, offset in picks]
+            for (offset, width, pooling), found in zip(multi, lists, strict=False):
+                rows += [offset + i for i in found]
+                rows += _pads(pad, width - len(found))
+                share = 1.0 if pooling == "sum" else 1.0 / max(len(found), 1)
+                pooled += [share] * len(found) + [0.0] * (width - len(found))
             if history:
                 known = [item + i for i in recent if i]
                 rows += known
                 rows += _pads(pad, length - len(known))
                 counts.append(len(known))
-        width = len(picks) + length
+        width = len(picks) + sum(w for _, w, _ in multi) + length
         grid = np.fromiter(rows, np.intp, len(users) * width).reshape(len(users), width)
-        return self._forward(grid, np.array(counts or [0] * len(users), np.intp))
+        counted = np.array(counts or [0] * len(users), np.intp)
+        if not multi:
+            return self._forward(grid, self._weight_table(len(picks), length)[counted])
+        extra = np.array(pooled, np.float32).reshape(len(users), -1)
+        ones = np.ones((len(users), len(picks)), np.float32)
+        weights = np.concatenate([ones, extra, self._history_table(length)[counted]], axis=1)
+        return self._forward(grid, weights)
 
-    def _forward(self, rows: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """``[batch, R]`` rows of the stack (the scalar inputs, then the known recent items,
-        then padding) and ``[batch]`` how many recent items are known → ``[batch, dim]``, one
-        user's arithmetic independent of the rest of the batch."""
-        weights = self._weight_table(rows.shape[1])[counts][:, np.newaxis, :]
-        hidden = weights @ self._stack[rows]  # [batch, 1, hidden + 1]
+    def _forward(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """``[batch, R]`` rows of the stack and ``[batch, R]`` their weights →
+        ``[batch, dim]``, one user's arithmetic independent of the rest of the batch."""
+        hidden = weights[:, np.newaxis, :] @ self._stack[rows]  # [batch, 1, hidden + 1]
         np.maximum(hidden, 0.0, out=hidden)
         out: np.ndarray = (hidden @ self._out)[:, 0, :]
         if self.config.normalize:
@@ -201,24 +226,41 @@ class NumpyUserTower(_Tower):
             out /= np.sqrt(np.maximum(norm, 1e-12, out=norm), out=norm)
         return out
 
-    def _weight_table(self, width: int) -> np.ndarray:
-        """``[slots + 1, width] float32``; row n: the weights of a user with n known recent
-        items (1 for each scalar input; for the recent items 1/n each, or with position
-        pooling ``exp(logit[rank])`` normalised over the n; 0 for padding), so a batch's
-        weights are one gather."""
-        table = self._tables.get(width)
+    def _weight_table(self, singles: int, slots: int) -> np.ndarray:
+        """``[slots + 1, singles + slots]``: ``_history_table`` after ``singles`` ones, so a
+        batch without multi-id user features gets its weights in one gather."""
+        key = (singles, slots)
+        table = self._combined.get(key)
         if table is None:
-            scalars = len(self._scalars)
-            table = np.zeros((width - scalars + 1, width), np.float32)
-            table[:, :scalars] = 1.0
-            for n in range(1, width - scalars + 1):
+            ones = np.ones((slots + 1, singles), np.float32)
+            table = np.concatenate([ones, self._history_table(slots)], axis=1)
+            self._combined[key] = table
+        return table
+
+    def _history_table(self, slots: int) -> np.ndarray:
+        """``[slots + 1, slots] float32``; row n: the weights of a user with n known recent
+        items (1/n each, or with position pooling ``exp(logit[rank])`` normalised over the
+        n; 0 for padding), so a batch's history weights are one gather."""
+        table = self._tables.get(slots)
+        if table is None:
+            table = np.zeros((slots + 1, slots), np.float32)
+            for n in range(1, slots + 1):
                 if self._position is None:
-                    table[n, scalars : scalars + n] = np.float32(1.0) / np.float32(n)
+                    table[n, :n] = np.float32(1.0) / np.float32(n)
                 else:
                     weights = self._position[:n]
-                    table[n, scalars : scalars + n] = weights / weights.sum()
-            self._tables[width] = table
+                    table[n, :n] = weights / weights.sum()
+            self._tables[slots] = table
         return table
+
+
+def _pooling_weights(known: np.ndarray, pooling: str) -> np.ndarray:
+    """``[batch, width]`` weights of a pooled input's slots: 1 (sum) or 1/n (mean) for the
+    known ids, 0 for padding."""
+    weights = known.astype(np.float32)
+    if pooling == "mean":
+        weights /= np.maximum(known.sum(axis=1, keepdims=True), 1).astype(np.float32)
+    return weights
 
 
 @functools.cache
@@ -227,27 +269,28 @@ def _pads(pad: int, n: int) -> tuple[int, ...]:
 
 
 class NumpyItemTower(_Tower):
-    """``ItemInputs`` → ``[batch, dim] float32``."""
+    """``Inputs`` → ``[batch, dim] float32``."""
 
     def __init__(self, weights: dict[str, np.ndarray], config: TowerConfig):
         needs = ["item_emb", "item_hidden_w", "item_hidden_b", "item_out_w", "item_out_b"]
-        part_weights = {"genres": "genres_w", "title": "title_emb", "year": "year_emb"}
-        needs += [part_weights[p] for p in config.item_parts]
+        needs += [f"item_{name}_emb" for name, _ in config.item_features]
         super().__init__(weights, config, needs)
 
     @classmethod
     def load(cls, model_dir: Path) -> NumpyItemTower:
         return cls(load_weights(model_dir / "weights.npz"), load_tower_config(model_dir))
 
-    def __call__(self, inputs: ItemInputs) -> np.ndarray:
-        w, parts = self._w, self.config.item_parts
-        x = [w["item_emb"][inputs.item]]
-        if "genres" in parts:
-            x.append(inputs.genres @ w["genres_w"])
-        if "title" in parts:
-            x.append(_masked_mean(w["title_emb"], inputs.title))
-        if "year" in parts:
-            x.append(w["year_emb"][inputs.year])
+    def __call__(self, inputs: Inputs) -> np.ndarray:
+        w = self._w
+        x = [w["item_emb"][inputs["item"]]]
+        for name, pooling in self.config.item_features:
+            table, ids = w[f"item_{name}_emb"], inputs[f"item_{name}"]
+            if pooling == "one":
+                x.append(table[ids])
+            else:
+                known = ids > 0
+                share = _pooling_weights(known, pooling)[..., np.newaxis]
+                x.append((table[ids] * share).sum(axis=1))
         return _mlp(np.concatenate(x, axis=-1), w, "item", self.config.normalize)
 
 
@@ -266,8 +309,8 @@ class SavedModelUserTower:
         self.config = load_tower_config(model_dir)
         self.dim = self.config.dim
 
-    def __call__(self, inputs: UserInputs) -> np.ndarray:
-        tensors = {name: self._tf.constant(value) for name, value in inputs.as_dict().items()}
+    def __call__(self, inputs: Inputs) -> np.ndarray:
+        tensors = {name: self._tf.constant(value) for name, value in inputs.items()}
         embedding: np.ndarray = self._fn(**tensors)["embedding"].numpy()
         return embedding
 

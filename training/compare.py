@@ -20,7 +20,7 @@ from evaluation.protocols import Split, recbole_split, temporal_split_protocol, 
 from evaluation.recbole import write_recbole_atomic
 from evaluation.stream import StreamEvaluator, evaluate_stream, select_baselines, stream_summary
 from recsys.config import ModelConfig
-from recsys.data import MovieLens
+from recsys.data.dataset import Dataset
 from towers.examples import fit_feature_space
 from training.train import Fitted, fit
 
@@ -44,7 +44,7 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
 """User-tower inputs beside the user id, cumulatively (item tower unchanged)."""
 
 
-def make_split(protocol: str, ml: MovieLens, mc: ModelConfig) -> Split:
+def make_split(protocol: str, ml: Dataset, mc: ModelConfig) -> Split:
     if protocol in ("stream", "temporal"):
         return temporal_split_protocol(ml.interactions, mc.test_fraction, mc.valid_fraction or None)
     if protocol == "recbole":
@@ -56,7 +56,7 @@ def make_split(protocol: str, ml: MovieLens, mc: ModelConfig) -> Split:
 
 def run(
     mc: ModelConfig,
-    ml: MovieLens,
+    ml: Dataset,
     protocols: Sequence[str],
     *,
     ablation: bool = False,

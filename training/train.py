@@ -18,8 +18,9 @@ from evaluation.protocols import Split, temporal_split_protocol
 from evaluation.stream import StreamEvaluator, evaluate_stream, stream_summary
 from recsys import artifacts
 from recsys.config import Config, ModelConfig
-from recsys.data import MovieLens
-from towers.encoding import FeatureSpace, UserInputs
+from recsys.data.dataset import Dataset
+from recsys.errors import ConfigError
+from towers.encoding import FeatureSpace, Inputs
 from towers.examples import fit_feature_space, training_examples
 from towers.model_config import TowerConfig
 
@@ -39,17 +40,17 @@ class Fitted:
     best_epoch: int = 0
     seconds: float = 0.0
 
-    def user_fn(self, inputs: UserInputs) -> np.ndarray:
-        return np.asarray(self.model.user_tower(inputs.as_dict(), training=False))
+    def user_fn(self, inputs: Inputs) -> np.ndarray:
+        return np.asarray(self.model.user_tower(inputs, training=False))
 
-    def item_vectors(self, ml: MovieLens) -> np.ndarray:
+    def item_vectors(self, ml: Dataset) -> np.ndarray:
         return item_vectors(
             lambda x: np.asarray(self.model.item_tower(x, training=False)), ml, self.space
         )
 
 
 def fit(
-    mc: ModelConfig, ml: MovieLens, split: Split, *, log: Log = print, progress: bool = True
+    mc: ModelConfig, ml: Dataset, split: Split, *, log: Log = print, progress: bool = True
 ) -> Fitted:
     """Trains on ``split.train``; with ``split.valid``, keeps the epoch with the best
     validation NDCG@10 (on the stream protocol for a temporal split; top-100 accuracy for
@@ -66,14 +67,12 @@ def fit(
     examples = training_examples(ml, split.train, space)
     counts = np.bincount(examples.item_rows, minlength=len(ml.items))
     features = {
-        **examples.users.as_dict(),
-        **examples.items.as_dict(),
+        **examples.users,
+        **examples.items,
         "item_prob": (counts[examples.item_rows] / len(examples.item_rows)).astype(np.float32),
         "weight": recency_weights(examples.times_s, mc.recency_half_life_days),
     }
-    config = TowerConfig(
-        mc.embedding_dim, mc.user_parts, mc.item_parts, mc.normalize, mc.history_pooling
-    )
+    config = tower_config(mc, space)
     model = TwoTower(
         space,
         config,
@@ -85,7 +84,7 @@ def fit(
     model.compile(optimizer=optimizers[mc.optimizer](mc.learning_rate))
     rng = np.random.default_rng(mc.seed)
     fitted = Fitted(model, space)
-    validate: Callable[[Callable[[UserInputs], np.ndarray], np.ndarray], dict[str, float]] | None
+    validate: Callable[[Callable[[Inputs], np.ndarray], np.ndarray], dict[str, float]] | None
     if split.valid is None:
         validate = None
     elif split.name == "temporal":
@@ -128,6 +127,31 @@ def fit(
         fitted.best_epoch = mc.epochs
     fitted.seconds = time.perf_counter() - started
     return fitted
+
+
+def tower_config(mc: ModelConfig, space: FeatureSpace) -> TowerConfig:
+    """The architecture for the data set's features: every declared user feature (when the
+    ``profile`` part is on) and the item features ``model.item_parts`` names (all by default).
+
+    Raises:
+        ConfigError: ``item_parts`` names a feature the data schema does not declare.
+    """
+    declared = [f.name for f in space.item_features]
+    chosen = declared if mc.item_parts is None else list(mc.item_parts)
+    unknown = [name for name in chosen if name not in declared]
+    if unknown:
+        raise ConfigError(
+            f"model.item_parts names {unknown}, which the data schema's items do not declare "
+            f"(declared: {declared})"
+        )
+    return TowerConfig(
+        mc.embedding_dim,
+        mc.user_parts,
+        user_features=tuple((f.name, f.pooling) for f in space.user_features),
+        item_features=tuple((f.name, f.pooling) for f in space.item_features if f.name in chosen),
+        normalize=mc.normalize,
+        history_pooling=mc.history_pooling,
+    )
 
 
 def recency_weights(times_s: np.ndarray, half_life_days: float | None) -> np.ndarray:
@@ -185,7 +209,7 @@ class TrainResult:
     manifest: dict[str, Any]  # Any: JSON
 
 
-def train(config: Config, ml: MovieLens, *, log: Log = print, publish: bool = True) -> TrainResult:
+def train(config: Config, ml: Dataset, *, log: Log = print, publish: bool = True) -> TrainResult:
     """Trains on the past, picks the epoch on the end of the past, evaluates on the future,
     and writes ``models/<version>/`` (towers, weights, vocabularies, report, manifest).
 

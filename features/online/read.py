@@ -28,14 +28,14 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
 from features.activity import EMPTY, Activity
-from features.repo.definitions import ACTIVITY_VIEW, PROFILE, PROFILE_VIEW
-from features.store import open_store
+from features.repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW
+from features.store import open_store, profile_names
 from features.user import UserFeatures
 from recsys.config import Config
 
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from feast.infra.online_stores.online_store import OnlineStore
 
 log = logging.getLogger(__name__)
-PROFILE_READ = tuple(PROFILE)
 ACTIVITY_READ = ("recent_items", "last_event_ms", "last_event_id")
 """What a request reads of each view, a subset of its features (``event_count`` orders
 writes only). Passed as fresh lists: Feast's Redis ``online_read`` appends to the list it is
@@ -52,8 +51,19 @@ SEEN = "seen_items"
 """Optional: a state written before seen sets existed has none, and exclude-seen falls back
 to its recent items."""
 _JOIN_KEYS = ["user_id"]
-Profile = tuple[int, str, str, str] | None
-"""(age, gender, occupation, zip code), or None when the store has no profile."""
+Profile = tuple[Any, ...] | None  # Any: a value of each feature's kind
+"""The profile features' values in the data schema's order, or None when the store has no
+profile."""
+_VALUE_FIELDS = {"String": "string_val", "Float64": "double_val", "Array(String)": None}
+
+
+def _value(value: Value | None, list_field: bool, field: str | None) -> Any:  # Any: see Profile
+    """A Feast ``Value`` as the canonical value of its feature (``None`` when unset)."""
+    if value is None or not value.WhichOneof("val"):
+        return None
+    if list_field:
+        return tuple(value.string_list_val.val)
+    return getattr(value, field or "string_val")
 
 
 def _present(values: dict[str, Value] | None, names: Iterable[str]) -> TypeGuard[dict[str, Value]]:
@@ -73,7 +83,15 @@ class FeatureReader:
         store = open_store(config, timeout_ms=sc.store_timeout_ms)
         self._config = store.config
         # Resolved once: the registry is never consulted on the hot path.
-        self._profile_view = store.get_feature_view(PROFILE_VIEW)
+        names = profile_names(store)
+        self._profile_view = store.get_feature_view(PROFILE_VIEW) if names else None
+        fields = {f.name: str(f.dtype) for f in self._profile_view.features} if names else {}
+        self.profile = tuple(names)
+        """The profile features read, in the data schema's order (the registered view's)."""
+        self._decode = [
+            (name, fields[name] == "Array(String)", _VALUE_FIELDS.get(fields[name]))
+            for name in names
+        ]
         self._activity_view = store.get_feature_view(ACTIVITY_VIEW)
         self._store = self._online_store(get_provider(self._config).online_store)
         self._bound_waits(sc.store_timeout_ms)
@@ -165,14 +183,15 @@ class FeatureReader:
             if profile is None:
                 out.append(UserFeatures(user_id, activity=activity))
             else:
-                age, gender, occupation, zip_code = profile
-                out.append(UserFeatures(user_id, age, gender, occupation, zip_code, activity, True))
+                out.append(UserFeatures(user_id, profile, activity, True))
         return out
 
     def _profiles_of(self, user_ids: Sequence[str], keys: list[EntityKey]) -> list[Profile]:
         """Each user's profile: from the cache while fresh, the rest in one read."""
         now = time.monotonic()
         profiles: list[Profile] = [None] * len(user_ids)
+        if self._profile_view is None:
+            return profiles
         missing = list(range(len(user_ids)))
         if self._cache_seconds:
             cache, missing = self._profiles, []
@@ -185,16 +204,12 @@ class FeatureReader:
         if not missing:
             return profiles
         rows = self._store.online_read(
-            self._config, self._profile_view, [keys[i] for i in missing], [*PROFILE_READ]
+            self._config, self._profile_view, [keys[i] for i in missing], [*self.profile]
         )
+        decode = self._decode
         for i, (_, values) in zip(missing, rows, strict=True):
-            if _present(values, PROFILE_READ):
-                profiles[i] = (
-                    int(values["age"].int64_val),
-                    values["gender"].string_val,
-                    values["occupation"].string_val,
-                    values["zip_code"].string_val,
-                )
+            if _present(values, self.profile):
+                profiles[i] = tuple(_value(values.get(n), lst, f) for n, lst, f in decode)
         if self._cache_seconds:
             with self._lock:
                 for i in missing:

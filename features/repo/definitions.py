@@ -1,11 +1,13 @@
-"""Feast definitions: the user entity, the profile view and the streamed activity view.
+"""Feast definitions: the user entity, the profile view (one feature per user feature the
+data schema declares; no view when it declares none) and the streamed activity view.
 
 This folder is a Feast repo (``feature_store.yaml`` beside this file): with
 ``RECSYS_FEAST_DIR`` naming the store's folder (``paths.state``/feast, ``.state/feast`` by
 default), ``feast -c features/repo plan``, ``apply``, ``materialize`` and ``ui`` work on the
 store ``recsys init-features`` made, and find these module-level objects. The project's own
-code builds the same objects with :func:`feature_views` for the configured store, so both
-register the same definitions.
+code builds the same objects with :func:`feature_views` for the configured store and data
+schema (the CLI reads the same configuration: ``RECSYS_CONFIG`` and ``RECSYS_*`` variables),
+so both register the same definitions.
 """
 
 from __future__ import annotations
@@ -16,7 +18,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from feast import Entity, FeatureView, Field, FileSource, Project, PushSource, ValueType
-from feast.types import Array, Bytes, ComplexFeastType, Int64, PrimitiveFeastType, String
+from feast.types import (
+    Array,
+    Bytes,
+    ComplexFeastType,
+    Float64,
+    Int64,
+    PrimitiveFeastType,
+    String,
+)
+
+from recsys.config import load_config
+from recsys.data.schema import DataSchema, configured_schema
 
 if TYPE_CHECKING:
     from feast.feast_object import FeastObject
@@ -27,14 +40,24 @@ PROFILE_VIEW = "user_profile"
 ACTIVITY_VIEW = "user_activity"
 ACTIVITY_PUSH = "user_activity_push"
 
-PROFILE: dict[str, FeastType] = {
-    "age": Int64,
-    "gender": String,
-    "occupation": String,
-    "zip_code": String,
+FEAST_TYPES: dict[str, FeastType] = {
+    "categorical": String,
+    "text": String,
+    "tags": Array(String),
+    "numeric": Float64,
+    "year": Float64,
+    "date": Float64,
 }
-"""The profile view's features and their Feast types: the one list of them (the offline
-files, the store's reads and the serving read all take their names from here)."""
+"""Each feature kind's Feast type: its canonical value (``recsys.data.dataset``)."""
+
+
+def profile_fields(schema: DataSchema) -> dict[str, FeastType]:
+    """The profile view's features and their Feast types, in the schema's order: the one
+    list of them (the offline files, the store's reads and the serving read all take their
+    names from here)."""
+    return {name: FEAST_TYPES[f.kind] for name, f in schema.user_features.items()}
+
+
 ACTIVITY: dict[str, FeastType] = {
     "recent_items": Array(String),
     "last_event_ms": Int64,
@@ -57,8 +80,10 @@ user = Entity(
 )
 
 
-def feature_views(offline_dir: Path) -> list[FeastObject]:
-    """All Feast objects, with their offline sources under ``offline_dir``."""
+def feature_views(offline_dir: Path, schema: DataSchema) -> list[FeastObject]:
+    """All Feast objects, with their offline sources under ``offline_dir``: the project,
+    the entity, the activity push source and view, and the profile view if the schema
+    declares user features."""
     profile_source = FileSource(
         name="user_profile_source",
         path=str(offline_dir / "user_profile.parquet"),
@@ -70,14 +95,7 @@ def feature_views(offline_dir: Path) -> list[FeastObject]:
         timestamp_field="event_timestamp",
     )
     activity_push = PushSource(name=ACTIVITY_PUSH, batch_source=activity_source)
-    profile = FeatureView(
-        name=PROFILE_VIEW,
-        entities=[user],
-        ttl=timedelta(0),
-        schema=[Field(name=name, dtype=dtype) for name, dtype in PROFILE.items()],
-        source=profile_source,
-        online=True,
-    )
+    fields = profile_fields(schema)
     activity = FeatureView(
         name=ACTIVITY_VIEW,
         entities=[user],
@@ -86,7 +104,18 @@ def feature_views(offline_dir: Path) -> list[FeastObject]:
         source=activity_push,
         online=True,
     )
-    return [project, user, activity_push, profile, activity]
+    objects: list[FeastObject] = [project, user, activity_push, activity]
+    if fields:
+        profile = FeatureView(
+            name=PROFILE_VIEW,
+            entities=[user],
+            ttl=timedelta(0),
+            schema=[Field(name=name, dtype=dtype) for name, dtype in fields.items()],
+            source=profile_source,
+            online=True,
+        )
+        objects.append(profile)
+    return objects
 
 
 def _feast_cli_dir() -> Path:
@@ -95,5 +124,10 @@ def _feast_cli_dir() -> Path:
     return Path(os.environ.get("RECSYS_FEAST_DIR", Path(__file__).parents[2] / ".state/feast"))
 
 
-user_activity_push, user_profile, user_activity = feature_views(_feast_cli_dir() / "offline")[2:]
-"""What ``feast apply`` registers: the same objects as ``features.backfill`` applies."""
+user_activity_push, user_activity, *_profile = feature_views(
+    _feast_cli_dir() / "offline", configured_schema(load_config())
+)[2:]
+"""What ``feast apply`` registers: the same objects as ``features.backfill`` applies (Feast
+finds the profile view in the module's globals too)."""
+if _profile:
+    user_profile = _profile[0]

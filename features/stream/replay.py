@@ -55,7 +55,7 @@ def replay(
     progress: bool = True,
     producer: KafkaProducer | None = None,
 ) -> int:
-    """Sends ``interactions`` (user_id, item_id, rating, timestamp) as events.
+    """Sends ``interactions`` (user_id, item_id, value, timestamp) as events.
 
     Args:
         config: Kafka settings.
@@ -104,7 +104,7 @@ def replay(
                 row.user_id,
                 row.item_id,
                 int(row.timestamp) * 1000,
-                value=float(row.rating),
+                value=float(row.value),
             )
             futures.append(producer.send(config.kafka.topic, key=key, value=value))
             if rate:

@@ -3,7 +3,7 @@ shaped like the real ones.
 
 Users and items are drawn with a power-law skew over their real popularity ranks (the most
 active users and most watched items come up most often), plus a share of new users the model
-never saw. Rows have the columns of ``MovieLens.interactions``, so ``replay`` sends them
+never saw. Rows have the columns of ``Dataset.interactions``, so ``replay`` sends them
 like real ratings.
 """
 
@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from recsys.data import MovieLens
+from recsys.data.dataset import Dataset
 from recsys.errors import DataError
 
 
@@ -34,7 +34,7 @@ def _power_law(rng: np.random.Generator, size: int, n: int, exponent: float) -> 
 
 
 def synthetic_interactions(
-    ml: MovieLens,
+    ml: Dataset,
     n: int,
     *,
     seed: int = 0,
@@ -43,7 +43,7 @@ def synthetic_interactions(
     per_second: float = 1000.0,
     start_s: int | None = None,
 ) -> pd.DataFrame:
-    """``n`` synthetic ratings (user_id, item_id, rating, timestamp), in time order.
+    """``n`` synthetic events (user_id, item_id, value, timestamp), in time order.
 
     Args:
         ml: The data set whose users, items and popularity the stream follows.
@@ -66,7 +66,7 @@ def synthetic_interactions(
     rng = np.random.default_rng(seed)
     inter = ml.interactions
     items = _ranked(ml.items["item_id"], inter["item_id"].value_counts())
-    users = _ranked(ml.users["user_id"], inter["user_id"].value_counts())
+    users = _ranked(pd.Series(inter["user_id"].unique()), inter["user_id"].value_counts())
     user_ids = users[_power_law(rng, len(users), n, exponent)].astype(object)
     new = rng.random(n) < new_user_fraction
     pool = max(100, n // 100)
@@ -76,7 +76,7 @@ def synthetic_interactions(
         {
             "user_id": user_ids.astype(str),
             "item_id": items[_power_law(rng, len(items), n, exponent)].astype(str),
-            "rating": rng.integers(1, 6, size=n).astype(np.float32),
             "timestamp": start + (np.arange(n) / per_second).astype(np.int64),
+            "value": rng.integers(1, 6, size=n).astype(np.float32),
         }
     )

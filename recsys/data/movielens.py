@@ -3,7 +3,8 @@ which reads either layout, validates the rows and sorts them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -11,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from recsys.data.fetch import RECBOLE_FILES
+from recsys.data.fetch import DATASET_DIR, RECBOLE_FILES, fetch_ml100k
 from recsys.data.readers import _REMEDY, _Files, _load_grouplens, _load_recbole
 from recsys.errors import DataError
 
@@ -206,3 +207,36 @@ def _sort_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
     out = interactions.loc[order].reset_index(drop=True)
     out["rating"] = out["rating"].astype(np.float32)
     return out
+
+
+# The schema's files --------------------------------------------------------------------------
+
+PARQUET_DIR = "parquet"
+"""Folder under the MovieLens-100K folder that ``prepare_ml100k`` fills, which
+``recsys/data/ml-100k.yaml`` names."""
+PARQUET_FILES = ("interactions.parquet", "items.parquet", "users.parquet")
+
+
+def prepare_ml100k(
+    data_dir: Path, dataset: Path | None = None, *, log: Callable[[str], None] = print
+) -> Path:
+    """Makes sure MovieLens-100K is on disk as the Parquet files its schema names, and
+    returns their folder: fetched from the ``recbole`` wheel (or read from ``dataset``, an
+    official GroupLens folder), checked, and written once (idempotent). Each file is renamed
+    into place, so a killed run leaves no half-written file.
+    """
+    folder = Path(data_dir) / DATASET_DIR / PARQUET_DIR
+    if all((folder / name).is_file() for name in PARQUET_FILES):
+        return folder
+    ml = load_movielens(dataset or fetch_ml100k(Path(data_dir), log=log))
+    folder.mkdir(parents=True, exist_ok=True)
+    items = ml.items.assign(
+        release_year=ml.items["release_year"].where(ml.items["release_year"] > 0).astype("Int64"),
+        genres=[list(g) for g in ml.items["genres"]],
+    )
+    for name, frame in zip(PARQUET_FILES, (ml.interactions, items, ml.users), strict=True):
+        tmp = folder / f".{name}.tmp"
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, folder / name)
+    log(f"MovieLens-100K written as Parquet to {folder}")
+    return folder
