@@ -57,6 +57,25 @@ def verify(recommender: Recommender) -> None:
             )
 
 
+def check_profile(bundle: Bundle, features: Features) -> None:
+    """Refuses a model whose user features are not the store's profile features, in order:
+    its tower would read one feature's value as another's.
+
+    Raises:
+        ArtifactError: they differ (the model and the store come from different schemas).
+    """
+    stored = getattr(features, "profile", None)
+    if stored is None:  # a features source without a profile view to compare (tests)
+        return
+    trained = tuple(f.name for f in bundle.space.user_features)
+    if tuple(stored) != trained:
+        raise ArtifactError(
+            f"model {bundle.model_version} reads the user features {list(trained)}, but the "
+            f"feature store's profile view holds {list(stored)}: the two come from different "
+            "data schemas; run `recsys init-features` with the model's schema, or retrain"
+        )
+
+
 def warm_up(recommender: Recommender, requests: int) -> None:
     """Runs the hot path (personalized, cold-start, filtered) until first-call costs are paid."""
     bundle = recommender.bundle
@@ -92,6 +111,7 @@ class Live:
         bundle = Bundle.load(
             cfg.models_dir, cfg.indexes_dir / index_version, runtime=cfg.serving.tower_runtime
         )
+        check_profile(bundle, self._features)
         recommender = Recommender(bundle, self._features, cfg.serving)
         verify(recommender)
         warm_up(recommender, cfg.serving.warmup_requests)

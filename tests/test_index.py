@@ -242,7 +242,7 @@ def _catalog(ml, items: pd.DataFrame) -> Catalog:
         def chunks(self):
             yield items
 
-    return Fixed("fixed", len(items), ml)
+    return Fixed("fixed", len(items), ml.schema.items, ml)
 
 
 def test_empty_catalog_and_duplicate_ids_are_refused(scratch, ml) -> None:

@@ -151,7 +151,7 @@ def test_unknown_user_with_streamed_history_gets_the_tower_on_it(rec, bundle, fe
         (Request(USER, exclude=[""]), "exclude_item_ids must be non-empty"),
         (Request(USER, exclude=["x" * 200]), "at most 128 characters"),
         (Request(USER, request_time_ms=-5), "request_time_ms must be"),
-        (Request(USER, include_genres=["Noir-ish"]), "unknown genre 'Noir-ish'"),
+        (Request(USER, include_genres=["Noir-ish"]), "unknown genres value 'Noir-ish'"),
         (Request(USER, exclude_genres=["Drama"] * 33), "at most 32 genre filters"),
     ],
 )

@@ -124,7 +124,7 @@ def test_filters_and_request_time_travel_over_the_wire(client, ml) -> None:
     [
         ({"exclude": [""]}, "exclude_item_ids must be non-empty"),
         ({"request_time_ms": -1}, "request_time_ms must be"),
-        ({"include_genres": ["Polka"]}, "unknown genre 'Polka'"),
+        ({"include_genres": ["Polka"]}, "unknown genres value 'Polka'"),
     ],
 )
 def test_bad_filters_are_invalid_argument(client, fields, message) -> None:

@@ -85,7 +85,8 @@ class FeatureReader:
         # Resolved once: the registry is never consulted on the hot path.
         names = profile_names(store)
         self._profile_view = store.get_feature_view(PROFILE_VIEW) if names else None
-        fields = {f.name: str(f.dtype) for f in self._profile_view.features} if names else {}
+        view = self._profile_view
+        fields = {f.name: str(f.dtype) for f in view.features} if view is not None else {}
         self.profile = tuple(names)
         """The profile features read, in the data schema's order (the registered view's)."""
         self._decode = [

@@ -125,7 +125,11 @@ def _feast_cli_dir() -> Path:
 
 
 user_activity_push, user_activity, *_profile = feature_views(
-    _feast_cli_dir() / "offline", configured_schema(load_config())
+    _feast_cli_dir() / "offline",
+    # The CLI's own variable names the store, not a config key.
+    configured_schema(
+        load_config(environ={k: v for k, v in os.environ.items() if k != "RECSYS_FEAST_DIR"})
+    ),
 )[2:]
 """What ``feast apply`` registers: the same objects as ``features.backfill`` applies (Feast
 finds the profile view in the module's globals too)."""
