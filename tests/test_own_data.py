@@ -20,6 +20,7 @@ import yaml
 from localservices.procs import child, free_port, write_config
 from recsys.v1 import recommender_pb2 as pb
 from serving.client import RecommendClient
+from tests.conftest import real_part
 
 TOPICS = ("news", "music", "sport", "cooking", "travel", "science", "games", "film")
 SCHEMA = {
@@ -105,6 +106,7 @@ def write_video_app(folder: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
+@real_part
 def video_app(base_config, tmp_path_factory: pytest.TempPathFactory):
     """The data set trained, indexed and in a feature store, each by its CLI command."""
     root = tmp_path_factory.mktemp("video-app")
