@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from commands.command import Command
@@ -33,6 +34,27 @@ def fetch_data(config: Config, args: argparse.Namespace) -> None:
     )
 
 
+def generate_shop(config: Config, args: argparse.Namespace) -> None:
+    from recsys.data.shop import generate
+
+    out = args.out or config.paths.data_dir / "shop"
+    schema = generate(out, items=args.items, interactions=args.interactions, seed=args.seed)
+    print(f"use it with RECSYS_DATA__SCHEMA={schema}")
+
+
+def shop_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--items", type=int, default=1_000_000, help="catalog size")
+    parser.add_argument("--interactions", type=int, default=10_000_000, help="events")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="folder (default: paths.data_dir/shop)")
+
+
 COMMANDS = (
     Command("fetch-data", "fetch (MovieLens-100K) and check the configured data set", fetch_data),
+    Command(
+        "generate-shop",
+        "write a synthetic shop of any size and its data schema (recsys/data/shop.py)",
+        generate_shop,
+        shop_arguments,
+    ),
 )
