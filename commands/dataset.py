@@ -45,7 +45,7 @@ def generate_shop(config: Config, args: argparse.Namespace) -> None:
 def shop_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--items", type=int, default=1_000_000, help="catalog size")
     parser.add_argument("--interactions", type=int, default=10_000_000, help="events")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the same seed draws the same shop")
     parser.add_argument("--out", type=Path, help="folder (default: paths.data_dir/shop)")
 
 
