@@ -92,7 +92,7 @@ class ItemKNN:
         column: Item id → catalog column.
         last_items: How many of the user's most recent items vote.
         train_counts: ``[items]`` training-period counts, for users with no history and ties.
-        similarity: :func:`item_similarity` of the same training part, so several
+        similarity: :class:`ItemSimilarity` of the same training part, so several
             ``last_items`` share it; computed here when not given.
     """
 
@@ -102,31 +102,81 @@ class ItemKNN:
         column: dict[str, int],
         last_items: int,
         train_counts: np.ndarray,
-        similarity: np.ndarray | None = None,
+        similarity: ItemSimilarity | None = None,
     ):
         self.last_items = last_items
-        self._similarity = item_similarity(train, column) if similarity is None else similarity
+        self._similarity = similarity or ItemSimilarity(train, column)
         self._tiebreak = 1e-6 * _tiebreak(train_counts)
 
     def __call__(self, walk: Walk, rows: slice) -> np.ndarray:
         recent = walk.recent[rows, : self.last_items]
-        padded = np.where(recent < 0, len(self._similarity) - 1, recent)
-        out = np.zeros((len(recent), self._similarity.shape[1]), np.float64)
-        for j in range(padded.shape[1]):
-            out += self._similarity[padded[:, j]]
+        out = np.zeros((len(recent), len(self._tiebreak)), np.float64)
+        for j in range(recent.shape[1]):
+            voters = np.flatnonzero(recent[:, j] >= 0)
+            if len(voters):
+                out[voters] += self._similarity.rows(recent[voters, j])
         return out + self._tiebreak
 
 
-def item_similarity(train: pd.DataFrame, column: dict[str, int]) -> np.ndarray:
-    """``[items + 1, items] float64`` :class:`ItemKNN`'s cosine similarity, computed once
-    so several ``last_items`` settings can share it; the last row zeros, so ``-1``-padded
-    recent items vote for nothing."""
-    users = pd.factorize(train["user_id"])[0]
-    items = train["item_id"].map(column).to_numpy(np.int64)
-    matrix = np.zeros((users.max() + 1, len(column)), np.float32)
-    matrix[users, items] = 1.0
-    overlap = (matrix.T @ matrix).astype(np.float64)
-    norms = np.sqrt(np.diag(overlap))
-    similarity = overlap / np.maximum(np.outer(norms, norms), 1e-12)
-    np.fill_diagonal(similarity, 0.0)
-    return np.vstack([similarity, np.zeros((1, len(column)))])
+class ItemSimilarity:
+    """:class:`ItemKNN`'s cosine similarity over a training part, built once so several
+    ``last_items`` settings share it.
+
+    A catalog of up to ``DENSE_ITEMS`` items gets the whole ``[items, items]`` matrix; a
+    larger one (where it would not fit: 37 GiB at 100,000 items) computes each item's row when
+    first asked, from the user-item pairs (the item's users, their items), and keeps the
+    most recent ``CELLS`` worth of rows. Both give the same numbers.
+    """
+
+    DENSE_ITEMS = 4096
+    CELLS = 2**24
+
+    def __init__(self, train: pd.DataFrame, column: dict[str, int]):
+        n = len(column)
+        users = pd.factorize(train["user_id"])[0].astype(np.int64)
+        items = train["item_id"].map(column).to_numpy(np.int64)
+        pairs = np.unique(users * n + items)  # the binary user-item matrix, by user then item
+        self._users, self._items = np.divmod(pairs, n)
+        self._n = n
+        per_item = np.bincount(self._items, minlength=n).astype(np.float64)
+        self._norms = np.sqrt(per_item)
+        self._user_starts = np.searchsorted(self._users, np.arange(self._users.max() + 2))
+        by_item = np.argsort(self._items, kind="stable")
+        self._item_users = self._users[by_item]
+        self._item_starts = np.searchsorted(self._items[by_item], np.arange(n + 1))
+        self._cache: dict[int, np.ndarray] = {}
+        self._dense: np.ndarray | None = None
+        if n <= self.DENSE_ITEMS:
+            matrix = np.zeros((int(self._users.max()) + 1, n), np.float32)
+            matrix[self._users, self._items] = 1.0
+            overlap = (matrix.T @ matrix).astype(np.float64)
+            dense = overlap / np.maximum(np.outer(self._norms, self._norms), 1e-12)
+            np.fill_diagonal(dense, 0.0)
+            self._dense = dense
+
+    def rows(self, items: np.ndarray) -> np.ndarray:
+        """``[len(items), catalog] float64`` the similarity rows of ``items`` (columns)."""
+        if self._dense is not None:
+            picked: np.ndarray = self._dense[items]
+            return picked
+        return np.stack([self.row(int(i)) for i in items])
+
+    def row(self, item: int) -> np.ndarray:
+        """``[catalog] float64`` one item's similarity to every item."""
+        if self._dense is not None:
+            one: np.ndarray = self._dense[item]
+            return one
+        row = self._cache.get(item)
+        if row is None:
+            users = self._item_users[self._item_starts[item] : self._item_starts[item + 1]]
+            starts, ends = self._user_starts[users], self._user_starts[users + 1]
+            picks = np.concatenate(
+                [self._items[a:b] for a, b in zip(starts, ends, strict=True)] or [self._items[:0]]
+            )
+            overlap = np.bincount(picks, minlength=self._n).astype(np.float64)
+            row = overlap / np.maximum(self._norms[item] * self._norms, 1e-12)
+            row[item] = 0.0
+            if len(self._cache) >= max(16, self.CELLS // self._n):
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[item] = row
+        return row

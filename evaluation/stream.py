@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from evaluation.baselines import ItemKNN, Popularity, TrailingPopularity, counts, item_similarity
+from evaluation.baselines import ItemKNN, ItemSimilarity, Popularity, TrailingPopularity, counts
 from evaluation.metrics import exclude_seen, next_item_metrics, next_item_ranks
 from evaluation.protocols import Split
 from evaluation.walk import Scorer, Walk, walk
@@ -38,7 +38,20 @@ UserFn = Callable[[Inputs], np.ndarray]
 History = Literal["live", "frozen"]
 """``live``: every earlier event folded in; ``frozen``: the state at the start of the part."""
 CHUNK = 2048
-"""Events ranked at a time: ``[CHUNK, items]`` float64 is 27 MB for ML-100K's catalog."""
+"""Events ranked at a time, at most: ``[CHUNK, items]`` float64 is 27 MB for ML-100K's
+catalog; larger catalogs rank fewer at a time (``chunk_rows``)."""
+CELLS = 2048 * 2048
+"""Scores held at once, at most (32 MB of float64)."""
+MAX_EVENTS = 50_000
+"""Events a part is scored on, at most: a uniform sample of a longer part (its states are
+still folded from every event). ML-100K's test part has 20,001, all scored."""
+
+
+def chunk_rows(items: int) -> int:
+    """Events ranked at a time for a catalog of ``items``."""
+    return max(1, min(CHUNK, CELLS // max(items, 1)))
+
+
 TRAILING_WINDOWS_DAYS = (1, 7, 30)
 """Trailing-popularity windows :func:`select_baselines` picks from on validation."""
 KNN_LAST_ITEMS = (1, 2, 3, 5, 10, 20)
@@ -53,15 +66,24 @@ class StreamEvaluator:
         space: The model's vocabularies (history length included).
         split: A temporal split.
         on: ``"test"`` (known = train + valid) or ``"valid"`` (known = train).
+        max_events: Score a uniform sample of this many of the part's events, at most.
     """
 
-    def __init__(self, ml: Dataset, space: FeatureSpace, split: Split, on: str = "test"):
+    def __init__(
+        self,
+        ml: Dataset,
+        space: FeatureSpace,
+        split: Split,
+        on: str = "test",
+        max_events: int = MAX_EVENTS,
+    ):
         known, part = split.known_and_evaluated(on)
         self.column = {item: c for c, item in enumerate(ml.items["item_id"])}
         self.train = split.train
         self.train_counts = counts(split.train, self.column)
         self.stream = pd.concat([known, part], ignore_index=True)
-        self.walk = walk(known, part, self.column, space.history_length)
+        self.walk = walk(known, part, self.column, space.history_length).sample(max_events)
+        self.chunk = chunk_rows(len(self.column))
         profiles = Profiles(ml)
         w = self.walk
         times = w.times_ms.tolist()
@@ -82,8 +104,8 @@ class StreamEvaluator:
         """``[events]`` each event's target rank under ``scorer``, ``seen`` items excluded."""
         excluded = self.walk.seen if seen == "live" else self.walk.frozen_seen
         out = []
-        for start in range(0, len(self.walk), CHUNK):
-            rows = slice(start, start + CHUNK)
+        for start in range(0, len(self.walk), self.chunk):
+            rows = slice(start, start + self.chunk)
             out.append(
                 next_item_ranks(scorer(self.walk, rows), excluded[rows], self.walk.targets[rows])
             )
@@ -107,8 +129,8 @@ class StreamEvaluator:
         what the server should answer at that moment."""
         scorer = self._model_scorer(user_fn, item_vecs, "live")
         out = []
-        for start in range(0, len(self.walk), CHUNK):
-            rows = slice(start, start + CHUNK)
+        for start in range(0, len(self.walk), self.chunk):
+            rows = slice(start, start + self.chunk)
             masked = exclude_seen(scorer(self.walk, rows), self.walk.seen[rows])
             out.append(np.argsort(-masked, axis=1, kind="stable")[:, :k])
         return np.concatenate(out)
@@ -146,7 +168,7 @@ def select_baselines(
     }
     best = max(trailing, key=lambda d: trailing[d]["ndcg@10"])
     chosen["trailing_popularity"] = {"window_days": best, "valid": trailing}
-    similarity = item_similarity(valid.train, valid.column)
+    similarity = ItemSimilarity(valid.train, valid.column)
     knn = {
         n: valid.baseline(ItemKNN(valid.train, valid.column, n, valid.train_counts, similarity))
         for n in KNN_LAST_ITEMS
@@ -173,6 +195,7 @@ def evaluate_stream(
     *,
     chosen: dict[str, dict[str, Any]] | None = None,  # Any: settings of mixed types
     log: Callable[[str], None] | None = None,
+    max_events: int = MAX_EVENTS,
 ) -> dict[str, Any]:
     """The model (live and frozen histories) and every baseline on the test part's stream.
 
@@ -188,10 +211,11 @@ def evaluate_stream(
     """
     if chosen is None:
         if split.valid is not None:
-            chosen = select_baselines(StreamEvaluator(ml, space, split, "valid"), log)
+            valid = StreamEvaluator(ml, space, split, "valid", max_events)
+            chosen = select_baselines(valid, log)
         else:
             chosen = {"trailing_popularity": {"window_days": 7}, "item_knn": {"last_items": 5}}
-    test = StreamEvaluator(ml, space, split, "test")
+    test = StreamEvaluator(ml, space, split, "test", max_events)
     days = int(chosen["trailing_popularity"]["window_days"])
     last = int(chosen["item_knn"]["last_items"])
     results: dict[str, Any] = {  # Any: a JSON report

@@ -57,6 +57,23 @@ class Walk:
     def __len__(self) -> int:
         return len(self.users)
 
+    def sample(self, n: int, seed: int = 0) -> Walk:
+        """A uniform sample of ``n`` events (all of them when there are no more), in order:
+        every event's state was still folded from all earlier events, sampled or not."""
+        if len(self) <= n:
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
+        return Walk(
+            users=[self.users[i] for i in rows],
+            times_ms=self.times_ms[rows],
+            targets=self.targets[rows],
+            states=[self.states[i] for i in rows],
+            seen=[self.seen[i] for i in rows],
+            frozen_states=[self.frozen_states[i] for i in rows],
+            frozen_seen=[self.frozen_seen[i] for i in rows],
+            recent=self.recent[rows],
+        )
+
 
 def walk(
     known: pd.DataFrame, part: pd.DataFrame, column: dict[str, int], history_length: int

@@ -98,6 +98,10 @@ class ModelConfig(_Section):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     valid_fraction: float = Field(0.1, ge=0, lt=1)
     """Last share of the training period held out to pick the best epoch (0: none)."""
+    stream_eval_events: int = Field(50_000, ge=100)
+    """The most events of a part the stream protocol scores against the whole catalog: a
+    seeded uniform sample of a longer part (every event still updates the states).
+    ML-100K's parts are smaller: all scored."""
 
 
 class KafkaConfig(_Section):

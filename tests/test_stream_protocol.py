@@ -166,3 +166,38 @@ def test_recency_weights_halve_per_half_life_and_average_one() -> None:
     assert weights.mean() == pytest.approx(1.0)
     np.testing.assert_allclose(weights[1:] / weights[:-1], [2.0, 2.0, 1.0], rtol=1e-6)
     np.testing.assert_array_equal(recency_weights(days, None), np.ones(4, np.float32))
+
+
+def test_item_similarity_rows_on_demand_equal_the_dense_matrix() -> None:
+    """A catalog too large for the dense matrix computes each row from the user-item pairs:
+    the same numbers, repeats within a user counted once, the diagonal zero."""
+    from evaluation.baselines import ItemSimilarity
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in rng.integers(0, 60, 2_000)],
+            "item_id": [f"i{i}" for i in rng.zipf(1.4, 2_000) % 300],
+        }
+    )
+    column = {f"i{i}": i for i in range(300)}
+    dense = ItemSimilarity(frame, column)
+    sparse = ItemSimilarity(frame, column)
+    sparse._dense = None  # as a catalog above DENSE_ITEMS is served
+    rows = np.array([0, 5, 299, 5, 17])
+    np.testing.assert_array_equal(sparse.rows(rows), dense.rows(rows))
+    assert sparse.row(5)[5] == 0.0 and dense.rows(rows).shape == (5, 300)
+
+
+def test_a_long_part_is_scored_on_a_seeded_sample_of_its_events(ml) -> None:
+    split = temporal_split_protocol(ml.interactions, 0.2, 0.1)
+    space = fit_feature_space(ml, split.train, 5)
+    full = StreamEvaluator(ml, space, split, "valid")
+    sample = StreamEvaluator(ml, space, split, "valid", max_events=1_000)
+    again = StreamEvaluator(ml, space, split, "valid", max_events=1_000)
+    assert len(full.walk) > 1_000 == len(sample.walk)
+    np.testing.assert_array_equal(sample.walk.targets, again.walk.targets)
+    assert set(sample.walk.times_ms) <= set(full.walk.times_ms)
+    assert (np.diff(sample.walk.times_ms) >= 0).all()
+    popularity = Popularity(sample.train_counts)
+    assert sample.baseline(popularity)["events"] == 1_000

@@ -90,7 +90,15 @@ def run(
         }
         vectors = fitted.item_vectors(ml)
         if protocol == "stream":
-            stream = evaluate_stream(ml, fitted.space, fitted.user_fn, vectors, split, log=log)
+            stream = evaluate_stream(
+                ml,
+                fitted.space,
+                fitted.user_fn,
+                vectors,
+                split,
+                log=log,
+                max_events=pmc.stream_eval_events,
+            )
             results[protocol] = {**stream, **about}
             log(stream_summary(stream))
             continue
@@ -99,9 +107,8 @@ def run(
         log(_table({protocol: metrics["model"], "popularity": metrics["popularity"]}))
     if ablation:
         split = make_split("stream", ml, mc)
-        valid = StreamEvaluator(
-            ml, fit_feature_space(ml, split.train, mc.history_length), split, "valid"
-        )
+        space = fit_feature_space(ml, split.train, mc.history_length)
+        valid = StreamEvaluator(ml, space, split, "valid", mc.stream_eval_events)
         chosen = select_baselines(valid)
         rows: dict[str, dict[str, float]] = {}
         baselines: dict[str, dict[str, float]] = {}
@@ -110,7 +117,13 @@ def run(
             variant = mc.model_copy(update={"user_parts": parts})
             fitted = fit(variant, ml, split, log=log, progress=False)
             stream = evaluate_stream(
-                ml, fitted.space, fitted.user_fn, fitted.item_vectors(ml), split, chosen=chosen
+                ml,
+                fitted.space,
+                fitted.user_fn,
+                fitted.item_vectors(ml),
+                split,
+                chosen=chosen,
+                max_events=mc.stream_eval_events,
             )
             rows[name] = stream["model"]
             rows[f"{name}, frozen"] = stream["frozen"]

@@ -89,7 +89,7 @@ def fit(
         validate = None
     elif split.name == "temporal":
         # The epoch is picked on the primary protocol: the validation tail's next events.
-        validate = StreamEvaluator(ml, space, split, on="valid")
+        validate = StreamEvaluator(ml, space, split, "valid", mc.stream_eval_events)
     else:
         validate = Evaluator(ml, space, split, on="valid")
     verbose = 1 if progress and sys.stdout.isatty() else 2 if progress else 0
@@ -231,7 +231,15 @@ def train(config: Config, ml: Dataset, *, log: Log = print, publish: bool = True
     fitted = fit(mc, ml, split, log=log)
     vectors = fitted.item_vectors(ml)
     metrics = {
-        "stream": evaluate_stream(ml, fitted.space, fitted.user_fn, vectors, split, log=log),
+        "stream": evaluate_stream(
+            ml,
+            fitted.space,
+            fitted.user_fn,
+            vectors,
+            split,
+            log=log,
+            max_events=mc.stream_eval_events,
+        ),
         "temporal": evaluate_split(ml, fitted.space, fitted.user_fn, vectors, split),
     }
     version = artifacts.new_version()
