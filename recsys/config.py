@@ -284,12 +284,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         path = Path(env["RECSYS_CONFIG"])
     if path is not None:
         source = str(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        loaded = read_yaml(path, "config file")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
         data = loaded or {}
@@ -313,11 +308,30 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     return _validate(data, source=source)
 
 
+def read_yaml(path: Path, what: str) -> Any:  # Any: raw YAML, validated by the caller
+    """A YAML file's content.
+
+    Raises:
+        ConfigError: the file cannot be read or is not YAML, naming ``what`` and the file.
+    """
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from exc
+
+
+def problems(exc: ValidationError) -> str:
+    """A pydantic error as ``key.path: what is wrong`` clauses, one line."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'top level'}: {err['msg']}"
+        for err in exc.errors()
+    )
+
+
 def _validate(data: dict[str, Any], *, source: str) -> Config:  # Any: raw YAML
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration from {source}: {problems}") from exc
+        raise ConfigError(f"invalid configuration from {source}: {problems(exc)}") from exc

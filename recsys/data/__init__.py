@@ -1,17 +1,12 @@
-"""MovieLens-100K: fetch it, load it into validated DataFrames, split it by time.
+"""The data: the data schema every layer follows (``schema.py``), the reader that turns a
+schema's files into checked canonical frames (``dataset.py``), MovieLens-100K (fetched from
+PyPI, its two layouts read and converted into the Parquet files its schema names:
+``fetch.py``, ``readers.py``, ``movielens.py``, ``ml-100k.yaml``), a synthetic shop of any
+size (``shop.py``), and the split by time (``split.py``).
 
-Two on-disk layouts load into identical frames:
-
-* RecBole atomic files (``ml-100k.inter``, ``ml-100k.item``, ``ml-100k.user``): tab-separated
-  with typed headers such as ``user_id:token``. This is what :func:`fetch_ml100k` provides,
-  because the ``recbole`` wheel on PyPI ships them and PyPI is the only registry reachable
-  from every machine this project runs on.
-* The official GroupLens ``ml-100k/`` folder (``u.data``, ``u.item``, ``u.user``, optionally
-  ``u.genre``).
-
-Canonical form, whatever the source: ids are strings (``"196"``); titles carry no trailing
-``(1995)`` because the year lives in ``release_year`` (0 when unknown); genres are tuples in
-the order of :data:`ML100K_GENRES`.
+MovieLens-100K's own frames (``load_movielens``) keep its canonical form: ids are strings
+(``"196"``); titles carry no trailing ``(1995)`` because the year lives in ``release_year``
+(0 when unknown); genres are tuples in the order of :data:`ML100K_GENRES`.
 """
 
 from __future__ import annotations

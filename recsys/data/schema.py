@@ -37,15 +37,12 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from recsys.config import Config, problems, read_yaml
 from recsys.errors import ConfigError
-
-if TYPE_CHECKING:
-    from recsys.config import Config
 
 KINDS = ("categorical", "tags", "numeric", "text", "year", "date")
 Kind = Literal["categorical", "tags", "numeric", "text", "year", "date"]
@@ -197,12 +194,7 @@ def load_schema(path: Path | None, data_dir: Path) -> DataSchema:
             of the wrong kind; the message names the file and the key.
     """
     path = BUILTIN if path is None else Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read data schema {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"data schema {path} is not valid YAML: {exc}") from exc
+    raw = read_yaml(path, "data schema")
     if not isinstance(raw, dict):
         raise ConfigError(f"data schema {path} must hold a mapping (name, interactions, items)")
     for key in ("path", "data_dir"):
@@ -212,11 +204,7 @@ def load_schema(path: Path | None, data_dir: Path) -> DataSchema:
     try:
         return DataSchema.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'top level'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"data schema {path}: {problems}") from exc
+        raise ConfigError(f"data schema {path}: {problems(exc)}") from exc
 
 
 def configured_schema(config: Config) -> DataSchema:
