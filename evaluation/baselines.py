@@ -122,61 +122,60 @@ class ItemSimilarity:
     """:class:`ItemKNN`'s cosine similarity over a training part, built once so several
     ``last_items`` settings share it.
 
-    A catalog of up to ``DENSE_ITEMS`` items gets the whole ``[items, items]`` matrix; a
-    larger one (where it would not fit: 37 GiB at 100,000 items) computes each item's row when
-    first asked, from the user-item pairs (the item's users, their items), and keeps the
-    most recent ``CELLS`` worth of rows. Both give the same numbers.
+    A catalog of up to ``DENSE_ITEMS`` items gets the whole ``[items, items]`` matrix. A
+    larger one (where that would not fit: 37 GiB at 100,000 items) keeps each item's
+    ``NEIGHBOURS`` most similar items, computed from the user-item pairs (the item's users,
+    their items): item-KNN as it is deployed, with its neighbour lists truncated.
     """
 
     DENSE_ITEMS = 4096
-    CELLS = 2**24
+    NEIGHBOURS = 200
 
     def __init__(self, train: pd.DataFrame, column: dict[str, int]):
         n = len(column)
         users = pd.factorize(train["user_id"])[0].astype(np.int64)
         items = train["item_id"].map(column).to_numpy(np.int64)
         pairs = np.unique(users * n + items)  # the binary user-item matrix, by user then item
-        self._users, self._items = np.divmod(pairs, n)
+        users, items = np.divmod(pairs, n)
         self._n = n
-        per_item = np.bincount(self._items, minlength=n).astype(np.float64)
-        self._norms = np.sqrt(per_item)
-        self._user_starts = np.searchsorted(self._users, np.arange(self._users.max() + 2))
-        by_item = np.argsort(self._items, kind="stable")
-        self._item_users = self._users[by_item]
-        self._item_starts = np.searchsorted(self._items[by_item], np.arange(n + 1))
-        self._cache: dict[int, np.ndarray] = {}
-        self._dense: np.ndarray | None = None
+        norms = np.sqrt(np.bincount(items, minlength=n).astype(np.float64))
         if n <= self.DENSE_ITEMS:
-            matrix = np.zeros((int(self._users.max()) + 1, n), np.float32)
-            matrix[self._users, self._items] = 1.0
+            matrix = np.zeros((int(users.max()) + 1, n), np.float32)
+            matrix[users, items] = 1.0
             overlap = (matrix.T @ matrix).astype(np.float64)
-            dense = overlap / np.maximum(np.outer(self._norms, self._norms), 1e-12)
+            dense = overlap / np.maximum(np.outer(norms, norms), 1e-12)
             np.fill_diagonal(dense, 0.0)
-            self._dense = dense
+            self._dense: np.ndarray | None = dense
+            return
+        self._dense = None
+        user_starts = np.searchsorted(users, np.arange(users.max() + 2))
+        by_item = np.argsort(items, kind="stable")
+        item_users, item_starts = users[by_item], np.searchsorted(items[by_item], np.arange(n + 1))
+        k = self.NEIGHBOURS
+        self._neighbours = np.full((n, k), -1, np.int64)
+        self._weights = np.zeros((n, k), np.float64)
+        for item in range(n):
+            mine = item_users[item_starts[item] : item_starts[item + 1]]
+            if not len(mine):
+                continue
+            picks = np.concatenate([items[user_starts[u] : user_starts[u + 1]] for u in mine])
+            others, shared = np.unique(picks, return_counts=True)
+            sims: np.ndarray = shared / np.maximum(norms[item] * norms[others], 1e-12)
+            sims[others == item] = 0.0
+            if len(others) > k:
+                keep = np.argpartition(-sims, k - 1)[:k]
+                others, sims = others[keep], sims[keep]
+            self._neighbours[item, : len(others)] = others
+            self._weights[item, : len(others)] = sims
 
     def rows(self, items: np.ndarray) -> np.ndarray:
         """``[len(items), catalog] float64`` the similarity rows of ``items`` (columns)."""
         if self._dense is not None:
             picked: np.ndarray = self._dense[items]
             return picked
-        return np.stack([self.row(int(i)) for i in items])
-
-    def row(self, item: int) -> np.ndarray:
-        """``[catalog] float64`` one item's similarity to every item."""
-        if self._dense is not None:
-            one: np.ndarray = self._dense[item]
-            return one
-        row = self._cache.get(item)
-        if row is None:
-            users = self._item_users[self._item_starts[item] : self._item_starts[item + 1]]
-            starts, ends = self._user_starts[users], self._user_starts[users + 1]
-            picks = np.concatenate(
-                [self._items[a:b] for a, b in zip(starts, ends, strict=True)] or [self._items[:0]]
-            )
-            overlap = np.bincount(picks, minlength=self._n).astype(np.float64)
-            row = overlap / np.maximum(self._norms[item] * self._norms, 1e-12)
-            row[item] = 0.0
-            if len(self._cache) >= max(16, self.CELLS // self._n):
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[item] = row
-        return row
+        out = np.zeros((len(items), self._n), np.float64)
+        neighbours, weights = self._neighbours[items], self._weights[items]
+        rows = np.repeat(np.arange(len(items)), neighbours.shape[1])
+        known = neighbours.ravel() >= 0
+        out[rows[known], neighbours.ravel()[known]] = weights.ravel()[known]
+        return out

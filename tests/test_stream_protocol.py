@@ -168,9 +168,11 @@ def test_recency_weights_halve_per_half_life_and_average_one() -> None:
     np.testing.assert_array_equal(recency_weights(days, None), np.ones(4, np.float32))
 
 
-def test_item_similarity_rows_on_demand_equal_the_dense_matrix() -> None:
-    """A catalog too large for the dense matrix computes each row from the user-item pairs:
-    the same numbers, repeats within a user counted once, the diagonal zero."""
+def test_a_large_catalogs_item_similarity_keeps_each_items_nearest_neighbours(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past DENSE_ITEMS each item keeps its NEIGHBOURS most similar items, with the dense
+    matrix's values (repeats within a user counted once, never itself)."""
     from evaluation.baselines import ItemSimilarity
 
     rng = np.random.default_rng(0)
@@ -181,12 +183,17 @@ def test_item_similarity_rows_on_demand_equal_the_dense_matrix() -> None:
         }
     )
     column = {f"i{i}": i for i in range(300)}
-    dense = ItemSimilarity(frame, column)
-    sparse = ItemSimilarity(frame, column)
-    sparse._dense = None  # as a catalog above DENSE_ITEMS is served
-    rows = np.array([0, 5, 299, 5, 17])
-    np.testing.assert_array_equal(sparse.rows(rows), dense.rows(rows))
-    assert sparse.row(5)[5] == 0.0 and dense.rows(rows).shape == (5, 300)
+    dense = ItemSimilarity(frame, column).rows(np.arange(300))
+    monkeypatch.setattr(ItemSimilarity, "DENSE_ITEMS", 10)
+    monkeypatch.setattr(ItemSimilarity, "NEIGHBOURS", 300)
+    np.testing.assert_array_equal(ItemSimilarity(frame, column).rows(np.arange(300)), dense)
+    monkeypatch.setattr(ItemSimilarity, "NEIGHBOURS", 5)
+    top = ItemSimilarity(frame, column).rows(np.array([0, 7]))
+    for row, item in zip(top, (0, 7), strict=True):
+        kept = np.flatnonzero(row)
+        assert len(kept) <= 5 and row[item] == 0.0
+        np.testing.assert_array_equal(row[kept], dense[item][kept])
+        assert row[kept].min() >= np.sort(dense[item])[-5]
 
 
 def test_a_long_part_is_scored_on_a_seeded_sample_of_its_events(ml) -> None:
