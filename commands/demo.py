@@ -91,11 +91,13 @@ def run_demo(config: Config, *, users: int = 3, events: int = 5) -> None:
 
             _step(6, total, f"the loop: {users} users, {events} new events each")
             counts = future["user_id"].value_counts()
-            known = sorted(counts[counts >= events].index, key=int)[: max(users - 1, 0)]
+            known = sorted(counts[counts >= events].index, key=lambda u: (len(u), u))
+            known = known[: max(users - 1, 0)]
             batches = {u: future[future["user_id"] == u].head(events) for u in known}
             donor = future[~future["user_id"].isin(known)].head(events)
             batches[NEW_USER] = donor.assign(user_id=NEW_USER)
             before = {u: client.recommend(u, k=5) for u in batches}
+            profiled = set(ml.users["user_id"])
             sent_at = time.monotonic()
             for rows in batches.values():
                 replay(run_config, rows, progress=False)
@@ -108,7 +110,13 @@ def run_demo(config: Config, *, users: int = 3, events: int = 5) -> None:
             for user, rows in batches.items():
                 consumed = set(rows["item_id"])
                 after = client.recommend(user, k=5)
-                kind = "new user, no profile" if user == NEW_USER else "has a profile"
+                kind = (
+                    "new user, no profile"
+                    if user == NEW_USER
+                    else "has a profile"
+                    if user in profiled
+                    else "known, no profile"
+                )
                 paths = f"answered {_path(before[user])}, then {_path(after)}"
                 print(
                     f"\n    user {user} ({kind}; {paths}); consumed: "

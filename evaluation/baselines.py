@@ -114,7 +114,7 @@ class ItemKNN:
         for j in range(recent.shape[1]):
             voters = np.flatnonzero(recent[:, j] >= 0)
             if len(voters):
-                out[voters] += self._similarity.rows(recent[voters, j])
+                self._similarity.add_rows(out, voters, recent[voters, j])
         return out + self._tiebreak
 
 
@@ -152,8 +152,9 @@ class ItemSimilarity:
         by_item = np.argsort(items, kind="stable")
         item_users, item_starts = users[by_item], np.searchsorted(items[by_item], np.arange(n + 1))
         k = self.NEIGHBOURS
-        self._neighbours = np.full((n, k), -1, np.int64)
-        self._weights = np.zeros((n, k), np.float64)
+        # int32 / float32: 1.6 GB for 1 M items, half of what int64 / float64 would hold.
+        self._neighbours = np.full((n, k), -1, np.int32)
+        self._weights = np.zeros((n, k), np.float32)
         for item in range(n):
             mine = item_users[item_starts[item] : item_starts[item + 1]]
             if not len(mine):
@@ -167,6 +168,18 @@ class ItemSimilarity:
                 others, sims = others[keep], sims[keep]
             self._neighbours[item, : len(others)] = others
             self._weights[item, : len(others)] = sims
+
+    def add_rows(self, out: np.ndarray, rows: np.ndarray, items: np.ndarray) -> None:
+        """``out[rows] += self.rows(items)``, without building the dense rows of a large
+        catalog: each item's neighbours are added where they fall (``rows`` distinct)."""
+        if self._dense is not None:
+            out[rows] += self._dense[items]
+            return
+        neighbours, weights = self._neighbours[items], self._weights[items]
+        at = np.repeat(rows, neighbours.shape[1])
+        known = neighbours.ravel() >= 0
+        # One item's neighbours are distinct, and each row gets one item: no cell twice.
+        out[at[known], neighbours.ravel()[known]] += weights.ravel()[known]
 
     def rows(self, items: np.ndarray) -> np.ndarray:
         """``[len(items), catalog] float64`` the similarity rows of ``items`` (columns)."""

@@ -14,6 +14,7 @@ import numpy as np
 from evaluation.baselines import counts
 from evaluation.metrics import rank_metrics, topk_accuracy
 from evaluation.protocols import Split
+from evaluation.stream import chunk_rows
 from recsys.data.dataset import Dataset
 from towers.encoding import FeatureSpace, Inputs
 from towers.examples import HistoryIndex, catalog_inputs, query_inputs
@@ -36,10 +37,20 @@ class Evaluator:
         space: The model's vocabularies.
         split: The protocol's split.
         on: ``"test"`` (known = train + valid) or ``"valid"`` (known = train).
+        max_queries: Query a seeded uniform sample of this many users (``temporal``,
+            ``recbole``) at most; ``None``: every one.
     """
 
-    def __init__(self, ml: Dataset, space: FeatureSpace, split: Split, on: str = "test"):
+    def __init__(
+        self,
+        ml: Dataset,
+        space: FeatureSpace,
+        split: Split,
+        on: str = "test",
+        max_queries: int | None = None,
+    ):
         known, target = split.known_and_evaluated(on)
+        self._chunk = chunk_rows(len(ml.items))
         self.protocol = split.name
         column = {item: c for c, item in enumerate(ml.items["item_id"])}
         history = HistoryIndex(known, space.history_length)
@@ -51,6 +62,11 @@ class Evaluator:
         else:
             first = target.groupby("user_id")["timestamp"].min()
             users = sorted(first.index, key=lambda u: (len(u), u))
+            if max_queries is not None and len(users) > max_queries:
+                keep = np.random.default_rng(0).choice(len(users), max_queries, replace=False)
+                users = [users[i] for i in np.sort(keep)]
+                known = known[known["user_id"].isin(users)]
+                history = HistoryIndex(known, space.history_length)
             queries = []
             for u in users:
                 if split.name == "temporal":
@@ -67,20 +83,30 @@ class Evaluator:
             self._relevant = [np.array([column[i] for i in rel_by[u]], np.int64) for u in users]
         self._inputs = query_inputs(ml, space, history, queries)
 
-    def _score(self, scores: np.ndarray) -> dict[str, float]:
+    def _score(self, scores: Callable[[slice], np.ndarray]) -> dict[str, float]:
+        """Metrics over every query, from ``scores(rows)`` ranked a chunk of rows at a time
+        (a 1 M-item catalog holds 32 rows of scores at once)."""
+        n = len(self._inputs["user"])
         if self.protocol == "tfrs":
-            return {"top100_accuracy": topk_accuracy(scores, self._positives, 100)}
-        return rank_metrics(scores, self._seen, self._relevant)
+            return {"top100_accuracy": topk_accuracy(scores(slice(0, n)), self._positives, 100)}
+        parts = [
+            rank_metrics(scores(rows), self._seen[rows], self._relevant[rows])
+            for rows in (slice(s, s + self._chunk) for s in range(0, n, self._chunk))
+        ]
+        users = sum(p["users"] for p in parts)
+        out = {k: sum(p[k] * p["users"] for p in parts) / users for k in parts[0]}
+        out["users"] = users
+        return out
 
     def __call__(self, user_fn: UserFn, item_vecs: np.ndarray) -> dict[str, float]:
         """The model's metrics."""
-        return self._score(user_fn(self._inputs) @ item_vecs.T)
+        users = np.asarray(user_fn(self._inputs))
+        return self._score(lambda rows: users[rows] @ item_vecs.T)
 
     def popularity(self) -> dict[str, float]:
         """The same metrics for ranking by popularity in the known interactions."""
-        # Built on demand: per-epoch validation never asks, and for the TFRS protocol the
-        # matrix is 20,000 × 1,682.
-        return self._score(np.tile(self._known_counts, (len(self._inputs["user"]), 1)))
+        counts, n = self._known_counts, len(self._inputs["user"])
+        return self._score(lambda rows: np.tile(counts, (len(range(n)[rows]), 1)))
 
 
 def evaluate_split(
@@ -91,9 +117,10 @@ def evaluate_split(
     split: Split,
     *,
     on: str = "test",
+    max_queries: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """The model's and the popularity baseline's metrics under the split's protocol."""
-    evaluator = Evaluator(ml, space, split, on)
+    evaluator = Evaluator(ml, space, split, on, max_queries)
     return {"model": evaluator(user_fn, item_vecs), "popularity": evaluator.popularity()}
 
 

@@ -207,13 +207,29 @@ def next_item_ranks(
     n_events, n_items = scores.shape
     if n_events and (targets.min() < 0 or targets.max() >= n_items):
         raise ValueError(f"targets must be item columns in [0, {n_items})")
-    masked = exclude_seen(scores, seen)
+    # Two passes over the scores and no copy of them (a 1 M-item catalog ranks a few rows
+    # at a time); the seen items, a few per row, are then taken back out by their scores.
     rows = np.arange(n_events)
-    target = masked[rows, targets][:, np.newaxis]
-    higher = np.count_nonzero(masked > target, axis=1)
-    tied_before = np.count_nonzero(
-        (masked == target) & (np.arange(n_items) < targets[:, np.newaxis]), axis=1
-    )
+    target = scores[rows, targets][:, np.newaxis]
+    higher = np.count_nonzero(scores > target, axis=1)
+    tied = scores == target
+    tied_before = np.zeros(n_events, np.int64)
+    for r in np.flatnonzero(np.count_nonzero(tied, axis=1) > 1):
+        tied_before[r] = np.count_nonzero(tied[r, : targets[r]])
+    lengths = np.fromiter((len(s) for s in seen), np.int64, len(seen))
+    if lengths.sum():
+        cells = np.repeat(rows, lengths) * n_items + np.concatenate(
+            [np.asarray(s, np.int64) for s in seen]
+        )
+        cells = np.unique(cells)
+        seen_row, seen_col = np.divmod(cells, n_items)
+        value = scores[seen_row, seen_col]
+        against = target[seen_row, 0]
+        higher -= np.bincount(seen_row[value > against], minlength=n_events)
+        before = (value == against) & (seen_col < targets[seen_row])
+        tied_before -= np.bincount(seen_row[before], minlength=n_events)
+        target = target.copy()
+        target[seen_row[seen_col == targets[seen_row]], 0] = -np.inf
     ranks: np.ndarray = (higher + tied_before).astype(np.float64)
     ranks[np.isneginf(target[:, 0])] = np.inf
     return ranks

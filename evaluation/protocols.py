@@ -317,17 +317,21 @@ def _check_ratios(ratios: Sequence[float]) -> list[float]:
 
 def _sorted(interactions: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """Rows stably sorted by ``keys``; id columns shorter-first, then lexicographically."""
-    columns: dict[str, pd.Series] = {}
+    columns = []
     for key in keys:
-        values = interactions[key].reset_index(drop=True)
+        values = interactions[key].to_numpy()
         if key in ("user_id", "item_id"):
-            text = values.astype(str)
-            columns[f"{key}_len"] = text.str.len()
-            columns[key] = text
-        else:
-            columns[key] = values
-    order = pd.DataFrame(columns).sort_values(list(columns), kind="mergesort").index
-    return interactions.iloc[order.to_numpy()].reset_index(drop=True)
+            # Sort the distinct ids only, then every row by its id's rank: integer keys.
+            codes, uniques = pd.factorize(values)
+            text = pd.Series(uniques).astype(str)
+            by_id = pd.DataFrame({"len": text.str.len(), "text": text})
+            ranked = by_id.sort_values(["len", "text"], kind="mergesort").index.to_numpy()
+            rank = np.empty(len(uniques), np.int64)
+            rank[ranked] = np.arange(len(uniques))
+            values = rank[codes]
+        columns.append(values)
+    order = np.lexsort(columns[::-1])
+    return interactions.iloc[order].reset_index(drop=True)
 
 
 def _canonical(interactions: pd.DataFrame) -> pd.DataFrame:

@@ -1,10 +1,10 @@
 """The stream walk: one part's events in event-time order, each with what was known just before.
 
 Both the model and the baselines of :mod:`evaluation.stream` are scored on a walk, so it is
-built once per part and read by every :class:`Scorer`. Each event's state is folded by the same
-:mod:`features.activity` code the ingester runs, from strictly earlier events only, and its
-exclusions are the state's seen set decoded as the server decodes it: the walk asks exactly
-what serving is asked.
+built once per part and read by every :class:`Scorer`. Each event's state is the one the
+ingester's :mod:`features.activity` fold would hold, from strictly earlier events only
+(computed on arrays by :mod:`features.history`, and tested against the fold), and its
+exclusions are the state's seen set: the walk asks exactly what serving is asked.
 """
 
 from __future__ import annotations
@@ -15,14 +15,8 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from features.activity import (
-    EMPTY,
-    Activity,
-    SeenIndex,
-    apply_events,
-    point_in_time,
-    ratings_to_interactions,
-)
+from features.activity import SEEN_LIMIT, rating_event_id
+from features.history import Timelines
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,99 +28,101 @@ class Walk:
         users: ``[events]`` user ids.
         times_ms: ``[events] int64`` event times.
         targets: ``[events] int64`` catalog columns of the events' items.
-        states: ``[events]`` each user's activity just before the event (strictly earlier
-            events only, as :func:`features.activity.point_in_time` defines it).
+        recent: ``[events, history_length] int64`` the user's recent items just before the
+            event (strictly earlier events only, as :func:`features.activity.point_in_time`
+            defines the state), as catalog columns, most recent first, ``-1``-padded.
         seen: ``[events]`` ``int64`` columns of every item the user interacted with before:
-            the state's seen set (bounded by ``features.activity.SEEN_LIMIT``), decoded as
-            the server decodes it.
-        frozen_states: ``[events]`` the user's activity at the start of the part.
+            the state's seen set (bounded by ``features.activity.SEEN_LIMIT``).
+        frozen_recent: ``[events, history_length]`` the recent items at the start of the part.
         frozen_seen: ``[events]`` the items the user had interacted with by then.
-        recent: ``[events, history_length] int64`` columns of ``states``' recent items, most
-            recent first, ``-1``-padded (for baselines that read the sequence).
     """
 
     users: list[str]
     times_ms: np.ndarray
     targets: np.ndarray
-    states: list[Activity]
-    seen: list[np.ndarray]
-    frozen_states: list[Activity]
-    frozen_seen: list[np.ndarray]
     recent: np.ndarray
+    seen: list[np.ndarray]
+    frozen_recent: np.ndarray
+    frozen_seen: list[np.ndarray]
 
     def __len__(self) -> int:
         return len(self.users)
 
-    def sample(self, n: int, seed: int = 0) -> Walk:
-        """A uniform sample of ``n`` events (all of them when there are no more), in order:
-        every event's state was still folded from all earlier events, sampled or not."""
-        if len(self) <= n:
-            return self
-        rows = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
-        return Walk(
-            users=[self.users[i] for i in rows],
-            times_ms=self.times_ms[rows],
-            targets=self.targets[rows],
-            states=[self.states[i] for i in rows],
-            seen=[self.seen[i] for i in rows],
-            frozen_states=[self.frozen_states[i] for i in rows],
-            frozen_seen=[self.frozen_seen[i] for i in rows],
-            recent=self.recent[rows],
-        )
-
 
 def walk(
-    known: pd.DataFrame, part: pd.DataFrame, column: dict[str, int], history_length: int
+    known: pd.DataFrame,
+    part: pd.DataFrame,
+    column: dict[str, int],
+    history_length: int,
+    max_events: int | None = None,
+    seed: int = 0,
 ) -> Walk:
     """Walks ``part`` in event-time order with every user's state folded from ``known`` and
-    the earlier events of ``part``.
+    the earlier events of ``part`` (``features.history.Timelines``: the fold on arrays).
 
     Args:
         known: Interactions before the part (``user_id``, ``item_id``, ``timestamp`` s).
-        part: The interactions to predict, all at or after ``known``'s.
+        part: The interactions to predict, all later than ``known``'s.
         column: Item id → catalog column.
         history_length: Recent items kept by the activity fold.
+        max_events: Keep a uniform sample of this many of the part's events (seeded by
+            ``seed``), in order; every event still counts in the later ones' states.
 
     Returns:
         The walk.
+
+    Raises:
+        ValueError: An item the catalog lacks, or a known event not earlier than its
+            user's first event of the part.
     """
-    catalog = SeenIndex(list(column))
-    frames = [known.assign(_target=False), part.assign(_target=True)]
-    events = pd.concat(frames, ignore_index=True)
-    rows: list[tuple[int, str, int, str, Activity, np.ndarray, Activity, np.ndarray]] = []
-    for user_id, group in events.groupby("user_id", sort=False):
-        interactions = ratings_to_interactions(
-            user_id, list(group["item_id"]), list(group["timestamp"])
-        )
-        paired = sorted(
-            zip(interactions, group["_target"], strict=True),
-            key=lambda p: (p[0].event_time_ms, p[0].event_id),
-        )
-        timeline = [event for event, _ in paired]
-        frozen = apply_events(EMPTY, [e for e, later in paired if not later], history_length)
-        frozen_seen = catalog.rows(frozen)
-        states = point_in_time(timeline, history_length)
-        for (event, is_target), state in zip(paired, states, strict=True):
-            if is_target:
-                # Exactly what the server excludes: the state's seen set, decoded.
-                rows.append(
-                    (event.event_time_ms, event.event_id, column[event.item_id], user_id,
-                     state, catalog.rows(state), frozen, frozen_seen)
-                )  # fmt: skip
-    rows.sort(key=lambda r: (r[0], r[1]))
-    recent = np.full((len(rows), history_length), -1, np.int64)
-    for i, r in enumerate(rows):
-        items = r[4].recent_items[:history_length]
-        recent[i, : len(items)] = [column[item] for item in items]
+    events = pd.concat([known, part], ignore_index=True)
+    user_ids = events["user_id"].to_numpy(object)
+    item_ids = events["item_id"].to_numpy(object)
+    times_s = events["timestamp"].to_numpy(np.int64)
+    at = pd.Index(list(column)).get_indexer(item_ids)
+    if (at < 0).any():
+        raise ValueError(f"item {item_ids[np.argmax(at < 0)]!r} is not in the catalog")
+    columns = np.fromiter(column.values(), np.int64, len(column))[at]
+    timelines = Timelines.of(user_ids, item_ids, columns, times_s)
+    is_target = timelines.order >= len(known)  # sorted positions of the part's events
+    # Each user's known events must come first: the frozen state is that prefix.
+    target_sorted = np.flatnonzero(is_target)
+    known_count = np.bincount(
+        timelines.start[~is_target], minlength=len(timelines.order)
+    )  # by user start
+    late = (target_sorted - timelines.start[target_sorted]) < known_count[
+        timelines.start[target_sorted]
+    ]
+    if late.any():
+        raise ValueError("the part has an event earlier than one of its user's known events")
+    # Event-time order across users, ties by event id (as the stream would deliver them).
+    original = timelines.order[target_sorted]
+    event_ids = [rating_event_id(user_ids[i], item_ids[i], int(times_s[i])) for i in original]
+    tiebreak = pd.Series(event_ids).rank(method="dense").to_numpy(np.int64)
+    by_time = np.lexsort((tiebreak, times_s[original]))
+    chosen = target_sorted[by_time]
+    if max_events is not None and len(chosen) > max_events:
+        rows = np.sort(np.random.default_rng(seed).choice(len(chosen), max_events, replace=False))
+        chosen = chosen[rows]
+    starts = timelines.start[chosen]
+    cuts = timelines.cut[chosen]
+    frozen_cuts = starts + known_count[starts]
+    frozen_seen: dict[int, np.ndarray] = {}
+    for start, cut in zip(starts.tolist(), frozen_cuts.tolist(), strict=True):
+        if start not in frozen_seen:
+            frozen_seen[start] = timelines.seen(cut, start, SEEN_LIMIT)
+    original = timelines.order[chosen]
     return Walk(
-        users=[r[3] for r in rows],
-        times_ms=np.array([r[0] for r in rows], np.int64),
-        targets=np.array([r[2] for r in rows], np.int64),
-        states=[r[4] for r in rows],
-        seen=[r[5] for r in rows],
-        frozen_states=[r[6] for r in rows],
-        frozen_seen=[r[7] for r in rows],
-        recent=recent,
+        users=user_ids[original].tolist(),
+        times_ms=times_s[original] * 1000,
+        targets=columns[original],
+        recent=timelines.recent(cuts, starts, history_length),
+        seen=[
+            timelines.seen(c, s, SEEN_LIMIT)
+            for s, c in zip(starts.tolist(), cuts.tolist(), strict=True)
+        ],
+        frozen_recent=timelines.recent(frozen_cuts, starts, history_length),
+        frozen_seen=[frozen_seen[s] for s in starts.tolist()],
     )
 
 

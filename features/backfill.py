@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from features.activity import fold_ratings
+from features.history import final_states
 from features.repo.definitions import ACTIVITY_PUSH, PROFILE_VIEW, feature_views
 from features.store import activity_frame, open_store, unavailable_as_error
 from recsys.config import Config
@@ -49,7 +49,7 @@ def initialise(config: Config, ml: Dataset, history: pd.DataFrame) -> FeatureSto
     profiles = ml.users.assign(event_timestamp=PROFILE_TIME)
     profiles = profiles.assign(**{n: list(map(list, profiles[n])) for n in _tags(ml.schema)})
     profiles.to_parquet(offline / "user_profile.parquet", index=False)
-    states = fold_ratings(history, config.model.history_length)
+    states = final_states(history, config.model.history_length)
     activity_frame(states).to_parquet(offline / "user_activity.parquet", index=False)
     return restore(config)
 

@@ -74,7 +74,9 @@ class ModelConfig(_Section):
     epochs: int = Field(15, ge=1)
     """The most epochs; with a validation part the best epoch by NDCG@10 is kept."""
     batch_size: int = Field(1024, ge=8)
-    optimizer: Literal["adam", "adagrad"] = "adam"
+    optimizer: Literal["adam", "lazy_adam", "adagrad"] = "lazy_adam"
+    """``lazy_adam`` updates only the embedding rows a batch touched (``adam`` rewrites every
+    row of every table each step: its step time grows with the catalog and the users)."""
     learning_rate: float = Field(0.003, gt=0)
     temperature: float | None = Field(0.2, gt=0)
     """Softmax temperature; ``None`` for none (1.0)."""
@@ -102,6 +104,14 @@ class ModelConfig(_Section):
     """The most events of a part the stream protocol scores against the whole catalog: a
     seeded uniform sample of a longer part (every event still updates the states).
     ML-100K's parts are smaller: all scored."""
+    stream_eval_scores: int = Field(2_500_000_000, ge=1_000_000)
+    """The most scores one ranking of a part computes (events × catalog items): a larger
+    catalog scores fewer events (``stream_events``), so evaluation time stays bounded: 1 M
+    items score 2,500 events, each against every item (about 15 s a model or baseline)."""
+
+    def stream_events(self, items: int) -> int:
+        """Events the stream protocol scores per part for a catalog of ``items``."""
+        return max(100, min(self.stream_eval_events, self.stream_eval_scores // max(items, 1)))
 
 
 class KafkaConfig(_Section):

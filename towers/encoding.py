@@ -73,12 +73,22 @@ def words(text: str) -> list[str]:
 
 def hour_of_day(time_ms: int) -> int:
     """0..23 (UTC); the request time's hour."""
-    return int(time_ms // 3_600_000 % 24)
+    return int(hours_of_day(time_ms))
 
 
 def day_of_week(time_ms: int) -> int:
     """0..6, Monday = 0 (UTC); 1970-01-01 was a Thursday."""
-    return int((time_ms // 86_400_000 + 3) % 7)
+    return int(days_of_week(time_ms))
+
+
+def hours_of_day(times_ms: Any) -> Any:  # Any: an int or an int array, the same back
+    """:func:`hour_of_day` of an int or of each element of an int array."""
+    return times_ms // 3_600_000 % 24
+
+
+def days_of_week(times_ms: Any) -> Any:  # Any: an int or an int array, the same back
+    """:func:`day_of_week` of an int or of each element of an int array."""
+    return (times_ms // 86_400_000 + 3) % 7
 
 
 def _missing(value: object) -> bool:

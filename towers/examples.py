@@ -18,12 +18,19 @@ from features.activity import (
     Activity,
     Interaction,
     apply_events,
-    point_in_time,
     ratings_to_interactions,
 )
+from features.history import Timelines
 from features.user import UserFeatures
 from recsys.data.dataset import Dataset
-from towers.encoding import FeatureEncoder, FeatureSpace, Inputs, Vocab
+from towers.encoding import (
+    FeatureEncoder,
+    FeatureSpace,
+    Inputs,
+    Vocab,
+    days_of_week,
+    hours_of_day,
+)
 
 
 def fit_feature_space(data: Dataset, train: pd.DataFrame, history_length: int) -> FeatureSpace:
@@ -78,35 +85,77 @@ class Examples:
 
     Attributes:
         users: encoded user inputs at each interaction's moment.
-        items: encoded inputs of the interacted item.
-        item_rows: ``[n] int64`` the item's row in the catalog (for logQ and accidental hits).
+        catalog: every catalog item's encoded inputs, in catalog order (``catalog_inputs``):
+            an example's item inputs are these rows at ``item_rows``, gathered batch by batch
+            so 10 M examples do not hold 10 M copies of their items' features.
+        item_rows: ``[n] int64`` the item's row in the catalog.
         times_s: ``[n] int64`` each interaction's time (for recency weights).
     """
 
     users: Inputs
-    items: Inputs
+    catalog: Inputs
     item_rows: np.ndarray
     times_s: np.ndarray
+
+    @property
+    def items(self) -> Inputs:
+        """The interacted items' inputs, one row per example (materialised: for tests)."""
+        return {k: v[self.item_rows] for k, v in self.catalog.items()}
 
 
 def training_examples(data: Dataset, train: pd.DataFrame, space: FeatureSpace) -> Examples:
     """One example per interaction in ``train``, with the user's history taken point-in-time
-    (only strictly earlier events of ``train``) and the interaction time as request time."""
-    profiles = Profiles(data)
+    (only strictly earlier events of ``train``) and the interaction time as request time.
+
+    The history is :func:`features.activity.point_in_time`'s fold computed on whole arrays
+    (``features.history.Timelines``): the same recent items, in the same order.
+    """
     ordered = train.sort_values(["user_id", "timestamp"], kind="stable")
-    users: list[UserFeatures] = []
-    times: list[int] = []
-    for user_id, group in ordered.groupby("user_id", sort=False):
-        events = ratings_to_interactions(user_id, list(group["item_id"]), list(group["timestamp"]))
-        for state, event in zip(point_in_time(events, space.history_length), events, strict=True):
-            users.append(profiles.at(user_id, state))
-            times.append(event.event_time_ms)
     catalog_ids, catalog = catalog_inputs(data, space)
-    rows = pd.Index(catalog_ids).get_indexer(ordered["item_id"]).astype(np.int64)
-    items = {k: v[rows] for k, v in catalog.items()}
-    return Examples(
-        space.encode_users(users, times), items, rows, ordered["timestamp"].to_numpy(np.int64)
-    )
+    catalog_index = pd.Index(catalog_ids)
+    rows = catalog_index.get_indexer(ordered["item_id"]).astype(np.int64)
+    user_ids = ordered["user_id"].to_numpy(object)
+    times_s = ordered["timestamp"].to_numpy(np.int64)
+    timelines = Timelines.of(user_ids, ordered["item_id"].to_numpy(object), rows, times_s)
+    recent = timelines.recent_by_event(space.history_length)
+    users = user_inputs(data, space, catalog["item"], user_ids, recent, times_s * 1000)
+    return Examples(users, catalog, rows, times_s)
+
+
+def user_inputs(
+    data: Dataset,
+    space: FeatureSpace,
+    item_codes: np.ndarray,
+    user_ids: np.ndarray,
+    recent: np.ndarray,
+    times_ms: np.ndarray,
+) -> Inputs:
+    """``FeatureSpace.encode_users`` for many users at once, from arrays: their ids, their
+    recent items as catalog rows (``[n, history_length]``, -1-padded) and request times.
+
+    Args:
+        item_codes: ``[catalog]`` each catalog row's item vocabulary id (``catalog_inputs``).
+    """
+    history = np.where(recent >= 0, item_codes[np.maximum(recent, 0)], 0).astype(np.int32)
+    users = _codes(space.users.values, user_ids)
+    inputs: Inputs = {"user": users}
+    multi: Inputs = {}
+    if space.user_features:
+        profile_rows = pd.Index(data.users["user_id"]).get_indexer(user_ids)
+        for f in space.user_features:
+            # The profile table encoded once, plus the row a user without a profile gets.
+            table = f.column([*data.users[f.name].tolist(), None])
+            (multi if f.multi else inputs)[f"user_{f.name}"] = table[profile_rows]
+    inputs["hour"] = hours_of_day(times_ms).astype(np.int32)
+    inputs["weekday"] = days_of_week(times_ms).astype(np.int32)
+    inputs = {name: inputs[name] for name in space.user_inputs}
+    return {**inputs, **multi, "history": history}
+
+
+def _codes(values: Sequence[str], ids: np.ndarray) -> np.ndarray:
+    """``Vocab.lookup_many`` for many ids at once: ``[n] int32``, 0 for unknown ids."""
+    at = pd.Index(values).get_indexer(ids)
+    return np.where(at >= 0, at + 1, 0).astype(np.int32)
 
 
 class HistoryIndex:

@@ -97,18 +97,25 @@ def run(
                 vectors,
                 split,
                 log=log,
-                max_events=pmc.stream_eval_events,
+                max_events=pmc.stream_events(len(ml.items)),
             )
             results[protocol] = {**stream, **about}
             log(stream_summary(stream))
             continue
-        metrics = evaluate_split(ml, fitted.space, fitted.user_fn, vectors, split)
+        metrics = evaluate_split(
+            ml,
+            fitted.space,
+            fitted.user_fn,
+            vectors,
+            split,
+            max_queries=pmc.stream_events(len(ml.items)),
+        )
         results[protocol] = {**metrics, **about}
         log(_table({protocol: metrics["model"], "popularity": metrics["popularity"]}))
     if ablation:
         split = make_split("stream", ml, mc)
         space = fit_feature_space(ml, split.train, mc.history_length)
-        valid = StreamEvaluator(ml, space, split, "valid", mc.stream_eval_events)
+        valid = StreamEvaluator(ml, space, split, "valid", mc.stream_events(len(ml.items)))
         chosen = select_baselines(valid)
         rows: dict[str, dict[str, float]] = {}
         baselines: dict[str, dict[str, float]] = {}
@@ -123,7 +130,7 @@ def run(
                 fitted.item_vectors(ml),
                 split,
                 chosen=chosen,
-                max_events=mc.stream_eval_events,
+                max_events=mc.stream_events(len(ml.items)),
             )
             rows[name] = stream["model"]
             rows[f"{name}, frozen"] = stream["frozen"]

@@ -63,12 +63,16 @@ def fit(
 
     tf.keras.utils.set_random_seed(mc.seed)
     tf.config.experimental.enable_op_determinism()
+    began = time.perf_counter()
     space = fit_feature_space(ml, split.train, mc.history_length)
     examples = training_examples(ml, split.train, space)
+    log(
+        f"{len(examples.item_rows):,} examples with point-in-time histories "
+        f"({time.perf_counter() - began:.0f}s)"
+    )
     counts = np.bincount(examples.item_rows, minlength=len(ml.items))
     features = {
         **examples.users,
-        **examples.items,
         "item_prob": (counts[examples.item_rows] / len(examples.item_rows)).astype(np.float32),
         "weight": recency_weights(examples.times_s, mc.recency_half_life_days),
     }
@@ -80,7 +84,13 @@ def fit(
         logq=mc.logq,
         remove_accidental_hits=mc.remove_accidental_hits,
     )
-    optimizers = {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad}
+    from training.optimizers import LazyAdam
+
+    optimizers = {
+        "adam": keras.optimizers.Adam,
+        "lazy_adam": LazyAdam,
+        "adagrad": keras.optimizers.Adagrad,
+    }
     model.compile(optimizer=optimizers[mc.optimizer](mc.learning_rate))
     rng = np.random.default_rng(mc.seed)
     fitted = Fitted(model, space)
@@ -89,25 +99,28 @@ def fit(
         validate = None
     elif split.name == "temporal":
         # The epoch is picked on the primary protocol: the validation tail's next events.
-        validate = StreamEvaluator(ml, space, split, "valid", mc.stream_eval_events)
+        began = time.perf_counter()
+        validate = StreamEvaluator(ml, space, split, "valid", mc.stream_events(len(ml.items)))
+        log(
+            f"validation: {len(validate.walk):,} events of the stream walk "
+            f"({time.perf_counter() - began:.0f}s)"
+        )
     else:
         validate = Evaluator(ml, space, split, on="valid")
     verbose = 1 if progress and sys.stdout.isatty() else 2 if progress else 0
     best_score, best_weights = -np.inf, None
     started = time.perf_counter()
+    batches = _Batches(features, examples.catalog, examples.item_rows, mc.batch_size)
+    known_users = features["user"]
+    del features, examples  # the batches hold their own copy (in TensorFlow)
     for epoch in range(1, mc.epochs + 1):
         # A fresh share of examples loses its user id each epoch, so the unknown-user
         # bucket is trained on every kind of user.
-        n = len(features["user"])
-        users = np.where(rng.random(n) < mc.oov_rate, 0, features["user"]).astype(np.int32)
+        n = len(known_users)
+        users = np.where(rng.random(n) < mc.oov_rate, 0, known_users).astype(np.int32)
         blank = rng.random(n) < mc.history_dropout
-        history = np.where(blank[:, np.newaxis], 0, features["history"]).astype(np.int32)
-        dataset = (
-            tf.data.Dataset.from_tensor_slices({**features, "user": users, "history": history})
-            .shuffle(n, seed=mc.seed + epoch)
-            .batch(mc.batch_size)
-            .prefetch(tf.data.AUTOTUNE)
-        )
+        order = rng.permutation(n)
+        dataset = batches.epoch(order, users, blank)
         if progress:
             log(f"epoch {epoch}/{mc.epochs}")
         result = model.fit(dataset, epochs=1, verbose=verbose)
@@ -127,6 +140,45 @@ def fit(
         fitted.best_epoch = mc.epochs
     fitted.seconds = time.perf_counter() - started
     return fitted
+
+
+class _Batches:
+    """An epoch's batches, gathered from one copy of the examples: the user inputs by
+    example and the item inputs from the catalog by each example's item row, so memory
+    holds the examples once whatever the epochs and the item features."""
+
+    def __init__(self, features: Inputs, catalog: Inputs, item_rows: np.ndarray, batch_size: int):
+        from towers.tf_env import tf
+
+        self._n = len(item_rows)
+        self._batch_size = batch_size
+        self._features = {k: tf.constant(v) for k, v in features.items()}
+        self._catalog = {k: tf.constant(v) for k, v in catalog.items()}
+        self._item_rows = tf.constant(item_rows)
+
+    def epoch(self, order: np.ndarray, users: np.ndarray, blank: np.ndarray) -> Any:
+        """The batches in ``order``, with this epoch's user ids (some dropped to the unknown
+        bucket) and histories blanked where ``blank``; a ``tf.data.Dataset``."""
+        from towers.tf_env import tf
+
+        order_t, users_t, blank_t = tf.constant(order), tf.constant(users), tf.constant(blank)
+        features, catalog, item_rows = self._features, self._catalog, self._item_rows
+        size = self._batch_size
+
+        def batch(start: tf.Tensor) -> dict[str, tf.Tensor]:
+            at = order_t[start : start + size]
+            out = {k: tf.gather(v, at) for k, v in features.items()}
+            out["user"] = tf.gather(users_t, at)
+            out["history"] = tf.where(tf.gather(blank_t, at)[:, tf.newaxis], 0, out["history"])
+            rows = tf.gather(item_rows, at)
+            out.update({k: tf.gather(v, rows) for k, v in catalog.items()})
+            return out
+
+        return (
+            tf.data.Dataset.range(0, self._n, size)
+            .map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE)
+        )
 
 
 def tower_config(mc: ModelConfig, space: FeatureSpace) -> TowerConfig:
@@ -238,9 +290,16 @@ def train(config: Config, ml: Dataset, *, log: Log = print, publish: bool = True
             vectors,
             split,
             log=log,
-            max_events=mc.stream_eval_events,
+            max_events=mc.stream_events(len(ml.items)),
         ),
-        "temporal": evaluate_split(ml, fitted.space, fitted.user_fn, vectors, split),
+        "temporal": evaluate_split(
+            ml,
+            fitted.space,
+            fitted.user_fn,
+            vectors,
+            split,
+            max_queries=mc.stream_events(len(ml.items)),
+        ),
     }
     version = artifacts.new_version()
     with artifacts.staged_version(config.models_dir, version) as staging:
