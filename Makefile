@@ -23,7 +23,7 @@ demo: setup
 	$(RECSYS) demo
 
 test: setup lint
-	@echo "==> tests (real Kafka broker, Feast store, gRPC servers and Locust; 6-13 min)"
+	@echo "==> tests (real Kafka broker, Feast store, gRPC servers and Locust; 6-15 min)"
 	$(PY) -m pytest
 
 # The fast tier: ruff, then mypy beside the tests that need no trained model, broker, Redis,
