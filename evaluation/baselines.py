@@ -74,10 +74,21 @@ class TrailingPopularity:
         hi = np.searchsorted(self._times, times, side="left")
         n_items = len(self._tiebreak)
         out = np.empty((len(times), n_items), np.float64)
-        for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
-            out[i] = np.bincount(self._cols[a:b], minlength=n_items)
-        scores: np.ndarray = out + self._tiebreak
-        return scores
+        # The window slides forward in time order: each event's counts are the previous
+        # one's plus the events that entered and minus those that left (whole numbers in
+        # float64, so exactly what counting the window afresh gives).
+        window = np.zeros(n_items, np.float64)
+        a = b = 0
+        for i in np.argsort(times, kind="stable"):
+            if lo[i] >= b:  # no overlap with the previous window: count afresh
+                window[:] = np.bincount(self._cols[lo[i] : hi[i]], minlength=n_items)
+            else:
+                np.add.at(window, self._cols[b : hi[i]], 1.0)
+                np.subtract.at(window, self._cols[a : lo[i]], 1.0)
+            a, b = lo[i], hi[i]
+            out[i] = window
+        out += self._tiebreak  # in place: a second [events, items] array is 256 MB a chunk
+        return out
 
 
 class ItemKNN:
@@ -115,7 +126,8 @@ class ItemKNN:
             voters = np.flatnonzero(recent[:, j] >= 0)
             if len(voters):
                 self._similarity.add_rows(out, voters, recent[voters, j])
-        return out + self._tiebreak
+        out += self._tiebreak
+        return out
 
 
 class ItemSimilarity:

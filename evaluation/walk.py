@@ -127,7 +127,9 @@ def walk(
 
 
 class Scorer(Protocol):
-    """Scores the whole catalog for a slice of a walk's events."""
+    """Scores the whole catalog for a slice of a walk's events. Called for several slices
+    at once from different threads (``StreamEvaluator.ranks``): it must not change shared
+    state."""
 
     def __call__(self, walk: Walk, rows: slice) -> np.ndarray:
         """``[rows, items] float``, higher is better."""

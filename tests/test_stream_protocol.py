@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.baselines import ItemKNN, Popularity, TrailingPopularity
+from evaluation.baselines import ItemKNN, Popularity, TrailingPopularity, _tiebreak
 from evaluation.metrics import next_item_metrics, next_item_ranks
 from evaluation.protocols import temporal_split_protocol
 from evaluation.stream import StreamEvaluator
-from evaluation.walk import walk
+from evaluation.walk import Walk, walk
 from features.activity import EMPTY, apply_events, ratings_to_interactions
 from towers.examples import fit_feature_space
 
@@ -98,6 +98,28 @@ def test_trailing_popularity_counts_only_the_window_strictly_before_each_event()
     assert np.argmax(scores[0] - np.floor(scores[0])) == 4
     wider = TrailingPopularity(stream, COLUMN, 7, train_counts)(w, slice(0, 2))
     np.testing.assert_array_equal(np.floor(wider), [[2, 1, 0, 0, 0]] * 2)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_trailing_popularity_slides_to_what_counting_each_window_afresh_gives(seed) -> None:
+    """The sliding window (events in any order, ties, gaps wider than the window) gives
+    exactly the counts of each event's own window."""
+    rng = np.random.default_rng(seed)
+    items = list(COLUMN)
+    times = np.sort(rng.integers(0, 20 * DAY_S, 300))
+    stream = _frame(
+        [(str(i), items[rng.integers(len(items))], int(t)) for i, t in enumerate(times)]
+    )
+    asked = rng.choice(np.r_[times, times + 1, rng.integers(0, 30 * DAY_S, 40)], 60)
+    w = Walk(["u"] * len(asked), asked * 1000, np.zeros(len(asked), np.int64), *([None] * 4))
+    train_counts = rng.integers(0, 5, len(COLUMN)).astype(np.float64)
+    for days in (1, 3):
+        got = TrailingPopularity(stream, COLUMN, days, train_counts)(w, slice(0, len(asked)))
+        cols = stream["item_id"].map(COLUMN).to_numpy()
+        for row, t in zip(got, asked, strict=True):
+            inside = (times >= t - days * DAY_S) & (times < t)
+            want = np.bincount(cols[inside], minlength=len(COLUMN)) + _tiebreak(train_counts)
+            np.testing.assert_array_equal(row, want)
 
 
 def test_item_knn_sums_cosine_over_the_last_items_and_falls_back_to_popularity() -> None:
