@@ -3,12 +3,14 @@ interface, bounded in time, with an explicit, bounded profile cache.
 
 ``FeatureStore.get_online_features`` costs ~0.4 ms a call here, most of it generic
 request assembly (entity-row dicts, registry lookups, Arrow and proto conversions) that
-answers the same question every time. The hot path instead calls the online store's
-``online_read`` (Feast's ``OnlineStore`` interface, so any online store plugs in) with the
-feature views resolved once from the registry, once per view for a whole batch of users (SQLite
-takes every key in one query, Redis pipelines them). On SQLite it reads through
-``features.online.sqlite`` (the same store and tables, a leaner read: ~25 µs instead of ~40
-for one user). The registry is never read per request, so a registry refresh cannot stall one.
+answers the same question every time. The hot path instead reads through the online store
+(Feast's ``OnlineStore`` interface) with the feature views resolved once from the registry,
+for a whole batch of users at once. On Feast's SQLite and Redis stores it reads through
+leaner subclasses of them (``features.online.sqlite``, ``features.online.redis``: the same
+tables and hashes, the key serialized and the field names hashed once); on Redis both views
+of a batch come back in one pipelined round trip. Any other store is read with its own
+``online_read``, once per view. The registry is never read per request, so a registry
+refresh cannot stall one.
 
 Profiles are batch-materialized and change rarely; the activity view is what the stream
 writes. So activity is read on every request (freshness is the product), and profiles may be
@@ -34,6 +36,8 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
 from features.activity import EMPTY, Activity
+from features.online.redis import Row, ServingRedisOnlineStore
+from features.online.sqlite import ServingSqliteOnlineStore
 from features.repo.definitions import ACTIVITY_VIEW, PROFILE_VIEW
 from features.store import open_store, profile_names
 from features.user import UserFeatures
@@ -106,14 +110,16 @@ class FeatureReader:
 
     @staticmethod
     def _online_store(configured: OnlineStore) -> OnlineStore:
-        """The ``OnlineStore`` to read through: Feast's SQLite store with the leaner read
-        (``features.online.sqlite``) in place of Feast's own; any other store as configured."""
+        """The ``OnlineStore`` to read through: Feast's SQLite and Redis stores with the
+        leaner reads (``features.online.sqlite``, ``features.online.redis``) in place of
+        Feast's own; any other store as configured."""
+        from feast.infra.online_stores.redis import RedisOnlineStore
         from feast.infra.online_stores.sqlite import SqliteOnlineStore
-
-        from features.online.sqlite import ServingSqliteOnlineStore
 
         if type(configured) is SqliteOnlineStore:
             return ServingSqliteOnlineStore()
+        if type(configured) is RedisOnlineStore:
+            return ServingRedisOnlineStore()
         return configured
 
     def _bound_waits(self, timeout_ms: int) -> None:
@@ -146,21 +152,22 @@ class FeatureReader:
         return None if features is None else features[0]
 
     def read_many(self, user_ids: Sequence[str]) -> list[UserFeatures] | None:
-        """Each user's features, in order: one ``online_read`` of the activity view for all
-        of them (SQLite takes every key in one query, Redis pipelines them), and one of the
-        profile view for those whose profile is not cached. ``None`` when the store failed,
-        timed out, or is being left alone after a failure: the whole batch is degraded."""
+        """Each user's features, in order: the activity view for all of them and the
+        profile view for those whose profile is not cached, in one round trip on the
+        serving stores (``read_views``: one pipeline on Redis, one query per view on
+        SQLite), one ``online_read`` per view on any other store. ``None`` when the store
+        failed, timed out, or is being left alone after a failure: the whole batch is
+        degraded."""
         if not self.available:
             return None
+        now = time.monotonic()
         try:
             keys = [
                 EntityKey(join_keys=_JOIN_KEYS, entity_values=[Value(string_val=u)])
                 for u in user_ids
             ]
-            profiles = self._profiles_of(user_ids, keys)
-            rows = self._store.online_read(
-                self._config, self._activity_view, keys, [*ACTIVITY_READ, SEEN]
-            )
+            profiles, missing = self._cached(user_ids, now)
+            activity_rows, profile_rows = self._read(keys, missing)
         except Exception as exc:  # any store failure degrades the answer, never the server
             with self._lock:
                 self._down_until = time.monotonic() + self._retry_seconds
@@ -171,8 +178,10 @@ class FeatureReader:
                 extra={"error": self.last_error, "retry_seconds": self._retry_seconds},
             )
             return None
+        if missing:
+            self._remember(user_ids, profiles, missing, profile_rows, now)
         out = []
-        for user_id, profile, (_, values) in zip(user_ids, profiles, rows, strict=True):
+        for user_id, profile, values in zip(user_ids, profiles, activity_rows, strict=True):
             activity = EMPTY
             if _present(values, ACTIVITY_READ):
                 activity = Activity(
@@ -187,37 +196,63 @@ class FeatureReader:
                 out.append(UserFeatures(user_id, profile, activity, True))
         return out
 
-    def _profiles_of(self, user_ids: Sequence[str], keys: list[EntityKey]) -> list[Profile]:
-        """Each user's profile: from the cache while fresh, the rest in one read."""
-        now = time.monotonic()
+    def _read(self, keys: list[EntityKey], missing: list[int]) -> tuple[list[Row], list[Row]]:
+        """The activity rows of every key, and the profile rows of the ``missing`` ones."""
+        activity = (self._activity_view, [*ACTIVITY_READ, SEEN])
+        store = self._store
+        if isinstance(store, ServingSqliteOnlineStore | ServingRedisOnlineStore):
+            if not missing or self._profile_view is None:
+                return store.read_views(self._config, [activity], keys)[0], []
+            views = [activity, (self._profile_view, [*self.profile])]
+            rows, profiles = store.read_views(self._config, views, keys)
+            return rows, [profiles[i] for i in missing]
+        profile_rows: list[Row] = []
+        if missing and self._profile_view is not None:
+            profile_rows = [
+                row
+                for _, row in store.online_read(
+                    self._config, self._profile_view, [keys[i] for i in missing], [*self.profile]
+                )
+            ]
+        read = store.online_read(self._config, activity[0], keys, [*activity[1]])
+        return [row for _, row in read], profile_rows
+
+    def _cached(self, user_ids: Sequence[str], now: float) -> tuple[list[Profile], list[int]]:
+        """Each user's profile from the cache while fresh, and the positions of those to
+        read (none without a profile view)."""
         profiles: list[Profile] = [None] * len(user_ids)
         if self._profile_view is None:
-            return profiles
-        missing = list(range(len(user_ids)))
-        if self._cache_seconds:
-            cache, missing = self._profiles, []
-            for i, user_id in enumerate(user_ids):
-                hit = cache.get(user_id)
-                if hit is not None and now - hit[0] < self._cache_seconds:
-                    profiles[i] = hit[1]
-                else:
-                    missing.append(i)
-        if not missing:
-            return profiles
-        rows = self._store.online_read(
-            self._config, self._profile_view, [keys[i] for i in missing], [*self.profile]
-        )
+            return profiles, []
+        if not self._cache_seconds:
+            return profiles, list(range(len(user_ids)))
+        cache, missing = self._profiles, []
+        for i, user_id in enumerate(user_ids):
+            hit = cache.get(user_id)
+            if hit is not None and now - hit[0] < self._cache_seconds:
+                profiles[i] = hit[1]
+            else:
+                missing.append(i)
+        return profiles, missing
+
+    def _remember(
+        self,
+        user_ids: Sequence[str],
+        profiles: list[Profile],
+        missing: list[int],
+        rows: list[Row],
+        now: float,
+    ) -> None:
+        """Decodes the profiles read into ``profiles`` and, with the cache on, keeps them."""
         decode = self._decode
-        for i, (_, values) in zip(missing, rows, strict=True):
+        for i, values in zip(missing, rows, strict=True):
             if _present(values, self.profile):
                 profiles[i] = tuple(_value(values.get(n), lst, f) for n, lst, f in decode)
-        if self._cache_seconds:
-            with self._lock:
-                for i in missing:
-                    if len(self._profiles) >= self._cache_size:
-                        # Oldest insertion first: with a TTL, that is the entry closest to
-                        # expiry.
-                        self._profiles.pop(next(iter(self._profiles)))
-                    self._profiles.pop(user_ids[i], None)  # a refreshed entry goes last
-                    self._profiles[user_ids[i]] = (now, profiles[i])
-        return profiles
+        if not self._cache_seconds:
+            return
+        with self._lock:
+            for i in missing:
+                if len(self._profiles) >= self._cache_size:
+                    # Oldest insertion first: with a TTL, that is the entry closest to expiry.
+                    self._profiles.pop(next(iter(self._profiles)))
+                self._profiles.pop(user_ids[i], None)  # a refreshed entry goes last
+                self._profiles[user_ids[i]] = (now, profiles[i])

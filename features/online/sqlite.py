@@ -12,21 +12,19 @@ schema, writes, materialization, teardown) is Feast's own; the store is used thr
 
 from __future__ import annotations
 
-import struct
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.sqlite import SqliteOnlineStore, _quote_id, _table_id
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.repo_config import RepoConfig
-from feast.value_type import ValueType
+
+from features.online.keys import entity_key_bytes
 
 if TYPE_CHECKING:
     from feast.feature_view import FeatureView
-
-_UINT = struct.Struct("<I")
 
 
 class ServingSqliteOnlineStore(SqliteOnlineStore):
@@ -35,7 +33,6 @@ class ServingSqliteOnlineStore(SqliteOnlineStore):
     def __init__(self) -> None:
         super().__init__()
         self._statements: dict[tuple[str, int], str] = {}
-        self._prefixes: dict[str, bytes] = {}
 
     def online_read(
         self,
@@ -47,7 +44,8 @@ class ServingSqliteOnlineStore(SqliteOnlineStore):
         """What ``SqliteOnlineStore.online_read`` returns, in the same order: every feature of
         the view for each key (``requested_features`` is not applied, as in Feast's)."""
         conn = self._get_conn(config)
-        keys = [self._key(k, config.entity_key_serialization_version) for k in entity_keys]
+        version = config.entity_key_serialization_version
+        keys = [entity_key_bytes(k, version) for k in entity_keys]
         found: dict[bytes, list[Any]] = {}  # Any: [timestamp text, {feature name: Value}]
         for key, name, blob, ts in conn.execute(self._statement(config, table, len(keys)), keys):
             entry = found.get(key)
@@ -63,6 +61,19 @@ class ServingSqliteOnlineStore(SqliteOnlineStore):
             out.append((None, None) if entry is None else (_timestamp(entry[0]), entry[1]))
         return out
 
+    def read_views(
+        self,
+        config: RepoConfig,
+        views: Sequence[tuple[FeatureView, Sequence[str]]],
+        entity_keys: list[EntityKey],
+    ) -> list[list[dict[str, Value] | None]]:
+        """For each ``(view, feature names)``, each key's values by name, or ``None`` where
+        the entity has no row of that view (``ServingRedisOnlineStore.read_views``' form): one
+        query per view, on a local file."""
+        return [
+            [row for _, row in self.online_read(config, table, entity_keys)] for table, _ in views
+        ]
+
     def _statement(self, config: RepoConfig, table: FeatureView, keys: int) -> str:
         statement = self._statements.get((table.name, keys))
         if statement is None:
@@ -75,29 +86,6 @@ class ServingSqliteOnlineStore(SqliteOnlineStore):
             )
             self._statements[(table.name, keys)] = statement
         return statement
-
-    def _key(self, entity_key: EntityKey, version: int) -> bytes:
-        """``serialize_entity_key``'s bytes: one string join key directly, any other through
-        Feast's serializer."""
-        values = entity_key.entity_values
-        if version < 3 or len(values) != 1 or values[0].WhichOneof("val") != "string_val":
-            return serialize_entity_key(entity_key, version)
-        name = entity_key.join_keys[0]
-        prefix = self._prefixes.get(name)
-        if prefix is None:
-            encoded = name.encode()
-            prefix = b"".join(
-                (
-                    _UINT.pack(1),
-                    _UINT.pack(ValueType.STRING.value),
-                    _UINT.pack(len(encoded)),
-                    encoded,
-                )
-            )
-            prefix += _UINT.pack(ValueType.STRING.value)
-            self._prefixes[name] = prefix
-        value: bytes = values[0].string_val.encode()
-        return prefix + _UINT.pack(len(value)) + value
 
 
 def _timestamp(raw: str | bytes | int | None) -> datetime | None:
