@@ -189,7 +189,7 @@ def create_server(
     """
     sc = config.serving
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=sc.workers),
+        futures.ThreadPoolExecutor(max_workers=sc.workers, initializer=one_search_thread),
         options=[("grpc.max_receive_message_length", sc.max_request_bytes)],
     )
     add_recommender(server, servicer.Recommend)
@@ -210,10 +210,21 @@ def create_server(
 def create_admin_server(config: Config, live: Live) -> tuple[grpc.Server, int]:
     """Builds (not starts) the admin server on ``serving.admin_host:admin_port``."""
     sc = config.serving
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, initializer=one_search_thread))
     admin_pb2_grpc.add_RecommenderAdminServicer_to_server(AdminServicer(live), server)
     reflection.enable_server_reflection((ADMIN_SERVICE, reflection.SERVICE_NAME), server)
     return server, _bind(server, sc.admin_host, sc.admin_port)
+
+
+def one_search_thread() -> None:
+    """FAISS searches on the calling thread alone. OpenMP's thread count is per thread:
+    ``omp_set_num_threads`` sets the caller's own, and a thread OpenMP did not create (a gRPC
+    worker) starts from the process default, one per core. So each worker sets its own;
+    otherwise a batch's search wakes a team whose idle threads spin on the other core
+    (faiss#2646), and the gRPC workers already run requests in parallel."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
 
 
 def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:

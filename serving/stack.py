@@ -24,6 +24,7 @@ from serving.server import (
     RecommenderServicer,
     create_admin_server,
     create_server,
+    one_search_thread,
     set_serving,
 )
 
@@ -182,11 +183,7 @@ def serve(
         null: Serve ``NullServicer`` instead (no model, index or store): a baseline.
         on_ready: Called once the server reports SERVING.
     """
-    import faiss
-
-    # One query at a time per request: OpenMP's idle threads add 20-30 ms tail spikes
-    # (faiss#2646), and gRPC's workers already give the parallelism.
-    faiss.omp_set_num_threads(1)
+    one_search_thread()  # start-up's warm-up searches; each worker sets its own
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
