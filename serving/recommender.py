@@ -14,6 +14,7 @@ its own validation, deadline and errors: one that fails fails alone.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -71,6 +72,8 @@ class Recommender:
         self._config = config
         self._limit = min(bundle.index.ntotal, config.max_fetch)
         self._filters = GenreFilters(bundle.index, bundle.meta)
+        self._masks = threading.local()
+        """Each serving thread's ``[ntotal] bool`` banned-row mask, all False between uses."""
 
     def recommend(self, request: Request, deadline: float | None = None) -> Recommendation:
         """Top ``k`` items for the user, without excluded, filtered or recently seen items.
@@ -298,12 +301,18 @@ class Recommender:
         if not len(banned):
             return rows[:k], scores[:k]
         # At most len(banned) of the first k + len(banned) candidates can be banned. A mask
-        # over the index's rows beats np.isin's sort (BENCHMARKS.md has the figures), and
-        # np.zeros maps zeroed pages lazily, so a large index costs little more.
+        # over the index's rows beats np.isin's sort (BENCHMARKS.md has the figures). It is
+        # kept per thread and cleared after use: a fresh one per request would cost a page
+        # fault for every page the request touches, which grows with the catalog.
         head = rows[: k + len(banned)]
-        is_banned = np.zeros(self.bundle.index.ntotal, bool)
+        is_banned = getattr(self._masks, "banned", None)
+        if is_banned is None:
+            is_banned = self._masks.banned = np.zeros(self.bundle.index.ntotal, bool)
         is_banned[banned] = True
-        picked = np.flatnonzero(~is_banned[head])[:k]
+        try:
+            picked = np.flatnonzero(~is_banned[head])[:k]
+        finally:
+            is_banned[banned] = False
         return head[picked], scores[picked]
 
 
