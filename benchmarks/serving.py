@@ -72,11 +72,13 @@ def variant_servers(
     work: Path,
     index_items: int,
     cpu: set[int] | None,
-    exact_too: bool = False,
+    kinds: Sequence[str] = ("auto",),
 ) -> Iterator[dict[str, tuple[str, subprocess.Popen[bytes]]]]:
     """Starts every variant pinned to ``cpu``: a null handler, the NumPy and SavedModel tower
     runtimes on SQLite, NumPy on Redis, and with ``index_items`` a synthetic catalog of that
-    size (``index.type: auto``: IVF at 1M; with ``exact_too``, exact flat beside it).
+    size, one server per index kind in ``kinds`` on SQLite (``auto``: what ``index.type:
+    auto`` builds, IVF at 1M; ``flat``: exact search), and the ``auto`` kind on Redis too (the
+    shape a deployment runs).
     Yields ``{name: (address, process)}`` once all are SERVING."""
     from features.backfill import initialise
     from index.plan import index_spec
@@ -107,11 +109,17 @@ def variant_servers(
         past, _ = temporal_split(ml.interactions, config.model.test_fraction)
         initialise(redis_cfg, ml, past)
         variants["numpy, redis"] = (redis_cfg, ["serve"])
-        for kind in (["auto", "flat"] if exact_too else ["auto"]) if index_items else []:
+        for kind in kinds if index_items else []:
             built = index_spec(config.index.model_copy(update={"type": kind}), index_items)[0]
             name = f"numpy, sqlite, {index_items:,} items {built}"
             if name not in variants:  # below index.exact_below, auto is flat already
                 variants[name] = (_large_index(variant(), ml, index_items, kind), ["serve"])
+        if index_items:
+            # The shape a deployment runs: a shared store and a large catalog together.
+            built = index_spec(config.index, index_items)[0]
+            own_ports = redis_cfg.with_overrides({"serving": serving_ports(config)})
+            large = _large_index(own_ports, ml, index_items)
+            variants[f"numpy, redis, {index_items:,} items {built}"] = (large, ["serve"])
         procs = {}
         for name, (cfg, args) in variants.items():
             file = slug(name)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import get_args
 
 from commands.command import Command
 from commands.dataset import load_dataset
-from recsys.config import Config
+from recsys.config import Config, IndexType
 from recsys.errors import ConfigError
+
+INDEX_KINDS = get_args(IndexType)
+DEFAULT_KINDS = ("auto", "flat")
+"""``--compare --index-items``' index kinds by default: the one served and exact search."""
 
 
 def mode_error(args: argparse.Namespace) -> str | None:
@@ -30,6 +35,8 @@ def mode_error(args: argparse.Namespace) -> str | None:
         )
     if args.index_items and not args.compare:
         return "--index-items goes with --compare only"
+    if args.index_kinds and not args.index_items:
+        return "--index-kinds goes with --compare --index-items only"
     if args.workers is not None and (clash := given("target", "compare")):
         return f"--workers is for the servers this command starts, not with {' '.join(clash)}"
     if scenarios and (clash := given("target", "null", "ramp")):
@@ -65,7 +72,8 @@ def loadtest(config: Config, args: argparse.Namespace) -> None:
         artifacts.current(config.indexes_dir)  # fails with what to run when nothing is published
     out = args.out or config.paths.state / "loadtest" / time.strftime("%Y%m%dT%H%M%SZ")
     if args.compare:
-        compare(config, load_dataset(config), out, index_items=args.index_items)
+        kinds = tuple(args.index_kinds or DEFAULT_KINDS)
+        compare(config, load_dataset(config), out, index_items=args.index_items, kinds=kinds)
         return
     if args.transports:
         from loadtest.transports import compare as transports
@@ -131,6 +139,13 @@ def loadtest_arguments(lt: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="with --compare: a synthetic catalog of this size, IVF and flat (e.g. 1000000)",
+    )
+    lt.add_argument(
+        "--index-kinds",
+        nargs="+",
+        choices=INDEX_KINDS,
+        help=f"with --index-items: the index kinds served on SQLite (default: "
+        f"{' '.join(DEFAULT_KINDS)}; the one `auto` picks is also served on Redis)",
     )
     lt.add_argument(
         "--swap",

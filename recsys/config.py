@@ -188,8 +188,12 @@ class ServingConfig(_Section):
     """On SIGTERM, how long in-flight calls get to finish after new ones are refused."""
 
 
+IndexType = Literal["auto", "flat", "ivf", "ivf-sq8", "hnsw"]
+"""An index kind, or ``auto`` (flat below ``index.exact_below`` items, IVF from there)."""
+
+
 class IndexConfig(_Section):
-    type: Literal["auto", "flat", "ivf", "ivf-sq8", "hnsw"] = "auto"
+    type: IndexType = "auto"
     """``auto``: exact ``flat`` below ``exact_below`` items, ``ivf`` (IVF-Flat) from there.
     ``ivf-sq8`` stores 8-bit codes (4× less memory); ``hnsw`` is a graph (no training)."""
     exact_below: int = Field(100_000, ge=1)

@@ -6,6 +6,7 @@ import itertools
 import random
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
 from features.activity import (
@@ -370,3 +371,19 @@ def test_seen_rows_skip_items_the_catalog_lacks_and_fall_back_to_recent_items() 
     assert catalog.rows(Activity(("c", "nope", "a"), 5, "e")).tolist() == [2, 0]
     assert catalog.rows(EMPTY).tolist() == []
     assert catalog.rows_of(["c", "zzz"]).tolist() == [2]
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 1682, 20_000])
+def test_seen_rows_are_what_a_dictionary_of_first_rows_gives(size) -> None:
+    """The hash table against the obvious reference: every held id found at its first row,
+    absent ids left out, order kept, whatever the catalog's size and collisions."""
+    rng = np.random.default_rng(size)
+    ids = [f"item-{n}" for n in rng.integers(0, max(1, size), size)]  # duplicates too
+    first: dict[str, int] = {}
+    for row, item in enumerate(ids):
+        first.setdefault(item, row)
+    catalog = SeenIndex(ids)
+    asked = [*rng.permutation(ids)[:300].tolist(), *(f"absent-{n}" for n in range(50))]
+    asked = [asked[i] for i in rng.permutation(len(asked))]
+    assert catalog.rows_of(asked).tolist() == [first[i] for i in asked if i in first]
+    assert catalog.rows_of(list(first)).tolist() == list(first.values())

@@ -91,6 +91,7 @@ def test_the_gate_fails_on_p99_p999_and_any_failure() -> None:
         ),
         ("--compare --swap --baseline", "not with --baseline --swap"),
         ("--index-items 1000", "--index-items goes with --compare only"),
+        ("--compare --index-kinds hnsw", "--index-kinds goes with --compare --index-items only"),
         ("--swap --target 127.0.0.1:1", "--swap: a scenario needs one run"),
         ("--swap --ingest 10 --ramp 1 2", "--swap --ingest: a scenario needs one run"),
         ("--ingest 10 --null", "not --null"),
@@ -241,4 +242,7 @@ def test_compare_loads_each_variant_in_turn(server, tmp_path) -> None:
     for name, run in runs.items():
         assert run["requests"] > 0 and run["failures"] == 0, name
         assert run["cpu_ms"] > 0, name
-    assert "numpy, redis" in (out / "compare.txt").read_text()
+    text = (out / "compare.txt").read_text()
+    assert "numpy, redis" in text and "ratio to numpy, sqlite's p99" in text
+    sqlite_row = next(line for line in text.splitlines() if line.startswith("numpy, sqlite "))
+    assert " 1.00 " in sqlite_row  # the base variant against itself
