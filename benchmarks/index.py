@@ -17,7 +17,7 @@ import numpy as np
 
 from benchmarks.harness import Table, percentiles, rss_bytes
 from index.build import build_index
-from index.recall import ExactTopK, recall_at_k, user_queries
+from index.recall import SWEEP, ExactTopK, recall_at_k, user_queries
 from index.versions import load_index
 from recsys import artifacts
 from recsys.config import Config
@@ -63,7 +63,7 @@ def run(
     del vectors, exact
     chosen = int(ivf.nprobe)
     rows: list[dict[str, float]] = []
-    for nprobe in (1, 2, 4, 8, 16, 32, 64, 128):
+    for nprobe in sorted({1, 2, 4, 8, 16, 32, 64, 128, *(v for v in SWEEP if v <= 2 * chosen)}):
         ivf.nprobe = nprobe
         _, found = index.search(test, 10)
         lat = percentiles(search_latencies_us(index, test), (50, 99))
