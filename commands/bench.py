@@ -29,6 +29,13 @@ def bench_serving_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def bench_index(config: Config, args: argparse.Namespace) -> None:
+    if args.factories:
+        from benchmarks import index_kinds
+
+        if args.engine != "local":
+            raise ConfigError("--factories builds locally; drop --engine spark")
+        index_kinds.run(config, load_dataset(config), args.items, args.factories)
+        return
     if args.engine == "spark":
         from benchmarks import index_engines as bench_engines
 
@@ -52,6 +59,14 @@ def bench_index_arguments(p: argparse.ArgumentParser) -> None:
         help="spark: rebuild on both engines from one Parquet catalog, phase by phase",
     )
     p.add_argument("--master", help="Spark master (default: index.spark_master)")
+    p.add_argument(
+        "--factories",
+        nargs="+",
+        metavar="SPEC",
+        help="instead: these FAISS factory strings side by side on one catalog (e.g. "
+        '"IVF4096,Flat" "IVF4096,SQ8" "IVF4096,PQ32x4fsr,RFlat" "HNSW32,Flat"), each at its '
+        "cheapest setting holding index.min_recall, one query at a time",
+    )
 
 
 def bench_ingest(config: Config, args: argparse.Namespace) -> None:
