@@ -1,5 +1,6 @@
 """``recsys bench-index``: a full rebuild of a synthetic catalog, then single-query search
-latency and recall across index parameters, and the loaded index's memory.
+latency and recall across index parameters, the version's size on disk and the resident memory of
+a real `recsys serve` on it.
 
 The rebuild runs in a scratch artifacts folder (the real models are linked in), so nothing
 of the project's published indexes changes. Recall is measured on other queries than the
@@ -45,9 +46,10 @@ def run(
         cfg = cfg.with_overrides({"paths": {"artifacts": str(root)}})
         result = build_index(cfg, ml, progress=True)
         faiss.omp_set_num_threads(1)
-        before = rss_bytes()
-        index, ids, manifest = load_index(artifacts.current(cfg.indexes_dir))
-        memory = rss_bytes() - before
+        server_rss, server_load = _served(cfg, root, ml)
+        version = artifacts.current(cfg.indexes_dir)
+        on_disk = sum(f.stat().st_size for f in version.iterdir())
+        index, ids, manifest = load_index(version)
     test = user_queries(artifacts.current(config.models_dir), ml, queries, seed=12345)
     ivf = faiss.extract_index_ivf(index)
     ivf.make_direct_map()
@@ -81,7 +83,11 @@ def run(
         + ", ".join(f"{k} {v:.1f}s" for k, v in result.phases.items())
         + f"); {result.index_type}, nprobe {chosen} chosen at build recall {result.recall:.3f}"
     )
-    print(f"loaded index + id map: {memory / 2**20:,.0f} MiB RSS ({len(ids):,} ids)")
+    print(f"index version on disk: {on_disk / 2**20:,.0f} MiB ({len(ids):,} ids)")
+    print(
+        f"recsys serve on it: {server_rss / 2**20:,.0f} MiB RSS after 100 calls, "
+        f"SERVING {server_load:.0f} s after start"
+    )
     print(
         f"exact IndexFlatIP, 1 thread, single query: p50 {exact_pcts['p50']:,.0f} µs, "
         f"p99 {exact_pcts['p99']:,.0f} µs"
@@ -98,11 +104,31 @@ def run(
     print(f"recall/latency curve: {out_png}")
     return {
         "result": result,
-        "memory": memory,
+        "on_disk": on_disk,
+        "server_rss": server_rss,
         "rows": rows,
         "exact_us": exact_us,
         "manifest": manifest,
     }
+
+
+def _served(config: Config, work: Path, ml: Dataset) -> tuple[int, float]:
+    """A real ``recsys serve`` on the new index (the model, tower and features as configured):
+    its resident memory after 100 calls, and the seconds from start to SERVING."""
+    from localservices.procs import child, serving_ports, write_config
+    from serving.client import RecommendClient
+
+    cfg = config.with_overrides({"serving": serving_ports(config)})
+    path = write_config(cfg, work / "serve.yaml")
+    started = time.perf_counter()
+    with child("bench-index-serve", path, ["serve"], work, quiet=True) as process:
+        with RecommendClient(f"{cfg.serving.host}:{cfg.serving.port}") as client:
+            client.wait_until_serving(timeout=3600, process=process)
+            loaded = time.perf_counter() - started
+            users = ml.interactions["user_id"].unique()[:100]
+            for user in users:
+                client.recommend(str(user), k=10)
+        return rss_bytes(process.pid), loaded
 
 
 def _plot(
