@@ -22,8 +22,8 @@ def test_a_refine_stage_tries_each_depth_under_each_nprobe() -> None:
     want = [f"nprobe={v},k_factor_rf={f}" for v in SWEEP if v <= 4 for f in K_FACTORS]
     assert got == want
     index = _index("IVF4,PQ4x4fsr,RFlat")
-    faiss.ParameterSpace().set_index_parameters(index, got[-1])  # FAISS takes every one
-    assert faiss.downcast_index(index).k_factor == K_FACTORS[-1]
+    faiss.ParameterSpace().set_index_parameters(index, got[-1])  # type: ignore[arg-type]  # str overload missing from the stubs
+    assert faiss.downcast_index(index).k_factor == K_FACTORS[-1]  # type: ignore[attr-defined]  # IndexRefineFlat's
     assert faiss.extract_index_ivf(index).nprobe == 4
 
 
