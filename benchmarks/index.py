@@ -25,13 +25,13 @@ from recsys.config import Config
 from recsys.data.dataset import Dataset
 
 
-def search_latencies_us(index: faiss.Index, queries: np.ndarray) -> np.ndarray:
-    """Single-query search times, one query at a time (how a server asks): ``[n]`` µs for
-    ``queries`` ``[n, dim] float32``."""
+def search_latencies_us(index: faiss.Index, queries: np.ndarray, k: int = 10) -> np.ndarray:
+    """Single-query search times for the top ``k``, one query at a time (how a server asks):
+    ``[n]`` µs for ``queries`` ``[n, dim] float32``."""
     times = np.empty(len(queries))
     for i in range(len(queries)):
         started = time.perf_counter()
-        index.search(queries[i : i + 1], 10)
+        index.search(queries[i : i + 1], k)
         times[i] = time.perf_counter() - started
     return times * 1e6
 

@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 
 from benchmarks.harness import Table, percentiles
+from benchmarks.index import search_latencies_us
 from index.catalog import Catalog
 from index.plan import embed_chunk
 from index.recall import SWEEP, ExactTopK, query_recalls, recall_bound, user_queries
@@ -57,15 +58,6 @@ def settings(index: faiss.Index, spec: str) -> list[str]:
     if "RFlat" in spec or "Refine" in spec:
         return [f"{k},k_factor_rf={f}".lstrip(",") for k in knobs for f in K_FACTORS]
     return knobs
-
-
-def _latencies_us(index: faiss.Index, queries: np.ndarray, k: int) -> np.ndarray:
-    times = np.empty(len(queries))
-    for i in range(len(queries)):
-        started = time.perf_counter()
-        index.search(queries[i : i + 1], k)
-        times[i] = time.perf_counter() - started
-    return times * 1e6
 
 
 def run(
@@ -110,8 +102,8 @@ def run(
             continue
         faiss.omp_set_num_threads(1)  # one query at a time on one thread, as a server runs it
         _, found = index.search(test, 10)
-        at_10 = percentiles(_latencies_us(index, test, 10), (50, 99))
-        at_fetch = percentiles(_latencies_us(index, test, FIRST_FETCH), (50, 99))
+        at_10 = percentiles(search_latencies_us(index, test, 10), (50, 99))
+        at_fetch = percentiles(search_latencies_us(index, test, FIRST_FETCH), (50, 99))
         row = {
             "factory": spec,
             "setting": chosen or "-",
