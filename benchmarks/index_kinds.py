@@ -2,9 +2,10 @@
 catalog, each at the cheapest setting that holds recall, measured one query at a time.
 
 The catalog goes through the item tower once; each factory string is built over the same
-vectors, its search setting (``nprobe``, ``efSearch``, and a refine stage's ``k_factor_rf``)
-tuned on verification queries by the build's rule (``index.min_recall`` less ``MARGIN_SE``
-standard errors), then measured on other, held-out queries: recall@10 against exact search,
+vectors (a quantizer trained on the build's own hash-drawn sample), its search setting
+(``nprobe``, ``efSearch``, and a refine stage's ``k_factor_rf``) tuned on verification queries
+by the build's rule (``index.min_recall`` less ``MARGIN_SE`` standard errors), then measured
+on other, held-out queries: recall@10 against exact search,
 single-query latency at k 10 and at the server's first fetch (``FIRST_FETCH`` candidates,
 what a user with a seen set asks), and the serialized size. This is what chooses which
 kinds ``index.type`` offers; the choice among those is made under load
@@ -20,10 +21,10 @@ import faiss
 import numpy as np
 
 from benchmarks.harness import Table, percentiles
-from benchmarks.index import search_latencies_us
+from benchmarks.index import exact_truth, search_latencies_us
 from index.catalog import Catalog
-from index.plan import embed_chunk
-from index.recall import SWEEP, ExactTopK, query_recalls, recall_bound, user_queries
+from index.plan import embed_chunk, training_sample
+from index.recall import SWEEP, query_recalls, recall_bound, user_queries
 from recsys import artifacts
 from recsys.config import Config
 from recsys.data.dataset import Dataset
@@ -34,16 +35,22 @@ K_FACTORS = (1, 2, 4, 8, 16)
 """Refine depths tried (candidates re-scored exactly, per result asked)."""
 
 
-def catalog_vectors(config: Config, ml: Dataset, items: int) -> np.ndarray:
-    """``[items, dim] float32``: the synthetic catalog through the current model's item tower."""
+def catalog_vectors(config: Config, ml: Dataset, items: int) -> tuple[list[str], np.ndarray]:
+    """The synthetic catalog's ids and ``[items, dim] float32`` vectors through the current
+    model's item tower."""
     from towers.runtime import NumpyItemTower
 
     model_dir = artifacts.current(config.models_dir)
     space = FeatureSpace.load(model_dir / "features.json")
     tower = NumpyItemTower.load(model_dir)
     seen: set[str] = set()
-    chunks = [embed_chunk(space, tower, c, seen)[1] for c in Catalog.synthetic(ml, items).chunks()]
-    return np.ascontiguousarray(np.concatenate(chunks))
+    ids: list[str] = []
+    chunks = []
+    for chunk in Catalog.synthetic(ml, items).chunks():
+        chunk_ids, vectors, _ = embed_chunk(space, tower, chunk, seen)
+        ids += chunk_ids
+        chunks.append(vectors)
+    return ids, np.ascontiguousarray(np.concatenate(chunks))
 
 
 def settings(index: faiss.Index, spec: str) -> list[str]:
@@ -64,27 +71,22 @@ def run(
     config: Config, ml: Dataset, items: int, factories: Sequence[str], queries: int = 1000
 ) -> list[dict[str, object]]:
     print(f"embedding a {items:,}-item synthetic catalog")
-    vectors = catalog_vectors(config, ml, items)
+    ids, vectors = catalog_vectors(config, ml, items)
     model_dir = artifacts.current(config.models_dir)
     verify = user_queries(model_dir, ml, config.index.verify_queries)
     test = user_queries(model_dir, ml, queries, seed=12345)
-    truths = []
-    for q in (verify, test):
-        exact = ExactTopK(q)
-        for start in range(0, len(vectors), 100_000):
-            exact.add(vectors[start : start + 100_000], start)
-        truths.append(exact.truth())
+    truths = [exact_truth(q, vectors) for q in (verify, test)]
     min_recall = config.index.min_recall
     rows: list[dict[str, object]] = []
-    rng = np.random.default_rng(0)
     for spec in factories:
         faiss.omp_set_num_threads(0)  # the build uses every core, as build-index does
         started = time.perf_counter()
         index = faiss.index_factory(vectors.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
         if not index.is_trained:
+            # The build's own sample (64 vectors a list, drawn by id hash), so a factory's
+            # row is what `recsys build-index` would get from the same quantizer.
             nlist = faiss.extract_index_ivf(index).nlist if "IVF" in spec else 1024
-            sample = rng.choice(len(vectors), min(len(vectors), 64 * nlist), replace=False)
-            index.train(vectors[np.sort(sample)])
+            index.train(training_sample(ids, vectors, min(len(vectors), 64 * nlist)))
         index.add(vectors)
         build = time.perf_counter() - started
         size = faiss.serialize_index(index).nbytes
