@@ -32,6 +32,58 @@ def evaluate_model(config: Config, args: argparse.Namespace) -> None:
     print(f"\nresults in {out}")
 
 
+def candidates(config: Config, args: argparse.Namespace) -> None:
+    """Each candidate source's recall on the current model's stream walk (see
+    ``evaluation.candidates``)."""
+    import json
+
+    from evaluation.candidates import candidates_table, evaluate_candidates
+    from evaluation.experiments import item_vectors
+    from evaluation.protocols import temporal_split_protocol
+    from evaluation.stream import StreamEvaluator
+    from recsys import artifacts
+    from recsys.errors import RecsysError
+    from towers.encoding import FeatureSpace
+    from towers.runtime import NumpyItemTower, NumpyUserTower
+
+    ml = load_dataset(config)
+    model_dir = artifacts.current(config.models_dir)
+    manifest = artifacts.read_manifest(model_dir)
+    mc = config.model
+    split = temporal_split_protocol(ml.interactions, mc.test_fraction, mc.valid_fraction or None)
+    trained = manifest["split"]
+    if split.valid is None or (trained["train"], trained["test"]) != (
+        len(split.train),
+        len(split.test),
+    ):
+        raise RecsysError(
+            f"model {model_dir.name} was trained on a split of {trained['train']:,} / "
+            f"{trained['test']:,} interactions, the config and data set give "
+            f"{len(split.train):,} / {len(split.test):,} (and a validation part is needed): "
+            "train a model with this config first (recsys train)"
+        )
+    space = FeatureSpace.load(model_dir / "features.json")
+    events = mc.stream_events(len(ml.items))
+    valid = StreamEvaluator(ml, space, split, "valid", events)
+    test = StreamEvaluator(ml, space, split, "test", events)
+    vectors = item_vectors(NumpyItemTower.load(model_dir), ml, space)
+    report = evaluate_candidates(valid, test, NumpyUserTower.load(model_dir), vectors)
+    report["model_version"] = model_dir.name
+    print(
+        f"candidate sources on the stream walk ({report['test']['events']:,} test events, "
+        f"model {model_dir.name}; settings picked on validation)\n{candidates_table(report)}"
+    )
+    out = args.out or config.paths.artifacts / "candidates.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nresults in {out}")
+
+
+def candidates_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", type=Path, help="results JSON (default: artifacts/candidates.json)"
+    )
+
+
 def evaluate_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument(
         "--protocol",
@@ -51,5 +103,12 @@ COMMANDS = (
         "train and score under the stream/temporal/RecBole/TFRS protocols",
         evaluate_model,
         evaluate_arguments,
+    ),
+    Command(
+        "candidates",
+        "each candidate source's recall@100/200 and the union's on the current model's stream "
+        "walk, and its cost a request",
+        candidates,
+        candidates_arguments,
     ),
 )

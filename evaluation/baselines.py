@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from candidates.neighbours import cosine_neighbours, distinct_pairs
 from evaluation.walk import Walk
 
 DAY_MS = 86_400_000
@@ -145,13 +146,11 @@ class ItemSimilarity:
 
     def __init__(self, train: pd.DataFrame, column: dict[str, int]):
         n = len(column)
-        users = pd.factorize(train["user_id"])[0].astype(np.int64)
         items = train["item_id"].map(column).to_numpy(np.int64)
-        pairs = np.unique(users * n + items)  # the binary user-item matrix, by user then item
-        users, items = np.divmod(pairs, n)
+        users, items = distinct_pairs(train["user_id"].to_numpy(object), items, n)
         self._n = n
-        norms = np.sqrt(np.bincount(items, minlength=n).astype(np.float64))
         if n <= self.DENSE_ITEMS:
+            norms = np.sqrt(np.bincount(items, minlength=n).astype(np.float64))
             matrix = np.zeros((int(users.max()) + 1, n), np.float32)
             matrix[users, items] = 1.0
             overlap = (matrix.T @ matrix).astype(np.float64)
@@ -160,26 +159,8 @@ class ItemSimilarity:
             self._dense: np.ndarray | None = dense
             return
         self._dense = None
-        user_starts = np.searchsorted(users, np.arange(users.max() + 2))
-        by_item = np.argsort(items, kind="stable")
-        item_users, item_starts = users[by_item], np.searchsorted(items[by_item], np.arange(n + 1))
-        k = self.NEIGHBOURS
-        # int32 / float32: 1.6 GB for 1 M items, half of what int64 / float64 would hold.
-        self._neighbours = np.full((n, k), -1, np.int32)
-        self._weights = np.zeros((n, k), np.float32)
-        for item in range(n):
-            mine = item_users[item_starts[item] : item_starts[item + 1]]
-            if not len(mine):
-                continue
-            picks = np.concatenate([items[user_starts[u] : user_starts[u + 1]] for u in mine])
-            others, shared = np.unique(picks, return_counts=True)
-            sims: np.ndarray = shared / np.maximum(norms[item] * norms[others], 1e-12)
-            sims[others == item] = 0.0
-            if len(others) > k:
-                keep = np.argpartition(-sims, k - 1)[:k]
-                others, sims = others[keep], sims[keep]
-            self._neighbours[item, : len(others)] = others
-            self._weights[item, : len(others)] = sims
+        table = cosine_neighbours(users, items, n, self.NEIGHBOURS)
+        self._neighbours, self._weights = table.neighbours, table.weights
 
     def add_rows(self, out: np.ndarray, rows: np.ndarray, items: np.ndarray) -> None:
         """``out[rows] += self.rows(items)``, without building the dense rows of a large

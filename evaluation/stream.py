@@ -100,6 +100,11 @@ class StreamEvaluator:
         }
 
     @property
+    def live_inputs(self) -> Inputs:
+        """The encoded user-tower inputs before each walk event, live histories."""
+        return self._inputs["live"]
+
+    @property
     def users(self) -> int:
         return len(set(self.walk.users))
 

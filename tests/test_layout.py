@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS = [
     ["recsys"],  # the base: config, errors, artifacts, data, logs, stubs
     ["features"],  # the activity definition, the Feast store, the stream into it
-    ["towers", "localservices"],
+    ["towers", "localservices", "candidates"],
     ["evaluation"],
     ["training", "index"],
     ["serving"],
