@@ -37,10 +37,11 @@ def candidates(config: Config, args: argparse.Namespace) -> None:
     ``evaluation.candidates``)."""
     import json
 
+    from evaluation.blend import evaluate_blend
     from evaluation.candidates import candidates_table, evaluate_candidates
     from evaluation.experiments import item_vectors
     from evaluation.protocols import temporal_split_protocol
-    from evaluation.stream import StreamEvaluator
+    from evaluation.stream import StreamEvaluator, select_baselines
     from recsys import artifacts
     from recsys.errors import RecsysError
     from towers.encoding import FeatureSpace
@@ -67,11 +68,21 @@ def candidates(config: Config, args: argparse.Namespace) -> None:
     valid = StreamEvaluator(ml, space, split, "valid", events)
     test = StreamEvaluator(ml, space, split, "test", events)
     vectors = item_vectors(NumpyItemTower.load(model_dir), ml, space)
-    report = evaluate_candidates(valid, test, NumpyUserTower.load(model_dir), vectors)
+    user_fn = NumpyUserTower.load(model_dir)
+    report = evaluate_candidates(valid, test, user_fn, vectors)
     report["model_version"] = model_dir.name
+    last = select_baselines(valid)["item_knn"]["last_items"]
+    report["blend"] = blended = evaluate_blend(valid, test, user_fn, vectors, last)
     print(
         f"candidate sources on the stream walk ({report['test']['events']:,} test events, "
         f"model {model_dir.name}; settings picked on validation)\n{candidates_table(report)}"
+    )
+    best = max(blended["model"]["ndcg@10"], blended["item_knn"]["ndcg@10"])
+    print(
+        f"test NDCG@10: two towers {blended['model']['ndcg@10']:.4f}, item-KNN over the last "
+        f"{last} {blended['item_knn']['ndcg@10']:.4f}, their z-scored blend (item-KNN share "
+        f"{blended['share']:.1f}, picked on validation) {blended['blend']['ndcg@10']:.4f}: "
+        f"{blended['blend']['ndcg@10'] / best:.2f}x the best single source"
     )
     out = args.out or config.paths.artifacts / "candidates.json"
     out.write_text(json.dumps(report, indent=2))
