@@ -35,12 +35,17 @@ class Query:
         times_ms: ``[B] int64`` request times.
         vectors: ``[B, dim] float32`` user-tower queries (``None``: no source needs them).
         banned: Each request's ``int64`` rows it must not be answered with (``()``: none).
+        last_ms: ``[B] int64`` the time of each user's latest event (``-1``: none); for the
+            ranking features.
+        earlier: ``[B] int64`` how many events each user has had; for the ranking features.
     """
 
     recent: np.ndarray
     times_ms: np.ndarray
     vectors: np.ndarray | None = None
     banned: Sequence[np.ndarray] = ()
+    last_ms: np.ndarray | None = None
+    earlier: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.times_ms)
@@ -129,7 +134,10 @@ class NeighbourSource:
             np.zeros(items) if prior is None else 1e-6 * tie_break(np.asarray(prior, np.float64))
         )
 
-    def __call__(self, query: Query, n: int) -> Candidates:
+    def sums(self, query: Query) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every row a request's recent items neighbour, with its summed similarity (no
+        tie-break, nothing banned): ``[p]`` requests, ``[p]`` rows and ``[p] float64`` sums,
+        by request then row."""
         recent = np.asarray(query.recent, np.int64)[:, : self.last_items]
         b, items = len(recent), len(self._table.neighbours)
         has = recent >= 0
@@ -138,19 +146,43 @@ class NeighbourSource:
         valid = has[..., None] & (neighbours >= 0)
         request = np.broadcast_to(np.arange(b, dtype=np.int64)[:, None, None], neighbours.shape)
         keys = request[valid] * items + neighbours[valid]
+        weights = self._table.weights[at][valid].astype(np.float64)
+        pairs, inverse = np.unique(keys, return_inverse=True)
+        sums = np.bincount(inverse, weights=weights, minlength=len(pairs)).astype(np.float64)
+        owner, rows = np.divmod(pairs, items)
+        return owner, rows, sums
+
+    def scores_of(
+        self, query: Query, owner: np.ndarray, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``[m]`` the summed similarity of each (request, row) pair (0: no recent item
+        neighbours it), and ``[m]`` its z-score across the whole catalog for that request
+        (what the validated blend mixes; 0 for a request with no neighbours)."""
+        got_owner, got_rows, sums = self.sums(query)
+        items, b = len(self._table.neighbours), len(query)
+        keys = got_owner * items + got_rows
+        want = np.asarray(owner, np.int64) * items + np.asarray(rows, np.int64)
+        at = np.minimum(np.searchsorted(keys, want), max(len(keys) - 1, 0))
+        found = (keys[at] == want) if len(keys) else np.zeros(len(want), bool)
+        scores = np.where(found, sums[at] if len(keys) else 0.0, 0.0)
+        mean = np.bincount(got_owner, sums, minlength=b) / items
+        square = np.bincount(got_owner, sums**2, minlength=b) / items
+        spread = np.sqrt(np.maximum(square - mean**2, 0.0))
+        safe = np.where(spread > 0, spread, 1.0)
+        z = np.where(spread[owner] > 0, (scores - mean[owner]) / safe[owner], 0.0)
+        return scores, z
+
+    def __call__(self, query: Query, n: int) -> Candidates:
+        owner, rows, sums = self.sums(query)
+        b, items = len(query), len(self._table.neighbours)
         if query.banned:
             banned_keys = np.concatenate(
                 [i * items + np.asarray(rows, np.int64) for i, rows in enumerate(query.banned)]
                 + [np.zeros(0, np.int64)]
             )
-            kept = ~np.isin(keys, banned_keys)
-        else:
-            kept = np.ones(len(keys), bool)
-        weights = self._table.weights[at][valid][kept].astype(np.float64)
-        pairs, inverse = np.unique(keys[kept], return_inverse=True)
-        sums = np.bincount(inverse, weights=weights, minlength=len(pairs)).astype(np.float64)
-        owner, rows = np.divmod(pairs, items)
-        sums += self._prior[rows]
+            kept = ~np.isin(owner * items + rows, banned_keys)
+            owner, rows, sums = owner[kept], rows[kept], sums[kept]
+        sums = sums + self._prior[rows]
         order = np.lexsort((-sums, owner))  # by request, then best first; ties by row
         owner, rows, sums = owner[order], rows[order], sums[order]
         place = np.arange(len(owner)) - np.searchsorted(owner, owner)
@@ -234,6 +266,12 @@ class Trending:
             np.subtract.at(self._counts, self._rows[:cut], 1.0)
             self._times, self._rows = self._times[cut:], self._rows[cut:]
             self._changed = True
+
+    def counts_of(self, rows: np.ndarray) -> np.ndarray:
+        """``[len(rows)] float32`` the items' counts in the window now."""
+        with self._lock:
+            counts: np.ndarray = self._counts[rows].astype(np.float32)
+        return counts
 
     def top(self, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """``[depth] int64`` rows and ``[depth] float32`` scores (count plus tie-break), best

@@ -98,7 +98,7 @@ def candidates_arguments(parser: argparse.ArgumentParser) -> None:
 def evaluate_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument(
         "--protocol",
-        choices=("stream", "temporal", "recbole", "tfrs", "all"),
+        choices=("stream", "temporal", "recbole", "tfrs", "pipeline", "all"),
         default="all",
         help="the evaluation protocol (stream is the primary one)",
     )

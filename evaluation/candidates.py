@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -36,30 +36,40 @@ UNION = ("two_tower", "neighbours", "trending")
 """The sources whose union is reported (the issue's three)."""
 
 
+class Observer(Protocol):
+    """What the stream keeps current: a :class:`Trending`, a ranking feature's item state."""
+
+    def observe(self, rows: np.ndarray, times_ms: np.ndarray) -> None: ...
+
+    def advance(self, now_ms: int) -> None: ...
+
+
 class Replay:
-    """The stream's events fed to a :class:`Trending` as a walk reaches them: before a request
-    at ``t``, every event strictly before ``t``, and the clock moved to ``t``.
+    """The stream's events fed to observers (:class:`Trending`, …) as a walk reaches them:
+    before a request at ``t``, every event strictly before ``t``, and the clock moved to
+    ``t``.
 
     Args:
-        trending: Fed in place.
         stream: Every interaction the stream could have seen (``item_id``, ``timestamp`` s).
         column: Item id → catalog row.
+        observers: Fed in place.
     """
 
-    def __init__(self, trending: Trending, stream: pd.DataFrame, column: dict[str, int]):
+    def __init__(self, stream: pd.DataFrame, column: dict[str, int], *observers: Observer):
         times = stream["timestamp"].to_numpy(np.int64) * 1000
         order = np.argsort(times, kind="stable")
         self._times = times[order]
         self._rows = stream["item_id"].map(column).to_numpy(np.int64)[order]
         self._fed = 0
-        self.trending = trending
+        self.observers = observers
 
     def until(self, t_ms: int) -> None:
         end = int(np.searchsorted(self._times, t_ms, side="left"))
-        if end > self._fed:
-            self.trending.observe(self._rows[self._fed : end], self._times[self._fed : end])
-            self._fed = end
-        self.trending.advance(t_ms)
+        for observer in self.observers:
+            if end > self._fed:
+                observer.observe(self._rows[self._fed : end], self._times[self._fed : end])
+            observer.advance(t_ms)
+        self._fed = max(self._fed, end)
 
 
 def walk_query(ev: StreamEvaluator, rows: slice, vectors: np.ndarray | None) -> Query:
@@ -71,6 +81,8 @@ def walk_query(ev: StreamEvaluator, rows: slice, vectors: np.ndarray | None) -> 
         times_ms=w.times_ms[rows],
         vectors=None if vectors is None else vectors[rows],
         banned=w.seen[rows],
+        last_ms=None if w.last_ms is None else w.last_ms[rows],
+        earlier=None if w.earlier is None else w.earlier[rows],
     )
 
 
@@ -161,7 +173,7 @@ class Sources:
 
     def trending(self, window_days: int) -> tuple[TrendingSource, Replay]:
         trending = Trending(len(self.ev.column), window_days * DAY_MS, self.ev.train_counts)
-        return TrendingSource(trending), Replay(trending, self.ev.stream, self.ev.column)
+        return TrendingSource(trending), Replay(self.ev.stream, self.ev.column, trending)
 
     def lists(self, chosen: dict[str, int], vectors: np.ndarray, n: int) -> dict[str, np.ndarray]:
         """Each source's ``[events, n]`` lists with the chosen settings."""

@@ -35,6 +35,10 @@ class Walk:
             the state's seen set (bounded by ``features.activity.SEEN_LIMIT``).
         frozen_recent: ``[events, history_length]`` the recent items at the start of the part.
         frozen_seen: ``[events]`` the items the user had interacted with by then.
+        last_ms: ``[events] int64`` the time of the user's latest earlier event (``-1``:
+            none), as the state's watermark holds it.
+        earlier: ``[events] int64`` how many earlier events the user has (the state's
+            event count).
     """
 
     users: list[str]
@@ -44,6 +48,8 @@ class Walk:
     seen: list[np.ndarray]
     frozen_recent: np.ndarray
     frozen_seen: list[np.ndarray]
+    last_ms: np.ndarray | None = None
+    earlier: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.users)
@@ -123,6 +129,10 @@ def walk(
         ],
         frozen_recent=timelines.recent(frozen_cuts, starts, history_length),
         frozen_seen=[frozen_seen[s] for s in starts.tolist()],
+        last_ms=np.where(
+            cuts > starts, times_s[timelines.order[np.maximum(cuts - 1, 0)]] * 1000, -1
+        ),
+        earlier=(cuts - starts).astype(np.int64),
     )
 
 

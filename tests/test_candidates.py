@@ -154,7 +154,7 @@ def test_trending_counts_the_window_before_each_request_as_trailing_popularity_d
     column = {f"i{i}": i for i in range(40)}
     window_s = 600
     trending = Trending(40, window_s * 1000)
-    replay = Replay(trending, stream, column)
+    replay = Replay(stream, column, trending)
     times = stream["timestamp"].to_numpy()
     cols = stream["item_id"].map(column).to_numpy()
     for t in np.sort(rng.integers(0, 5_500, 30)):

@@ -73,6 +73,9 @@ def test_the_walk_folds_every_earlier_event_and_nothing_later() -> None:
         before = everything[(everything["user_id"] == user) & (everything["timestamp"] * 1000 < t)]
         events = ratings_to_interactions(user, list(before["item_id"]), list(before["timestamp"]))
         state = apply_events(EMPTY, events, 2)
+        assert w.earlier is not None and w.last_ms is not None
+        assert w.earlier[i] == state.events
+        assert w.last_ms[i] == (state.last_event_ms if state.events else -1)
         want = [COLUMN[x] for x in state.recent_items]
         np.testing.assert_array_equal(w.recent[i], want + [-1] * (2 - len(want)))
         assert sorted(w.seen[i].tolist()) == sorted(COLUMN[x] for x in before["item_id"])

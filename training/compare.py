@@ -24,7 +24,7 @@ from recsys.data.dataset import Dataset
 from towers.examples import fit_feature_space
 from training.train import Fitted, fit
 
-PROTOCOLS = ("stream", "temporal", "recbole", "tfrs")
+PROTOCOLS = ("stream", "temporal", "recbole", "tfrs", "pipeline")
 SETTINGS_BY_PROTOCOL: dict[str, dict[str, Any]] = {  # Any: mixed-type settings
     "recbole": {"user_parts": ("profile",), "oov_rate": 0.0, "epochs": 50, "embedding_dim": 128}
 }
@@ -45,13 +45,38 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
 
 
 def make_split(protocol: str, ml: Dataset, mc: ModelConfig) -> Split:
-    if protocol in ("stream", "temporal"):
+    if protocol in ("stream", "temporal", "pipeline"):
         return temporal_split_protocol(ml.interactions, mc.test_fraction, mc.valid_fraction or None)
     if protocol == "recbole":
         return recbole_split(ml.interactions)
     if protocol == "tfrs":
         return tfrs_split(ml.interactions)
     raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+
+
+def _pipeline(
+    mc: ModelConfig, ml: Dataset, split: Split, log: Callable[[str], None]
+) -> dict[str, Any]:  # Any: a JSON report
+    """Towers on the oldest part (epoch picked on the ranker's slice), then the two-stage
+    report of :mod:`evaluation.pipeline`."""
+    from evaluation.pipeline import evaluate_pipeline, pipeline_splits, pipeline_summary
+
+    stages, final = pipeline_splits(split)
+    log(f"towers on {len(stages.train):,} interactions, ranker rows from {len(stages.valid):,}")  # type: ignore[arg-type]
+    fitted = fit(mc, ml, stages, log=log, progress=False)
+    results = evaluate_pipeline(
+        ml,
+        fitted.space,
+        fitted.user_fn,
+        fitted.item_vectors(ml),
+        stages,
+        final,
+        mc.stream_events(len(ml.items)),
+        log,
+    )
+    results["best_epoch"] = fitted.best_epoch
+    log(pipeline_summary(results))
+    return results
 
 
 def run(
@@ -78,6 +103,9 @@ def run(
             for path in write_recbole_atomic(split, export_dir, f"ml-100k-{protocol}"):
                 log(f"wrote {path}")
         log(f"\n== {protocol}: {split.description}; user tower: id + {', '.join(pmc.user_parts)}")
+        if protocol == "pipeline":
+            results[protocol] = _pipeline(pmc, ml, split, log)
+            continue
         fitted = fitted_by_split.get(split.name)
         if fitted is None:
             fitted = fit(pmc, ml, split, log=log, progress=False)

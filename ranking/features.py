@@ -1,0 +1,224 @@
+"""Each candidate's features, as of the request: the sources' scores and ranks, item
+popularity over several windows, item age, the user's affinity to the item's tags, the item's
+similarity to the user's recent items, and the user's activity and time of day.
+
+Everything here reads only what was known before the request: the request's own state
+(recent items, seen set, last event time, event count), the stream's item counts as the
+clock stood (:class:`ItemState`, advanced to the request time before it is read) and the
+version's static catalog facts (:class:`Catalog`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from candidates.sources import Candidates, NeighbourSource, Query, Trending
+
+DAY_MS = 86_400_000
+WINDOWS_DAYS = (1, 7, 30)
+"""The popularity windows every candidate carries a count for."""
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What a version holds about its items, row-aligned with the index.
+
+    Attributes:
+        vectors: ``[items, dim] float32`` the item tower's L2-normalized vectors.
+        tags: ``[items, tags] float32`` 0/1 each item's tags (``[items, 0]``: none declared).
+        prior: ``[items]`` training-period interaction counts.
+    """
+
+    vectors: np.ndarray
+    tags: np.ndarray
+    prior: np.ndarray
+    mean: np.ndarray = field(init=False)
+    """``[dim]`` the vectors' mean: a query's mean score over the catalog is ``u · mean``."""
+    covariance: np.ndarray = field(init=False)
+    """``[dim, dim]``: a query's score variance over the catalog is ``u' C u``."""
+
+    def __post_init__(self) -> None:
+        vectors = np.asarray(self.vectors, np.float64)
+        mean = vectors.mean(axis=0)
+        centred = vectors - mean
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "covariance", centred.T @ centred / max(len(vectors), 1))
+
+    def tower_z(self, queries: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Each score's z-score across the whole catalog for its query (``queries[j]`` the
+        query of ``scores[j]``): what the validated blend mixes."""
+        queries = np.asarray(queries, np.float64)
+        mean = queries @ self.mean
+        spread = np.sqrt(np.maximum(np.einsum("id,de,ie->i", queries, self.covariance, queries), 0))
+        out: np.ndarray = (scores - mean) / np.where(spread > 0, spread, 1.0)
+        return out
+
+
+def tag_matrix(tag_lists: Iterable[Iterable[str]], values: Sequence[str]) -> np.ndarray:
+    """``[items, len(values)] float32`` 0/1: which of ``values`` each item carries."""
+    at = {v: i for i, v in enumerate(values)}
+    lists = list(tag_lists)
+    out = np.zeros((len(lists), len(values)), np.float32)
+    for row, tags in enumerate(lists):
+        for tag in tags:
+            if tag in at:
+                out[row, at[tag]] = 1.0
+    return out
+
+
+class ItemState:
+    """What the stream keeps about items: counts over each window of :data:`WINDOWS_DAYS` and
+    the time each item was first seen. ``observe`` and ``advance`` as
+    :class:`candidates.sources.Trending`'s."""
+
+    def __init__(self, items: int, windows_days: Sequence[int] = WINDOWS_DAYS):
+        self.windows = tuple(Trending(items, d * DAY_MS) for d in windows_days)
+        self.first_seen = np.full(items, np.iinfo(np.int64).max, np.int64)
+        self.now = 0
+
+    def observe(self, rows: np.ndarray, times_ms: np.ndarray) -> None:
+        for window in self.windows:
+            window.observe(rows, times_ms)
+        np.minimum.at(self.first_seen, np.asarray(rows, np.int64), np.asarray(times_ms, np.int64))
+
+    def advance(self, now_ms: int) -> None:
+        self.now = max(self.now, int(now_ms))
+        for window in self.windows:
+            window.advance(now_ms)
+
+
+SOURCE_FEATURES = ("score", "rank")
+REQUEST_FEATURES = ("since_last_h", "earlier", "seen", "hour", "weekday")
+ITEM_FEATURES = (
+    *(f"count_{d}d" for d in WINDOWS_DAYS),
+    "prior",
+    "age_days",
+    "tower_score",
+    "tower_z",
+    "knn_score",
+    "knn_z",
+    "tag_affinity",
+    "sim_max",
+    "sim_mean",
+)
+
+
+def feature_names(sources: Sequence[str]) -> list[str]:
+    """The columns of :func:`features`, in order."""
+    per_source = [f"{s}_{f}" for s in sources for f in SOURCE_FEATURES]
+    return [*per_source, "sources", *ITEM_FEATURES, *REQUEST_FEATURES]
+
+
+@dataclass(frozen=True)
+class Union:
+    """The distinct candidates of a batch: ``owner[j]`` is the request candidate ``j`` is
+    for, ``rows[j]`` its catalog row; grouped by request, rows ascending within one."""
+
+    owner: np.ndarray
+    rows: np.ndarray
+
+    def groups(self, requests: int) -> np.ndarray:
+        """``[requests]`` how many candidates each request has."""
+        return np.bincount(self.owner, minlength=requests)
+
+
+def union(lists: Mapping[str, Candidates], items: int) -> tuple[Union, np.ndarray, np.ndarray]:
+    """The union of the sources' lists for each request, with each source's score and rank
+    of each candidate.
+
+    Returns:
+        The union, ``[m, sources] float32`` scores (NaN where a source did not propose the
+        candidate) and ``[m, sources] float32`` 0-based ranks (the list's depth there).
+    """
+    keys = []
+    for found in lists.values():
+        owner = np.broadcast_to(np.arange(len(found.rows))[:, None], found.rows.shape)
+        valid = found.rows >= 0
+        keys.append(owner[valid].astype(np.int64) * items + found.rows[valid])
+    pairs = np.unique(np.concatenate([*keys, np.zeros(0, np.int64)]))
+    scores = np.full((len(pairs), len(lists)), np.nan, np.float32)
+    ranks = np.empty((len(pairs), len(lists)), np.float32)
+    for s, found in enumerate(lists.values()):
+        depth = found.rows.shape[1]
+        ranks[:, s] = depth
+        owner = np.broadcast_to(np.arange(len(found.rows))[:, None], found.rows.shape)
+        place = np.broadcast_to(np.arange(depth)[None, :], found.rows.shape)
+        valid = found.rows >= 0
+        at = np.searchsorted(pairs, owner[valid].astype(np.int64) * items + found.rows[valid])
+        scores[at, s] = found.scores[valid]
+        ranks[at, s] = place[valid]
+    owner, rows = np.divmod(pairs, items)
+    return Union(owner, rows), scores, ranks
+
+
+def features(
+    query: Query,
+    lists: Mapping[str, Candidates],
+    catalog: Catalog,
+    state: ItemState,
+    knn: NeighbourSource,
+) -> tuple[Union, np.ndarray]:
+    """The union of ``lists`` and ``[m, features] float32`` features for each candidate
+    (columns :func:`feature_names` of ``lists``' keys), as of ``state``'s clock; ``knn``
+    scores every candidate by item-to-item similarity, whichever source proposed it.
+
+    ``query`` needs its ``vectors``, ``last_ms`` and ``earlier``."""
+    items = len(catalog.vectors)
+    found, scores, ranks = union(lists, items)
+    owner, rows = found.owner, found.rows
+    if query.vectors is None or query.last_ms is None or query.earlier is None:
+        raise ValueError("ranking features need the query's vectors, last_ms and earlier")
+    columns: list[np.ndarray] = []
+    for s in range(len(lists)):
+        columns += [scores[:, s], ranks[:, s]]
+    columns.append((~np.isnan(scores)).sum(axis=1).astype(np.float32))
+    columns += [window.counts_of(rows) for window in state.windows]
+    columns.append(np.log1p(catalog.prior[rows]))
+    first = state.first_seen[rows]
+    columns.append(
+        np.where(first <= state.now, (state.now - first) / DAY_MS, np.nan).astype(np.float32)
+    )
+    vectors = catalog.vectors[rows]
+    queries = np.asarray(query.vectors)[owner]
+    tower = np.einsum("ij,ij->i", queries, vectors)
+    columns += [tower, catalog.tower_z(queries, tower), *knn.scores_of(query, owner, rows)]
+    recent = np.asarray(query.recent, np.int64)
+    has = recent >= 0
+    at = np.where(has, recent, 0)
+    if catalog.tags.shape[1]:
+        held = catalog.tags[at] * has[..., None]  # [B, H, tags]
+        profile = held.sum(axis=1) / np.maximum(has.sum(axis=1), 1)[:, None]
+        item_tags = catalog.tags[rows]
+        columns.append(
+            np.einsum("ij,ij->i", profile[owner], item_tags) / np.maximum(item_tags.sum(axis=1), 1)
+        )
+    else:
+        columns.append(np.zeros(len(rows), np.float32))
+    sims = np.einsum("id,ihd->ih", vectors, catalog.vectors[at][owner])  # [m, H]
+    mine = has[owner]
+    columns.append(np.where(mine, sims, -np.inf).max(axis=1, initial=-np.inf))
+    columns[-1] = np.where(mine.any(axis=1), columns[-1], np.nan)
+    columns.append(
+        np.where(
+            mine.any(axis=1), (sims * mine).sum(axis=1) / np.maximum(mine.sum(axis=1), 1), np.nan
+        )
+    )
+    times = np.asarray(query.times_ms, np.int64)
+    last = np.asarray(query.last_ms, np.int64)
+    since = np.where(last >= 0, (times - last) / 3_600_000, np.nan)
+    seen = np.array([len(b) for b in query.banned] if query.banned else [0] * len(times))
+    hours = (times // 3_600_000) % 24
+    weekdays = (times // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday: Monday is 0
+    for per_request in (
+        np.log1p(np.maximum(since, 0)),
+        np.log1p(np.asarray(query.earlier)),
+        np.log1p(seen),
+        hours,
+        weekdays,
+    ):
+        columns.append(np.asarray(per_request, np.float64)[owner])
+    matrix = np.column_stack([np.asarray(c, np.float32) for c in columns])
+    return found, matrix
