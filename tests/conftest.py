@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from recsys.config import Config
@@ -103,6 +105,19 @@ def processes() -> None:
 
 def _quiet(_: str) -> None:
     pass
+
+
+def skewed_interactions() -> tuple[pd.DataFrame, dict[str, int]]:
+    """2,000 interactions of 60 users with 300 items, popularity Zipf-skewed (seeded), and
+    the item column map: enough overlap for item-to-item similarities to mean something."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in rng.integers(0, 60, 2_000)],
+            "item_id": [f"i{i}" for i in rng.zipf(1.4, 2_000) % 300],
+        }
+    )
+    return frame, {f"i{i}": i for i in range(300)}
 
 
 def wait_until(predicate, timeout: float, what: str, every: float = 0.2) -> None:

@@ -35,6 +35,7 @@ from recsys.config import Config
 from recsys.data.dataset import load_dataset
 from recsys.data.schema import configured_schema
 from recsys.errors import RecsysError
+from tests.conftest import skewed_interactions
 from towers.encoding import FeatureSpace
 from towers.runtime import NumpyItemTower, NumpyUserTower
 
@@ -108,14 +109,7 @@ def test_the_neighbour_source_sums_each_candidates_similarity_over_the_recent_it
 
 
 def test_the_cooccurrence_table_holds_each_items_most_similar_items_by_cosine() -> None:
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame(
-        {
-            "user_id": [f"u{u}" for u in rng.integers(0, 60, 2_000)],
-            "item_id": [f"i{i}" for i in rng.zipf(1.4, 2_000) % 300],
-        }
-    )
-    column = {f"i{i}": i for i in range(300)}
+    frame, column = skewed_interactions()
     dense = ItemSimilarity(frame, column).rows(np.arange(300))
     rows = frame["item_id"].map(column).to_numpy(np.int64)
     table = cooccurrence_table(frame["user_id"].to_numpy(object), rows, 300, 5)

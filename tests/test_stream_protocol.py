@@ -15,6 +15,7 @@ from evaluation.protocols import temporal_split_protocol
 from evaluation.stream import StreamEvaluator
 from evaluation.walk import Walk, walk
 from features.activity import EMPTY, apply_events, ratings_to_interactions
+from tests.conftest import skewed_interactions
 from towers.examples import fit_feature_space
 
 DAY_S = 86_400
@@ -201,14 +202,7 @@ def test_a_large_catalogs_item_similarity_keeps_each_items_nearest_neighbours(
     matrix's values (repeats within a user counted once, never itself)."""
     from evaluation.baselines import ItemSimilarity
 
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame(
-        {
-            "user_id": [f"u{u}" for u in rng.integers(0, 60, 2_000)],
-            "item_id": [f"i{i}" for i in rng.zipf(1.4, 2_000) % 300],
-        }
-    )
-    column = {f"i{i}": i for i in range(300)}
+    frame, column = skewed_interactions()
     dense = ItemSimilarity(frame, column).rows(np.arange(300))
     monkeypatch.setattr(ItemSimilarity, "DENSE_ITEMS", 10)
     monkeypatch.setattr(ItemSimilarity, "NEIGHBOURS", 300)

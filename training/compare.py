@@ -62,7 +62,8 @@ def _pipeline(
     from evaluation.pipeline import evaluate_pipeline, pipeline_splits, pipeline_summary
 
     stages, final = pipeline_splits(split)
-    log(f"towers on {len(stages.train):,} interactions, ranker rows from {len(stages.valid):,}")  # type: ignore[arg-type]
+    assert stages.valid is not None  # the ranker's slice
+    log(f"towers on {len(stages.train):,} interactions, ranker rows from {len(stages.valid):,}")
     fitted = fit(mc, ml, stages, log=log, progress=False)
     results = evaluate_pipeline(
         ml,
