@@ -104,6 +104,14 @@ class TwoTowerSource:
         self._index = index
         self._params = params
 
+    @classmethod
+    def exact(cls, item_vectors: np.ndarray) -> TwoTowerSource:
+        """Over an exact (flat inner-product) index of ``item_vectors``."""
+        vectors = np.ascontiguousarray(item_vectors, np.float32)
+        index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(vectors)
+        return cls(index)
+
     def __call__(self, query: Query, n: int) -> Candidates:
         if query.vectors is None:
             raise ValueError("the two-tower source needs the user-tower vectors")

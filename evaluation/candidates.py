@@ -12,15 +12,21 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from candidates.neighbours import NeighbourTable, cooccurrence_table, vector_neighbours
-from candidates.sources import NeighbourSource, Query, Source, Trending, TrendingSource
-from candidates.sources import TwoTowerSource as TwoTower
+from candidates.sources import (
+    NeighbourSource,
+    Query,
+    Source,
+    Trending,
+    TrendingSource,
+    TwoTowerSource,
+)
 from evaluation.baselines import DAY_MS
 from evaluation.stream import KNN_LAST_ITEMS, TRAILING_WINDOWS_DAYS, StreamEvaluator
 
@@ -96,17 +102,25 @@ def walk_lists(
     """``[events, n] int64`` the source's candidates before each walk event (``-1``-padded).
     With a ``replay``, events are asked in groups of one request time, each after the
     stream's earlier events are fed."""
+    out = np.empty((len(ev.walk), n), np.int64)
+    for rows in walk_batches(ev, replay):
+        out[rows] = source(walk_query(ev, rows, vectors), n).rows
+    return out
+
+
+def walk_batches(ev: StreamEvaluator, replay: Replay | None = None) -> Iterator[slice]:
+    """The walk's events in the batches they are asked in: :data:`BATCH` at a time, or with
+    a ``replay``, one request time at a time, each after the stream's earlier events are
+    fed."""
     times = ev.walk.times_ms
     if replay is None:
         bounds = [*range(0, len(times), BATCH), len(times)]
     else:
         bounds = [0, *(np.flatnonzero(np.diff(times)) + 1).tolist(), len(times)]
-    out = np.empty((len(times), n), np.int64)
     for start, end in itertools.pairwise(bounds):
         if replay is not None:
             replay.until(int(times[start]))
-        out[start:end] = source(walk_query(ev, slice(start, end), vectors), n).rows
-    return out
+        yield slice(start, end)
 
 
 def recall(lists: Sequence[np.ndarray], targets: np.ndarray, depth: int) -> float:
@@ -159,12 +173,8 @@ class Sources:
         cooccurrence: NeighbourTable,
         tower_table: NeighbourTable,
     ):
-        import faiss
-
         self.ev = ev
-        index = faiss.IndexFlatIP(item_vecs.shape[1])
-        index.add(np.ascontiguousarray(item_vecs, np.float32))
-        self.two_tower = TwoTower(index)
+        self.two_tower = TwoTowerSource.exact(item_vecs)
         self.cooccurrence = cooccurrence
         self.tower_table = tower_table
 
@@ -237,10 +247,14 @@ def evaluate_candidates(
         )
     )
     report: dict[str, Any] = {"settings": chosen, "tried_on_valid": tried}  # Any: JSON
-    for name, ev in (("valid", valid), ("test", test)):
-        vectors = np.asarray(user_fn(ev.live_inputs), np.float32)
-        sources = on_valid if ev is valid else Sources(ev, item_vecs, cooccurrence, tower_table)
-        lists = sources.lists(chosen, vectors, depth)
+    on_test = Sources(test, item_vecs, cooccurrence, tower_table)
+    queries = {
+        name: np.asarray(user_fn(ev.live_inputs), np.float32)
+        for name, ev in (("valid", valid), ("test", test))
+    }
+    for name, sources in (("valid", on_valid), ("test", on_test)):
+        ev = sources.ev
+        lists = sources.lists(chosen, queries[name], depth)
         t = ev.walk.targets
         part: dict[str, Any] = {  # Any: JSON
             source: {f"recall@{d}": recall([rows], t, d) for d in DEPTHS}
@@ -253,13 +267,10 @@ def evaluate_candidates(
             part[key].update({f"size@{d}": union_size(group, d) for d in DEPTHS})
         part["events"] = len(t)
         report[name] = part
-    trend, replay = Sources(test, item_vecs, cooccurrence, tower_table).trending(
-        chosen["trending_window_days"]
-    )
-    vectors = np.asarray(user_fn(test.live_inputs), np.float32)
+    trend, replay = on_test.trending(chosen["trending_window_days"])
     report["cost_us"] = {
-        "two_tower": source_cost(test, on_valid.two_tower, depth, vectors),
-        "neighbours": source_cost(test, on_valid.neighbours(chosen["neighbour_last_items"]), depth),
+        "two_tower": source_cost(test, on_test.two_tower, depth, queries["test"]),
+        "neighbours": source_cost(test, on_test.neighbours(chosen["neighbour_last_items"]), depth),
         "trending": source_cost(test, trend, depth, replay=replay),
     }
     return report

@@ -9,7 +9,6 @@ baselines', the blend's share, the ranker's rounds); the test walk is scored onc
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +27,7 @@ from candidates.sources import (
 )
 from evaluation.baselines import DAY_MS, ItemKNN
 from evaluation.blend import blend_scorer, select_blend
-from evaluation.candidates import NEIGHBOURS, Replay, walk_query
+from evaluation.candidates import NEIGHBOURS, Replay, walk_batches, walk_query
 from evaluation.metrics import next_item_metrics
 from evaluation.protocols import Split
 from evaluation.stream import StreamEvaluator, select_baselines
@@ -102,22 +101,19 @@ class Stages:
             The rows (labels: the event's item), ``[m]`` each row's event and ``[m]`` its
             catalog row.
         """
-        times = self.ev.walk.times_ms
-        bounds = [0, *(np.flatnonzero(np.diff(times)) + 1).tolist(), len(times)]
         parts, owners, items = [], [], []
-        for start, end in itertools.pairwise(bounds):
-            self.replay.until(int(times[start]))
-            query = walk_query(self.ev, slice(start, end), self.vectors)
+        for batch in walk_batches(self.ev, self.replay):
+            query = walk_query(self.ev, batch, self.vectors)
             lists: dict[str, Candidates] = {
                 name: source(query, depth) for name, source in self.sources.items()
             }
             found, matrix = features(query, lists, self.catalog, self.state, self.knn)
             parts.append(matrix)
-            owners.append(found.owner + start)
+            owners.append(found.owner + batch.start)
             items.append(found.rows)
         owner, rows = np.concatenate(owners), np.concatenate(items)
         labels = (rows == self.ev.walk.targets[owner]).astype(np.float32)
-        groups = np.bincount(owner, minlength=len(times))
+        groups = np.bincount(owner, minlength=len(self.ev.walk))
         names = feature_names(list(self.sources))
         return ranker.Rows(np.concatenate(parts), labels, groups, names), owner, rows
 
@@ -169,11 +165,7 @@ def evaluate_pipeline(
         else np.zeros((items, 0), np.float32)
     )
     catalog = Catalog(np.asarray(item_vecs, np.float32), tags, valid.train_counts)
-    import faiss
-
-    index = faiss.IndexFlatIP(item_vecs.shape[1])
-    index.add(np.ascontiguousarray(item_vecs, np.float32))
-    two_tower = TwoTowerSource(index)
+    two_tower = TwoTowerSource.exact(item_vecs)
     neighbours = NeighbourSource(table, last, valid.train_counts)
 
     def stages_of(ev: StreamEvaluator) -> Stages:

@@ -226,9 +226,7 @@ def test_the_candidates_command_reports_each_source_on_the_trained_models_walk(
         NumpyUserTower.load(model_dir),
         item_vectors(NumpyItemTower.load(model_dir), ml, space),
     )
-    index = faiss.IndexFlatIP(items.shape[1])
-    index.add(items)
-    served = walk_lists(ev, TwoTowerSource(index), 10, user_fn(ev.live_inputs))
+    served = walk_lists(ev, TwoTowerSource.exact(items), 10, user_fn(ev.live_inputs))
     offline = ev.top(user_fn, items, 10)
     same = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(served, offline, strict=True)])
     assert same >= 0.99
