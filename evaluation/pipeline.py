@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from evaluation.protocols import Split
 from evaluation.stream import StreamEvaluator, select_baselines
 from ranking import ranker
 from ranking.features import Catalog, ItemState, feature_names, features, tag_matrix
+from ranking.servable import SOURCES, ItemFacts, Settings, window_events
 from recsys.data import temporal_split
 from recsys.data.dataset import Dataset
 from towers.encoding import FeatureSpace
@@ -93,6 +95,7 @@ class Stages:
             "neighbours": neighbour_source,
             "trending": TrendingSource(trending),
         }
+        assert tuple(self.sources) == SOURCES  # the served ranker builds them in this order
 
     def rows(self, depth: int = DEPTH) -> tuple[ranker.Rows, np.ndarray, np.ndarray]:
         """The walk's candidates and features, a group per event.
@@ -131,6 +134,17 @@ def pipeline_ranks(
     return ranks
 
 
+@dataclass(frozen=True)
+class Trained:
+    """The ranker the pipeline picked, with what serving it needs
+    (:func:`ranking.servable.save`'s arguments)."""
+
+    booster: Any  # Any: a lightgbm.Booster
+    settings: Settings
+    facts: ItemFacts
+    probe: np.ndarray
+
+
 def evaluate_pipeline(
     ml: Dataset,
     space: FeatureSpace,
@@ -140,8 +154,9 @@ def evaluate_pipeline(
     final: Split,
     max_events: int,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:  # Any: a JSON report
-    """The towers, item-KNN, the blend and the ranked pipeline on ``final``'s test walk."""
+) -> tuple[dict[str, Any], Trained]:  # Any: a JSON report
+    """The towers, item-KNN, the blend and the ranked pipeline on ``final``'s test walk, and
+    the ranker it scored (its item state as the stream stood when the test part begins)."""
     began = time.perf_counter()
     slice_ev = StreamEvaluator(ml, space, stages, "valid", max_events)
     valid = StreamEvaluator(ml, space, stages, "test", max_events)
@@ -226,7 +241,35 @@ def evaluate_pipeline(
         },
         "seconds": round(time.perf_counter() - began, 1),
     }
-    return results
+    past = final.train if final.valid is None else pd.concat([final.train, final.valid])
+    rows_seen = past["item_id"].map(test.column).to_numpy(np.int64)
+    times_seen = past["timestamp"].to_numpy(np.int64) * 1000
+    first_seen = np.full(items, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(first_seen, rows_seen, times_seen)
+    event_rows, event_times = window_events(rows_seen, times_seen, int(times_seen.max()) + 1)
+    trained = Trained(
+        booster,
+        Settings(
+            names=list(rows.names),
+            sources=list(SOURCES),
+            depth=DEPTH,
+            knn_last_items=last,
+            trending_window_days=days,
+            base_share=base_share,
+            rounds=int(fit["rounds"]),
+            valid_ndcg=float(fit["valid"]["ndcg@10"]),
+        ),
+        ItemFacts(
+            item_ids=list(test.column),
+            prior=np.asarray(test.train_counts, np.float64),
+            table=table,
+            event_rows=event_rows,
+            event_times=event_times,
+            first_seen=first_seen,
+        ),
+        walked["valid"][0].features,
+    )
+    return results, trained
 
 
 def _based(rows: ranker.Rows, share: float | None) -> ranker.Rows:

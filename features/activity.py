@@ -46,8 +46,8 @@ class Activity(NamedTuple):
             (:class:`SeenIndex`). What exclude-seen removes, in serving and in evaluation.
         events: How many events the state has applied. It only grows, so with
             ``last_event_ms`` it orders a user's successive states even when events share
-            a timestamp (the online store's write time, :mod:`features.store`). Serving
-            does not read it (0 there).
+            a timestamp (the online store's write time, :mod:`features.store`); the
+            ranker reads it as the user's activity count.
     """
 
     recent_items: tuple[str, ...] = ()

@@ -47,13 +47,19 @@ class Catalog:
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "covariance", centred.T @ centred / max(len(vectors), 1))
 
+    def moments(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``[n]`` each query's mean score over the catalog and ``[n]`` its spread (1 where
+        the scores do not spread)."""
+        queries = np.asarray(queries, np.float64)
+        variance = ((queries @ self.covariance) * queries).sum(axis=1)
+        spread = np.sqrt(np.maximum(variance, 0))
+        return queries @ self.mean, np.where(spread > 0, spread, 1.0)
+
     def tower_z(self, queries: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Each score's z-score across the whole catalog for its query (``queries[j]`` the
         query of ``scores[j]``): what the validated blend mixes."""
-        queries = np.asarray(queries, np.float64)
-        mean = queries @ self.mean
-        spread = np.sqrt(np.maximum(np.einsum("id,de,ie->i", queries, self.covariance, queries), 0))
-        out: np.ndarray = (scores - mean) / np.where(spread > 0, spread, 1.0)
+        mean, spread = self.moments(queries)
+        out: np.ndarray = (scores - mean) / spread
         return out
 
 
@@ -182,9 +188,10 @@ def features(
         np.where(first <= state.now, (state.now - first) / DAY_MS, np.nan).astype(np.float32)
     )
     vectors = catalog.vectors[rows]
-    queries = np.asarray(query.vectors)[owner]
-    tower = np.einsum("ij,ij->i", queries, vectors)
-    columns += [tower, catalog.tower_z(queries, tower), *knn.scores_of(query, owner, rows)]
+    queries = np.asarray(query.vectors, np.float32)
+    tower = np.einsum("ij,ij->i", queries[owner], vectors)
+    mean, spread = catalog.moments(queries)  # per request, not per candidate
+    columns += [tower, (tower - mean[owner]) / spread[owner], *knn.scores_of(query, owner, rows)]
     recent = np.asarray(query.recent, np.int64)
     has = recent >= 0
     at = np.where(has, recent, 0)
@@ -197,7 +204,11 @@ def features(
         )
     else:
         columns.append(np.zeros(len(rows), np.float32))
-    sims = np.einsum("id,ihd->ih", vectors, catalog.vectors[at][owner])  # [m, H]
+    # Each candidate against every recent item of the batch (one matrix product), then its
+    # own request's block: [m, H].
+    history = recent.shape[1]
+    every = vectors @ catalog.vectors[at].reshape(-1, vectors.shape[1]).T  # [m, B * H]
+    sims = every[np.arange(len(rows))[:, None], owner[:, None] * history + np.arange(history)]
     mine = has[owner]
     columns.append(np.where(mine, sims, -np.inf).max(axis=1, initial=-np.inf))
     columns[-1] = np.where(mine.any(axis=1), columns[-1], np.nan)

@@ -96,6 +96,10 @@ class ModelConfig(_Section):
     recency_half_life_days: float | None = Field(None, gt=0)
     """Weight each training example by ``0.5 ** (age / half-life)``, its age counted back from
     the newest training interaction (weights rescaled to mean 1); ``None`` weighs all alike."""
+    ranker: bool = False
+    """Train the second stage too: the towers on the oldest 90 % of the past, a LightGBM
+    ranker over the candidate sources on the next 10 % (``evaluation.pipeline``), written
+    into the model version; ``serving.ranker: gbdt`` serves it."""
     seed: int = 42
     test_fraction: float = Field(0.2, gt=0, lt=1)
     valid_fraction: float = Field(0.1, ge=0, lt=1)
@@ -157,6 +161,9 @@ class ServingConfig(_Section):
     """Most genre names a request may list in include_genres plus exclude_genres."""
     max_fetch: int = Field(4096, ge=1)
     """Most candidates one search may fetch while over-fetching to survive filters."""
+    ranker: Literal["gbdt", "none"] = "none"
+    """``gbdt``: the model's ranker orders the candidate sources' union (a model without
+    one is refused); ``none``: the two-tower search's order."""
     tower_runtime: Literal["numpy", "savedmodel"] = "numpy"
     """``numpy``: the exported weights in NumPy (tens of µs); ``savedmodel``: the TF
     SavedModel (for comparison; imports TensorFlow into the server)."""

@@ -18,6 +18,7 @@ class ServingPath(enum.Enum):
     PERSONALIZED = 1
     COLD_START = 2
     DEGRADED = 3
+    UNRANKED = 4
 
 
 class ScoredItem(NamedTuple):
@@ -37,6 +38,9 @@ class Stages(NamedTuple):
         search: FAISS, every search of the batch (widening included).
         select: Picking each answer's top ``k`` from its candidates (the popular-items
             answers included) and building the answers.
+        rank: The second stage (``serving.ranker: gbdt``): the candidate sources, their
+            union's features and the ranker, once for the batch; its answers' own search
+            counts here, not under ``search``.
     """
 
     plan: float = 0.0
@@ -44,6 +48,7 @@ class Stages(NamedTuple):
     embed: float = 0.0
     search: float = 0.0
     select: float = 0.0
+    rank: float = 0.0
     batch: int = 0
 
 

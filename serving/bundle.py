@@ -11,10 +11,12 @@ from typing import Protocol
 import faiss
 import numpy as np
 
+from candidates.sources import TwoTowerSource
 from features.activity import SeenIndex
 from features.user import UserFeatures
 from index.items import ItemMeta
 from index.versions import load_index
+from ranking.servable import ServedRanker, has_ranker
 from recsys import artifacts
 from recsys.errors import ArtifactError
 from towers.encoding import FeatureSpace
@@ -44,6 +46,8 @@ class Bundle:
     meta: ItemMeta
     seen: SeenIndex
     """Decodes a user's seen set (and exclude ids) into this index's rows."""
+    ranker: ServedRanker | None = None
+    """The model's ranker on this index's rows (``serving.ranker: gbdt``)."""
 
     @classmethod
     def load(
@@ -52,15 +56,19 @@ class Bundle:
         index_dir: Path,
         model_version: str | None = None,
         runtime: str = "numpy",
+        ranker: str = "none",
     ) -> Bundle:
-        """Loads an index and the model whose item tower built it.
+        """Loads an index and the model whose item tower built it (with ``ranker="gbdt"``,
+        and that model's ranker: the three are one servable).
 
         Args:
             runtime: The user tower's runtime: ``numpy`` or ``savedmodel``.
+            ranker: ``gbdt`` or ``none``.
 
         Raises:
             ArtifactError: ``model_version`` is given and is not the index's model (the
-                user tower would query another embedding space), or a file is corrupt.
+                user tower would query another embedding space), a file is corrupt, or the
+                ranker is asked for and the model has none or it fails its parity probe.
         """
         index, item_ids, manifest = load_index(index_dir)
         if model_version is not None and model_version != manifest["model_version"]:
@@ -78,6 +86,9 @@ class Bundle:
                 f"model {model_manifest['version']} embeds in {tower.dim} dims but index "
                 f"{manifest['version']} holds {index.d}; rebuild the index with this model"
             )
+        served = None
+        if ranker == "gbdt":
+            served = _load_ranker(model_dir, index, item_ids, meta)
         return cls(
             model_version=str(model_manifest["version"]),
             index_version=str(manifest["version"]),
@@ -87,8 +98,46 @@ class Bundle:
             item_ids=item_ids,
             meta=meta,
             seen=SeenIndex(item_ids),
+            ranker=served,
         )
 
     @classmethod
-    def load_current(cls, models_dir: Path, indexes_dir: Path, runtime: str = "numpy") -> Bundle:
-        return cls.load(models_dir, artifacts.current(indexes_dir), runtime=runtime)
+    def load_current(
+        cls, models_dir: Path, indexes_dir: Path, runtime: str = "numpy", ranker: str = "none"
+    ) -> Bundle:
+        return cls.load(models_dir, artifacts.current(indexes_dir), runtime=runtime, ranker=ranker)
+
+
+def _load_ranker(
+    model_dir: Path, index: faiss.Index, item_ids: list[str], meta: ItemMeta
+) -> ServedRanker:
+    if not has_ranker(model_dir):
+        raise ArtifactError(
+            f"serving.ranker is gbdt but model {model_dir.name} has no ranker: train one "
+            "(model.ranker: true) or serve with serving.ranker: none"
+        )
+    return ServedRanker.load(
+        model_dir, item_ids, item_vectors(index), tag_floats(meta), TwoTowerSource(index)
+    )
+
+
+def item_vectors(index: faiss.Index) -> np.ndarray:
+    """``[ntotal, d] float32`` the vectors the index holds, in row order (an IVF index gets
+    a direct map for it; a quantized one gives its decoded vectors)."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    if ivf is not None:
+        ivf.make_direct_map()
+    return np.asarray(index.reconstruct_n(0, index.ntotal), np.float32)
+
+
+def tag_floats(meta: ItemMeta) -> np.ndarray:
+    """``[items, values] float32`` 0/1 each item's filter values, in ``filter_values`` order
+    (the ranker's tag-affinity input)."""
+    values = len(meta.filter_values)
+    if not values:
+        return np.zeros((len(meta.tags), 0), np.float32)
+    bits = np.unpackbits(np.ascontiguousarray(meta.tags).view(np.uint8), axis=1, bitorder="little")
+    return bits[:, :values].astype(np.float32)

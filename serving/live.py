@@ -109,7 +109,10 @@ class Live:
     def _load(self, index_version: str) -> Recommender:
         cfg = self._config
         bundle = Bundle.load(
-            cfg.models_dir, cfg.indexes_dir / index_version, runtime=cfg.serving.tower_runtime
+            cfg.models_dir,
+            cfg.indexes_dir / index_version,
+            runtime=cfg.serving.tower_runtime,
+            ranker=cfg.serving.ranker,
         )
         check_profile(bundle, self._features)
         recommender = Recommender(bundle, self._features, cfg.serving)

@@ -14,6 +14,7 @@ its own validation, deadline and errors: one that fails fails alone.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -24,11 +25,14 @@ import numpy as np
 from features.user import UserFeatures
 from recsys.config import ServingConfig
 from recsys.errors import DeadlineExceededError, InvalidRequestError
+from recsys.logs import Throttled
 from serving.answers import Outcome, Recommendation, Served, ServingPath, Stages
 from serving.bundle import Bundle
 from serving.filters import GenreFilters
+from serving.ranking import Asked, RankStage
 from serving.request import Request, validate
 
+log = logging.getLogger(__name__)
 MIN_FETCH = 64
 """The fewest candidates a search fetches; fetches are powers of two from here."""
 FIRST_FETCH = 256
@@ -74,6 +78,16 @@ class Recommender:
         self._filters = GenreFilters(bundle.index, bundle.meta)
         self._masks = threading.local()
         """Each serving thread's ``[ntotal] bool`` banned-row mask, all False between uses."""
+        self._rank = (
+            None
+            if bundle.ranker is None
+            else RankStage(bundle.ranker, bundle.seen, bundle.meta, bundle.space.history_length)
+        )
+        self.rank_failures = 0
+        """Batches the ranker failed on (each answered in the search's order, flagged)."""
+        self._rank_failed = Throttled(
+            log, "the ranker failed; answered in the search's order (UNRANKED)", 10.0
+        )
 
     def recommend(self, request: Request, deadline: float | None = None) -> Recommendation:
         """Top ``k`` items for the user, without excluded, filtered or recently seen items.
@@ -112,6 +126,11 @@ class Recommender:
         results: dict[int, Selected | Exception] = {}
         towered, vectors = self._embed(towered, results)
         t4 = clock()
+        embedded = len(vectors) > 0
+        ranked = 0.0
+        if self._rank is not None and towered:
+            towered, vectors = self._ranked(towered, vectors, results)
+            ranked = clock() - t4
         searched = self._search(towered, vectors, results)
         meta = self.bundle.meta
         for w in work:
@@ -128,9 +147,10 @@ class Recommender:
         stages = Stages(
             plan=(t1 - t0) + (t3 - t2),
             read=t2 - t1 if work else 0.0,
-            embed=t4 - t3 if len(vectors) else 0.0,
+            embed=t4 - t3 if embedded else 0.0,
             search=searched,
-            select=t5 - t4 - searched if work else 0.0,
+            select=t5 - t4 - ranked - searched if work else 0.0,
+            rank=ranked,
             batch=len(requests),
         )
         return Served(outcomes, stages)  # type: ignore[arg-type]  # every slot is filled by now
@@ -232,6 +252,39 @@ class Recommender:
         users = [w.features for w in work]
         vectors = self.bundle.tower.embed(self.bundle.space, users, times)
         return np.ascontiguousarray(vectors, np.float32)
+
+    def _ranked(
+        self, work: list[_Work], vectors: np.ndarray, results: dict[int, Selected | Exception]
+    ) -> tuple[list[_Work], np.ndarray]:
+        """The ranker's answers into ``results``, one call for the batch. Returns the
+        requests the search answers instead: those whose candidates hold fewer than ``k``
+        passing their filters, or every one should the ranker fail (flagged UNRANKED)."""
+        assert self._rank is not None
+        asked = [
+            Asked(
+                w.features,
+                w.request.request_time_ms or _now_ms(),
+                w.banned,
+                w.request.k,
+                w.include,
+                w.exclude,
+            )
+            for w in work
+        ]
+        try:
+            answers = self._rank(asked, vectors)
+        except Exception as exc:
+            self.rank_failures += 1
+            self._rank_failed.note(f"{type(exc).__name__}: {exc}")
+            for w in work:
+                if w.path is ServingPath.PERSONALIZED:
+                    w.path = ServingPath.UNRANKED
+            return work, vectors
+        left = [i for i, a in enumerate(answers) if a is None]
+        for w, answer in zip(work, answers, strict=True):
+            if answer is not None:
+                results[w.slot] = answer
+        return [work[i] for i in left], vectors[left]
 
     def _search(
         self, work: Sequence[_Work], vectors: np.ndarray, results: dict[int, Selected | Exception]

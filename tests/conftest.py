@@ -170,6 +170,27 @@ def trained(base_config: Config, ml: Dataset) -> Config:
 
 @pytest.fixture(scope="session")
 @real_part
+def ranked(base_config: Config, ml: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """A published model with its ranker (one epoch, walks of 300 events) and its index, in
+    artifacts of their own; ``serving.ranker: gbdt``."""
+    from index.build import build_index
+    from training.train import train
+
+    root = tmp_path_factory.mktemp("ranked")
+    config = base_config.with_overrides(
+        {
+            "paths": {"artifacts": str(root / "artifacts")},
+            "model": {"epochs": 1, "stream_eval_events": 300, "ranker": True},
+            "serving": {"ranker": "gbdt"},
+        }
+    )
+    train(config, ml, log=_quiet)
+    build_index(config, ml, log=_quiet)
+    return config
+
+
+@pytest.fixture(scope="session")
+@real_part
 def feature_store(trained: Config, ml: Dataset) -> Config:
     """A Feast store with profiles materialized and activity backfilled from the past."""
     from features.backfill import initialise

@@ -65,7 +65,7 @@ def _pipeline(
     assert stages.valid is not None  # the ranker's slice
     log(f"towers on {len(stages.train):,} interactions, ranker rows from {len(stages.valid):,}")
     fitted = fit(mc, ml, stages, log=log, progress=False)
-    results = evaluate_pipeline(
+    results, _ = evaluate_pipeline(
         ml,
         fitted.space,
         fitted.user_fn,

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -280,7 +280,13 @@ def train(config: Config, ml: Dataset, *, log: Log = print, publish: bool = True
         f"{0 if split.valid is None else len(split.valid):,}, testing on {len(split.test):,} "
         f"(temporal split), up to {mc.epochs} epochs"
     )
-    fitted = fit(mc, ml, split, log=log)
+    stages = final = None
+    if mc.ranker:
+        from evaluation.pipeline import pipeline_splits
+
+        stages, final = pipeline_splits(split)
+        log(f"two stages: the towers on {len(stages.train):,}, the ranker on the next slice")
+    fitted = fit(mc, ml, split if stages is None else stages, log=log)
     vectors = fitted.item_vectors(ml)
     metrics = {
         "stream": evaluate_stream(
@@ -301,9 +307,28 @@ def train(config: Config, ml: Dataset, *, log: Log = print, publish: bool = True
             max_queries=mc.stream_events(len(ml.items)),
         ),
     }
+    trained = None
+    if stages is not None and final is not None:
+        from evaluation.pipeline import evaluate_pipeline, pipeline_summary
+
+        metrics["pipeline"], trained = evaluate_pipeline(
+            ml,
+            fitted.space,
+            fitted.user_fn,
+            vectors,
+            stages,
+            final,
+            mc.stream_events(len(ml.items)),
+            log,
+        )
+        log(pipeline_summary(metrics["pipeline"]))
     version = artifacts.new_version()
     with artifacts.staged_version(config.models_dir, version) as staging:
         export(fitted.model, fitted.space, staging)
+        if trained is not None:
+            from ranking import servable
+
+            servable.save(staging, trained.booster, trained.settings, trained.facts, trained.probe)
         fitted.space.save(staging / "features.json")
         save_report(fitted, metrics, staging)
         manifest = {
@@ -321,6 +346,7 @@ def train(config: Config, ml: Dataset, *, log: Log = print, publish: bool = True
                 "test": len(split.test),
             },
             "metrics": metrics,
+            "ranker": None if trained is None else asdict(trained.settings),
             "hyperparameters": mc.model_dump(mode="json"),
         }
         artifacts.write_manifest(staging, manifest)

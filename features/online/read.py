@@ -48,9 +48,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ACTIVITY_READ = ("recent_items", "last_event_ms", "last_event_id")
-"""What a request reads of each view, a subset of its features (``event_count`` orders
-writes only). Passed as fresh lists: Feast's Redis ``online_read`` appends to the list it is
-given."""
+"""What a request reads of each view, a subset of its features. Passed as fresh lists:
+Feast's Redis ``online_read`` appends to the list it is given."""
+EVENT_COUNT = "event_count"
+"""Optional: orders the state's writes, and the ranker reads it (the user's activity)."""
 SEEN = "seen_items"
 """Optional: a state written before seen sets existed has none, and exclude-seen falls back
 to its recent items."""
@@ -189,6 +190,7 @@ class FeatureReader:
                     values["last_event_ms"].int64_val,
                     values["last_event_id"].string_val,
                     values[SEEN].bytes_val if SEEN in values else b"",
+                    values[EVENT_COUNT].int64_val if EVENT_COUNT in values else 0,
                 )
             if profile is None:
                 out.append(UserFeatures(user_id, activity=activity))
@@ -198,7 +200,7 @@ class FeatureReader:
 
     def _read(self, keys: list[EntityKey], missing: list[int]) -> tuple[list[Row], list[Row]]:
         """The activity rows of every key, and the profile rows of the ``missing`` ones."""
-        activity = (self._activity_view, [*ACTIVITY_READ, SEEN])
+        activity = (self._activity_view, [*ACTIVITY_READ, SEEN, EVENT_COUNT])
         store = self._store
         if isinstance(store, ServingSqliteOnlineStore | ServingRedisOnlineStore):
             if not missing or self._profile_view is None:
