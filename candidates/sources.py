@@ -73,6 +73,18 @@ class Source(Protocol):
     def __call__(self, query: Query, n: int) -> Candidates: ...
 
 
+_masks = threading.local()
+
+
+def banned_mask(items: int) -> np.ndarray:
+    """This thread's ``[items] bool`` scratch mask, all False (set a request's banned rows,
+    read, and clear them again: cheaper than ``np.isin``'s sort on every request)."""
+    mask: np.ndarray | None = getattr(_masks, "mask", None)
+    if mask is None or len(mask) < items:
+        mask = _masks.mask = np.zeros(items, bool)
+    return mask
+
+
 def keep_unbanned(
     rows: np.ndarray, scores: np.ndarray, banned: Sequence[np.ndarray], n: int
 ) -> Candidates:
@@ -80,10 +92,15 @@ def keep_unbanned(
     ban. ``rows``/``scores``: ``[B, m]`` best first."""
     out_rows = np.full((len(rows), n), -1, np.int64)
     out_scores = np.full((len(rows), n), -np.inf, np.float32)
+    mask = banned_mask(int(rows.max(initial=-1)) + 1) if banned else None
     for i in range(len(rows)):
         valid = rows[i] >= 0
-        if banned and len(banned[i]):
-            valid &= ~np.isin(rows[i], banned[i])
+        if mask is not None and len(banned[i]):
+            ban = banned[i]
+            ban = ban[ban < len(mask)]
+            mask[ban] = True
+            valid &= ~mask[np.where(valid, rows[i], 0)]
+            mask[ban] = False
         keep = np.flatnonzero(valid)[:n]
         out_rows[i, : len(keep)] = rows[i, keep]
         out_scores[i, : len(keep)] = scores[i, keep]
@@ -138,6 +155,7 @@ class NeighbourSource:
         self._table = table
         self.last_items = last_items
         items = len(table.neighbours)
+        self._last = threading.local()
         self._prior = (
             np.zeros(items) if prior is None else 1e-6 * tie_break(np.asarray(prior, np.float64))
         )
@@ -145,7 +163,18 @@ class NeighbourSource:
     def sums(self, query: Query) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every row a request's recent items neighbour, with its summed similarity (no
         tie-break, nothing banned): ``[p]`` requests, ``[p]`` rows and ``[p] float64`` sums,
-        by request then row."""
+        by request then row. Kept for the thread's last query: the source and the ranking
+        feature both ask for the same batch's."""
+        last: tuple[Query, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = getattr(
+            self._last, "value", None
+        )
+        if last is not None and last[0] is query:
+            return last[1]
+        found = self._sums(query)
+        self._last.value = (query, found)
+        return found
+
+    def _sums(self, query: Query) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         recent = np.asarray(query.recent, np.int64)[:, : self.last_items]
         b, items = len(recent), len(self._table.neighbours)
         has = recent >= 0
@@ -183,12 +212,15 @@ class NeighbourSource:
     def __call__(self, query: Query, n: int) -> Candidates:
         owner, rows, sums = self.sums(query)
         b, items = len(query), len(self._table.neighbours)
-        if query.banned:
-            banned_keys = np.concatenate(
-                [i * items + np.asarray(rows, np.int64) for i, rows in enumerate(query.banned)]
-                + [np.zeros(0, np.int64)]
-            )
-            kept = ~np.isin(owner * items + rows, banned_keys)
+        if query.banned and query.most_banned:
+            mask = banned_mask(items)
+            kept = np.ones(len(rows), bool)
+            starts = np.searchsorted(owner, np.arange(b + 1))
+            for i, ban in enumerate(query.banned):
+                if len(ban) and starts[i] < starts[i + 1]:
+                    mask[ban] = True
+                    kept[starts[i] : starts[i + 1]] = ~mask[rows[starts[i] : starts[i + 1]]]
+                    mask[ban] = False
             owner, rows, sums = owner[kept], rows[kept], sums[kept]
         sums = sums + self._prior[rows]
         order = np.lexsort((-sums, owner))  # by request, then best first; ties by row

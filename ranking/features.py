@@ -139,25 +139,27 @@ def union(lists: Mapping[str, Candidates], items: int) -> tuple[Union, np.ndarra
         The union, ``[m, sources] float32`` scores (NaN where a source did not propose the
         candidate) and ``[m, sources] float32`` 0-based ranks (the list's depth there).
     """
-    keys = []
-    for found in lists.values():
-        owner = np.broadcast_to(np.arange(len(found.rows))[:, None], found.rows.shape)
-        valid = found.rows >= 0
-        keys.append(owner[valid].astype(np.int64) * items + found.rows[valid])
-    pairs = np.unique(np.concatenate([*keys, np.zeros(0, np.int64)]))
-    scores = np.full((len(pairs), len(lists)), np.nan, np.float32)
-    ranks = np.empty((len(pairs), len(lists)), np.float32)
-    for s, found in enumerate(lists.values()):
-        depth = found.rows.shape[1]
-        ranks[:, s] = depth
-        owner = np.broadcast_to(np.arange(len(found.rows))[:, None], found.rows.shape)
-        place = np.broadcast_to(np.arange(depth)[None, :], found.rows.shape)
-        valid = found.rows >= 0
-        at = np.searchsorted(pairs, owner[valid].astype(np.int64) * items + found.rows[valid])
-        scores[at, s] = found.scores[valid]
-        ranks[at, s] = place[valid]
-    owner, rows = np.divmod(pairs, items)
-    return Union(owner, rows), scores, ranks
+    found = list(lists.values())
+    if not found:
+        empty = np.zeros(0, np.int64)
+        return Union(empty, empty), np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    # Every source's lists side by side: [B, total depth], one unique over all of them.
+    rows = np.concatenate([f.rows for f in found], axis=1)
+    listed = np.concatenate([f.scores for f in found], axis=1)
+    depths = [f.rows.shape[1] for f in found]
+    source = np.repeat(np.arange(len(found)), depths)
+    place = np.concatenate([np.arange(d) for d in depths])
+    valid = rows >= 0
+    owner = np.nonzero(valid)[0]
+    keys = owner * items + rows[valid]
+    pairs, inverse = np.unique(keys, return_inverse=True)
+    which = np.broadcast_to(source, rows.shape)[valid]
+    scores = np.full((len(pairs), len(found)), np.nan, np.float32)
+    ranks = np.tile(np.asarray(depths, np.float32), (len(pairs), 1))
+    scores[inverse, which] = listed[valid]
+    ranks[inverse, which] = np.broadcast_to(place, rows.shape)[valid]
+    owners, items_ = np.divmod(pairs, items)
+    return Union(owners, items_), scores, ranks
 
 
 def features(
@@ -204,11 +206,13 @@ def features(
         )
     else:
         columns.append(np.zeros(len(rows), np.float32))
-    # Each candidate against every recent item of the batch (one matrix product), then its
-    # own request's block: [m, H].
-    history = recent.shape[1]
-    every = vectors @ catalog.vectors[at].reshape(-1, vectors.shape[1]).T  # [m, B * H]
-    sims = every[np.arange(len(rows))[:, None], owner[:, None] * history + np.arange(history)]
+    # Each request's candidates against its own recent items, one product a request (the
+    # candidates are grouped by request): [m, H].
+    held_vectors = catalog.vectors[at]  # [B, H, dim]
+    bounds = np.searchsorted(owner, np.arange(len(recent) + 1))
+    sims = np.empty((len(rows), recent.shape[1]), np.float32)
+    for i in range(len(recent)):
+        sims[bounds[i] : bounds[i + 1]] = vectors[bounds[i] : bounds[i + 1]] @ held_vectors[i].T
     mine = has[owner]
     columns.append(np.where(mine, sims, -np.inf).max(axis=1, initial=-np.inf))
     columns[-1] = np.where(mine.any(axis=1), columns[-1], np.nan)
@@ -231,5 +235,7 @@ def features(
         weekdays,
     ):
         columns.append(np.asarray(per_request, np.float64)[owner])
-    matrix = np.column_stack([np.asarray(c, np.float32) for c in columns])
+    matrix = np.empty((len(rows), len(columns)), np.float32)
+    for j, column in enumerate(columns):
+        matrix[:, j] = column
     return found, matrix

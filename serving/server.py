@@ -227,6 +227,17 @@ def one_search_thread() -> None:
     faiss.omp_set_num_threads(1)
 
 
+def one_blas_thread() -> None:
+    """NumPy's BLAS (OpenBLAS, pthreads) on one thread for the whole process: its pool is
+    global, sized to the cores, and a matrix product past its threshold (the ranker's
+    candidates against the batch's recent items, ~1,000 × 80) hands work to a thread that
+    waits for a core the other serving threads hold: 4.3× slower per batch of four measured
+    beside a busy core (1.85 against 7.9 ms for the features)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
     status = (
         health_pb2.HealthCheckResponse.SERVING

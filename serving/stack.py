@@ -24,6 +24,7 @@ from serving.server import (
     RecommenderServicer,
     create_admin_server,
     create_server,
+    one_blas_thread,
     one_search_thread,
     set_serving,
 )
@@ -97,6 +98,7 @@ def start_stack(
         before_serving: Called once warm, just before the public port opens.
     """
     sc = config.serving
+    one_blas_thread()
     stop = threading.Event()
     metrics = ServingMetrics()
     recommend = RecommenderServicer(
