@@ -230,7 +230,7 @@ def run_freshness(
     """
     from kafka import KafkaProducer
 
-    from features.stream.events import encode
+    from features.events import encode
     from features.stream.synthetic import synthetic_interactions
     from localservices.procs import child, serving_ports, write_config
     from serving.client import RecommendClient
@@ -351,7 +351,7 @@ def wait_consuming(
     """Sends a marker event and waits until the ingester (a child process) has written it."""
     from kafka import KafkaProducer
 
-    from features.stream.events import encode
+    from features.events import encode
 
     marker = f"marker-{run}"
     producer = KafkaProducer(bootstrap_servers=config.kafka.bootstrap_servers, acks="all")

@@ -65,6 +65,15 @@ class _Target:
                 self.stages["grpc"].append(elapsed - self.stages["hot_path"][-1])
 
 
+def _has_ranker(config: Config) -> bool:
+    """Whether the current index's model was trained with its ranker (``model.ranker``)."""
+    from ranking.servable import has_ranker
+    from recsys import artifacts
+
+    index = artifacts.read_manifest(artifacts.current(config.indexes_dir), verify=False)
+    return has_ranker(config.models_dir / str(index["model_version"]))
+
+
 @contextlib.contextmanager
 def variant_servers(
     config: Config,
@@ -75,7 +84,8 @@ def variant_servers(
     kinds: Sequence[str] = ("auto",),
 ) -> Iterator[dict[str, tuple[str, subprocess.Popen[bytes]]]]:
     """Starts every variant pinned to ``cpu``: a null handler, the NumPy and SavedModel tower
-    runtimes on SQLite, NumPy on Redis, and with ``index_items`` a synthetic catalog of that
+    runtimes on SQLite, NumPy on Redis, with a ranker in the model the ranker on SQLite and
+    on Redis (``serving.ranker: gbdt``), and with ``index_items`` a synthetic catalog of that
     size, one server per index kind in ``kinds`` on SQLite (``auto``: what ``index.type:
     auto`` builds, IVF at 1M; ``flat``: exact search), and the ``auto`` kind on Redis too (the
     shape a deployment runs).
@@ -109,6 +119,12 @@ def variant_servers(
         past, _ = temporal_split(ml.interactions, config.model.test_fraction)
         initialise(redis_cfg, ml, past)
         variants["numpy, redis"] = (redis_cfg, ["serve"])
+        if _has_ranker(config):  # the second stage, on and off back to back
+            variants["numpy, sqlite, ranker gbdt"] = (variant(ranker="gbdt"), ["serve"])
+            ranked = redis_cfg.with_overrides(
+                {"serving": {**serving_ports(config), "ranker": "gbdt"}}
+            )
+            variants["numpy, redis, ranker gbdt"] = (ranked, ["serve"])
         for kind in kinds if index_items else []:
             built = index_spec(config.index.model_copy(update={"type": kind}), index_items)[0]
             name = f"numpy, sqlite, {index_items:,} items {built}"

@@ -21,8 +21,8 @@ import numpy as np
 
 from benchmarks.harness import percentiles, pin
 from benchmarks.ingest import scratch_stack, wait_consuming
+from features.events import encode
 from features.store import OnlineFeatures
-from features.stream.events import encode
 from features.stream.replay import ensure_topic
 from features.stream.synthetic import synthetic_interactions
 from localservices.procs import child, write_config

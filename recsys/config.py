@@ -164,6 +164,11 @@ class ServingConfig(_Section):
     ranker: Literal["gbdt", "none"] = "none"
     """``gbdt``: the model's ranker orders the candidate sources' union (a model without
     one is refused); ``none``: the two-tower search's order."""
+    ranker_feed: bool = True
+    """With ``ranker: gbdt``, keep the ranker's item state (popularity windows, trending)
+    current from the interactions topic (``kafka.*``); off: the state saved at training."""
+    ranker_feed_wait_seconds: float = Field(5.0, ge=0)
+    """How long a load waits for the item feed to catch up with the topic before serving."""
     tower_runtime: Literal["numpy", "savedmodel"] = "numpy"
     """``numpy``: the exported weights in NumPy (tens of µs); ``savedmodel``: the TF
     SavedModel (for comparison; imports TensorFlow into the server)."""

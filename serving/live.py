@@ -20,6 +20,7 @@ from recsys import artifacts
 from recsys.config import Config
 from recsys.errors import ArtifactError
 from serving.bundle import Bundle
+from serving.item_feed import ItemFeed
 from serving.metrics import ServingMetrics
 from serving.recommender import Features, Recommender
 from serving.request import Request
@@ -118,6 +119,13 @@ class Live:
         recommender = Recommender(bundle, self._features, cfg.serving)
         verify(recommender)
         warm_up(recommender, cfg.serving.warmup_requests)
+        if bundle.ranker is not None and cfg.serving.ranker_feed:
+            feed = recommender.feed = ItemFeed(cfg.kafka, bundle.ranker, bundle.seen).start()
+            if not feed.caught_up.wait(cfg.serving.ranker_feed_wait_seconds):
+                log.warning(
+                    "the ranker's item feed has not caught up with the topic; serving anyway",
+                    extra={"index_version": index_version, "events": feed.events},
+                )
         return recommender
 
     def status(self) -> Status:
@@ -150,7 +158,9 @@ class Live:
                     extra={"index_version": target, "serving": serving, "error": str(exc)},
                 )
                 raise
-            self.recommender = fresh  # the swap: one reference assignment
+            old, self.recommender = self.recommender, fresh  # the swap: one assignment
+            if old.feed is not None:
+                old.feed.stop()
             self.swaps += 1
             self.last_error = ""
             self._refused = None

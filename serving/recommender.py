@@ -29,6 +29,7 @@ from recsys.logs import Throttled
 from serving.answers import Outcome, Recommendation, Served, ServingPath, Stages
 from serving.bundle import Bundle
 from serving.filters import GenreFilters
+from serving.item_feed import ItemFeed
 from serving.ranking import Asked, RankStage
 from serving.request import Request, validate
 
@@ -83,6 +84,8 @@ class Recommender:
             if bundle.ranker is None
             else RankStage(bundle.ranker, bundle.seen, bundle.meta, bundle.space.history_length)
         )
+        self.feed: ItemFeed | None = None
+        """What keeps the ranker's item state current (``serving.live`` starts it)."""
         self.rank_failures = 0
         """Batches the ranker failed on (each answered in the search's order, flagged)."""
         self._rank_failed = Throttled(

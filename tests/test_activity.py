@@ -22,7 +22,7 @@ from features.activity import (
     rating_event_id,
     ratings_to_interactions,
 )
-from features.stream.events import decode, encode
+from features.events import decode, encode
 
 
 def _pit(items: list[str], times: list[int], history_length: int) -> Iterator[Activity]:

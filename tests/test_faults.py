@@ -22,8 +22,8 @@ import pandas as pd
 from kafka import KafkaProducer
 
 from features.activity import EMPTY, Activity, Interaction, apply_events, fold_ratings
+from features.events import encode
 from features.store import OnlineFeatures, open_store
-from features.stream.events import encode
 from features.stream.replay import replay
 from localservices.kafka import LocalBroker
 from localservices.procs import child, free_port, write_config

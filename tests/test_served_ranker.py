@@ -173,6 +173,10 @@ def test_the_ranker_travels_in_its_model_version(ranked: Config) -> None:
     assert settings.names == NAMES and settings.rounds > 0
     for row in ("model", "item_knn", "blend", "pipeline"):
         assert manifest["metrics"]["pipeline"][row]["events"] == 300
+    stream = manifest["metrics"]["stream"]  # the same walk: retrieval, blend, pipeline
+    assert stream["model"] == manifest["metrics"]["pipeline"]["model"]
+    assert stream["pipeline"] == manifest["metrics"]["pipeline"]["pipeline"]
+    assert "blend" in stream and "item_knn" in stream
     saved = json.loads((model_dir / servable.RANKER_DIR / servable.SETTINGS_FILE).read_text())
     assert saved == manifest["ranker"]
     assert WINDOWS_DAYS  # the windows the item state counts
@@ -236,3 +240,57 @@ def test_the_server_serves_the_ranker_over_grpc(ranked: Config, feature_store: C
     assert len(reply.items) == 10
     scores = [i.score for i in reply.items]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_the_item_feed_adds_the_topics_new_events_and_skips_what_the_state_holds(
+    ranked: Config, kafka: str
+) -> None:
+    from kafka import KafkaProducer
+
+    from features.events import encode
+    from serving.item_feed import ItemFeed
+
+    bundle = Bundle.load_current(ranked.models_dir, ranked.indexes_dir, ranker="gbdt")
+    ranker = bundle.ranker
+    assert ranker is not None
+    clock = ranker.state.now
+    item = bundle.item_ids[7]
+    row = 7
+    day = ranker.state.windows[0]
+    before = float(day.counts_of(np.array([row]))[0])
+    kc = ranked.kafka.model_copy(update={"bootstrap_servers": kafka, "topic": "ranker-feed-test"})
+    producer = KafkaProducer(bootstrap_servers=kafka, acks="all")
+    events = [  # two after the saved state's clock, one at it (already counted), one garbage
+        encode("f-1", "u1", item, clock + 60_000),
+        encode("f-2", "u2", item, clock + 120_000),
+        encode("f-0", "u3", item, clock),
+        (b"u4", b"\xff not an event"),
+        encode("f-3", "u5", "no-such-item", clock + 60_000),
+    ]
+    for key, value in events:
+        producer.send(kc.topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+    feed = ItemFeed(kc, ranker, bundle.seen).start()
+    try:
+        assert feed.caught_up.wait(60), "the feed never caught up with the topic"
+    finally:
+        feed.stop()
+    assert feed.events == 2
+    assert float(day.counts_of(np.array([row]))[0]) == before + 2
+    assert ranker.state.now == clock + 120_000  # the clock follows the stream
+
+
+def test_the_item_feed_outlives_a_broker_that_is_not_there(ranked: Config) -> None:
+    from serving.item_feed import ItemFeed
+
+    bundle = Bundle.load_current(ranked.models_dir, ranked.indexes_dir, ranker="gbdt")
+    assert bundle.ranker is not None
+    kc = ranked.kafka.model_copy(update={"bootstrap_servers": "127.0.0.1:9"})  # nothing there
+    feed = ItemFeed(kc, bundle.ranker, bundle.seen).start()
+    try:
+        assert not feed.caught_up.wait(3)
+        assert feed._thread is not None and feed._thread.is_alive()
+    finally:
+        feed.stop()
+    assert feed.events == 0

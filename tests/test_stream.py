@@ -11,8 +11,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from features.activity import Activity, item_hash
+from features.events import encode
 from features.store import OnlineFeatures, open_store
-from features.stream.events import encode
 from features.stream.fold import IngestStats, StateCache, check, process_batch
 from features.stream.ingest import Backoff
 from recsys.errors import DataError, StoreUnavailableError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features.stream.events import encode
+from features.events import encode
 from features.stream.fold import check
 from features.stream.synthetic import synthetic_interactions
 from recsys.errors import DataError

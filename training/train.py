@@ -322,6 +322,10 @@ def train(config: Config, ml: Dataset, *, log: Log = print, publish: bool = True
             log,
         )
         log(pipeline_summary(metrics["pipeline"]))
+        # The same test walk as the stream section's (the towers' row is the same row):
+        # the blend and the ranked pipeline beside its baselines.
+        for row in ("blend", "pipeline"):
+            metrics["stream"][row] = metrics["pipeline"][row]
     version = artifacts.new_version()
     with artifacts.staged_version(config.models_dir, version) as staging:
         export(fitted.model, fitted.space, staging)

@@ -16,8 +16,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from features.activity import Activity, Interaction, apply_events
+from features.events import decode
 from features.store import OnlineFeatures
-from features.stream.events import decode
 from recsys.errors import DataError
 
 EARLIEST_EVENT_MS = 631_152_000_000

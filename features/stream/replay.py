@@ -10,7 +10,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from features.activity import rating_event_id
-from features.stream.events import encode
+from features.events import encode
 from recsys.config import Config
 from recsys.errors import BrokerError
 
