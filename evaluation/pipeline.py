@@ -21,9 +21,7 @@ from candidates.neighbours import cooccurrence_table
 from candidates.sources import (
     Candidates,
     NeighbourSource,
-    Source,
     Trending,
-    TrendingSource,
     TwoTowerSource,
 )
 from evaluation.baselines import DAY_MS, ItemKNN
@@ -34,7 +32,7 @@ from evaluation.protocols import Split
 from evaluation.stream import StreamEvaluator, select_baselines
 from ranking import ranker
 from ranking.features import Catalog, ItemState, feature_names, features, tag_matrix
-from ranking.servable import SOURCES, ItemFacts, Settings, window_events
+from ranking.servable import SOURCES, ItemFacts, Settings, candidate_sources, window_events
 from recsys.data import temporal_split
 from recsys.data.dataset import Dataset
 from towers.encoding import FeatureSpace
@@ -90,12 +88,7 @@ class Stages:
         self.state = ItemState(len(catalog.vectors))
         self.replay = Replay(ev.stream, ev.column, trending, self.state)
         self.knn = neighbour_source
-        self.sources: dict[str, Source] = {
-            "two_tower": two_tower,
-            "neighbours": neighbour_source,
-            "trending": TrendingSource(trending),
-        }
-        assert tuple(self.sources) == SOURCES  # the served ranker builds them in this order
+        self.sources = candidate_sources(two_tower, neighbour_source, trending)
 
     def rows(self, depth: int = DEPTH) -> tuple[ranker.Rows, np.ndarray, np.ndarray]:
         """The walk's candidates and features, a group per event.

@@ -1,10 +1,15 @@
-"""The interaction event on Kafka: protobuf ``recsys.v1.InteractionEvent``, keyed by user id."""
+"""The interaction event on Kafka: protobuf ``recsys.v1.InteractionEvent``, keyed by user id;
+and the consumer that reads a whole topic outside any consumer group (the ingester's
+rebuild, the served ranker's item feed)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from features.activity import Interaction
+from recsys.config import KafkaConfig
 from recsys.errors import DataError
 from recsys.v1 import events_pb2
 
@@ -52,3 +57,31 @@ def decode(raw: bytes) -> tuple[str, Interaction]:
     if message.event_time_ms <= 0:
         raise DataError(f"event {message.event_id} has no event_time_ms")
     return message.user_id, Interaction(message.item_id, message.event_time_ms, message.event_id)
+
+
+def whole_topic(kc: KafkaConfig) -> tuple[Any, list[Any]]:  # Any: kafka-python's untyped types
+    """A consumer outside any group (it commits nothing: a group's offsets are untouched)
+    assigned every partition of ``kc.topic``, and those partitions in order.
+
+    Raises:
+        DataError: the topic does not exist (the consumer is closed).
+        kafka.errors.KafkaError: the broker cannot be reached.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=kc.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        max_poll_records=kc.poll_max_records,
+    )
+    try:
+        partitions = consumer.partitions_for_topic(kc.topic)
+        if not partitions:
+            raise DataError(f"topic {kc.topic} does not exist on {kc.bootstrap_servers}")
+        tps = [TopicPartition(kc.topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+    except Exception:
+        consumer.close()
+        raise
+    return consumer, tps

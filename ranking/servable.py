@@ -94,6 +94,14 @@ class ItemFacts:
     first_seen: np.ndarray
 
 
+def candidate_sources(
+    two_tower: TwoTowerSource, neighbours: NeighbourSource, trending: Trending
+) -> dict[str, Source]:
+    """The ranker's sources by name, in the order of their feature columns (:data:`SOURCES`):
+    one place for the offline walk and the server."""
+    return {"two_tower": two_tower, "neighbours": neighbours, "trending": TrendingSource(trending)}
+
+
 def base_score(features_: np.ndarray, names: Sequence[str], share: float | None) -> np.ndarray:
     """The score the ranker adds to: the blend of the towers' and item-KNN's z-scores at
     ``share`` (0 everywhere when ``share`` is ``None``)."""
@@ -233,11 +241,7 @@ class ServedRanker:
         rows = to_row[items["event_rows"]]
         kept = rows >= 0
         knn = NeighbourSource(table, settings.knn_last_items, prior)
-        sources: dict[str, Source] = {
-            "two_tower": two_tower,
-            "neighbours": knn,
-            "trending": TrendingSource(trending),
-        }
+        sources = candidate_sources(two_tower, knn, trending)
         served = cls(settings, predictor, catalog, sources, knn, state, trending)
         served.observe(rows[kept], items["event_times"][kept])
         state.first_seen = np.where(has, items["first_seen"][src], state.first_seen)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from features.activity import SeenIndex
-from features.events import decode
+from features.events import decode, whole_topic
 from ranking.servable import ServedRanker
 from recsys.config import KafkaConfig
 from recsys.errors import DataError
@@ -116,21 +116,8 @@ class ItemFeed:
                         consumer.close()
 
     def _open(self) -> tuple[Any, dict[Any, int]]:  # Any: kafka-python's untyped consumer, tps
-        from kafka import KafkaConsumer, TopicPartition
-
-        kc = self._kafka
-        consumer = KafkaConsumer(
-            bootstrap_servers=kc.bootstrap_servers,
-            group_id=None,
-            enable_auto_commit=False,
-            max_poll_records=kc.poll_max_records,
-        )
+        consumer, tps = whole_topic(self._kafka)
         try:
-            partitions = consumer.partitions_for_topic(kc.topic)
-            if not partitions:
-                raise DataError(f"topic {kc.topic} does not exist on {kc.bootstrap_servers}")
-            tps = [TopicPartition(kc.topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
             fresh = [tp for tp in tps if tp not in self._positions]
             # Where the watermark falls in the log (record times are send times, which
             # trail event times): an earlier start only re-reads events the watermark skips.

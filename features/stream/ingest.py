@@ -15,11 +15,12 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from features.events import whole_topic
 from features.store import OnlineFeatures
 from features.stream.fold import IngestStats, StateCache, process_batch
 from features.stream.metrics import IngestMetrics
 from recsys.config import Config
-from recsys.errors import DataError, StoreUnavailableError
+from recsys.errors import StoreUnavailableError
 
 if TYPE_CHECKING:
     from kafka import KafkaConsumer, TopicPartition
@@ -320,24 +321,12 @@ def rebuild(
     Complete only if the topic still holds every event since the backfill: its retention
     (``retention.ms``, ``retention.bytes``) bounds what a rebuild can recover.
     """
-    from kafka import KafkaConsumer, TopicPartition
-
     kc = config.kafka
-    consumer = KafkaConsumer(
-        bootstrap_servers=kc.bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        max_poll_records=kc.poll_max_records,
-    )
+    consumer, tps = whole_topic(kc)
     stats = IngestStats()
     retry = Backoff(FIRST_RETRY_S, kc.store_retry_max_ms / 1000)
     cache = StateCache(kc.state_cache_users)
     try:
-        partitions = consumer.partitions_for_topic(kc.topic)
-        if not partitions:
-            raise DataError(f"topic {kc.topic} does not exist on {kc.bootstrap_servers}")
-        tps = [TopicPartition(kc.topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         ends = consumer.end_offsets(tps, timeout_ms=BROKER_TIMEOUT_MS)
         total = sum(max(0, end - consumer.position(tp)) for tp, end in ends.items())
