@@ -58,8 +58,10 @@ def run_demo(config: Config, *, users: int = 3, events: int = 5) -> None:
     print(f"      {ml.name}: {len(ml.interactions):,} interactions, {len(ml.items):,} items")
     past, future = temporal_split(ml.interactions, config.model.test_fraction)
     titles = ml.item_labels()
-    _step(2, total, "train the two towers on the past")
-    train(config, ml)
+    _step(2, total, "train the two towers and the ranker on the past")
+    # The ranker too, so the demo reports the towers, the validated blend and the ranked
+    # pipeline side by side; it is served only with serving.ranker: gbdt (BENCHMARKS.md).
+    train(config.with_overrides({"model": {"ranker": True}}), ml)
     _step(3, total, "build the FAISS index with the item tower")
     build_index(config, ml)
     _step(4, total, "feature store: apply, materialize profiles, backfill activity")
