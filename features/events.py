@@ -59,9 +59,14 @@ def decode(raw: bytes) -> tuple[str, Interaction]:
     return message.user_id, Interaction(message.item_id, message.event_time_ms, message.event_id)
 
 
-def whole_topic(kc: KafkaConfig) -> tuple[Any, list[Any]]:  # Any: kafka-python's untyped types
+def whole_topic(
+    kc: KafkaConfig, bootstrap_timeout_ms: int = 30_000
+) -> tuple[Any, list[Any]]:  # Any: kafka-python's untyped types
     """A consumer outside any group (it commits nothing: a group's offsets are untouched)
     assigned every partition of ``kc.topic``, and those partitions in order.
+
+    Args:
+        bootstrap_timeout_ms: How long to wait for a first broker (kafka-python's default).
 
     Raises:
         DataError: the topic does not exist (the consumer is closed).
@@ -74,6 +79,7 @@ def whole_topic(kc: KafkaConfig) -> tuple[Any, list[Any]]:  # Any: kafka-python'
         group_id=None,
         enable_auto_commit=False,
         max_poll_records=kc.poll_max_records,
+        bootstrap_timeout_ms=bootstrap_timeout_ms,
     )
     try:
         partitions = consumer.partitions_for_topic(kc.topic)

@@ -28,6 +28,7 @@ from recsys.logs import Throttled
 log = logging.getLogger(__name__)
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 10.0
+BOOTSTRAP_MS = 2000
 
 
 class ItemFeed:
@@ -116,7 +117,9 @@ class ItemFeed:
                         consumer.close()
 
     def _open(self) -> tuple[Any, dict[Any, int]]:  # Any: kafka-python's untyped consumer, tps
-        consumer, tps = whole_topic(self._kafka)
+        # A short bootstrap: a feed whose broker is away retries on its own backoff, and
+        # stops (on a swap or at shutdown) within this long.
+        consumer, tps = whole_topic(self._kafka, bootstrap_timeout_ms=BOOTSTRAP_MS)
         try:
             fresh = [tp for tp in tps if tp not in self._positions]
             # Where the watermark falls in the log (record times are send times, which

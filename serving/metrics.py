@@ -21,7 +21,7 @@ from prometheus_client import (
 )
 
 from recsys.telemetry import in_process_values
-from serving.answers import Recommendation, Stages
+from serving.answers import Recommendation, ServingPath, Stages
 from serving.recommender import Recommender
 
 BUCKETS = (
@@ -72,9 +72,7 @@ class ServingMetrics:
         )
         ProcessCollector(registry=r)
         self._stages = [stage.labels(s) for s in STAGES]
-        self._paths = {
-            p: self.requests.labels(p) for p in ("personalized", "cold_start", "degraded")
-        }
+        self._paths = {p.name.lower(): self.requests.labels(p.name.lower()) for p in ServingPath}
         self.loaded = Gauge(
             "recsys_serving_pair_info",
             "The model and index versions serving (value 1)",

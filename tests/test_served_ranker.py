@@ -230,16 +230,28 @@ def test_a_failing_ranker_answers_in_the_searchs_order_flagged(pair, ml: Dataset
             assert got.path is want.path
 
 
-def test_the_server_serves_the_ranker_over_grpc(ranked: Config, feature_store: Config) -> None:
+def test_the_server_serves_the_ranker_over_grpc_and_counts_unranked_answers(
+    ranked: Config, feature_store: Config
+) -> None:
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("the ranker is gone")
+
     with running_server(ranked) as stack:
+        assert stack.live is not None
+        live = stack.live.recommender
+        assert live.bundle.ranker is not None and live._rank is not None
         with grpc.insecure_channel(stack.target) as channel:
             stub = pb_grpc.RecommenderStub(channel)
             reply = stub.Recommend(pb.RecommendRequest(user_id="1", k=10), timeout=10)
-        assert stack.live is not None and stack.live.recommender.bundle.ranker is not None
+            live._rank.ranker.rank = broken  # type: ignore[method-assign]
+            unranked = stub.Recommend(pb.RecommendRequest(user_id="1", k=10), timeout=10)
+        counted = stack.metrics.value("recsys_recommend_requests_total", path="unranked")
     assert reply.path == pb.SERVING_PATH_PERSONALIZED
     assert len(reply.items) == 10
     scores = [i.score for i in reply.items]
     assert scores == sorted(scores, reverse=True)
+    assert unranked.path == pb.SERVING_PATH_UNRANKED and len(unranked.items) == 10
+    assert counted == 1
 
 
 def test_the_item_feed_adds_the_topics_new_events_and_skips_what_the_state_holds(
@@ -289,8 +301,9 @@ def test_the_item_feed_outlives_a_broker_that_is_not_there(ranked: Config) -> No
     kc = ranked.kafka.model_copy(update={"bootstrap_servers": "127.0.0.1:9"})  # nothing there
     feed = ItemFeed(kc, bundle.ranker, bundle.seen).start()
     try:
-        assert not feed.caught_up.wait(3)
+        assert not feed.caught_up.wait(2.5)  # past its first failed connection
         assert feed._thread is not None and feed._thread.is_alive()
     finally:
-        feed.stop()
+        feed.stop(timeout=10)
+    assert feed._thread is not None and not feed._thread.is_alive()  # stopped, not left behind
     assert feed.events == 0
