@@ -147,11 +147,25 @@ class SeenIndex:
             return np.zeros(0, np.int64)
         return self._rows(np.frombuffer(b"".join(map(item_hash, item_ids)), "<u8"))
 
+    def lookup(self, item_ids: Sequence[str]) -> np.ndarray:
+        """``[len(item_ids)] int64`` each id's catalog row, ``-1`` where the catalog does not
+        hold it (aligned with ``item_ids``, unlike :meth:`rows_of`)."""
+        if not len(self._keys):
+            return np.full(len(item_ids), -1, np.int64)
+        if not len(item_ids):
+            return np.zeros(0, np.int64)
+        keys = np.frombuffer(b"".join(map(item_hash, item_ids)), "<u8")
+        at, found = self._find(keys)
+        return np.where(found, self._order[at], -1).astype(np.int64)
+
+    def _find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+        return at, self._keys[at] == keys
+
     def _rows(self, keys: np.ndarray) -> np.ndarray:
         if not len(self._keys):
             return np.zeros(0, np.int64)
-        at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
-        found = self._keys[at] == keys
+        at, found = self._find(keys)
         rows: np.ndarray = self._order[at[found]].astype(np.int64)
         return rows
 

@@ -31,6 +31,7 @@ from candidates.sources import (
     TrendingSource,
     TwoTowerSource,
 )
+from features.activity import SeenIndex
 from ranking.features import DAY_MS, WINDOWS_DAYS, Catalog, ItemState, Union, features
 from recsys.errors import ArtifactError
 
@@ -222,8 +223,7 @@ class ServedRanker:
                 f"LightGBM's offline scores (at most {PARITY:g}); retrain or reinstall lleaves"
             )
         n = len(item_ids)
-        at = {item: row for row, item in enumerate(item_ids)}
-        to_row = np.array([at.get(str(i), -1) for i in items["item_ids"]], np.int64)
+        to_row = SeenIndex(item_ids).lookup([str(i) for i in items["item_ids"]])
         # The index's row r ← the ranker's row of the same item (-1: the ranker never saw it).
         from_row = np.full(n, -1, np.int64)
         known = to_row >= 0

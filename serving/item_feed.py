@@ -80,13 +80,10 @@ class ItemFeed:
                 times.append(event.event_time_ms)
         if not items:
             return 0
-        rows = self._seen.rows_of(items)
-        if len(rows) != len(items):  # some items are not in this index: keep the known ones
-            known = [self._seen.rows_of([i]) for i in items]
-            keep = [k for k, r in enumerate(known) if len(r)]
-            rows = np.array([known[k][0] for k in keep], np.int64)
-            times = [times[k] for k in keep]
-        self._ranker.observe(rows, np.asarray(times, np.int64))
+        rows = self._seen.lookup(items)
+        held = rows >= 0  # items this index does not hold are left out
+        rows, at = rows[held], np.asarray(times, np.int64)[held]
+        self._ranker.observe(rows, at)
         self.events += len(rows)
         return len(rows)
 

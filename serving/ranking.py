@@ -21,6 +21,7 @@ from index.items import ItemMeta
 from ranking.servable import ServedRanker
 
 Selected = tuple[np.ndarray, np.ndarray]
+"""``[n] int64`` rows and ``[n] float32`` scores, best first."""
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from serving.answers import Outcome, Recommendation, Served, ServingPath, Stages
 from serving.bundle import Bundle
 from serving.filters import GenreFilters
 from serving.item_feed import ItemFeed
-from serving.ranking import Asked, RankStage
+from serving.ranking import Asked, RankStage, Selected
 from serving.request import Request, validate
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,6 @@ class Features(Protocol):
     def read_many(self, user_ids: Sequence[str]) -> Sequence[UserFeatures] | None:
         """Each user's features in order, or ``None`` when the store failed."""
         ...
-
-
-Selected = tuple[np.ndarray, np.ndarray]
-"""``[n] int64`` rows and ``[n] float32`` scores, best first."""
 
 
 class _Work:

@@ -387,3 +387,10 @@ def test_seen_rows_are_what_a_dictionary_of_first_rows_gives(size) -> None:
     asked = [asked[i] for i in rng.permutation(len(asked))]
     assert catalog.rows_of(asked).tolist() == [first[i] for i in asked if i in first]
     assert catalog.rows_of(list(first)).tolist() == list(first.values())
+
+
+def test_lookup_aligns_rows_with_the_ids_and_marks_unknown_ones() -> None:
+    catalog = SeenIndex(["a", "b", "c"])
+    np.testing.assert_array_equal(catalog.lookup(["c", "zz", "a", "c"]), [2, -1, 0, 2])
+    np.testing.assert_array_equal(catalog.lookup([]), np.zeros(0, np.int64))
+    np.testing.assert_array_equal(SeenIndex([]).lookup(["a"]), [-1])
