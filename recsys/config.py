@@ -133,6 +133,9 @@ class KafkaConfig(_Section):
     """The longest one online-store read or write of the ingester may wait (Redis)."""
     store_retry_max_ms: int = Field(1000, ge=1)
     """The ingester retries a failed store write after 100 ms, doubling up to this."""
+    bootstrap_timeout_ms: int = Field(30_000, ge=1)
+    """How long a command waits for a first broker before it says none answers
+    (kafka-python's default)."""
 
 
 class FeastConfig(_Section):

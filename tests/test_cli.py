@@ -75,7 +75,12 @@ def _one_line(code: int, err: str, *needles: str) -> None:
 
 def test_a_down_broker_is_one_line(feature_store: Config, tmp_path: Path) -> None:
     config = feature_store.with_overrides(
-        {"kafka": {"bootstrap_servers": f"127.0.0.1:{free_port('127.0.0.1')}"}}
+        {
+            "kafka": {
+                "bootstrap_servers": f"127.0.0.1:{free_port('127.0.0.1')}",
+                "bootstrap_timeout_ms": 2000,
+            }
+        }
     )
     _one_line(*_run(config, tmp_path, "ingest"), "no Kafka broker answers", "recsys broker")
 

@@ -44,6 +44,7 @@ def make_consumer(config: Config, on_rebalance: Callable[[], None] = lambda: Non
         # A topic created (or grown) after the consumer joined is seen within seconds, not
         # after the default 5 minutes.
         metadata_max_age_ms=5000,
+        bootstrap_timeout_ms=kc.bootstrap_timeout_ms,
     )
     _subscribe(consumer, config, on_rebalance)
     return consumer
@@ -237,7 +238,11 @@ def run(
     cache = StateCache(config.kafka.state_cache_users)
     consumer = make_consumer(config, on_rebalance=cache.clear)
     starvation = _Starvation(config, cache.clear)
-    dead_letters = KafkaProducer(bootstrap_servers=config.kafka.bootstrap_servers, acks="all")
+    dead_letters = KafkaProducer(
+        bootstrap_servers=config.kafka.bootstrap_servers,
+        acks="all",
+        bootstrap_timeout_ms=config.kafka.bootstrap_timeout_ms,
+    )
     metrics = metrics or IngestMetrics()
     stats = IngestStats()
     retry = Backoff(FIRST_RETRY_S, config.kafka.store_retry_max_ms / 1000)

@@ -26,7 +26,9 @@ def ensure_topic(config: Config, timeout: float = 30.0) -> None:
     from kafka.errors import TopicAlreadyExistsError
 
     kc = config.kafka
-    admin = KafkaAdminClient(bootstrap_servers=kc.bootstrap_servers)
+    admin = KafkaAdminClient(
+        bootstrap_servers=kc.bootstrap_servers, bootstrap_timeout_ms=kc.bootstrap_timeout_ms
+    )
     try:
         with contextlib.suppress(TopicAlreadyExistsError):
             admin.create_topics([NewTopic(kc.topic, kc.partitions, 1)])
@@ -77,7 +79,10 @@ def replay(
     own = producer is None
     if producer is None:
         producer = KafkaProducer(
-            bootstrap_servers=config.kafka.bootstrap_servers, acks="all", linger_ms=5
+            bootstrap_servers=config.kafka.bootstrap_servers,
+            acks="all",
+            linger_ms=5,
+            bootstrap_timeout_ms=config.kafka.bootstrap_timeout_ms,
         )
     # In the watermark's order, (event time, event id): an event tied in time with one
     # already folded but with a smaller id is skipped as late, so any other order would make
