@@ -184,9 +184,13 @@ class NeighbourSource:
         request = np.broadcast_to(np.arange(b, dtype=np.int64)[:, None, None], neighbours.shape)
         keys = request[valid] * items + neighbours[valid]
         weights = self._table.weights[at][valid].astype(np.float64)
-        pairs, inverse = np.unique(keys, return_inverse=True)
-        sums = np.bincount(inverse, weights=weights, minlength=len(pairs)).astype(np.float64)
-        owner, rows = np.divmod(pairs, items)
+        # Equal keys side by side (a stable sort keeps each key's weights in their order),
+        # then one sum per run of equal keys: what np.unique + bincount did, in fewer passes.
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        starts = np.flatnonzero(np.concatenate(([len(keys) > 0], keys[1:] != keys[:-1])))
+        sums = np.add.reduceat(weights[order], starts) if len(keys) else np.zeros(0)
+        owner, rows = np.divmod(keys[starts], items)
         return owner, rows, sums
 
     def scores_of(

@@ -1,4 +1,5 @@
-"""``recsys bench``, ``bench-index``, ``bench-ingest``, ``bench-fleet`` and ``bench-freshness``: the
+"""``recsys bench``, ``bench-index``, ``bench-ingest``, ``bench-rank``, ``bench-fleet`` and
+``bench-freshness``: the
 benchmarks behind BENCHMARKS.md, each printing its numbers."""
 
 from __future__ import annotations
@@ -112,6 +113,18 @@ def bench_freshness_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def bench_rank(config: Config, args: argparse.Namespace) -> None:
+    from benchmarks.rank_stage import run
+
+    ml = load_dataset(config)
+    run(config, sorted(ml.interactions["user_id"].unique()), args.batches, args.calls)
+
+
+def bench_rank_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16], help="batch sizes")
+    p.add_argument("--calls", type=int, default=800, help="requests per batch size")
+
+
 def bench_fleet(config: Config, args: argparse.Namespace) -> None:
     from benchmarks.fleet import run
     from recsys import artifacts
@@ -144,6 +157,12 @@ COMMANDS = (
         "ingest throughput from a local broker",
         bench_ingest,
         bench_ingest_arguments,
+    ),
+    Command(
+        "bench-rank",
+        "the second stage's cost a request by batch size, with and without its first cut",
+        bench_rank,
+        bench_rank_arguments,
     ),
     Command(
         "bench-fleet",

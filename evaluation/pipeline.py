@@ -31,7 +31,16 @@ from evaluation.metrics import next_item_metrics
 from evaluation.protocols import Split
 from evaluation.stream import StreamEvaluator, select_baselines
 from ranking import ranker
-from ranking.features import Catalog, ItemState, feature_names, features, tag_matrix
+from ranking.features import (
+    Catalog,
+    Cut,
+    ItemState,
+    blend_score,
+    feature_names,
+    features,
+    first_cut,
+    tag_matrix,
+)
 from ranking.servable import SOURCES, ItemFacts, Settings, candidate_sources, window_events
 from recsys.data import temporal_split
 from recsys.data.dataset import Dataset
@@ -41,6 +50,12 @@ DEPTH = 100
 """Candidates each source proposes (their union is what the ranker orders)."""
 RANKER_FRACTION = 0.1
 """The share of the past before validation held out from the towers for the ranker."""
+CUTS = (0, 100, 50, 25)
+"""First cuts tried (:class:`ranking.features.Cut`: candidates a request keeps, ranked by the
+blend, before the ranker; 0: none). The ranker's cost grows with what it ranks."""
+CUT_TOLERANCE = 0.01
+"""The smallest cut whose validation NDCG@10 is within this share of the best cut's is kept:
+a cheaper stage for at most a 1 % loss, measured on validation."""
 
 UserFn = Callable[[Any], np.ndarray]  # Any: encoded user inputs
 
@@ -190,27 +205,51 @@ def evaluate_pipeline(
             f"item among them for {rows.labels.sum() / len(ev.walk):.3f} "
             f"({time.perf_counter() - t:.0f}s)"
         )
-    # The ranker alone, and the ranker boosting from the blend's score: picked on validation.
-    tried: dict[str, tuple[Any, dict[str, Any], float | None]] = {}  # Any: Booster, report
-    for start in ("features only", "from the blend"):
-        base_share = share if start == "from the blend" else None
-        train_rows = _based(walked["ranker"][0], base_share)
-        valid_rows = _based(walked["valid"][0], base_share)
-        t = time.perf_counter()
-        booster, fit = ranker.train(train_rows, valid_rows)
-        fit["train_seconds"] = round(time.perf_counter() - t, 1)
-        ranks = pipeline_ranks(booster, valid_rows, walked["valid"][1], len(valid.walk))
-        fit["valid"] = next_item_metrics(ranks)
-        log(
-            f"ranker, {start}: {fit['rounds']} rounds, validation NDCG@10 "
-            f"{fit['valid']['ndcg@10']:.4f} ({fit['train_seconds']}s)"
-        )
-        tried[start] = (booster, fit, base_share)
-    start = max(tried, key=lambda k: tried[k][1]["valid"]["ndcg@10"])
-    booster, fit, base_share = tried[start]
-    fit["start"] = start
-    fit["tried"] = {k: v[1]["valid"]["ndcg@10"] for k, v in tried.items()}
-    rows, owner, _ = walked["test"]
+    # For each first cut, the ranker alone and the ranker boosting from the blend's score;
+    # the cut, the start and the rounds are picked on validation.
+    tried: dict[tuple[int, str], tuple[Any, dict[str, Any], float | None]] = {}  # Any: Booster
+    for depth in CUTS:
+        cut = Cut(depth, share) if depth else None
+        train_walk = _cut(walked["ranker"], cut, len(slice_ev.walk))
+        valid_walk = _cut(walked["valid"], cut, len(valid.walk))
+        for start in ("features only", "from the blend"):
+            base_share = share if start == "from the blend" else None
+            train_rows = _based(train_walk[0], base_share)
+            valid_rows = _based(valid_walk[0], base_share)
+            t = time.perf_counter()
+            booster, fit = ranker.train(train_rows, valid_rows)
+            fit["train_seconds"] = round(time.perf_counter() - t, 1)
+            ranks = pipeline_ranks(booster, valid_rows, valid_walk[1], len(valid.walk))
+            fit["valid"] = next_item_metrics(ranks)
+            log(
+                f"ranker, cut {depth or 'none'}, {start}: {fit['rounds']} rounds, validation "
+                f"NDCG@10 {fit['valid']['ndcg@10']:.4f} ({fit['train_seconds']}s)"
+            )
+            tried[depth, start] = (booster, fit, base_share)
+    best = max(v[1]["valid"]["ndcg@10"] for v in tried.values())
+    per_cut = {
+        d: max((k for k in tried if k[0] == d), key=lambda k: tried[k][1]["valid"]["ndcg@10"])
+        for d in CUTS
+    }
+    good = [
+        d
+        for d, k in per_cut.items()
+        if tried[k][1]["valid"]["ndcg@10"] >= (1 - CUT_TOLERANCE) * best
+    ]
+    depth = min(good, key=lambda d: d or np.inf)
+    booster, fit, base_share = tried[per_cut[depth]]
+    cut = Cut(depth, share) if depth else None
+    fit["start"] = per_cut[depth][1]
+    fit["cut"] = depth
+    fit["tried"] = {
+        f"cut {k[0] or 'none'}, {k[1]}": v[1]["valid"]["ndcg@10"] for k, v in tried.items()
+    }
+    log(
+        f"ranker kept: cut {depth or 'none'} (the smallest within {CUT_TOLERANCE:.0%} of the "
+        f"best on validation), {fit['start']}, {fit['rounds']} rounds"
+    )
+    union_recall = float(walked["test"][0].labels.sum() / len(test.walk))
+    rows, owner, _ = _cut(walked["test"], cut, len(test.walk))
     rows = _based(rows, base_share)
     knn = ItemKNN(test.train, test.column, last, test.train_counts)
     results: dict[str, Any] = {  # Any: a JSON report
@@ -220,6 +259,7 @@ def evaluate_pipeline(
         "pipeline": next_item_metrics(pipeline_ranks(booster, rows, owner, len(test.walk))),
         "valid_pipeline": fit["valid"],
         "candidates_recall": float(rows.labels.sum() / len(test.walk)),
+        "union_recall": union_recall,
         "settings": {
             "knn_last_items": last,
             "trending_window_days": days,
@@ -251,6 +291,8 @@ def evaluate_pipeline(
             base_share=base_share,
             rounds=int(fit["rounds"]),
             valid_ndcg=float(fit["valid"]["ndcg@10"]),
+            cut_depth=depth,
+            cut_share=share,
         ),
         ItemFacts(
             item_ids=list(test.column),
@@ -260,18 +302,44 @@ def evaluate_pipeline(
             event_times=event_times,
             first_seen=first_seen,
         ),
-        walked["valid"][0].features,
+        _cut(walked["valid"], cut, len(valid.walk))[0].features,
     )
     return results, trained
 
 
+Walked = tuple[ranker.Rows, np.ndarray, np.ndarray]
+"""A walk's rows, each row's event and its catalog row (:meth:`Stages.rows`)."""
+
+
+def _blend_of(rows: ranker.Rows, share: float) -> np.ndarray:
+    names = rows.names
+    return blend_score(
+        rows.features[:, names.index("tower_z")], rows.features[:, names.index("knn_z")], share
+    )
+
+
+def _cut(walked: Walked, cut: Cut | None, events: int) -> Walked:
+    """The walk's rows that ``cut`` keeps (the rows the server ranks with that cut)."""
+    if cut is None:
+        return walked
+    rows, owner, items = walked
+    keep = first_cut(owner, _blend_of(rows, cut.share), cut.depth)
+    kept = ranker.Rows(
+        rows.features[keep],
+        rows.labels[keep],
+        np.bincount(owner[keep], minlength=events),
+        rows.names,
+    )
+    return kept, owner[keep], items[keep]
+
+
 def _based(rows: ranker.Rows, share: float | None) -> ranker.Rows:
     """``rows`` starting from the blend's score (``share`` of item-KNN) or from nothing."""
-    if share is None:
-        return rows.with_base(None)
-    tower = rows.features[:, rows.names.index("tower_z")].astype(np.float64)
-    knn = rows.features[:, rows.names.index("knn_z")].astype(np.float64)
-    return rows.with_base((1 - share) * tower + share * knn)
+    return rows.with_base(None if share is None else _blend_of(rows, share))
+
+
+def _cut_label(depth: int) -> str:
+    return f"blend's top {depth}" if depth else "union (no cut)"
 
 
 def _fmt(tried: dict[float, float]) -> str:
@@ -295,6 +363,7 @@ def pipeline_summary(results: dict[str, Any]) -> str:  # Any: a JSON report
     lines.append(
         f"  pipeline NDCG@10 {ndcg:.4f}: {ndcg / best:.3f}x the best single source, "
         f"{ndcg / results['blend']['ndcg@10']:.3f}x the blend; the next item among the "
-        f"candidates for {results['candidates_recall']:.3f} of events"
+        f"union for {results['union_recall']:.3f} of events, among the ranked "
+        f"{_cut_label(results['ranker']['cut'])} for {results['candidates_recall']:.3f}"
     )
     return "\n".join(lines)

@@ -10,7 +10,7 @@ version's static catalog facts (:class:`Catalog`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -155,11 +155,52 @@ def union(lists: Mapping[str, Candidates], items: int) -> tuple[Union, np.ndarra
     pairs, inverse = np.unique(keys, return_inverse=True)
     which = np.broadcast_to(source, rows.shape)[valid]
     scores = np.full((len(pairs), len(found)), np.nan, np.float32)
-    ranks = np.tile(np.asarray(depths, np.float32), (len(pairs), 1))
+    ranks = np.empty((len(pairs), len(found)), np.float32)
+    ranks[:] = depths
     scores[inverse, which] = listed[valid]
     ranks[inverse, which] = np.broadcast_to(place, rows.shape)[valid]
     owners, items_ = np.divmod(pairs, items)
     return Union(owners, items_), scores, ranks
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A first cut of the union before the features and the ranker: each request's ``depth``
+    best candidates by the blend of the towers' and item-KNN's z-scores at ``share`` (what
+    :func:`blend_score` gives), the rest dropped. Every feature is a candidate's own, so
+    cutting before the features and cutting the feature rows after give the same rows.
+
+    ``depth``: one for every request, or ``[B]`` one each (a request that asks for more
+    than the cut keeps as many as it asks for)."""
+
+    depth: int | np.ndarray
+    share: float
+
+    def at_least(self, wanted: np.ndarray) -> Cut:
+        """Each request keeps ``max(depth, wanted)``."""
+        return Cut(np.maximum(self.depth, np.asarray(wanted, np.int64)), self.share)
+
+
+def blend_score(tower_z: np.ndarray, knn_z: np.ndarray, share: float) -> np.ndarray:
+    """``[m] float64`` the validated blend from the ``tower_z`` and ``knn_z`` feature columns
+    as the feature matrix holds them (float32), so a cut made from the matrix's columns and
+    one made before the matrix agree to the last bit."""
+    tower = np.asarray(tower_z, np.float32).astype(np.float64)
+    knn = np.asarray(knn_z, np.float32).astype(np.float64)
+    out: np.ndarray = (1 - share) * tower + share * knn
+    return out
+
+
+def first_cut(owner: np.ndarray, score: np.ndarray, depth: int | np.ndarray) -> np.ndarray:
+    """``[m] bool``: the candidates among their request's ``depth`` best by ``score`` (ties
+    by their order); ``owner`` grouped by request; ``depth`` one for all or ``[B]``."""
+    owner = np.asarray(owner, np.int64)
+    order = np.lexsort((-np.asarray(score, np.float64), owner))
+    place = np.arange(len(owner)) - np.searchsorted(owner, owner[order])
+    depths = np.asarray(depth, np.int64)
+    keep = np.zeros(len(owner), bool)
+    keep[order[place < (depths[owner[order]] if depths.ndim else depths)]] = True
+    return keep
 
 
 def features(
@@ -168,17 +209,41 @@ def features(
     catalog: Catalog,
     state: ItemState,
     knn: NeighbourSource,
+    cut: Cut | None = None,
+    admit: Callable[[Union], np.ndarray] | None = None,
 ) -> tuple[Union, np.ndarray]:
-    """The union of ``lists`` and ``[m, features] float32`` features for each candidate
-    (columns :func:`feature_names` of ``lists``' keys), as of ``state``'s clock; ``knn``
-    scores every candidate by item-to-item similarity, whichever source proposed it.
+    """The union of ``lists`` (less what ``admit`` refuses and ``cut`` drops) and
+    ``[m, features] float32`` features for each candidate (columns :func:`feature_names` of
+    ``lists``' keys), as of ``state``'s clock; ``knn`` scores every candidate by
+    item-to-item similarity, whichever source proposed it.
 
-    ``query`` needs its ``vectors``, ``last_ms`` and ``earlier``."""
+    ``query`` needs its ``vectors``, ``last_ms`` and ``earlier``. ``admit``: ``[m] bool``
+    which of the union's candidates a request may be answered with (its filters), applied
+    before the cut."""
     items = len(catalog.vectors)
     found, scores, ranks = union(lists, items)
+    if admit is not None:
+        allowed = admit(found)
+        found = Union(found.owner[allowed], found.rows[allowed])
+        scores, ranks = scores[allowed], ranks[allowed]
     owner, rows = found.owner, found.rows
     if query.vectors is None or query.last_ms is None or query.earlier is None:
         raise ValueError("ranking features need the query's vectors, last_ms and earlier")
+    queries = np.asarray(query.vectors, np.float32)
+    tower = np.einsum("ij,ij->i", queries[owner], catalog.vectors[rows])
+    mean, spread = catalog.moments(queries)  # per request, not per candidate
+    tower_z = (tower - mean[owner]) / spread[owner]
+    knn_scores, knn_z = knn.scores_of(query, owner, rows)
+    if cut is not None:
+        keep = first_cut(owner, blend_score(tower_z, knn_z, cut.share), cut.depth)
+        found = Union(owner[keep], rows[keep])
+        owner, rows, scores, ranks = found.owner, found.rows, scores[keep], ranks[keep]
+        tower, tower_z, knn_scores, knn_z = (
+            tower[keep],
+            tower_z[keep],
+            knn_scores[keep],
+            knn_z[keep],
+        )
     columns: list[np.ndarray] = []
     for s in range(len(lists)):
         columns += [scores[:, s], ranks[:, s]]
@@ -190,10 +255,7 @@ def features(
         np.where(first <= state.now, (state.now - first) / DAY_MS, np.nan).astype(np.float32)
     )
     vectors = catalog.vectors[rows]
-    queries = np.asarray(query.vectors, np.float32)
-    tower = np.einsum("ij,ij->i", queries[owner], vectors)
-    mean, spread = catalog.moments(queries)  # per request, not per candidate
-    columns += [tower, (tower - mean[owner]) / spread[owner], *knn.scores_of(query, owner, rows)]
+    columns += [tower, tower_z, knn_scores, knn_z]
     recent = np.asarray(query.recent, np.int64)
     has = recent >= 0
     at = np.where(has, recent, 0)

@@ -14,7 +14,7 @@ and refuses it unless the compiled scores match the probe's within :data:`PARITY
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,16 @@ from candidates.sources import (
     TwoTowerSource,
 )
 from features.activity import SeenIndex
-from ranking.features import DAY_MS, WINDOWS_DAYS, Catalog, ItemState, Union, features
+from ranking.features import (
+    DAY_MS,
+    WINDOWS_DAYS,
+    Catalog,
+    Cut,
+    ItemState,
+    Union,
+    blend_score,
+    features,
+)
 from recsys.errors import ArtifactError
 
 RANKER_DIR = "ranker"
@@ -61,6 +70,9 @@ class Settings:
             (``None``: it scores from its features alone).
         rounds: Boosting rounds kept (picked on validation).
         valid_ndcg: Validation NDCG@10 of the pipeline, for the record.
+        cut_depth: Candidates a request keeps after the first cut (:class:`Cut`; 0: no
+            cut, every candidate of the union is ranked).
+        cut_share: The item-KNN share of the blend the first cut orders by.
     """
 
     names: list[str]
@@ -71,6 +83,12 @@ class Settings:
     base_share: float | None
     rounds: int
     valid_ndcg: float
+    cut_depth: int = 0
+    cut_share: float = 0.0
+
+    @property
+    def cut(self) -> Cut | None:
+        return Cut(self.cut_depth, self.cut_share) if self.cut_depth else None
 
 
 @dataclass(frozen=True)
@@ -108,10 +126,9 @@ def base_score(features_: np.ndarray, names: Sequence[str], share: float | None)
     ``share`` (0 everywhere when ``share`` is ``None``)."""
     if share is None:
         return np.zeros(len(features_))
-    tower = features_[:, names.index("tower_z")].astype(np.float64)
-    knn = features_[:, names.index("knn_z")].astype(np.float64)
-    out: np.ndarray = (1 - share) * tower + share * knn
-    return out
+    return blend_score(
+        features_[:, names.index("tower_z")], features_[:, names.index("knn_z")], share
+    )
 
 
 def save(
@@ -258,12 +275,26 @@ class ServedRanker:
             observer.observe(rows, times)
             observer.advance(int(times.max()))
 
-    def rank(self, query: Query) -> tuple[Union, np.ndarray]:
+    def rank(
+        self,
+        query: Query,
+        admit: Callable[[Union], np.ndarray] | None = None,
+        wanted: np.ndarray | None = None,
+    ) -> tuple[Union, np.ndarray]:
         """The batch's candidates and ``[m] float64`` ranker scores (higher first), as of
-        the item state's clock (the stream's newest event)."""
+        the item state's clock (the stream's newest event).
+
+        Args:
+            admit: ``[m] bool`` which of the union's candidates each request may have (its
+                filters), applied before the first cut.
+            wanted: ``[B]`` answers each request asks for: the cut keeps at least as many.
+        """
         depth = self.settings.depth
         lists: dict[str, Candidates] = {n: s(query, depth) for n, s in self.sources.items()}
-        found, matrix = features(query, lists, self.catalog, self.state, self.knn)
+        cut = self.settings.cut
+        if cut is not None and wanted is not None:
+            cut = cut.at_least(wanted)
+        found, matrix = features(query, lists, self.catalog, self.state, self.knn, cut, admit)
         scores = self._predictor.predict(matrix)
         scores = scores + base_score(matrix, self.settings.names, self.settings.base_share)
         return found, scores

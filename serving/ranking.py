@@ -18,6 +18,7 @@ from candidates.sources import Query
 from features.activity import SeenIndex
 from features.user import UserFeatures
 from index.items import ItemMeta
+from ranking.features import Union
 from ranking.servable import ServedRanker
 
 Selected = tuple[np.ndarray, np.ndarray]
@@ -70,19 +71,32 @@ class RankStage:
     def __call__(self, asked: Sequence[Asked], vectors: np.ndarray) -> list[Selected | None]:
         """Each request's top ``k`` rows and ranker scores, best first; ``None`` for one
         whose candidates hold fewer than ``k`` that pass its filters (the search answers it).
+        Filters apply to the union before the first cut, and the cut keeps at least ``k``.
         """
-        found, scores = self.ranker.rank(self.query(asked, vectors))
+        filtered = any(a.include or a.exclude for a in asked)
+        found, scores = self.ranker.rank(
+            self.query(asked, vectors),
+            admit=(lambda union: self._admit(asked, union)) if filtered else None,
+            wanted=np.array([a.k for a in asked], np.int64),
+        )
         order = np.lexsort((-scores, found.owner))  # by request, best first
         bounds = np.searchsorted(found.owner[order], np.arange(len(asked) + 1))
         out: list[Selected | None] = []
         for i, a in enumerate(asked):
             mine = order[bounds[i] : bounds[i + 1]]
             rows = found.rows[mine]
-            if a.include or a.exclude:
-                keep = self._meta.passing(a.include, a.exclude, rows)
-                mine, rows = mine[keep], rows[keep]
             if len(rows) < a.k:
                 out.append(None)
                 continue
             out.append((rows[: a.k], scores[mine[: a.k]].astype(np.float32)))
         return out
+
+    def _admit(self, asked: Sequence[Asked], union: Union) -> np.ndarray:
+        """``[m] bool``: the union's candidates that pass their request's filters."""
+        keep = np.ones(len(union.rows), bool)
+        bounds = np.searchsorted(union.owner, np.arange(len(asked) + 1))
+        for i, a in enumerate(asked):
+            if a.include or a.exclude:
+                at = slice(bounds[i], bounds[i + 1])
+                keep[at] = self._meta.passing(a.include, a.exclude, union.rows[at])
+        return keep

@@ -11,15 +11,18 @@ import pytest
 
 from candidates.neighbours import NeighbourTable
 from candidates.sources import Candidates, NeighbourSource, Query
-from evaluation.pipeline import pipeline_splits
+from evaluation.pipeline import CUTS, pipeline_splits
 from evaluation.protocols import temporal_split_protocol
 from ranking import ranker
 from ranking.features import (
     DAY_MS,
     Catalog,
+    Cut,
     ItemState,
+    blend_score,
     feature_names,
     features,
+    first_cut,
     tag_matrix,
     union,
 )
@@ -74,6 +77,10 @@ def test_item_to_item_scores_cover_every_candidate_with_their_catalog_z_score() 
     want = (dense[[2, 3, 4]] - dense.mean()) / dense.std()
     np.testing.assert_allclose(z[:3], want)
     assert z[3] == 0.0  # no recent items: no spread to scale by
+    nobody = Query(np.full((2, 2), -1), np.zeros(2, np.int64))  # a batch without history
+    scores, z = knn.scores_of(nobody, owner, rows)
+    assert not scores.any() and not z.any()
+    assert (knn(nobody, 3).rows == -1).all()
 
 
 def test_the_tower_z_score_is_the_score_standardized_over_the_whole_catalog() -> None:
@@ -142,6 +149,84 @@ def test_features_read_only_what_was_known_at_the_request() -> None:
             state,
             NeighbourSource(_table(), 2),
         )
+
+
+def test_the_first_cut_keeps_each_requests_best_by_score_ties_by_order() -> None:
+    rng = np.random.default_rng(3)
+    owner = np.sort(rng.integers(0, 6, 200))
+    score = rng.integers(0, 5, 200).astype(np.float64)  # many ties
+    for depth in (1, 3, 50):
+        keep = first_cut(owner, score, depth)
+        for o in range(6):
+            mine = np.flatnonzero(owner == o)
+            best = sorted(mine, key=lambda j: (-score[j], j))[:depth]
+            assert set(np.flatnonzero(keep & (owner == o))) == set(best)
+    depths = np.array([0, 1, 2, 3, 40, 5])  # one a request
+    keep = first_cut(owner, score, depths)
+    np.testing.assert_array_equal(
+        np.bincount(owner[keep], minlength=6), np.minimum(depths, np.bincount(owner))
+    )
+
+
+def test_a_cut_before_the_features_keeps_the_rows_a_cut_of_the_feature_rows_keeps() -> None:
+    """What the server computes with a cut equals the offline walk's rows cut afterwards
+    (by the matrix's own tower_z and knn_z columns): the ranker trains on what it serves."""
+    rng = np.random.default_rng(7)
+    items, b = 40, 5
+    vectors = rng.standard_normal((items, 4)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    catalog = Catalog(vectors, np.zeros((items, 0), np.float32), rng.integers(0, 9, items) * 1.0)
+    neighbours = np.stack([rng.permutation(items)[:6] for _ in range(items)]).astype(np.int32)
+    table = NeighbourTable(neighbours, rng.random((items, 6)).astype(np.float32))
+    state = ItemState(items)
+    state.observe(rng.integers(0, items, 30), rng.integers(0, DAY_MS, 30))
+    state.advance(DAY_MS)
+    query = Query(
+        recent=rng.integers(-1, items, (b, 3)),
+        times_ms=np.full(b, DAY_MS),
+        vectors=rng.standard_normal((b, 4)).astype(np.float32),
+        banned=[np.array([], np.int64)] * b,
+        last_ms=np.full(b, DAY_MS - 1000),
+        earlier=np.arange(b),
+    )
+    lists = {
+        name: Candidates(
+            np.stack([rng.permutation(items)[:12] for _ in range(b)]),
+            rng.random((b, 12)).astype(np.float32),
+        )
+        for name in ("a", "b")
+    }
+    knn = NeighbourSource(table, 2)
+    names = feature_names(list(lists))
+    whole, matrix = features(query, lists, catalog, state, knn)
+    cut = Cut(depth=7, share=0.4)
+    found, kept = features(query, lists, catalog, state, knn, cut)
+    mask = first_cut(
+        whole.owner,
+        blend_score(matrix[:, names.index("tower_z")], matrix[:, names.index("knn_z")], 0.4),
+        7,
+    )
+    assert 0 < mask.sum() < len(mask) and (found.groups(b) <= 7).all()
+    np.testing.assert_array_equal(found.owner, whole.owner[mask])
+    np.testing.assert_array_equal(found.rows, whole.rows[mask])
+    np.testing.assert_array_equal(kept, matrix[mask])
+    # Filters apply before the cut: the admitted rows, then each request's best of them,
+    # at least as many as a request asks for.
+    allowed = whole.rows % 3 != 0
+    found, kept = features(
+        query,
+        lists,
+        catalog,
+        state,
+        knn,
+        cut.at_least(np.array([0, 0, 9, 0, 0])),
+        admit=lambda u: u.rows % 3 != 0,
+    )
+    blend = blend_score(matrix[:, names.index("tower_z")], matrix[:, names.index("knn_z")], 0.4)
+    mask = first_cut(whole.owner[allowed], blend[allowed], np.array([7, 7, 9, 7, 7]))
+    np.testing.assert_array_equal(found.rows, whole.rows[allowed][mask])
+    np.testing.assert_array_equal(kept, matrix[allowed][mask])
+    assert found.groups(b)[2] == 9 and not (found.rows % 3 == 0).any()
 
 
 def test_rows_keep_the_groups_with_a_positive_and_places_follow_the_scores() -> None:
@@ -228,8 +313,10 @@ def test_the_pipeline_protocol_reports_every_stage_on_the_same_test_walk(
         assert r[name]["events"] == 300
         assert 0.0 <= r[name]["ndcg@10"] <= r[name]["recall@10"] <= 1.0
     # The pipeline can only find what the union holds.
-    assert r["pipeline"]["recall@50"] <= r["candidates_recall"] <= 1.0
-    assert r["ranker"]["start"] in r["ranker"]["tried"]
+    assert r["pipeline"]["recall@50"] <= r["candidates_recall"] <= r["union_recall"] <= 1.0
+    assert r["ranker"]["cut"] in CUTS
+    assert f"cut {r['ranker']['cut'] or 'none'}, {r['ranker']['start']}" in r["ranker"]["tried"]
+    assert len(r["ranker"]["tried"]) == 2 * len(CUTS)
     assert r["ranker"]["training_rows"] > 300 * 100
     gains = r["ranker"]["importance"]
     assert set(gains) == set(feature_names(["two_tower", "neighbours", "trending"]))

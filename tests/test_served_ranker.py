@@ -19,7 +19,7 @@ from candidates.sources import Query, TwoTowerSource
 from features.online.read import FeatureReader
 from index.items import ItemMeta, tag_bits
 from ranking import servable
-from ranking.features import WINDOWS_DAYS, feature_names, features
+from ranking.features import WINDOWS_DAYS, blend_score, feature_names, features, first_cut
 from ranking.servable import SOURCES, ItemFacts, ServedRanker, Settings
 from recsys import artifacts
 from recsys.config import Config
@@ -47,10 +47,10 @@ def _booster(seed: int = 0) -> Any:  # Any: a lightgbm.Booster
     return lgb.train(params, lgb.Dataset(x, y, feature_name=NAMES), num_boost_round=20), x
 
 
-def _saved(tmp_path: Path) -> tuple[Path, Any, np.ndarray]:
+def _saved(tmp_path: Path, cut_depth: int = 0) -> tuple[Path, Any, np.ndarray]:
     """A ranker over items a..e saved into ``tmp_path``: ``b`` neighbours ``a`` and ``c``."""
     booster, x = _booster()
-    settings = Settings(NAMES, list(SOURCES), 3, 2, 7, 0.5, 20, 0.1)
+    settings = Settings(NAMES, list(SOURCES), 3, 2, 7, 0.5, 20, 0.1, cut_depth, 0.3)
     table = NeighbourTable(
         np.array([[1, -1], [0, 2], [1, -1], [-1, -1], [-1, -1]], np.int32),
         np.array([[0.5, 0], [0.5, 0.25], [0.25, 0], [0, 0], [0, 0]], np.float32),
@@ -110,8 +110,9 @@ def test_the_compiled_ranker_scores_as_lightgbm_did_and_a_broken_probe_is_refuse
         ServedRanker.load(model_dir, list("abcde"), vectors, np.zeros((5, 0)), _flat(vectors))
 
 
-def test_ranking_a_batch_starts_no_thread(tmp_path: Path) -> None:
-    model_dir, booster, _ = _saved(tmp_path)
+@pytest.mark.parametrize("cut_depth", [0, 2])
+def test_ranking_a_batch_starts_no_thread(tmp_path: Path, cut_depth: int) -> None:
+    model_dir, booster, _ = _saved(tmp_path, cut_depth)
     vectors = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     served = ServedRanker.load(model_dir, list("abcde"), vectors, np.zeros((5, 0)), _flat(vectors))
     query = Query(
@@ -128,7 +129,13 @@ def test_ranking_a_batch_starts_no_thread(tmp_path: Path) -> None:
     assert set(found.rows[found.owner == 0].tolist()).isdisjoint({0, 1})  # its seen items
     # The same features LightGBM scored offline, plus the blend it was trained to add to.
     lists = {n: s(query, 3) for n, s in served.sources.items()}
-    _, matrix = features(query, lists, served.catalog, served.state, served.knn)
+    whole, matrix = features(query, lists, served.catalog, served.state, served.knn)
+    if cut_depth:  # the offline rows cut by their own columns: what the ranker trained on
+        blend = blend_score(matrix[:, NAMES.index("tower_z")], matrix[:, NAMES.index("knn_z")], 0.3)
+        keep = first_cut(whole.owner, blend, cut_depth)
+        assert not keep.all() and (found.groups(2) <= cut_depth).all()
+        matrix = matrix[keep]
+        np.testing.assert_array_equal(found.rows, whole.rows[keep])
     expected = booster.predict(matrix, num_threads=1) + servable.base_score(matrix, NAMES, 0.5)
     np.testing.assert_allclose(scores, expected, atol=servable.PARITY, rtol=0)
 
