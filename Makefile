@@ -13,7 +13,7 @@ PROTOS := $(wildcard proto/recsys/v1/*.proto)
 STUBS := $(patsubst proto/%.proto,%_pb2.py,$(PROTOS))
 DATA := .cache/data/ml-100k/parquet/interactions.parquet
 KAFKA_JARS := .cache/kafka/libs/.pom.sha256
-MYPY := $(VENV)/bin/mypy recsys features towers evaluation training index serving candidates ranking loadtest \
+MYPY := $(VENV)/bin/mypy recsys features catalog towers evaluation training index serving candidates ranking loadtest \
 	benchmarks localservices commands
 
 .PHONY: demo test check setup venv proto data kafka-jars redis broker loadtest lint clean

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from commands import bench, dataset, demo, indexes, local, serve, slo, stream, train
+from commands import bench, catalog, dataset, demo, indexes, local, serve, slo, stream, train
 from commands.command import Command
 from recsys import logs
 from recsys.config import Config, load_config
@@ -23,6 +23,7 @@ COMMANDS: tuple[Command, ...] = (
     *train.COMMANDS,
     *indexes.COMMANDS,
     *stream.COMMANDS,
+    *catalog.COMMANDS,
     *serve.COMMANDS,
     *slo.COMMANDS,
     *bench.COMMANDS,

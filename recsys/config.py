@@ -124,6 +124,11 @@ class KafkaConfig(_Section):
     dead_letter_topic: str = "recsys.interactions.v1.dlq"
     """Where events the ingester cannot use go, with the reason in a ``reason`` header."""
     partitions: int = Field(4, ge=1)
+    catalog_topic: str = "recsys.catalog.v1"
+    """Item changes (``recsys.v1.CatalogEvent``, keyed by item id): upserts and deletes."""
+    catalog_dead_letter_topic: str = "recsys.catalog.v1.dlq"
+    """Where catalog events no server can use go, with the reason in a ``reason`` header."""
+    catalog_partitions: int = Field(1, ge=1)
     group_id: str = "recsys-ingester"
     poll_max_records: int = Field(2000, ge=1)
     poll_timeout_ms: int = Field(100, ge=1)

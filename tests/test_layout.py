@@ -15,6 +15,7 @@ LAYERS = [
     ["recsys"],  # the base: config, errors, artifacts, data, logs, stubs
     ["features"],  # the activity definition, the Feast store, the stream into it
     ["towers", "localservices", "candidates"],
+    ["catalog"],  # item changes on Kafka, for the servers and the index
     ["ranking"],  # the second stage: union, point-in-time features, the GBDT ranker
     ["evaluation"],
     ["training", "index"],

@@ -18,32 +18,35 @@ if TYPE_CHECKING:
     from kafka import KafkaProducer
 
 
-def ensure_topic(config: Config, timeout: float = 30.0) -> None:
-    """Creates the events topic if it does not exist yet, and returns once every partition
-    has a leader: a consumer that joins earlier can be assigned nothing until its next
-    metadata refresh."""
+def ensure_topic(
+    config: Config, timeout: float = 30.0, topic: str | None = None, partitions: int | None = None
+) -> None:
+    """Creates the events topic (or ``topic`` with ``partitions``) if it does not exist yet,
+    and returns once every partition has a leader: a consumer that joins earlier can be
+    assigned nothing until its next metadata refresh."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     kc = config.kafka
+    name = topic or kc.topic
     admin = KafkaAdminClient(
         bootstrap_servers=kc.bootstrap_servers, bootstrap_timeout_ms=kc.bootstrap_timeout_ms
     )
     try:
         with contextlib.suppress(TopicAlreadyExistsError):
-            admin.create_topics([NewTopic(kc.topic, kc.partitions, 1)])
+            admin.create_topics([NewTopic(name, partitions or kc.partitions, 1)])
         deadline = time.monotonic() + timeout
         while True:
-            (topic,) = admin.describe_topics([kc.topic])
-            partitions = topic.get("partitions") or []
+            (described,) = admin.describe_topics([name])
+            found = described.get("partitions") or []
             if (
-                not topic.get("error_code")
-                and partitions
-                and all(p.get("leader_id", -1) >= 0 for p in partitions)
+                not described.get("error_code")
+                and found
+                and all(p.get("leader_id", -1) >= 0 for p in found)
             ):
                 return
             if time.monotonic() > deadline:
-                raise BrokerError(f"topic {kc.topic} has no leader for every partition yet")
+                raise BrokerError(f"topic {name} has no leader for every partition yet")
             time.sleep(0.1)
     finally:
         admin.close()

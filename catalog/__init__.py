@@ -1,0 +1,1 @@
+"""The catalog in real time: item changes on Kafka (``events``)."""
