@@ -1,0 +1,185 @@
+"""The catalog changes since an index version, kept beside it and searched with it.
+
+An :class:`Overlay` holds what the catalog topic said after the offsets the version was built
+from: the items upserted since (their item-tower vectors and filter bitsets, searched by an
+exact index of their own) and the version's rows that are hidden (deleted, or replaced by a
+newer upsert). Rows ``0 .. base_rows-1`` are the version's, row ``base_rows + i`` the overlay's
+``i``-th item: one row space for the search, the filters and the seen sets.
+
+An overlay is never changed in place: :meth:`Overlay.apply` returns a new one, and whoever
+serves it swaps one reference, so a search sees every change of a batch or none of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from catalog.events import ItemChange
+
+Lookup = Callable[[Sequence[str]], np.ndarray]
+"""Item ids → the version's rows (-1: not in the version), as ``SeenIndex.lookup``."""
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """One state of the changes past an index version.
+
+    Attributes:
+        base_rows: Rows of the version's index.
+        hidden: ``[base_rows] bool`` version rows never to be answered (deleted or replaced).
+        ids: The overlay's items, row ``base_rows + i`` for ``ids[i]``.
+        vectors: ``[len(ids), dim] float32`` their item-tower vectors.
+        tags: ``[len(ids), words] uint64`` their filter bitsets (``index.items.tag_bits``).
+        positions: Partition → the next offset of the catalog topic to apply.
+        changes: Events applied since the version (for the record and the fold-in rule).
+    """
+
+    base_rows: int
+    hidden: np.ndarray
+    ids: tuple[str, ...]
+    vectors: np.ndarray
+    tags: np.ndarray
+    positions: Mapping[int, int]
+    changes: int = 0
+    _at: dict[str, int] = field(init=False, repr=False, compare=False)
+    _index: faiss.IndexFlatIP = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_at", {item: i for i, item in enumerate(self.ids)})
+        index = faiss.IndexFlatIP(self.vectors.shape[1])
+        if len(self.ids):
+            index.add(np.ascontiguousarray(self.vectors, np.float32))
+        object.__setattr__(self, "_index", index)
+
+    @classmethod
+    def empty(
+        cls, base_rows: int, dim: int, words: int, positions: Mapping[int, int] | None = None
+    ) -> Overlay:
+        """No change yet past ``positions`` (the version's offsets)."""
+        return cls(
+            base_rows,
+            np.zeros(base_rows, bool),
+            (),
+            np.zeros((0, dim), np.float32),
+            np.zeros((0, words), np.uint64),
+            dict(positions or {}),
+        )
+
+    @property
+    def rows(self) -> int:
+        """The row space: the version's rows, then the overlay's."""
+        return self.base_rows + len(self.ids)
+
+    def apply(
+        self,
+        changes: Sequence[ItemChange],
+        vectors: np.ndarray,
+        tags: np.ndarray,
+        lookup: Lookup,
+        positions: Mapping[int, int],
+    ) -> Overlay:
+        """A new overlay with ``changes`` applied in order (a later change of an item wins).
+
+        Args:
+            changes: Decoded events, in the topic's order for each item.
+            vectors: ``[upserts, dim]`` the item-tower vectors of the upserts, in order.
+            tags: ``[upserts, words]`` their filter bitsets, in order.
+            lookup: The version's rows of item ids.
+            positions: Partition → next offset once these are applied.
+        """
+        upserts = sum(not c.deleted for c in changes)
+        if not upserts == len(vectors) == len(tags):
+            raise ValueError(f"{upserts} upserts but {len(vectors)} vectors, {len(tags)} tags")
+        hidden = self.hidden.copy()
+        current: dict[str, int] = dict(self._at)  # item → row in the lists below
+        kept_vectors = list(self.vectors)
+        kept_tags = list(self.tags)
+        alive = [True] * len(self.ids)
+        ids = list(self.ids)
+        base = lookup([c.item_id for c in changes])
+        upsert = 0
+        for change, row in zip(changes, base, strict=True):
+            if row >= 0:
+                hidden[row] = True  # deleted, or replaced by the upsert below
+            at = current.get(change.item_id)
+            if change.deleted:
+                if at is not None:
+                    alive[at] = False
+                    del current[change.item_id]
+                continue
+            if at is None:
+                current[change.item_id] = len(ids)
+                ids.append(change.item_id)
+                kept_vectors.append(vectors[upsert])
+                kept_tags.append(tags[upsert])
+                alive.append(True)
+            else:
+                kept_vectors[at], kept_tags[at] = vectors[upsert], tags[upsert]
+            upsert += 1
+        keep = [i for i, a in enumerate(alive) if a]
+        dim, words = self.vectors.shape[1], self.tags.shape[1]
+        return Overlay(
+            self.base_rows,
+            hidden,
+            tuple(ids[i] for i in keep),
+            np.array([kept_vectors[i] for i in keep], np.float32).reshape(-1, dim),
+            np.array([kept_tags[i] for i in keep], np.uint64).reshape(-1, words),
+            {**self.positions, **positions},
+            self.changes + len(changes),
+        )
+
+    def rows_of(self, item_ids: Sequence[str], lookup: Lookup) -> np.ndarray:
+        """``[n] int64`` each id's row in the row space: the overlay's when it holds the item
+        (an upsert replaces the version's row), else the version's unless hidden, else -1."""
+        base = lookup(item_ids)
+        out = np.where((base >= 0) & ~self.hidden[np.maximum(base, 0)], base, -1)
+        for i, item in enumerate(item_ids):
+            at = self._at.get(item)
+            if at is not None:
+                out[i] = self.base_rows + at
+        return out.astype(np.int64)
+
+    def search(
+        self, queries: np.ndarray, k: int, passes: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The overlay's best ``k`` for each query (inner product): ``[B, k] float32`` scores
+        and ``[B, k] int64`` rows in the row space (-1 padded). ``passes``: ``[len(ids)] bool``
+        the overlay items a filter lets through (``None``: all)."""
+        b = len(queries)
+        n = len(self.ids) if passes is None else int(passes.sum())
+        if n == 0 or k == 0:
+            return np.full((b, k), -np.inf, np.float32), np.full((b, k), -1, np.int64)
+        params = None
+        if passes is not None:
+            bitmap = np.packbits(passes, bitorder="little")
+            params = faiss.SearchParameters()
+            params.sel = faiss.IDSelectorBitmap(len(passes), faiss.swig_ptr(bitmap))
+        scores, rows = self._index.search(
+            np.ascontiguousarray(queries, np.float32), min(k, len(self.ids)), params=params
+        )
+        rows = np.where(rows >= 0, rows + self.base_rows, -1)
+        if rows.shape[1] < k:
+            pad = k - rows.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+        scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
+        return scores, rows.astype(np.int64)
+
+
+def merge(
+    base: tuple[np.ndarray, np.ndarray], added: tuple[np.ndarray, np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's best ``k`` of two ranked lists (``[B, m]`` scores and rows, -1 padded),
+    ties to the first list: one top-k over the version and the overlay."""
+    scores = np.concatenate([base[0], added[0]], axis=1)
+    rows = np.concatenate([base[1], added[1]], axis=1)
+    scores = np.where(rows >= 0, scores, -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return (
+        np.take_along_axis(scores, order, axis=1).astype(np.float32),
+        np.take_along_axis(rows, order, axis=1),
+    )
