@@ -27,6 +27,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from catalog.fold import CatalogChanges, read_changes
 from index import items
 from index.catalog import Catalog
 from index.plan import (
@@ -136,13 +137,20 @@ def _train_locally(plan: Plan, progress: bool) -> None:
 
 
 def default_catalog(config: Config, ml: Dataset) -> Catalog:
-    """``index.catalog`` if set, else the synthetic catalog if sized, else the data set's."""
+    """``index.catalog`` if set, else the synthetic catalog if sized, else the data set's;
+    with the catalog topic's changes folded in (``index.fold_catalog_topic``)."""
     cfg = config.index
     if cfg.catalog is not None:
-        return Catalog.parquet(cfg.catalog, ml.schema.items, chunk=cfg.chunk_items)
-    if cfg.synthetic_items:
-        return Catalog.synthetic(ml, cfg.synthetic_items, chunk=cfg.chunk_items)
-    return Catalog.dataset(ml, chunk=cfg.chunk_items)
+        catalog = Catalog.parquet(cfg.catalog, ml.schema.items, chunk=cfg.chunk_items)
+    elif cfg.synthetic_items:
+        catalog = Catalog.synthetic(ml, cfg.synthetic_items, chunk=cfg.chunk_items)
+    else:
+        catalog = Catalog.dataset(ml, chunk=cfg.chunk_items)
+    if cfg.fold_catalog_topic:
+        changes = read_changes(config, ml.schema)
+        if changes is not None:
+            catalog = catalog.with_changes(changes)
+    return catalog
 
 
 def build_index(
@@ -292,6 +300,7 @@ class Builder:
                     "version": version,
                     "model_version": self.model_version,
                     "catalog": self.plan.catalog.name,
+                    "catalog_topic": _topic_record(self.config, self.plan.catalog.changes),
                     "engine": cfg.engine,
                     **({"engine_stats": filled.stats} if filled.stats else {}),
                     "items": len(item_ids),
@@ -319,3 +328,16 @@ class Builder:
         artifacts.publish(self.config.indexes_dir, version)
         prune(self.config.indexes_dir, self.config.index.keep_versions)
         self.phases["publish"] = time.perf_counter() - t
+
+
+def _topic_record(config: Config, changes: CatalogChanges | None) -> dict[str, object] | None:
+    """What the version holds of the catalog topic: the offsets it read up to (a server's
+    overlay starts there) and how many items it changed; ``None``: the topic was not read."""
+    if changes is None:
+        return None
+    return {
+        "topic": config.kafka.catalog_topic,
+        "positions": {str(p): o for p, o in sorted(changes.positions.items())},
+        "changed_items": len(changes.latest),
+        "skipped": changes.skipped,
+    }

@@ -17,6 +17,7 @@ power-law skew. Popularity follows a power law over a random permutation of the 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from catalog.events import catalog_frame
+from catalog.fold import CatalogChanges
 from recsys.data.dataset import SECONDS_PER_YEAR, Dataset, convert, ids_of
 from recsys.data.schema import BUCKETED, Table
 from recsys.errors import DataError
@@ -75,6 +78,20 @@ class Catalog:
     chunk: int = CHUNK
     path: Path | None = None
     table: Table | None = None
+    changes: CatalogChanges | None = None
+    """The catalog topic folded in: changed items' rows replaced or dropped, new ones last."""
+    base_size: int | None = None
+    """Items before ``changes`` (``size`` counts them folded in)."""
+
+    def with_changes(self, changes: CatalogChanges) -> Catalog:
+        """This catalog with the topic's changes applied (its size counted exactly)."""
+        removed = sum(1 for item in self._base_ids() if item in changes.latest)
+        size = self.size - removed + len(changes.upserts)
+        return dataclasses.replace(self, size=size, changes=changes, base_size=self._base_size)
+
+    @property
+    def _base_size(self) -> int:
+        return self.size if self.base_size is None else self.base_size
 
     @classmethod
     def dataset(cls, data: Dataset, chunk: int = CHUNK) -> Catalog:
@@ -125,7 +142,31 @@ class Catalog:
         return [self.table.id, *(f.source(n) for n, f in self.table.features.items())]
 
     def chunks(self) -> Iterator[pd.DataFrame]:
-        """Canonical item tables of at most ``chunk`` rows, the real items first."""
+        """Canonical item tables of at most ``chunk`` rows, the real items first (then,
+        with ``changes``, the upserted items by id; changed items' old rows dropped)."""
+        if self.changes is None:
+            yield from self._base_chunks()
+            return
+        latest = self.changes.latest
+        for frame in self._base_chunks():
+            kept = frame[~frame["item_id"].isin(latest)].reset_index(drop=True)
+            if len(kept):
+                yield kept
+        upserts = self.changes.upserts
+        for start in range(0, len(upserts), self.chunk):
+            yield catalog_frame(upserts[start : start + self.chunk])
+
+    def _base_ids(self) -> Iterator[str]:
+        if self.path is not None:
+            assert self.table is not None
+            for batch in _dataset(self.path).to_batches(columns=[self.table.id]):
+                yield from ids_of(batch.column(0), self.path, self.table.id)
+            return
+        assert self.data is not None
+        yield from self.data.items["item_id"]
+        yield from (f"s{i}" for i in range(max(self._base_size - len(self.data.items), 0)))
+
+    def _base_chunks(self) -> Iterator[pd.DataFrame]:
         if self.path is not None:
             assert self.table is not None
             batches = _dataset(self.path).to_batches(columns=self.columns, batch_size=self.chunk)
@@ -137,7 +178,7 @@ class Catalog:
         real = self.data.items
         for start in range(0, len(real), self.chunk):
             yield real.iloc[start : start + self.chunk].reset_index(drop=True)
-        generated = self.size - len(real)
+        generated = self._base_size - len(real)
         if generated <= 0:
             return
         rng = np.random.default_rng(self.seed)

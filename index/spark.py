@@ -168,8 +168,10 @@ def _fill(spark: SparkSession, config: Config, plan: Plan, scratch: Path) -> Fil
     )
     sc = spark.sparkContext
     t = time.perf_counter()
-    path = catalog.path or catalog.write_parquet(scratch / "catalog.parquet")
-    table = catalog.table or catalog.items
+    if catalog.path is not None and catalog.changes is None:  # read where it lies
+        path, table = catalog.path, catalog.table or catalog.items
+    else:  # generated, or with the catalog topic's changes folded in: written once
+        path, table = catalog.write_parquet(scratch / "catalog.parquet"), catalog.items
     frame = read_catalog(spark, path, table)
     # Executors read the id from the string column read_catalog adds.
     reading = (table.model_copy(update={"id": "item_id"}), str(path))

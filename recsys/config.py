@@ -228,6 +228,10 @@ class IndexConfig(_Section):
     """Index versions kept on disk (the current one and the newest others)."""
     synthetic_items: int = Field(0, ge=0)
     """0: index ML-100K's catalog; N: a synthetic catalog of N items (the real ones first)."""
+    fold_catalog_topic: bool = True
+    """``recsys build-index`` folds the catalog topic's changes (``kafka.catalog_topic``) into
+    the data set's or ``index.catalog``'s items and records the offsets it read up to; with
+    no broker answering it indexes without them (servers then apply the whole topic)."""
     chunk_items: int = Field(100_000, ge=1)
     """Items embedded and added per step: memory stays bounded for any catalog size."""
     catalog: Path | None = None

@@ -11,8 +11,9 @@ import pytest
 from catalog.events import decode
 from commands.cli import main
 from features.events import whole_topic
-from localservices.procs import write_config
+from localservices.procs import free_port, write_config
 from recsys.config import Config
+from recsys.data.dataset import Dataset
 from recsys.data.schema import configured_schema
 
 
@@ -57,3 +58,44 @@ def test_put_and_delete_land_on_the_catalog_topic(
         "release_year": 2026.0,
     }
     assert delete.deleted and delete.time_ms == 42 and put.event_id != delete.event_id
+
+
+def test_a_rebuild_folds_the_topic_and_records_what_it_read(
+    scratch: Config, kafka: str, ml: Dataset
+) -> None:
+    """``recsys build-index`` indexes the catalog as the topic has changed it (a new item in,
+    a deleted one out, a replaced one once) and records the offsets it read up to; with no
+    broker it indexes the data set's catalog and records none."""
+    from catalog.events import encode_delete, encode_upsert
+    from catalog.produce import send
+    from index.build import build_index
+    from index.versions import load_index
+
+    config = scratch.with_overrides(
+        {"kafka": {"bootstrap_servers": kafka, "catalog_topic": "catalog-fold-test"}}
+    )
+    film = {"genres": ["Comedy"], "title": "A New Film", "release_year": 2026}
+    send(
+        config,
+        [
+            encode_upsert("catalog-new-1", film, 1),
+            encode_delete("1", 2),
+            encode_upsert("2", {**film, "title": "GoldenEye, Remastered"}, 3),
+        ],
+    )
+    built = build_index(config, ml, log=lambda _: None, publish=False)
+    _, ids, manifest = load_index(built.directory)
+    assert "catalog-new-1" in ids and "1" not in ids and ids.count("2") == 1
+    assert len(ids) == len(ml.items)  # one in, one out
+    assert manifest["catalog_topic"] == {
+        "topic": "catalog-fold-test",
+        "positions": {"0": 3},
+        "changed_items": 3,
+        "skipped": 0,
+    }
+    closed = config.with_overrides(
+        {"kafka": {"bootstrap_servers": f"127.0.0.1:{free_port('127.0.0.1')}"}}
+    )
+    built = build_index(closed, ml, log=lambda _: None, publish=False)
+    _, ids, manifest = load_index(built.directory)
+    assert manifest["catalog_topic"] is None and "1" in ids and "catalog-new-1" not in ids
