@@ -55,7 +55,7 @@ def read_changes(config: Config, schema: DataSchema) -> CatalogChanges | None:
         server applies the whole topic on top of it, which is the same catalog.
     """
     kc = config.kafka
-    if not _port_open(kc.bootstrap_servers):
+    if not broker_answers(kc.bootstrap_servers):
         log.warning(
             "no Kafka broker answers: the index holds no catalog-topic change (servers apply "
             "them all)",
@@ -88,7 +88,7 @@ def read_changes(config: Config, schema: DataSchema) -> CatalogChanges | None:
         consumer.close()
 
 
-def _port_open(bootstrap: str) -> bool:
+def broker_answers(bootstrap: str) -> bool:
     """Whether any bootstrap server's port accepts a connection within :data:`PROBE_S`."""
     for server in bootstrap.split(","):
         host, _, port = server.strip().rpartition(":")

@@ -172,6 +172,12 @@ class ServingConfig(_Section):
     ranker: Literal["gbdt", "none"] = "none"
     """``gbdt``: the model's ranker orders the candidate sources' union (a model without
     one is refused); ``none``: the two-tower search's order."""
+    catalog_feed: bool = True
+    """Each server follows ``kafka.catalog_topic`` and serves its items' changes between
+    rebuilds (an overlay beside the index; ``serving/catalog_feed.py``)."""
+    catalog_feed_wait_seconds: float = Field(10.0, ge=0)
+    """How long a load waits for the catalog feed to apply the topic past the version's
+    offsets before it serves anyway (no wait when no broker's port answers)."""
     ranker_feed: bool = True
     """With ``ranker: gbdt``, keep the ranker's item state (popularity windows, trending)
     current from the interactions topic (``kafka.*``); off: the state saved at training."""

@@ -56,17 +56,26 @@ class Recommendation:
     """One answer: index rows and scores, best first, and the pair and path that produced it.
 
     Attributes:
-        rows: ``[n] int64`` rows of the bundle's index.
+        rows: ``[n] int64`` rows of the bundle's index (past its last: the overlay's).
         scores: ``[n] float32``.
     """
 
-    __slots__ = ("bundle", "path", "rows", "scores")
+    __slots__ = ("added", "bundle", "path", "rows", "scores")
 
-    def __init__(self, bundle: Bundle, rows: np.ndarray, scores: np.ndarray, path: ServingPath):
+    def __init__(
+        self,
+        bundle: Bundle,
+        rows: np.ndarray,
+        scores: np.ndarray,
+        path: ServingPath,
+        added: tuple[str, ...] = (),
+    ):
         self.bundle = bundle
         self.rows = rows
         self.scores = scores
         self.path = path
+        self.added = added
+        """The catalog overlay's items the answer read: row ``ntotal + i`` is ``added[i]``."""
 
     @property
     def model_version(self) -> str:
@@ -79,8 +88,9 @@ class Recommendation:
     @property
     def items(self) -> list[ScoredItem]:
         ids = self.bundle.item_ids
+        base = len(ids)
         return [
-            ScoredItem(ids[r], s)
+            ScoredItem(ids[r] if r < base else self.added[r - base], s)
             for r, s in zip(self.rows.tolist(), self.scores.tolist(), strict=True)
         ]
 

@@ -48,6 +48,9 @@ class Bundle:
     """Decodes a user's seen set (and exclude ids) into this index's rows."""
     ranker: ServedRanker | None = None
     """The model's ranker on this index's rows (``serving.ranker: gbdt``)."""
+    catalog_positions: dict[int, int] | None = None
+    """Partition → offset of the catalog topic the version was built up to (``None``: it
+    read none of it; its overlay then starts at the topic's beginning)."""
 
     @classmethod
     def load(
@@ -99,6 +102,7 @@ class Bundle:
             meta=meta,
             seen=SeenIndex(item_ids),
             ranker=served,
+            catalog_positions=_positions(manifest.get("catalog_topic")),
         )
 
     @classmethod
@@ -141,3 +145,10 @@ def tag_floats(meta: ItemMeta) -> np.ndarray:
         return np.zeros((len(meta.tags), 0), np.float32)
     bits = np.unpackbits(np.ascontiguousarray(meta.tags).view(np.uint8), axis=1, bitorder="little")
     return bits[:, :values].astype(np.float32)
+
+
+def _positions(record: object) -> dict[int, int] | None:
+    """The manifest's ``catalog_topic`` positions (``index.build``), keyed by partition."""
+    if not isinstance(record, dict):
+        return None
+    return {int(p): int(o) for p, o in record.get("positions", {}).items()}

@@ -16,26 +16,32 @@ FILTERS_KEPT = 64
 class GenreFilters:
     """The search parameters for each genre-mask pair of one index, built once per pair."""
 
-    def __init__(self, index: faiss.Index, meta: ItemMeta):
+    def __init__(self, index: faiss.Index, meta: ItemMeta, hidden: np.ndarray | None = None):
         """
         Args:
             index: The index the parameters are for (its own nprobe or efSearch is kept).
             meta: Its items' genres, row-aligned.
+            hidden: ``[rows] bool`` rows no search may return (an overlay's deleted and
+                replaced items); ``None``: none.
         """
         self._index = index
         self._meta = meta
+        self._hidden = hidden
         self._filters: dict[tuple[int, int], tuple[faiss.SearchParameters, object, np.ndarray]] = {}
 
     def params(self, include: int, exclude: int) -> faiss.SearchParameters | None:
         """FAISS search parameters that only consider items passing the genre masks (a bitmap
         over the index's rows, kept per mask pair), so a filtered search fetches what an
-        unfiltered one does instead of over-fetching and widening; ``None`` without filters."""
-        if not include and not exclude:
+        unfiltered one does instead of over-fetching and widening; ``None`` without filters
+        or hidden rows."""
+        if not include and not exclude and self._hidden is None:
             return None
         key = (include, exclude)
         kept = self._filters.get(key)
         if kept is None:
             passes = self._meta.passing(include, exclude)
+            if self._hidden is not None:
+                passes &= ~self._hidden
             bitmap = np.packbits(passes, bitorder="little")
             selector = faiss.IDSelectorBitmap(len(passes), faiss.swig_ptr(bitmap))
             if len(self._filters) >= FILTERS_KEPT:

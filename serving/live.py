@@ -20,6 +20,7 @@ from recsys import artifacts
 from recsys.config import Config
 from recsys.errors import ArtifactError
 from serving.bundle import Bundle
+from serving.catalog_feed import CatalogFeed
 from serving.item_feed import ItemFeed
 from serving.metrics import ServingMetrics
 from serving.recommender import Features, Recommender
@@ -119,6 +120,8 @@ class Live:
         recommender = Recommender(bundle, self._features, cfg.serving)
         verify(recommender)
         warm_up(recommender, cfg.serving.warmup_requests)
+        if cfg.serving.catalog_feed:
+            _follow_catalog(cfg, recommender)
         if bundle.ranker is not None and cfg.serving.ranker_feed:
             feed = recommender.feed = ItemFeed(cfg.kafka, bundle.ranker, bundle.seen).start()
             if not feed.caught_up.wait(cfg.serving.ranker_feed_wait_seconds):
@@ -159,8 +162,9 @@ class Live:
                 )
                 raise
             old, self.recommender = self.recommender, fresh  # the swap: one assignment
-            if old.feed is not None:
-                old.feed.stop()
+            for feed in (old.feed, old.catalog_feed):
+                if feed is not None:
+                    feed.stop()
             self.swaps += 1
             self.last_error = ""
             self._refused = None
@@ -202,3 +206,30 @@ class Live:
         thread = threading.Thread(target=loop, name="index-watcher", daemon=True)
         thread.start()
         return thread
+
+
+def _follow_catalog(config: Config, recommender: Recommender) -> None:
+    """Starts the recommender's catalog feed from its version's offsets and waits (up to
+    ``serving.catalog_feed_wait_seconds``) until it has applied the topic up to its end: a
+    server that reports SERVING serves the catalog its peers serve. With no broker's port
+    answering it does not wait; the feed keeps trying."""
+    from catalog.fold import broker_answers
+    from recsys.data.schema import configured_schema
+    from towers.runtime import NumpyItemTower
+
+    bundle = recommender.bundle
+    feed = recommender.catalog_feed = CatalogFeed(
+        config.kafka,
+        configured_schema(config),
+        bundle,
+        NumpyItemTower.load(config.models_dir / bundle.model_version),
+        bundle.catalog_positions or {},
+        recommender.set_overlay,
+    ).start()
+    if not broker_answers(config.kafka.bootstrap_servers):
+        return
+    if not feed.caught_up.wait(config.serving.catalog_feed_wait_seconds):
+        log.warning(
+            "the catalog feed has not caught up with the topic; serving anyway",
+            extra={"index_version": bundle.index_version},
+        )

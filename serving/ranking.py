@@ -68,15 +68,18 @@ class RankStage:
             earlier=np.array([x.events for x in activity], np.int64),
         )
 
-    def __call__(self, asked: Sequence[Asked], vectors: np.ndarray) -> list[Selected | None]:
+    def __call__(
+        self, asked: Sequence[Asked], vectors: np.ndarray, hidden: np.ndarray | None = None
+    ) -> list[Selected | None]:
         """Each request's top ``k`` rows and ranker scores, best first; ``None`` for one
         whose candidates hold fewer than ``k`` that pass its filters (the search answers it).
-        Filters apply to the union before the first cut, and the cut keeps at least ``k``.
+        Filters (and ``hidden``: rows the catalog overlay hides) apply to the union before
+        the first cut, and the cut keeps at least ``k``.
         """
-        filtered = any(a.include or a.exclude for a in asked)
+        filtered = hidden is not None or any(a.include or a.exclude for a in asked)
         found, scores = self.ranker.rank(
             self.query(asked, vectors),
-            admit=(lambda union: self._admit(asked, union)) if filtered else None,
+            admit=(lambda union: self._admit(asked, union, hidden)) if filtered else None,
             wanted=np.array([a.k for a in asked], np.int64),
         )
         order = np.lexsort((-scores, found.owner))  # by request, best first
@@ -91,9 +94,10 @@ class RankStage:
             out.append((rows[: a.k], scores[mine[: a.k]].astype(np.float32)))
         return out
 
-    def _admit(self, asked: Sequence[Asked], union: Union) -> np.ndarray:
-        """``[m] bool``: the union's candidates that pass their request's filters."""
-        keep = np.ones(len(union.rows), bool)
+    def _admit(self, asked: Sequence[Asked], union: Union, hidden: np.ndarray | None) -> np.ndarray:
+        """``[m] bool``: the union's candidates that pass their request's filters and that
+        the catalog overlay does not hide (``hidden``: ``[rows] bool``)."""
+        keep = np.ones(len(union.rows), bool) if hidden is None else ~hidden[union.rows]
         bounds = np.searchsorted(union.owner, np.arange(len(asked) + 1))
         for i, a in enumerate(asked):
             if a.include or a.exclude:

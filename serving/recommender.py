@@ -15,20 +15,21 @@ its own validation, deadline and errors: one that fails fails alone.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
+from catalog.overlay import Overlay
 from features.user import UserFeatures
 from recsys.config import ServingConfig
 from recsys.errors import DeadlineExceededError, InvalidRequestError
 from recsys.logs import Throttled
 from serving.answers import Outcome, Recommendation, Served, ServingPath, Stages
 from serving.bundle import Bundle
-from serving.filters import GenreFilters
+from serving.catalog_feed import CatalogFeed
+from serving.catalog_view import CatalogView
 from serving.item_feed import ItemFeed
 from serving.ranking import Asked, RankStage, Selected
 from serving.request import Request, validate
@@ -72,14 +73,15 @@ class Recommender:
         self._features = features
         self._config = config
         self._limit = min(bundle.index.ntotal, config.max_fetch)
-        self._filters = GenreFilters(bundle.index, bundle.meta)
-        self._masks = threading.local()
-        """Each serving thread's ``[ntotal] bool`` banned-row mask, all False between uses."""
+        self.view = CatalogView(bundle)
+        """The catalog a batch reads (once): the version, and its overlay once one is set."""
         self._rank = (
             None
             if bundle.ranker is None
             else RankStage(bundle.ranker, bundle.seen, bundle.meta, bundle.space.history_length)
         )
+        self.catalog_feed: CatalogFeed | None = None
+        """What keeps the catalog overlay current (``serving.live`` starts it)."""
         self.feed: ItemFeed | None = None
         """What keeps the ranker's item state current (``serving.live`` starts it)."""
         self.rank_failures = 0
@@ -87,6 +89,11 @@ class Recommender:
         self._rank_failed = Throttled(
             log, "the ranker failed; answered in the search's order (UNRANKED)", 10.0
         )
+
+    def set_overlay(self, overlay: Overlay) -> None:
+        """Serves the catalog as ``overlay`` has changed it, from the next batch on (one
+        reference swapped: a batch sees all of a change or none of it)."""
+        self.view = CatalogView(self.bundle, overlay)
 
     def recommend(self, request: Request, deadline: float | None = None) -> Recommendation:
         """Top ``k`` items for the user, without excluded, filtered or recently seen items.
@@ -115,12 +122,13 @@ class Recommender:
         """
         clock = time.perf_counter
         outcomes: list[Outcome | None] = [None] * len(requests)
+        view = self.view
         t0 = clock()
         work = self._validate(requests, deadlines, outcomes)
         t1 = clock()
         features = self._features.read_many([w.request.user_id for w in work]) if work else []
         t2 = clock()
-        work, towered = self._plan(work, features, outcomes)
+        work, towered = self._plan(work, features, outcomes, view)
         t3 = clock()
         results: dict[int, Selected | Exception] = {}
         towered, vectors = self._embed(towered, results)
@@ -128,19 +136,18 @@ class Recommender:
         embedded = len(vectors) > 0
         ranked = 0.0
         if self._rank is not None and towered:
-            towered, vectors = self._ranked(towered, vectors, results)
+            towered, vectors = self._ranked(towered, vectors, results, view)
             ranked = clock() - t4
-        searched = self._search(towered, vectors, results)
-        meta = self.bundle.meta
+        searched = self._search(towered, vectors, results, view)
         for w in work:
             if w.slot not in results:  # nothing to personalize on: the most popular items
-                results[w.slot] = self._try_select(w, meta.popular, meta.popular_share)
+                results[w.slot] = self._try_select(w, view.popular, view.popular_share, view)
         for w in work:
             result = results[w.slot]
             outcomes[w.slot] = (
                 result
                 if isinstance(result, Exception)
-                else Recommendation(self.bundle, *result, w.path)
+                else Recommendation(self.bundle, *result, w.path, view.ids)
             )
         t5 = clock()
         stages = Stages(
@@ -177,6 +184,7 @@ class Recommender:
         work: list[_Work],
         features: Sequence[UserFeatures] | None,
         outcomes: list[Outcome | None],
+        view: CatalogView,
     ) -> tuple[list[_Work], list[_Work]]:
         """Plan, after the read: each request's features, path and banned rows (its seen set
         and its exclusions).
@@ -190,7 +198,7 @@ class Recommender:
             for w, f in zip(work, features, strict=True):
                 w.features = f
         work = _in_time(work, outcomes)
-        lookup, seen = self.bundle.space.users.index, self.bundle.seen
+        lookup = self.bundle.space.users.index
         towered: list[_Work] = []
         for w in work:
             f = w.features
@@ -202,11 +210,11 @@ class Recommender:
                 w.path = ServingPath.COLD_START
             exclude = w.request.exclude
             if not w.request.include_seen and (recent or f.activity.seen):
-                w.banned = seen.rows(f.activity)
+                w.banned = view.seen_rows(f.activity)
                 if exclude:
-                    w.banned = np.concatenate([w.banned, seen.rows_of(exclude)])
+                    w.banned = np.concatenate([w.banned, view.rows_of(exclude)])
             elif exclude:
-                w.banned = seen.rows_of(exclude)
+                w.banned = view.rows_of(exclude)
             if known or f.has_profile or recent:
                 towered.append(w)
         return work, towered
@@ -253,17 +261,23 @@ class Recommender:
         return np.ascontiguousarray(vectors, np.float32)
 
     def _ranked(
-        self, work: list[_Work], vectors: np.ndarray, results: dict[int, Selected | Exception]
+        self,
+        work: list[_Work],
+        vectors: np.ndarray,
+        results: dict[int, Selected | Exception],
+        view: CatalogView,
     ) -> tuple[list[_Work], np.ndarray]:
         """The ranker's answers into ``results``, one call for the batch. Returns the
         requests the search answers instead: those whose candidates hold fewer than ``k``
-        passing their filters, or every one should the ranker fail (flagged UNRANKED)."""
+        passing their filters, or every one should the ranker fail (flagged UNRANKED).
+        The ranker ranks the version's items (never one the overlay hides)."""
         assert self._rank is not None
+        base = view.base
         asked = [
             Asked(
                 w.features,
                 w.request.request_time_ms or _now_ms(),
-                w.banned,
+                w.banned[w.banned < base] if view.ids else w.banned,
                 w.request.k,
                 w.include,
                 w.exclude,
@@ -271,7 +285,7 @@ class Recommender:
             for w in work
         ]
         try:
-            answers = self._rank(asked, vectors)
+            answers = self._rank(asked, vectors, view.overlay.hidden if view.overlay else None)
         except Exception as exc:
             self.rank_failures += 1
             self._rank_failed.note(f"{type(exc).__name__}: {exc}")
@@ -286,7 +300,11 @@ class Recommender:
         return [work[i] for i in left], vectors[left]
 
     def _search(
-        self, work: Sequence[_Work], vectors: np.ndarray, results: dict[int, Selected | Exception]
+        self,
+        work: Sequence[_Work],
+        vectors: np.ndarray,
+        results: dict[int, Selected | Exception],
+        view: CatalogView,
     ) -> float:
         """Each request's top ``k`` into ``results``: one FAISS search per fetch size and genre
         filter in the batch, then widening (×4 while exclusions leave fewer than ``k``) for a
@@ -294,28 +312,27 @@ class Recommender:
         groups: dict[tuple[int, int, int], list[int]] = {}
         for i, w in enumerate(work):
             groups.setdefault((self._fetch(w), w.include, w.exclude), []).append(i)
-        index, searched = self.bundle.index, 0.0
+        searched = 0.0
         for (fetch, include, exclude), members in groups.items():
             queries = vectors if len(members) == len(vectors) else vectors[members]
-            params = self._filters.params(include, exclude)
             t = time.perf_counter()
-            scores, rows = index.search(queries, fetch, params=params)
+            scores, rows = view.search(queries, fetch, include, exclude)
             searched += time.perf_counter() - t
             for j, i in enumerate(members):
                 w = work[i]
                 try:
-                    picked = self._select(w, rows[j], scores[j])
+                    picked = view.select(rows[j], scores[j], w.request.k, w.banned)
                     fetched, last = fetch, rows[j][-1]
                     # Widen while exclusions leave fewer than k, unless the catalog is
                     # exhausted or the index found fewer than asked (a filter passes fewer).
                     while len(picked[0]) < w.request.k and fetched < self._limit and last >= 0:
                         fetched = min(4 * fetched, self._limit)
                         t = time.perf_counter()
-                        wide_scores, wide_rows = index.search(
-                            queries[j : j + 1], fetched, params=params
+                        wide_scores, wide_rows = view.search(
+                            queries[j : j + 1], fetched, include, exclude
                         )
                         searched += time.perf_counter() - t
-                        picked = self._select(w, wide_rows[0], wide_scores[0])
+                        picked = view.select(wide_rows[0], wide_scores[0], w.request.k, w.banned)
                         last = wide_rows[0][-1]
                     results[w.slot] = picked
                 except Exception as exc:  # this request fails alone
@@ -331,41 +348,13 @@ class Recommender:
         need = min(w.request.k + len(w.banned), FIRST_FETCH)
         return min(max(MIN_FETCH, 1 << (need - 1).bit_length()), self._limit)
 
-    def _try_select(self, w: _Work, rows: np.ndarray, scores: np.ndarray) -> Selected | Exception:
+    def _try_select(
+        self, w: _Work, rows: np.ndarray, scores: np.ndarray, view: CatalogView
+    ) -> Selected | Exception:
         try:
-            return self._select(w, rows, scores, genres=True)
+            return view.select(rows, scores, w.request.k, w.banned, (w.include, w.exclude))
         except Exception as exc:  # this request fails alone
             return exc
-
-    def _select(
-        self, w: _Work, rows: np.ndarray, scores: np.ndarray, genres: bool = False
-    ) -> Selected:
-        """The first ``k`` candidates that are not banned (and, with ``genres``, pass the
-        genre masks: for the popular-items list; a search applied them already): ``[n]`` rows
-        and ``[n]`` scores."""
-        k, banned, include, exclude = w.request.k, w.banned, w.include, w.exclude
-        if rows[-1] < 0:  # the index found fewer than asked
-            found = rows >= 0
-            rows, scores = rows[found], scores[found]
-        if genres and (include or exclude):
-            keep = self.bundle.meta.passing(include, exclude, rows)
-            rows, scores = rows[keep], scores[keep]
-        if not len(banned):
-            return rows[:k], scores[:k]
-        # At most len(banned) of the first k + len(banned) candidates can be banned. A mask
-        # over the index's rows beats np.isin's sort (BENCHMARKS.md has the figures). It is
-        # kept per thread and cleared after use: a fresh one per request would cost a page
-        # fault for every page the request touches, which grows with the catalog.
-        head = rows[: k + len(banned)]
-        is_banned = getattr(self._masks, "banned", None)
-        if is_banned is None:
-            is_banned = self._masks.banned = np.zeros(self.bundle.index.ntotal, bool)
-        is_banned[banned] = True
-        try:
-            picked = np.flatnonzero(~is_banned[head])[:k]
-        finally:
-            is_banned[banned] = False
-        return head[picked], scores[picked]
 
 
 _NOTHING = np.zeros(0, np.int64)

@@ -92,8 +92,14 @@ class ResponseEncoder:
         heads = self._heads
         scores = answer.scores.astype("<f4", copy=False).tobytes()
         parts = []
+        base = len(self._ids)
         for j, row in enumerate(answer.rows.tolist()):
             score = scores[4 * j : 4 * j + 4]
+            if row >= base:  # the catalog overlay's: its rows change with it, never kept
+                parts.append(_scored(answer.added[row - base], b"\x15" if score != _ZERO else b""))
+                if score != _ZERO:
+                    parts.append(score)
+                continue
             if score == _ZERO:
                 parts.append(self._item(row, b""))
                 continue
@@ -106,11 +112,15 @@ class ResponseEncoder:
         return b"".join(parts)
 
     def _item(self, row: int, score_tag: bytes) -> bytes:
-        """Field 1 of the response (one ``ScoredItem``) up to its score's bytes: with
-        ``score_tag`` the score's four bytes follow; without, the item has no score field."""
-        item = _field(0x0A, self._ids[row].encode())
-        size = len(item) + (len(score_tag) + 4 if score_tag else 0)
-        return b"\x0a" + _varint(size) + item + score_tag
+        return _scored(self._ids[row], score_tag)
+
+
+def _scored(item_id: str, score_tag: bytes) -> bytes:
+    """Field 1 of the response (one ``ScoredItem``) up to its score's bytes: with
+    ``score_tag`` the score's four bytes follow; without, the item has no score field."""
+    item = _field(0x0A, item_id.encode())
+    size = len(item) + (len(score_tag) + 4 if score_tag else 0)
+    return b"\x0a" + _varint(size) + item + score_tag
 
 
 class Encoders:
