@@ -5,18 +5,16 @@ then holds exactly the events past them)."""
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from catalog.events import ItemChange, decode
+from features.events import broker_answers, whole_topic
 from recsys.config import Config
 from recsys.data.schema import DataSchema
 from recsys.errors import DataError
 
 log = logging.getLogger(__name__)
-PROBE_S = 1.0
-"""How long a rebuild waits for the broker's port before it indexes without the topic."""
 
 
 @dataclass(frozen=True)
@@ -62,8 +60,6 @@ def read_changes(config: Config, schema: DataSchema) -> CatalogChanges | None:
             extra={"bootstrap_servers": kc.bootstrap_servers},
         )
         return None
-    from features.events import whole_topic
-
     topic = kc.model_copy(update={"topic": kc.catalog_topic})
     try:
         consumer, partitions = whole_topic(topic, bootstrap_timeout_ms=kc.bootstrap_timeout_ms)
@@ -86,15 +82,3 @@ def read_changes(config: Config, schema: DataSchema) -> CatalogChanges | None:
         return fold(changes, {tp.partition: end[tp] for tp in partitions}, skipped)
     finally:
         consumer.close()
-
-
-def broker_answers(bootstrap: str) -> bool:
-    """Whether any bootstrap server's port accepts a connection within :data:`PROBE_S`."""
-    for server in bootstrap.split(","):
-        host, _, port = server.strip().rpartition(":")
-        try:
-            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=PROBE_S):
-                return True
-        except (OSError, ValueError):
-            continue
-    return False

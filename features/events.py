@@ -4,6 +4,7 @@ rebuild, the served ranker's item feed)."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -91,3 +92,17 @@ def whole_topic(
         consumer.close()
         raise
     return consumer, tps
+
+
+def broker_answers(bootstrap: str, timeout_s: float = 1.0) -> bool:
+    """Whether any of ``bootstrap``'s servers accepts a TCP connection within ``timeout_s``:
+    a cheap look before a Kafka client is made (one with no broker retries for its whole
+    bootstrap timeout, logging errors as it goes)."""
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False

@@ -12,9 +12,7 @@ feed, never the server.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,22 +20,19 @@ import numpy as np
 
 from catalog.events import ItemChange, catalog_frame, decode
 from catalog.overlay import Overlay
-from features.events import whole_topic
 from index.plan import embed_chunk
 from recsys.config import KafkaConfig
 from recsys.data.schema import DataSchema
 from recsys.errors import DataError
 from recsys.logs import Throttled
 from serving.bundle import Bundle
+from serving.topic_feed import TopicFeed
 from towers.runtime import NumpyItemTower
 
 log = logging.getLogger(__name__)
-RETRY_FIRST_S = 0.5
-RETRY_MAX_S = 10.0
-BOOTSTRAP_MS = 2000
 
 
-class CatalogFeed:
+class CatalogFeed(TopicFeed):
     """Applies the catalog topic to one bundle's overlay until stopped.
 
     Args:
@@ -49,6 +44,8 @@ class CatalogFeed:
         apply: Called with each new overlay (the recommender's ``set_overlay``).
     """
 
+    missing_topic_is_empty = True  # no catalog topic yet: nothing has changed
+
     def __init__(
         self,
         kafka: KafkaConfig,
@@ -58,7 +55,7 @@ class CatalogFeed:
         start: Mapping[int, int],
         apply: Callable[[Overlay], None],
     ):
-        self._kafka = kafka.model_copy(update={"topic": kafka.catalog_topic})
+        super().__init__(kafka.model_copy(update={"topic": kafka.catalog_topic}), "catalog feed")
         self._schema = schema
         self._bundle = bundle
         self._tower = tower
@@ -68,23 +65,7 @@ class CatalogFeed:
         )
         self.skipped = 0
         """Events that could not be used (undecodable or refused by the schema)."""
-        self.caught_up = threading.Event()
-        """Set once the feed has applied the topic up to the end it had when it started (or
-        found no topic: nothing to apply)."""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._failed = Throttled(log, "catalog feed: broker unavailable; retrying", 30.0)
         self._bad = Throttled(log, "catalog feed: skipped an event no server can use", 30.0)
-
-    def start(self) -> CatalogFeed:
-        self._thread = threading.Thread(target=self._run, name="catalog-feed", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def observe(self, records: Sequence[tuple[int, int, bytes]]) -> Overlay:
         """Applies ``(partition, offset, value)`` records, in the topic's order for each
@@ -114,48 +95,13 @@ class CatalogFeed:
         self._apply(self.overlay)
         return self.overlay
 
-    def _run(self) -> None:
-        wait = RETRY_FIRST_S
-        while not self._stop.is_set():
-            consumer = None
-            try:
-                consumer, ends = self._open()
-                wait = RETRY_FIRST_S
-                while not self._stop.is_set():
-                    polled = consumer.poll(timeout_ms=self._kafka.poll_timeout_ms)
-                    records = [
-                        (tp.partition, r.offset, r.value) for tp, rs in polled.items() for r in rs
-                    ]
-                    if records:
-                        self.observe(records)
-                    if not self.caught_up.is_set() and all(
-                        consumer.position(tp) >= end for tp, end in ends.items()
-                    ):
-                        self.caught_up.set()
-            except DataError:  # no catalog topic yet: nothing changed; look again later
-                self.caught_up.set()
-                self._stop.wait(wait)
-                wait = min(2 * wait, RETRY_MAX_S)
-            except Exception as exc:  # a broker away or restarting: retry, never stop serving
-                self._failed.note(f"{type(exc).__name__}: {exc}")
-                self._stop.wait(wait)
-                wait = min(2 * wait, RETRY_MAX_S)
-            finally:
-                if consumer is not None:
-                    with contextlib.suppress(Exception):  # its broker may be gone
-                        consumer.close()
+    def _handle(self, polled: dict[Any, list[Any]]) -> None:  # Any: kafka-python's
+        self.observe([(tp.partition, r.offset, r.value) for tp, rs in polled.items() for r in rs])
 
-    def _open(self) -> tuple[Any, dict[Any, int]]:  # Any: kafka-python's consumer, partitions
-        consumer, tps = whole_topic(self._kafka, bootstrap_timeout_ms=BOOTSTRAP_MS)
-        try:
-            at = self.overlay.positions
-            for tp in tps:
-                if tp.partition in at:
-                    consumer.seek(tp, at[tp.partition])
-                else:
-                    consumer.seek_to_beginning(tp)
-            ends = consumer.end_offsets(tps)
-        except Exception:
-            consumer.close()
-            raise
-        return consumer, ends
+    def _seek(self, consumer: Any, partitions: list[Any]) -> None:  # Any: kafka-python's
+        at = self.overlay.positions
+        for tp in partitions:
+            if tp.partition in at:
+                consumer.seek(tp, at[tp.partition])
+            else:
+                consumer.seek_to_beginning(tp)

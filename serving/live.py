@@ -131,6 +131,12 @@ class Live:
                 )
         return recommender
 
+    def stop_feeds(self) -> None:
+        """Stops the serving pair's topic feeds (at shutdown; a swap stops the old pair's)."""
+        for feed in (self.recommender.feed, self.recommender.catalog_feed):
+            if feed is not None:
+                feed.stop()
+
     def status(self) -> Status:
         b = self.recommender.bundle
         return Status(
@@ -213,7 +219,7 @@ def _follow_catalog(config: Config, recommender: Recommender) -> None:
     ``serving.catalog_feed_wait_seconds``) until it has applied the topic up to its end: a
     server that reports SERVING serves the catalog its peers serve. With no broker's port
     answering it does not wait; the feed keeps trying."""
-    from catalog.fold import broker_answers
+    from features.events import broker_answers
     from recsys.data.schema import configured_schema
     from towers.runtime import NumpyItemTower
 

@@ -136,6 +136,8 @@ def start_stack(
         server.stop(grace=grace).wait()
         if stop_metrics is not None:
             stop_metrics()
+        if live is not None:
+            live.stop_feeds()
 
 
 def serve_metrics(
