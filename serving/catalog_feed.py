@@ -13,7 +13,9 @@ feed, never the server.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,16 @@ from towers.runtime import NumpyItemTower
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class CatalogBatch:
+    """One batch the feed applied: the new overlay, each applied change's age (from its
+    event time to now, seconds) and the events it skipped."""
+
+    overlay: Overlay
+    ages_s: list[float]
+    skipped: int
+
+
 class CatalogFeed(TopicFeed):
     """Applies the catalog topic to one bundle's overlay until stopped.
 
@@ -42,6 +54,7 @@ class CatalogFeed(TopicFeed):
         tower: The bundle's model's item tower.
         start: Partition → offset the version includes the topic up to.
         apply: Called with each new overlay (the recommender's ``set_overlay``).
+        on_batch: Called after each batch is applied (metrics).
     """
 
     missing_topic_is_empty = True  # no catalog topic yet: nothing has changed
@@ -54,12 +67,14 @@ class CatalogFeed(TopicFeed):
         tower: NumpyItemTower,
         start: Mapping[int, int],
         apply: Callable[[Overlay], None],
+        on_batch: Callable[[CatalogBatch], None] | None = None,
     ):
         super().__init__(kafka.model_copy(update={"topic": kafka.catalog_topic}), "catalog feed")
         self._schema = schema
         self._bundle = bundle
         self._tower = tower
         self._apply = apply
+        self._on_batch = on_batch
         self.overlay = Overlay.empty(
             bundle.index.ntotal, bundle.index.d, bundle.meta.tags.shape[1], start
         )
@@ -72,16 +87,20 @@ class CatalogFeed(TopicFeed):
         partition, and hands the new overlay on; returns it."""
         changes: dict[str, ItemChange] = {}  # each item's last change in the batch
         positions: dict[int, int] = {}
+        times: list[int] = []
+        skipped = 0
         for partition, offset, value in records:
             positions[partition] = offset + 1
             try:
                 change = decode(value, self._schema)
             except DataError as exc:
-                self.skipped += 1
+                skipped += 1
                 self._bad.note(str(exc))
                 continue
+            times.append(change.time_ms)
             changes.pop(change.item_id, None)  # keeps the dict in the order of last change
             changes[change.item_id] = change
+        self.skipped += skipped
         ordered = list(changes.values())
         upserts = [c for c in ordered if not c.deleted]
         dim, words = self.overlay.vectors.shape[1], self.overlay.tags.shape[1]
@@ -93,6 +112,10 @@ class CatalogFeed(TopicFeed):
             ordered, vectors, tags, self._bundle.seen.lookup, positions
         )
         self._apply(self.overlay)
+        if self._on_batch is not None:
+            now_ms = time.time() * 1000
+            ages = [max(now_ms - t, 0.0) / 1000 for t in times]
+            self._on_batch(CatalogBatch(self.overlay, ages, skipped))
         return self.overlay
 
     def _handle(self, polled: dict[Any, list[Any]]) -> None:  # Any: kafka-python's

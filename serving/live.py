@@ -121,7 +121,7 @@ class Live:
         verify(recommender)
         warm_up(recommender, cfg.serving.warmup_requests)
         if cfg.serving.catalog_feed:
-            _follow_catalog(cfg, recommender)
+            _follow_catalog(cfg, recommender, self._metrics)
         if bundle.ranker is not None and cfg.serving.ranker_feed:
             feed = recommender.feed = ItemFeed(cfg.kafka, bundle.ranker, bundle.seen).start()
             if not feed.caught_up.wait(cfg.serving.ranker_feed_wait_seconds):
@@ -214,7 +214,9 @@ class Live:
         return thread
 
 
-def _follow_catalog(config: Config, recommender: Recommender) -> None:
+def _follow_catalog(
+    config: Config, recommender: Recommender, metrics: ServingMetrics | None
+) -> None:
     """Starts the recommender's catalog feed from its version's offsets and waits (up to
     ``serving.catalog_feed_wait_seconds``) until it has applied the topic up to its end: a
     server that reports SERVING serves the catalog its peers serve. With no broker's port
@@ -231,6 +233,7 @@ def _follow_catalog(config: Config, recommender: Recommender) -> None:
         NumpyItemTower.load(config.models_dir / bundle.model_version),
         bundle.catalog_positions or {},
         recommender.set_overlay,
+        None if metrics is None else metrics.catalog,
     ).start()
     if not broker_answers(config.kafka.bootstrap_servers):
         return

@@ -1,6 +1,7 @@
 """Prometheus metrics of the Recommend server: requests by path, errors by status code,
 latency overall and per stage, the batch sizes served and the CPU they took, the process's
-CPU time, the loaded versions, swaps and refused reloads.
+CPU time, the loaded versions, swaps and refused reloads, and the catalog feed's changes
+(applied, skipped, and how old each was when applied) and overlay size.
 
 One registry per server process, served by ``serving.metrics_port``; tests read it directly.
 The histograms' buckets reach down to 25 µs, below the cheapest stage's cost.
@@ -22,6 +23,7 @@ from prometheus_client import (
 
 from recsys.telemetry import in_process_values
 from serving.answers import Recommendation, ServingPath, Stages
+from serving.catalog_feed import CatalogBatch
 from serving.recommender import Recommender
 
 BUCKETS = (
@@ -31,6 +33,7 @@ BUCKETS = (
 STAGES = Stages._fields[:-1]
 """The hot path's stages, in order (``Stages`` less the batch size)."""
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+AGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 class ServingMetrics:
@@ -85,6 +88,26 @@ class ServingMetrics:
             "New pairs that failed to load or verify (the old one kept serving)",
             registry=r,
         )
+        changes = Counter(
+            "recsys_catalog_changes",
+            "Catalog-topic events the catalog feed read: applied, or skipped (no server can "
+            "use them)",
+            ["result"],
+            registry=r,
+        )
+        self.applied, self.skipped = changes.labels("applied"), changes.labels("skipped")
+        self.change_age = Histogram(
+            "recsys_catalog_change_age_seconds",
+            "From an item change's event time to its overlay serving it",
+            buckets=AGE_BUCKETS,
+            registry=r,
+        )
+        self.overlay = Gauge(
+            "recsys_catalog_overlay_rows",
+            "The catalog overlay beside the serving index: items it adds, and index rows it hides",
+            ["kind"],
+            registry=r,
+        )
 
     def observe(self, answer: Recommendation, seconds: float) -> None:
         """One answered request: its path and its server-side latency."""
@@ -98,6 +121,15 @@ class ServingMetrics:
                 child.observe(value)
         self.batch.observe(stages.batch)
         self.cpu.inc(cpu_seconds)
+
+    def catalog(self, batch: CatalogBatch) -> None:
+        """One batch of the catalog feed, applied."""
+        self.applied.inc(len(batch.ages_s))
+        self.skipped.inc(batch.skipped)
+        for age in batch.ages_s:
+            self.change_age.observe(age)
+        self.overlay.labels("added").set(len(batch.overlay.ids))
+        self.overlay.labels("hidden").set(int(batch.overlay.hidden.sum()))
 
     def serving(self, recommender: Recommender) -> None:
         """Records the pair now serving (called by ``Live`` at start and on every swap)."""

@@ -94,6 +94,11 @@ def test_a_new_item_is_answered_and_a_deleted_one_never_again(
         assert answer.index(new_id) == place and gone not in _answer(client, 100)
         feed = server.live.recommender.catalog_feed  # type: ignore[union-attr]
         assert feed is not None and feed.overlay.positions == {0: 3} and feed.skipped == 1
+        value = server.metrics.value
+        assert value("recsys_catalog_changes_total", result="applied") == 2
+        assert value("recsys_catalog_changes_total", result="skipped") == 1
+        assert value("recsys_catalog_overlay_rows", kind="added") == 1
+        assert value("recsys_catalog_overlay_rows", kind="hidden") == 1
         client.close()
     # A server started now catches up before it serves: its first answer is the peers'.
     with running_server(config) as server:
