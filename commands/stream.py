@@ -24,10 +24,12 @@ def init_features(config: Config, args: argparse.Namespace) -> None:
 
 
 def ingest(config: Config, args: argparse.Namespace) -> None:
+    from catalog.dead_letters import CatalogChecker
     from features.stream.fold import IngestStats
     from features.stream.ingester import Ingester
     from features.stream.metrics import IngestMetrics
     from index.versions import published_catalog
+    from recsys.data.schema import configured_schema
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -47,6 +49,15 @@ def ingest(config: Config, args: argparse.Namespace) -> None:
         stats = ingester.rebuild(stop)
         print(f"rebuilt in {time.monotonic() - started:.1f}s: {stats.summary()}", flush=True)
         return
+    # The catalog topic's dead letters, written once (every server only skips them).
+    checker = CatalogChecker(config, configured_schema(config))
+    checking = threading.Thread(target=checker.run, args=(stop,), name="catalog-check", daemon=True)
+    checking.start()
+    print(
+        f"checking {config.kafka.catalog_topic}: unusable item changes go to "
+        f"{config.kafka.catalog_dead_letter_topic}",
+        flush=True,
+    )
     metrics = IngestMetrics()
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_host)
@@ -60,8 +71,17 @@ def ingest(config: Config, args: argparse.Namespace) -> None:
             last_report = time.monotonic()
             print(stats.summary(), flush=True)
 
-    stats = ingester.run(stop, metrics=metrics, on_batch=report)
+    try:
+        stats = ingester.run(stop, metrics=metrics, on_batch=report)
+    finally:
+        stop.set()
+        checking.join(timeout=10)
     print("ingester stopped: " + stats.summary(), flush=True)
+    print(
+        f"catalog check stopped: {checker.stats.checked:,} checked, "
+        f"{checker.stats.dead_letters:,} dead-lettered",
+        flush=True,
+    )
 
 
 def ingest_arguments(p: argparse.ArgumentParser) -> None:

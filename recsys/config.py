@@ -129,6 +129,9 @@ class KafkaConfig(_Section):
     catalog_dead_letter_topic: str = "recsys.catalog.v1.dlq"
     """Where catalog events no server can use go, with the reason in a ``reason`` header."""
     catalog_partitions: int = Field(1, ge=1)
+    catalog_group_id: str = "recsys-catalog-check"
+    """The group of the one consumer that dead-letters unusable catalog events
+    (``recsys ingest`` runs it)."""
     group_id: str = "recsys-ingester"
     poll_max_records: int = Field(2000, ge=1)
     poll_timeout_ms: int = Field(100, ge=1)

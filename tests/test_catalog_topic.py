@@ -4,7 +4,9 @@ and never sent."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,21 +17,28 @@ from localservices.procs import free_port, write_config
 from recsys.config import Config
 from recsys.data.dataset import Dataset
 from recsys.data.schema import configured_schema
+from tests.conftest import wait_until
 
 
-def _read_all(config: Config) -> list[tuple[bytes, bytes]]:
-    kc = config.kafka.model_copy(update={"topic": config.kafka.catalog_topic})
-    consumer, partitions = whole_topic(kc, bootstrap_timeout_ms=5000)
+def _records(config: Config, topic: str) -> list[Any]:  # Any: kafka-python's records
+    """Every record of ``topic``, in order."""
+    consumer, partitions = whole_topic(
+        config.kafka.model_copy(update={"topic": topic}), bootstrap_timeout_ms=5000
+    )
     try:
         consumer.seek_to_beginning(*partitions)
         end = consumer.end_offsets(partitions)
-        out: list[tuple[bytes, bytes]] = []
+        out: list[Any] = []
         while any(consumer.position(p) < end[p] for p in partitions):
             for records in consumer.poll(timeout_ms=500).values():
-                out += [(r.key, r.value) for r in records]
+                out += records
         return out
     finally:
         consumer.close()
+
+
+def _read_all(config: Config) -> list[tuple[bytes, bytes]]:
+    return [(r.key, r.value) for r in _records(config, config.kafka.catalog_topic)]
 
 
 def test_put_and_delete_land_on_the_catalog_topic(
@@ -99,3 +108,55 @@ def test_a_rebuild_folds_the_topic_and_records_what_it_read(
     built = build_index(closed, ml, log=lambda _: None, publish=False)
     _, ids, manifest = load_index(built.directory)
     assert manifest["catalog_topic"] is None and "1" in ids and "catalog-new-1" not in ids
+
+
+def test_unusable_catalog_events_are_dead_lettered_once_with_their_reason(
+    base_config: Config, kafka: str
+) -> None:
+    """One checker (the one ``recsys ingest`` runs) sends each event no server can use to the
+    dead-letter topic with its reason, goes on past it, and after a restart goes on from its
+    commits (nothing is sent twice)."""
+    from catalog.dead_letters import CatalogChecker
+    from catalog.events import encode_delete, encode_upsert
+    from catalog.produce import send
+
+    config = base_config.with_overrides(
+        {
+            "kafka": {
+                "bootstrap_servers": kafka,
+                "catalog_topic": "catalog-dlq-test",
+                "catalog_dead_letter_topic": "catalog-dlq-test.dlq",
+            }
+        }
+    )
+    schema = configured_schema(config)
+
+    def run_until(checked: int) -> None:
+        checker = CatalogChecker(config, schema)
+        stop = threading.Event()
+        thread = threading.Thread(target=checker.run, args=(stop,))
+        thread.start()
+        try:
+            wait_until(lambda: checker.stats.checked >= checked, 30, "the checker read nothing")
+        finally:
+            stop.set()
+            thread.join(timeout=15)
+        assert not thread.is_alive()
+
+    send(
+        config,
+        [
+            (b"junk", b"\xff\xff\xff"),
+            encode_upsert("a", {"genres": ["Comedy"]}, 1),
+            encode_upsert("b", {"colour": "red"}, 2),
+            encode_delete("c", 3),
+        ],
+    )
+    run_until(4)
+    send(config, [encode_upsert("z", {"title": 3}, 4)])
+    run_until(1)  # a restarted checker: only what came since
+    dead = _records(config, "catalog-dlq-test.dlq")
+    reasons = {r.key: dict(r.headers)["reason"].decode() for r in dead}
+    assert sorted(r.key for r in dead) == [b"b", b"junk", b"z"]  # each once
+    assert "undecodable" in reasons[b"junk"] and "unknown feature 'colour'" in reasons[b"b"]
+    assert "needs a string" in reasons[b"z"]
