@@ -5,12 +5,17 @@ offsets before it serves)."""
 
 from __future__ import annotations
 
+import threading
+import time
+from pathlib import Path
+
 import numpy as np
 
 from catalog.events import catalog_frame, check, encode_delete, encode_upsert
 from catalog.produce import send
 from features.online.read import FeatureReader
 from index.plan import embed_chunk
+from localservices.procs import child, free_port, write_config
 from recsys.config import Config
 from recsys.data.dataset import Dataset
 from recsys.data.schema import configured_schema
@@ -105,3 +110,68 @@ def test_a_new_item_is_answered_and_a_deleted_one_never_again(
         client = RecommendClient(server.target)
         assert _answer(client, 100, genre) == answer
         client.close()
+
+
+def test_a_server_killed_mid_stream_serves_its_peers_catalog_after_restart(
+    scratch: Config, kafka: str, ml: Dataset, tmp_path: Path
+) -> None:
+    """Item changes stream at ~100/s while a ``recsys serve`` process is SIGKILLed; restarted,
+    it answers exactly as a peer that saw the whole stream (items and scores)."""
+    ports = {"port": free_port("127.0.0.1"), "admin_port": free_port("127.0.0.1")}
+    config = scratch.with_overrides(
+        {"kafka": {"bootstrap_servers": kafka, "catalog_topic": "catalog-kill-test"}}
+    )
+    config_file = write_config(config.with_overrides({"serving": ports}), tmp_path / "serve.yaml")
+    films = [
+        {"genres": list(r.genres), "title": r.title}
+        for r in ml.items.head(60).itertuples(index=False)
+    ]
+    changes = []
+    for i in range(200):  # new items, deletes and replacements of known ones, in turn
+        if i % 3 == 0:
+            changes.append(encode_upsert(f"kill-new-{i}", films[i % 60], i + 1))
+        elif i % 3 == 1:
+            changes.append(encode_delete(str(1 + i // 3), i + 1))
+        else:
+            changes.append(encode_upsert(str(100 + i), films[(i * 7) % 60], i + 1))
+
+    def stream() -> None:
+        for start in range(0, len(changes), 10):
+            send(config, changes[start : start + 10])
+            time.sleep(0.1)
+
+    users = ["1", "196", "42", "500", "cold-user"]
+    with running_server(config) as peer, RecommendClient(peer.target) as peers:
+        with (
+            child("serve", config_file, ["serve"], tmp_path, quiet=True) as proc,
+            RecommendClient(f"127.0.0.1:{ports['port']}") as victim,
+        ):
+            victim.wait_until_serving(process=proc)
+            sender = threading.Thread(target=stream)
+            sender.start()
+            time.sleep(0.8)
+            assert sender.is_alive()  # mid-stream: the stream takes at least 2 s
+            proc.kill()
+            proc.wait(timeout=30)
+            sender.join(timeout=60)
+        feed = peer.live.recommender.catalog_feed  # type: ignore[union-attr]
+        wait_until(
+            lambda: feed is not None and feed.overlay.positions.get(0) == len(changes),
+            30,
+            "the peer did not apply the whole stream",
+        )
+        with (
+            child("serve", config_file, ["serve"], tmp_path, quiet=True) as proc,
+            RecommendClient(f"127.0.0.1:{ports['port']}") as restarted,
+        ):
+            restarted.wait_until_serving(process=proc)
+            for user in users:
+                for genres in ([], ["Comedy"]):
+                    want = peers.recommend(user, k=100, include_seen=True, include_genres=genres)
+                    got = restarted.recommend(user, k=100, include_seen=True, include_genres=genres)
+                    assert [(i.item_id, i.score) for i in got.items] == [
+                        (i.item_id, i.score) for i in want.items
+                    ], (user, genres)
+            deleted = {str(1 + i // 3) for i in range(1, 200, 3)}
+            answered = {i.item_id for i in restarted.recommend("1", k=100, include_seen=True).items}
+            assert not answered & deleted
