@@ -1,7 +1,9 @@
-"""Catalog changes onto the catalog topic: what ``recsys catalog put|delete`` sends."""
+"""Catalog changes onto the catalog topic: what ``recsys catalog put|delete|synthetic``
+sends."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,10 +21,14 @@ class Sent:
 
 
 def send(
-    config: Config, changes: Sequence[tuple[bytes, bytes]], timeout_s: float = 30.0
+    config: Config,
+    changes: Sequence[tuple[bytes, bytes]],
+    timeout_s: float = 30.0,
+    rate: float | None = None,
 ) -> list[Sent]:
-    """Sends encoded changes (``catalog.events.encode_*``), in order, creating the topic if
-    it is missing, and returns once the broker has acknowledged every one (``acks=all``).
+    """Sends encoded changes (``catalog.events.encode_*``), in order (``rate``: at most that
+    many a second), creating the topic if it is missing, and returns once the broker has
+    acknowledged every one (``acks=all``).
 
     Raises:
         BrokerError: a change was not acknowledged; those before it may be in the topic
@@ -35,10 +41,18 @@ def send(
     producer = KafkaProducer(
         bootstrap_servers=kc.bootstrap_servers,
         acks="all",
+        linger_ms=5,
         bootstrap_timeout_ms=kc.bootstrap_timeout_ms,
     )
     try:
-        futures = [producer.send(kc.catalog_topic, key=k, value=v) for k, v in changes]
+        started = time.monotonic()
+        futures = []
+        for n, (key, value) in enumerate(changes):
+            futures.append(producer.send(kc.catalog_topic, key=key, value=value))
+            if rate:
+                ahead = (n + 1) / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
         producer.flush(timeout_s)
         out = []
         for future in futures:

@@ -1,4 +1,4 @@
-"""``recsys catalog put|delete``: one item change onto the catalog topic."""
+"""``recsys catalog put|delete|synthetic``: item changes onto the catalog topic."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ def catalog(config: Config, args: argparse.Namespace) -> None:
     from recsys.data.schema import configured_schema
 
     time_ms = args.time_ms or int(time.time() * 1000)
+    if args.action == "synthetic":
+        _synthetic(config, args, time_ms)
+        return
+    if not args.item_id:
+        raise ConfigError(f"catalog {args.action} needs the item's id")
     if args.action == "put":
         try:
             features = json.loads(args.features)
@@ -40,9 +45,38 @@ def catalog(config: Config, args: argparse.Namespace) -> None:
     )
 
 
+def _synthetic(config: Config, args: argparse.Namespace, time_ms: int) -> None:
+    from catalog.produce import send
+    from catalog.synthetic import synthetic_changes
+    from commands.dataset import load_dataset
+
+    if args.item_id:
+        raise ConfigError("catalog synthetic makes its own items; give no item id")
+    ml = load_dataset(config)
+    changes = synthetic_changes(
+        ml.items,
+        ml.schema,
+        args.events,
+        delete_share=args.delete_share,
+        seed=args.seed,
+        start_ms=time_ms,
+    )
+    started = time.monotonic()
+    send(config, [(k, v) for _, k, v in changes], rate=args.rate or None)
+    deletes = sum(kind == "delete" for kind, _, _ in changes)
+    print(
+        f"{len(changes):,} item changes ({len(changes) - deletes:,} new items, {deletes:,} "
+        f"deletes) sent to {config.kafka.catalog_topic} in {time.monotonic() - started:.1f}s"
+    )
+
+
 def catalog_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["put", "delete"], help="upsert the item, or withdraw it")
-    p.add_argument("item_id", help="the item, as the catalog names it")
+    p.add_argument(
+        "action",
+        choices=["put", "delete", "synthetic"],
+        help="upsert the item, withdraw it, or send a synthetic stream of changes",
+    )
+    p.add_argument("item_id", nargs="?", help="put, delete: the item, as the catalog names it")
     p.add_argument(
         "--features",
         default="{}",
@@ -50,6 +84,14 @@ def catalog_arguments(p: argparse.ArgumentParser) -> None:
         '"title": "…", "release_year": 2026}); a declared feature left out is missing',
     )
     p.add_argument("--time-ms", type=int, help="when the change was made (default: now)")
+    p.add_argument("--events", type=int, default=1000, help="synthetic: changes to send")
+    p.add_argument(
+        "--rate", type=float, default=100.0, help="synthetic: changes a second (0: at once)"
+    )
+    p.add_argument(
+        "--delete-share", type=float, default=0.2, help="synthetic: the share that are deletes"
+    )
+    p.add_argument("--seed", type=int, default=0, help="synthetic: the stream's seed")
 
 
 COMMANDS = (

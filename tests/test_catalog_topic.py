@@ -160,3 +160,20 @@ def test_unusable_catalog_events_are_dead_lettered_once_with_their_reason(
     assert sorted(r.key for r in dead) == [b"b", b"junk", b"z"]  # each once
     assert "undecodable" in reasons[b"junk"] and "unknown feature 'colour'" in reasons[b"b"]
     assert "needs a string" in reasons[b"z"]
+
+
+def test_a_synthetic_stream_lands_whole_and_decodes(
+    base_config: Config, kafka: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = base_config.with_overrides(
+        {"kafka": {"bootstrap_servers": kafka, "catalog_topic": "catalog-synthetic-test"}}
+    )
+    path = str(write_config(config, tmp_path / "config.yaml"))
+    args = ["catalog", "synthetic", "--events", "50", "--rate", "0", "--seed", "3"]
+    assert main([*args, "--config", path]) == 0
+    assert "50 item changes" in capsys.readouterr().out
+    schema = configured_schema(config)
+    changes = [decode(value, schema) for _, value in _read_all(config)]
+    assert len(changes) == 50 and any(c.deleted for c in changes)
+    assert all(c.item_id.startswith("syn-3-") for c in changes if not c.deleted)
+    assert main(["catalog", "put", "--config", path]) == 2  # put needs an id
