@@ -95,39 +95,39 @@ class Overlay:
         if not upserts == len(vectors) == len(tags):
             raise ValueError(f"{upserts} upserts but {len(vectors)} vectors, {len(tags)} tags")
         hidden = self.hidden.copy()
-        current: dict[str, int] = dict(self._at)  # item → row in the lists below
-        kept_vectors = list(self.vectors)
-        kept_tags = list(self.tags)
-        alive = [True] * len(self.ids)
+        at = dict(self._at)  # item → its row in the overlay being built
         ids = list(self.ids)
+        alive = np.ones(len(ids) + upserts, bool)
+        source = np.arange(len(ids) + upserts)  # each row: an old row, or n + an upsert's
+        n = len(ids)
         base = lookup([c.item_id for c in changes])
         upsert = 0
         for change, row in zip(changes, base, strict=True):
             if row >= 0:
                 hidden[row] = True  # deleted, or replaced by the upsert below
-            at = current.get(change.item_id)
+            mine = at.get(change.item_id)
             if change.deleted:
-                if at is not None:
-                    alive[at] = False
-                    del current[change.item_id]
+                if mine is not None:
+                    alive[mine] = False
+                    del at[change.item_id]
                 continue
-            if at is None:
-                current[change.item_id] = len(ids)
+            if mine is None:
+                at[change.item_id] = mine = len(ids)
                 ids.append(change.item_id)
-                kept_vectors.append(vectors[upsert])
-                kept_tags.append(tags[upsert])
-                alive.append(True)
-            else:
-                kept_vectors[at], kept_tags[at] = vectors[upsert], tags[upsert]
+            source[mine] = n + upsert  # the newest upsert of the item wins
             upsert += 1
-        keep = [i for i, a in enumerate(alive) if a]
+        rows = len(ids)
+        keep = alive[:rows]
+        picked = source[:rows][keep]
+        vectors_all = np.concatenate([self.vectors, np.asarray(vectors, np.float32)])
+        tags_all = np.concatenate([self.tags, np.asarray(tags, np.uint64)])
         dim, words = self.vectors.shape[1], self.tags.shape[1]
         return Overlay(
             self.base_rows,
             hidden,
-            tuple(ids[i] for i in keep),
-            np.array([kept_vectors[i] for i in keep], np.float32).reshape(-1, dim),
-            np.array([kept_tags[i] for i in keep], np.uint64).reshape(-1, words),
+            tuple(item for item, k in zip(ids, keep, strict=True) if k),
+            vectors_all[picked].reshape(-1, dim),
+            tags_all[picked].reshape(-1, words),
             {**self.positions, **positions},
             self.changes + len(changes),
         )

@@ -1,6 +1,6 @@
-"""``recsys bench``, ``bench-index``, ``bench-ingest``, ``bench-rank``, ``bench-fleet`` and
-``bench-freshness``: the
-benchmarks behind BENCHMARKS.md, each printing its numbers."""
+"""``recsys bench``, ``bench-index``, ``bench-ingest``, ``bench-rank``, ``bench-catalog``,
+``bench-fleet`` and ``bench-freshness``: the benchmarks behind BENCHMARKS.md, each printing
+its numbers."""
 
 from __future__ import annotations
 
@@ -125,6 +125,25 @@ def bench_rank_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calls", type=int, default=800, help="requests per batch size")
 
 
+def bench_catalog(config: Config, args: argparse.Namespace) -> None:
+    from benchmarks.catalog import run
+    from recsys import artifacts
+
+    artifacts.current(config.indexes_dir)  # fails with what to run when nothing is published
+    run(config, load_dataset(config), args.overlay, args.calls)
+
+
+def bench_catalog_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overlay",
+        type=int,
+        nargs="+",
+        default=[1_000, 10_000, 100_000],
+        help="overlay sizes (new items) to time the search with",
+    )
+    p.add_argument("--calls", type=int, default=1000, help="searches per variant")
+
+
 def bench_fleet(config: Config, args: argparse.Namespace) -> None:
     from benchmarks.fleet import run
     from recsys import artifacts
@@ -163,6 +182,12 @@ COMMANDS = (
         "the second stage's cost a request by batch size, with and without its first cut",
         bench_rank,
         bench_rank_arguments,
+    ),
+    Command(
+        "bench-catalog",
+        "the catalog overlay's cost: search stage, memory and applying a batch, by size",
+        bench_catalog,
+        bench_catalog_arguments,
     ),
     Command(
         "bench-fleet",

@@ -58,8 +58,10 @@ class CatalogView:
         if not self.ids:
             return scores, rows
         assert self.overlay is not None
-        passes = self._passing_added(include, exclude, np.arange(len(self.ids)))
-        added = self.overlay.search(queries, k, None if passes.all() else passes)
+        passes = None
+        if include or exclude:
+            passes = self._passing_added(include, exclude, np.arange(len(self.ids)))
+        added = self.overlay.search(queries, k, passes)
         return merge((scores, rows.astype(np.int64)), added, k)
 
     def passing(self, include: int, exclude: int, rows: np.ndarray) -> np.ndarray:
