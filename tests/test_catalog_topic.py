@@ -41,13 +41,18 @@ def _read_all(config: Config) -> list[tuple[bytes, bytes]]:
     return [(r.key, r.value) for r in _records(config, config.kafka.catalog_topic)]
 
 
+def _cli(base_config: Config, kafka: str, tmp_path: Path, topic: str) -> tuple[Config, str]:
+    """A config on the test broker with its own catalog topic, and its file for the CLI."""
+    config = base_config.with_overrides(
+        {"kafka": {"bootstrap_servers": kafka, "catalog_topic": topic}}
+    )
+    return config, str(write_config(config, tmp_path / "config.yaml"))
+
+
 def test_put_and_delete_land_on_the_catalog_topic(
     base_config: Config, kafka: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = base_config.with_overrides(
-        {"kafka": {"bootstrap_servers": kafka, "catalog_topic": "catalog-cli-test"}}
-    )
-    path = str(write_config(config, tmp_path / "config.yaml"))
+    config, path = _cli(base_config, kafka, tmp_path, "catalog-cli-test")
     features = '{"genres": ["Comedy", "Drama"], "title": "A New Film", "release_year": 2026}'
     assert main(["catalog", "put", "new-film", "--features", features, "--config", path]) == 0
     assert "offset 0" in capsys.readouterr().out
@@ -165,10 +170,7 @@ def test_unusable_catalog_events_are_dead_lettered_once_with_their_reason(
 def test_a_synthetic_stream_lands_whole_and_decodes(
     base_config: Config, kafka: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = base_config.with_overrides(
-        {"kafka": {"bootstrap_servers": kafka, "catalog_topic": "catalog-synthetic-test"}}
-    )
-    path = str(write_config(config, tmp_path / "config.yaml"))
+    config, path = _cli(base_config, kafka, tmp_path, "catalog-synthetic-test")
     args = ["catalog", "synthetic", "--events", "50", "--rate", "0", "--seed", "3"]
     assert main([*args, "--config", path]) == 0
     assert "50 item changes" in capsys.readouterr().out
