@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from catalog.events import ItemChange, decode
-from features.events import broker_answers, whole_topic
+from features.events import broker_answers, read_to_end, whole_topic
 from recsys.config import Config
 from recsys.data.schema import DataSchema
 from recsys.errors import DataError
@@ -66,19 +66,14 @@ def read_changes(config: Config, schema: DataSchema) -> CatalogChanges | None:
     except DataError:  # the topic does not exist: nothing has been changed yet
         return CatalogChanges()
     try:
-        consumer.seek_to_beginning(*partitions)
         end = consumer.end_offsets(partitions)
         changes: list[ItemChange] = []
         skipped = 0
-        while any(consumer.position(p) < end[p] for p in partitions):
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for record in records:
-                    if record.offset >= end[tp]:
-                        continue
-                    try:
-                        changes.append(decode(record.value, schema))
-                    except DataError:
-                        skipped += 1
+        for _, record in read_to_end(consumer, partitions, end):
+            try:
+                changes.append(decode(record.value, schema))
+            except DataError:
+                skipped += 1
         return fold(changes, {tp.partition: end[tp] for tp in partitions}, skipped)
     finally:
         consumer.close()

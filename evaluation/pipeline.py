@@ -35,13 +35,19 @@ from ranking.features import (
     Catalog,
     Cut,
     ItemState,
-    blend_score,
     feature_names,
     features,
     first_cut,
     tag_matrix,
 )
-from ranking.servable import SOURCES, ItemFacts, Settings, candidate_sources, window_events
+from ranking.servable import (
+    SOURCES,
+    ItemFacts,
+    Settings,
+    base_score,
+    candidate_sources,
+    window_events,
+)
 from recsys.data import temporal_split
 from recsys.data.dataset import Dataset
 from towers.encoding import FeatureSpace
@@ -311,19 +317,12 @@ Walked = tuple[ranker.Rows, np.ndarray, np.ndarray]
 """A walk's rows, each row's event and its catalog row (:meth:`Stages.rows`)."""
 
 
-def _blend_of(rows: ranker.Rows, share: float) -> np.ndarray:
-    names = rows.names
-    return blend_score(
-        rows.features[:, names.index("tower_z")], rows.features[:, names.index("knn_z")], share
-    )
-
-
 def _cut(walked: Walked, cut: Cut | None, events: int) -> Walked:
     """The walk's rows that ``cut`` keeps (the rows the server ranks with that cut)."""
     if cut is None:
         return walked
     rows, owner, items = walked
-    keep = first_cut(owner, _blend_of(rows, cut.share), cut.depth)
+    keep = first_cut(owner, base_score(rows.features, rows.names, cut.share), cut.depth)
     kept = ranker.Rows(
         rows.features[keep],
         rows.labels[keep],
@@ -335,7 +334,7 @@ def _cut(walked: Walked, cut: Cut | None, events: int) -> Walked:
 
 def _based(rows: ranker.Rows, share: float | None) -> ranker.Rows:
     """``rows`` starting from the blend's score (``share`` of item-KNN) or from nothing."""
-    return rows.with_base(None if share is None else _blend_of(rows, share))
+    return rows.with_base(None if share is None else base_score(rows.features, rows.names, share))
 
 
 def _cut_label(depth: int) -> str:

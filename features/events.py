@@ -5,6 +5,7 @@ rebuild, the served ranker's item feed)."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -92,6 +93,21 @@ def whole_topic(
         consumer.close()
         raise
     return consumer, tps
+
+
+def read_to_end(
+    consumer: Any, partitions: list[Any], end: Mapping[Any, int]
+) -> Iterator[tuple[Any, Any]]:
+    """Every record of ``partitions`` (``whole_topic``'s) from their start up to ``end``
+    (``consumer.end_offsets``, taken once by the caller, who records it), as
+    ``(partition, record)``, in order within each partition; what lies past it is left for
+    later. Any: kafka-python's untyped partitions and records."""
+    consumer.seek_to_beginning(*partitions)
+    while any(consumer.position(p) < end[p] for p in partitions):
+        for tp, records in consumer.poll(timeout_ms=500).items():
+            for record in records:
+                if record.offset < end[tp]:
+                    yield tp, record
 
 
 def broker_answers(bootstrap: str, timeout_s: float = 1.0) -> bool:

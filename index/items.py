@@ -66,6 +66,19 @@ def mask_words(mask: int, words: int) -> np.ndarray:
     return np.array([(mask >> (64 * w)) & 0xFFFFFFFFFFFFFFFF for w in range(words)], np.uint64)
 
 
+def bits_passing(bits: np.ndarray, include: int, exclude: int) -> np.ndarray:
+    """``[n] bool``: which of ``[n, words]`` filter bitsets carry one of ``include``'s values
+    (0: any) and none of ``exclude``'s."""
+    words = bits.shape[1]
+    keep = np.ones(len(bits), bool)
+    if include:
+        keep &= (bits & mask_words(include, words)).any(axis=1)
+    if exclude:
+        keep &= ~(bits & mask_words(exclude, words)).any(axis=1)
+    passes: np.ndarray = keep
+    return passes
+
+
 def popular_rows(
     item_ids: Sequence[str], counts: Mapping[str, int], keep: int = POPULAR_ROWS
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -142,16 +155,7 @@ class ItemMeta:
         Returns:
             ``[n] bool`` (``[items]`` without ``rows``).
         """
-        bits = self.tags if rows is None else self.tags[rows]
-        words = bits.shape[1]
-        if include:
-            keep = (bits & mask_words(include, words)).any(axis=1)
-        else:
-            keep = np.ones(len(bits), bool)
-        if exclude:
-            keep &= ~(bits & mask_words(exclude, words)).any(axis=1)
-        passes: np.ndarray = keep
-        return passes
+        return bits_passing(self.tags if rows is None else self.tags[rows], include, exclude)
 
     @classmethod
     def load(cls, directory: Path, manifest: Mapping[str, object], items: int) -> ItemMeta:

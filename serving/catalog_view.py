@@ -16,7 +16,7 @@ import numpy as np
 
 from catalog.overlay import Overlay, merge
 from features.activity import Activity, SeenIndex
-from index.items import mask_words
+from index.items import bits_passing
 from serving.bundle import Bundle
 from serving.filters import GenreFilters
 
@@ -76,14 +76,7 @@ class CatalogView:
 
     def _passing_added(self, include: int, exclude: int, at: np.ndarray) -> np.ndarray:
         assert self.overlay is not None
-        bits = self.overlay.tags[at]
-        words = bits.shape[1]
-        keep = (
-            (bits & mask_words(include, words)).any(axis=1) if include else np.ones(len(at), bool)
-        )
-        if exclude:
-            keep &= ~(bits & mask_words(exclude, words)).any(axis=1)
-        return keep
+        return bits_passing(self.overlay.tags[at], include, exclude)
 
     def seen_rows(self, activity: Activity) -> np.ndarray:
         """``[n] int64`` rows of the items a user has seen: the version's, and the overlay's

@@ -12,7 +12,7 @@ import pytest
 
 from catalog.events import decode
 from commands.cli import main
-from features.events import whole_topic
+from features.events import read_to_end, whole_topic
 from localservices.procs import free_port, write_config
 from recsys.config import Config
 from recsys.data.dataset import Dataset
@@ -26,13 +26,8 @@ def _records(config: Config, topic: str) -> list[Any]:  # Any: kafka-python's re
         config.kafka.model_copy(update={"topic": topic}), bootstrap_timeout_ms=5000
     )
     try:
-        consumer.seek_to_beginning(*partitions)
         end = consumer.end_offsets(partitions)
-        out: list[Any] = []
-        while any(consumer.position(p) < end[p] for p in partitions):
-            for records in consumer.poll(timeout_ms=500).values():
-                out += records
-        return out
+        return [record for _, record in read_to_end(consumer, partitions, end)]
     finally:
         consumer.close()
 
