@@ -5,6 +5,7 @@ its numbers."""
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from commands.command import Command
@@ -130,7 +131,17 @@ def bench_catalog(config: Config, args: argparse.Namespace) -> None:
     from recsys import artifacts
 
     artifacts.current(config.indexes_dir)  # fails with what to run when nothing is published
-    run(config, load_dataset(config), args.overlay, args.calls)
+    if args.rate is not None and args.rate <= 0:
+        raise ConfigError(f"--rate is changes per second, more than 0 (got {args.rate:g})")
+    if args.rate is None:
+        run(config, load_dataset(config), args.overlay, args.calls)
+        return
+    from loadtest.run import run as loadtest
+
+    overrides = {"rate": args.requests, "seconds": args.seconds}
+    config = config.with_overrides({"loadtest": {k: v for k, v in overrides.items() if v}})
+    out = args.out or config.paths.state / "bench-catalog" / time.strftime("%Y%m%dT%H%M%SZ")
+    loadtest(config, load_dataset(config), out, catalog=args.rate)
 
 
 def bench_catalog_arguments(p: argparse.ArgumentParser) -> None:
@@ -142,6 +153,16 @@ def bench_catalog_arguments(p: argparse.ArgumentParser) -> None:
         help="overlay sizes (new items) to time the search with",
     )
     p.add_argument("--calls", type=int, default=1000, help="searches per variant")
+    p.add_argument(
+        "--rate",
+        type=float,
+        metavar="CHANGES_PER_S",
+        help="instead: item changes at this rate beside Locust's load (recsys loadtest "
+        "--catalog): upsert → recommendable, delete → never served again, p50/p99",
+    )
+    p.add_argument("--requests", type=float, help="with --rate: requests/s (loadtest.rate)")
+    p.add_argument("--seconds", type=float, help="with --rate: duration (loadtest.seconds)")
+    p.add_argument("--out", type=Path, help="with --rate: results folder")
 
 
 def bench_fleet(config: Config, args: argparse.Namespace) -> None:

@@ -25,7 +25,11 @@ def mode_error(args: argparse.Namespace) -> str | None:
 
     if args.ingest is not None and args.ingest <= 0:
         return f"--ingest is events per second, more than 0 (got {args.ingest:g})"
-    scenarios = given("swap", "ingest")
+    if args.catalog is not None and args.catalog <= 0:
+        return f"--catalog is changes per second, more than 0 (got {args.catalog:g})"
+    scenarios = given("swap", "ingest", "catalog")
+    if args.catalog and (clash := given("swap", "ingest")):
+        return f"--catalog runs alone, not with {' '.join(clash)}"
     if args.compare and (clash := given("target", "null", "baseline", "ramp") + scenarios):
         return f"--compare starts its own servers and runs alone, not with {' '.join(clash)}"
     alone = given("target", "null", "baseline", "ramp", "compare", "workers") + scenarios
@@ -48,7 +52,8 @@ def mode_error(args: argparse.Namespace) -> str | None:
 
 
 def loadtest(config: Config, args: argparse.Namespace) -> None:
-    from loadtest.run import compare, ramp, run
+    from loadtest.compare import compare
+    from loadtest.run import ramp, run
     from recsys import artifacts
 
     if error := mode_error(args):
@@ -100,6 +105,7 @@ def loadtest(config: Config, args: argparse.Namespace) -> None:
         baseline=args.baseline,
         swap=args.swap,
         ingest=args.ingest,
+        catalog=args.catalog,
     )
 
 
@@ -157,6 +163,13 @@ def loadtest_arguments(lt: argparse.ArgumentParser) -> None:
         type=float,
         metavar="EVENTS_PER_S",
         help="stream events through Kafka into the store the server reads, all run long",
+    )
+    lt.add_argument(
+        "--catalog",
+        type=float,
+        metavar="CHANGES_PER_S",
+        help="stream item upserts and deletes onto the catalog topic the server follows; "
+        "upsert → recommendable and delete → never served again, p50/p99",
     )
     lt.add_argument("--seconds", type=float, help="duration (loadtest.seconds)")
     lt.add_argument("--users", type=int, help="simulated callers (loadtest.users)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -29,6 +28,8 @@ from benchmarks.harness import (
     split_cores,
     steal_pct,
 )
+from loadtest.catalog import CatalogStream, catalog_stack
+from loadtest.catalog import broken as catalog_broken
 from loadtest.report import Summary, plot, render, summarize, violations
 from loadtest.stream import Stream, stream_stack
 from loadtest.swap import SWAP_DRAIN_S, Swap, swap_pair
@@ -67,14 +68,12 @@ def write_traffic(config: Config, ml: Dataset, path: Path) -> Path:
     return path
 
 
-def _placement(server_cpus: set[int] | None, load_cpus: set[int] | None) -> str:
+def placement(server_cpus: set[int] | None, load_cpus: set[int] | None) -> str:
     """Where the run ran: the summaries' last line."""
     return f"server on CPU {server_cpus}, Locust on CPU {load_cpus}; {machine_line()}"
 
 
-def _write_result(
-    path: Path, config: Config, summaries: dict[str, Summary], **more: object
-) -> None:
+def write_result(path: Path, config: Config, summaries: dict[str, Summary], **more: object) -> None:
     """The runs as JSON, with machine facts and the load settings."""
     result = {
         "machine": machine_facts(),
@@ -93,7 +92,7 @@ def _given(address: str | None) -> Target | None:
     return None if address is None else Target(address)
 
 
-def _or_nan(value: float | None) -> float:
+def or_nan(value: float | None) -> float:
     return float("nan") if value is None else value
 
 
@@ -184,13 +183,17 @@ def run(
     baseline: bool = False,
     swap: bool = False,
     ingest: float | None = None,
+    catalog: float | None = None,
 ) -> dict[str, Summary]:
     """One load run (and, with ``baseline``, the same run against a null handler first).
 
     Scenarios, for a Recommend server this command starts: with ``swap``, it swaps to a
     freshly built index version halfway through, and the summary compares p99 during the
     swap with the rest; with ``ingest``, events stream at that rate through Kafka into the
-    online store it reads for the whole run (``stream.py``), and a lost probe event fails it.
+    online store it reads for the whole run (``stream.py``), and a lost probe event fails it;
+    with ``catalog``, item changes stream at that rate onto the catalog topic the server
+    follows (``catalog.py``), and a change never applied or a deleted item answered again
+    fails it.
 
     Writes Locust's CSV and HTML, ``samples.npy``, ``latency.png``, ``summary.txt`` and
     ``result.json`` (with machine facts) under ``out``.
@@ -199,8 +202,12 @@ def run(
         SloError: the measured run broke ``loadtest.slo_p99_ms`` (or p99.9), or a request
             failed.
     """
-    if (swap or ingest) and (target or null):
-        raise RecsysError("--swap and --ingest need a Recommend server this command starts")
+    if (swap or ingest or catalog) and (target or null):
+        raise RecsysError(
+            "--swap, --ingest and --catalog need a Recommend server this command starts"
+        )
+    if catalog and (swap or ingest):
+        raise RecsysError("--catalog runs alone: not with --swap or --ingest")
     out.mkdir(parents=True, exist_ok=True)
     server_cpus, load_cpus = split_cores(system=1)
     traffic = write_traffic(config, ml, out / "traffic.json")
@@ -208,6 +215,7 @@ def run(
     swap_config, swap_to = swap_pair(config, out) if swap else (config, "")
     swapped: Swap | None = None
     streamed: Stream | None = None
+    cataloged: CatalogStream | None = None
     summaries: dict[str, Summary] = {}
     for name, is_null in plan:
         run_dir = out / slug(name)
@@ -221,13 +229,21 @@ def run(
                 cfg, features = stack.enter_context(stream_stack(cfg, ml, out, server_cpus))
                 seconds = LOCUST_START_S + cfg.loadtest.seconds
                 streamed = Stream(cfg, features, ml, ingest, seconds, load_cpus)
+            if catalog and not is_null:
+                cfg = stack.enter_context(catalog_stack(cfg, ml, catalog))
             server = _given(target) or stack.enter_context(
                 started_server(cfg, run_dir, is_null, server_cpus)
             )
+            if catalog and not is_null:
+                user = str(ml.interactions["user_id"].value_counts().index[0])
+                seconds = LOCUST_START_S + cfg.loadtest.seconds
+                cataloged = CatalogStream(
+                    cfg, ml, server.address, user, catalog, seconds, load_cpus
+                )
             if swap and not is_null:
                 at = LOCUST_START_S + cfg.loadtest.seconds / 2
                 swapped = Swap(cfg, server.admins, swap_to, at)
-            scenarios = [s for s in (swapped, streamed) if s is not None and not is_null]
+            scenarios = [s for s in (swapped, streamed, cataloged) if s is not None and not is_null]
             summaries[name] = run_locust(config, server, traffic, run_dir, load_cpus, scenarios)
     samples = {name: _samples(out, name) for name, _ in plan}
     measured = plan[-1][0]
@@ -244,15 +260,27 @@ def run(
         text += "\n" + stream_text
         if stream_facts["probes_lost"]:
             broken.append(f"{stream_facts['probes_lost']} probe events never became readable")
+    catalog_facts = None
+    if cataloged is not None:
+        catalog_text, catalog_facts = cataloged.report()
+        text += "\n" + catalog_text
+        broken += catalog_broken(catalog_facts)
     if baseline:
         ratio = summaries[measured].p99 / summaries["null handler"].p99
         text += f"\n{measured} p99 / null handler p99: {ratio:.2f}x"
-    text += "\n" + _placement(server_cpus, load_cpus)
+    text += "\n" + placement(server_cpus, load_cpus)
     print(text, flush=True)
     (out / "summary.txt").write_text(text + "\n")
     spans = {measured: (swapped.started, swapped.ended + SWAP_DRAIN_S)} if swapped else None
     plot(samples, out / "latency.png", spans)
-    _write_result(out / "result.json", config, summaries, swap=swap_facts, stream=stream_facts)
+    write_result(
+        out / "result.json",
+        config,
+        summaries,
+        swap=swap_facts,
+        stream=stream_facts,
+        catalog=catalog_facts,
+    )
     if broken:
         raise SloError(f"SLO not met: {'; '.join(broken)} (details in {out})")
     return summaries
@@ -308,7 +336,7 @@ def ramp(
                 print(f"==> {name}: {rate:g}/s for {step.loadtest.seconds:g}s", flush=True)
                 s = run_locust(step, server, traffic, step_dir, load_cpus)
                 ok = not violations(s, step.loadtest)
-                cells = (name, rate, s.rate, s.p50, s.p99, s.server_p99, _or_nan(s.cpu_ms))
+                cells = (name, rate, s.rate, s.p50, s.p99, s.server_p99, or_nan(s.cpu_ms))
                 lines.append(table.row(*cells) + f"  {'yes' if ok else 'no'}")
                 steps.append({"server": name, "offered": rate, "held": ok, **asdict(s)})
                 if not ok:
@@ -325,67 +353,3 @@ def ramp(
         json.dumps({"machine": machine_facts(), "steps": steps, "best": best}, indent=2)
     )
     return best
-
-
-BASE_VARIANT = "numpy, sqlite"
-"""The shape the other variants' p99 is set against: the default server on ML-100K."""
-
-
-def compare(
-    config: Config,
-    ml: Dataset,
-    out: Path,
-    index_items: int = 0,
-    kinds: Sequence[str] = ("auto", "flat"),
-) -> dict[str, Summary]:
-    """The same load against each variant in turn, side by side in one run: the null handler,
-    NumPy vs SavedModel tower, SQLite vs Redis store, and with ``index_items`` a synthetic
-    catalog of that size behind each index kind of ``kinds`` (on SQLite) and the served kind
-    on Redis (``benchmarks.serving``'s servers, all pinned to the server core). Writes
-    ``compare.txt`` and ``compare.json``; never fails on the SLO.
-    """
-    from benchmarks.serving import variant_servers
-
-    out.mkdir(parents=True, exist_ok=True)
-    server_cpus, load_cpus = split_cores(system=1)
-    traffic = write_traffic(config, ml, out / "traffic.json")
-    lt = config.loadtest
-    summaries: dict[str, Summary] = {}
-    with variant_servers(config, ml, out, index_items, server_cpus, kinds) as servers:
-        for name, (address, process) in servers.items():
-            print(f"==> {name}: {lt.rate:g}/s for {lt.seconds:g}s", flush=True)
-            run_dir = out / slug(name)
-            run_dir.mkdir(exist_ok=True)
-            target = Target(address, process.pid)
-            summaries[name] = run_locust(config, target, traffic, run_dir, load_cpus)
-    table = Table(
-        [
-            ("server", "<36"),
-            ("answered", ">9.0f"),
-            ("p50 ms", ">9.2f"),
-            ("p99 ms", ">9.2f"),
-            ("hot p50", ">9.2f"),
-            ("hot p99", ">9.2f"),
-            ("CPU ms", ">8.2f"),
-            ("p99 ×", ">7.2f"),
-            ("failed", ">8"),
-            ("unsent", ">8"),
-        ]
-    )
-    lines = [
-        f"{lt.rate:g} requests/s for {lt.seconds:g} s to each, one after another; SLO p99 <= "
-        f"{lt.slo_p99_ms:g} ms; p99 × is the ratio to {BASE_VARIANT}'s p99",
-        table.header() + "  SLO",
-    ]
-    base = summaries[BASE_VARIANT].p99 if BASE_VARIANT in summaries else math.nan
-    for name, s in summaries.items():
-        ratio = s.p99 / base if base > 0 else math.nan
-        cells = (s.rate, s.p50, s.p99, s.server_p50, s.server_p99, _or_nan(s.cpu_ms), ratio)
-        verdict = "met" if not violations(s, lt) else "not met"
-        lines.append(table.row(name, *cells, s.failures, s.unsent) + f"  {verdict}")
-    lines.append(_placement(server_cpus, load_cpus))
-    text = "\n".join(lines)
-    print(text, flush=True)
-    (out / "compare.txt").write_text(text + "\n")
-    _write_result(out / "compare.json", config, summaries)
-    return summaries

@@ -51,6 +51,15 @@ class Bundle:
     catalog_positions: dict[int, int] | None = None
     """Partition → offset of the catalog topic the version was built up to (``None``: it
     read none of it; its overlay then starts at the topic's beginning)."""
+    catalog_topic: str | None = None
+    """The topic those offsets are of (``None``: none recorded)."""
+
+    def catalog_start(self, topic: str) -> dict[int, int]:
+        """Where a feed of ``topic`` starts: the recorded offsets when they are that topic's,
+        else its beginning (a version built against another topic read none of this one)."""
+        if self.catalog_topic != topic:
+            return {}
+        return dict(self.catalog_positions or {})
 
     @classmethod
     def load(
@@ -103,6 +112,7 @@ class Bundle:
             seen=SeenIndex(item_ids),
             ranker=served,
             catalog_positions=_positions(manifest.get("catalog_topic")),
+            catalog_topic=_topic(manifest.get("catalog_topic")),
         )
 
     @classmethod
@@ -145,6 +155,11 @@ def tag_floats(meta: ItemMeta) -> np.ndarray:
         return np.zeros((len(meta.tags), 0), np.float32)
     bits = np.unpackbits(np.ascontiguousarray(meta.tags).view(np.uint8), axis=1, bitorder="little")
     return bits[:, :values].astype(np.float32)
+
+
+def _topic(record: object) -> str | None:
+    """The manifest's ``catalog_topic`` topic name (``None`` when it records none)."""
+    return str(record["topic"]) if isinstance(record, dict) and "topic" in record else None
 
 
 def _positions(record: object) -> dict[int, int] | None:

@@ -226,12 +226,22 @@ def _follow_catalog(
     from towers.runtime import NumpyItemTower
 
     bundle = recommender.bundle
+    topic = config.kafka.catalog_topic
+    if bundle.catalog_topic not in (None, topic):
+        log.warning(
+            "the index version was built from catalog topic %r, not %r: its overlay starts "
+            "at the beginning of %r",
+            bundle.catalog_topic,
+            topic,
+            topic,
+            extra={"index_version": bundle.index_version},
+        )
     feed = recommender.catalog_feed = CatalogFeed(
         config.kafka,
         configured_schema(config),
         bundle,
         NumpyItemTower.load(config.models_dir / bundle.model_version),
-        bundle.catalog_positions or {},
+        bundle.catalog_start(topic),
         recommender.set_overlay,
         None if metrics is None else metrics.catalog,
     ).start()

@@ -5,6 +5,8 @@ named on the wire; a batch sees one overlay whole."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -82,3 +84,11 @@ def test_an_empty_overlay_is_the_version_itself(bundle) -> None:
     rec = Recommender(bundle, tiny.DictFeatures(), ServingConfig())
     rec.set_overlay(Overlay.empty(ITEMS, tiny.DIM, bundle.meta.tags.shape[1], {0: 5}))
     assert rec.view.overlay is None and rec.view.filters.params(0, 0) is None
+
+
+def test_a_feed_starts_at_the_versions_offsets_only_for_the_topic_it_recorded(bundle) -> None:
+    built = dataclasses.replace(bundle, catalog_positions={0: 7}, catalog_topic="cat.v1")
+    assert built.catalog_start("cat.v1") == {0: 7}
+    assert built.catalog_start("cat.other") == {}  # another topic: from its beginning
+    unread = dataclasses.replace(bundle, catalog_positions=None, catalog_topic=None)
+    assert unread.catalog_start("cat.v1") == {}

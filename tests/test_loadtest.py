@@ -97,6 +97,9 @@ def test_the_gate_fails_on_p99_p999_and_any_failure() -> None:
         ("--ingest 10 --null", "not --null"),
         ("--workers 2 --target h:1", "--workers is for the servers this command starts"),
         ("--transports 100 --baseline", "--transports starts its own null servers"),
+        ("--catalog 100 --swap", "--catalog runs alone, not with --swap"),
+        ("--catalog 0", "--catalog is changes per second, more than 0"),
+        ("--catalog 100 --target h:1", "--catalog: a scenario needs one run"),
     ],
 )
 def test_loadtest_refuses_flags_that_do_not_go_together(flags, error) -> None:
@@ -113,6 +116,7 @@ def test_loadtest_refuses_flags_that_do_not_go_together(flags, error) -> None:
         "--compare",
         "--baseline --workers 2",
         "--transports 100 200 --rounds 1",
+        "--baseline --catalog 100",
     ],
 )
 def test_loadtest_accepts_flags_that_go_together(flags) -> None:
