@@ -36,7 +36,7 @@ def run(
     import faiss
 
     from catalog.events import ItemChange, decode
-    from catalog.overlay import Overlay
+    from catalog.overlay import Overlay, ivf_of
     from catalog.synthetic import synthetic_changes
     from features.online.read import FeatureReader
     from serving.bundle import Bundle
@@ -58,8 +58,10 @@ def run(
     schema = ml.schema
     base, dim = bundle.index.ntotal, bundle.index.d
     words = bundle.meta.tags.shape[1]
+    ivf = ivf_of(bundle.index)
+    shape = f"IVF nlist {ivf.nlist} nprobe {ivf.nprobe}" if ivf else type(bundle.index).__name__
     print(
-        f"index {bundle.index_version}: {base:,} items, {type(bundle.index).__name__}; "
+        f"index {bundle.index_version}: {base:,} items, {shape}; "
         f"{len(queries):,} real users' queries, one a search, fetch {MIN_FETCH}"
     )
     head = (
@@ -80,13 +82,13 @@ def run(
     variants: list[tuple[str, Overlay]] = [
         (
             f"{len(hidden):,} deleted",
-            Overlay.empty(base, dim, words).apply(
+            Overlay.empty(base, dim, words, index=bundle.index).apply(
                 hidden, np.zeros((0, dim)), np.zeros((0, words), np.uint64), lookup, {}
             ),
         )
     ]
     for n in sizes:
-        overlay = Overlay.empty(base, dim, words).apply(
+        overlay = Overlay.empty(base, dim, words, index=bundle.index).apply(
             changes[:n], vectors[:n], tags[:n], lookup, {}
         )
         variants.append((f"{n:,} new items", overlay))

@@ -129,12 +129,12 @@ def variant_servers(
             built = index_spec(config.index.model_copy(update={"type": kind}), index_items)[0]
             name = f"numpy, sqlite, {index_items:,} items {built}"
             if name not in variants:  # below index.exact_below, auto is flat already
-                variants[name] = (_large_index(variant(), ml, index_items, kind), ["serve"])
+                variants[name] = (large_index(variant(), ml, index_items, kind), ["serve"])
         if index_items:
             # The shape a deployment runs: a shared store and a large catalog together.
             built = index_spec(config.index, index_items)[0]
             own_ports = redis_cfg.with_overrides({"serving": serving_ports(config)})
-            large = _large_index(own_ports, ml, index_items)
+            large = large_index(own_ports, ml, index_items)
             variants[f"numpy, redis, {index_items:,} items {built}"] = (large, ["serve"])
         procs = {}
         for name, (cfg, args) in variants.items():
@@ -150,7 +150,7 @@ def variant_servers(
         yield servers
 
 
-def _large_index(config: Config, ml: Dataset, items: int, kind: str = "auto") -> Config:
+def large_index(config: Config, ml: Dataset, items: int, kind: str = "auto") -> Config:
     """A config whose index is a synthetic ``items``-item catalog (``index.type`` ``kind``),
     built once per model and reused."""
     from index.build import build_index

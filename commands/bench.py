@@ -133,8 +133,15 @@ def bench_catalog(config: Config, args: argparse.Namespace) -> None:
     artifacts.current(config.indexes_dir)  # fails with what to run when nothing is published
     if args.rate is not None and args.rate <= 0:
         raise ConfigError(f"--rate is changes per second, more than 0 (got {args.rate:g})")
+    if args.index_items and args.rate is not None:
+        raise ConfigError("--index-items times the overlay's search; not with --rate")
     if args.rate is None:
-        run(config, load_dataset(config), args.overlay, args.calls)
+        ml = load_dataset(config)
+        if args.index_items:
+            from benchmarks.serving import large_index
+
+            config = large_index(config, ml, args.index_items)
+        run(config, ml, args.overlay, args.calls)
         return
     from loadtest.run import run as loadtest
 
@@ -153,6 +160,12 @@ def bench_catalog_arguments(p: argparse.ArgumentParser) -> None:
         help="overlay sizes (new items) to time the search with",
     )
     p.add_argument("--calls", type=int, default=1000, help="searches per variant")
+    p.add_argument(
+        "--index-items",
+        type=int,
+        default=0,
+        help="on a synthetic catalog of this many items (built once per model; e.g. 1000000)",
+    )
     p.add_argument(
         "--rate",
         type=float,

@@ -76,7 +76,7 @@ class CatalogFeed(TopicFeed):
         self._apply = apply
         self._on_batch = on_batch
         self.overlay = Overlay.empty(
-            bundle.index.ntotal, bundle.index.d, bundle.meta.tags.shape[1], start
+            bundle.index.ntotal, bundle.index.d, bundle.meta.tags.shape[1], start, bundle.index
         )
         self.skipped = 0
         """Events that could not be used (undecodable or refused by the schema)."""

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from catalog.overlay import Overlay, merge
+from catalog.overlay import Overlay, search
 from features.activity import Activity, SeenIndex
 from index.items import bits_passing
 from serving.bundle import Bundle
@@ -52,17 +52,13 @@ class CatalogView:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Each query's ``k`` best rows (row space) passing the genre masks, hidden rows never:
         ``[B, k]`` scores and rows, -1 padded."""
-        scores, rows = self.bundle.index.search(
-            queries, k, params=self.filters.params(include, exclude)
-        )
+        params = self.filters.params(include, exclude)
         if not self.ids:
-            return scores, rows
-        assert self.overlay is not None
+            return self.bundle.index.search(queries, k, params=params)
         passes = None
         if include or exclude:
             passes = self._passing_added(include, exclude, np.arange(len(self.ids)))
-        added = self.overlay.search(queries, k, passes)
-        return merge((scores, rows.astype(np.int64)), added, k)
+        return search(self.bundle.index, self.overlay, queries, k, params, passes)
 
     def passing(self, include: int, exclude: int, rows: np.ndarray) -> np.ndarray:
         """``[n] bool`` which rows (row space) pass the genre masks."""
