@@ -9,11 +9,13 @@ newer upsert). Rows ``0 .. base_rows-1`` are the version's, row ``base_rows + i`
 An overlay is never changed in place: :meth:`Overlay.apply` returns a new one, and whoever
 serves it swaps one reference, so a search sees every change of a batch or none of it.
 
-Over an IVF version the overlay is an IVF on the version's own coarse quantizer (each new
-item in the list the version would put it in), and :func:`search` assigns each query to its
-lists once for both: the overlay adds only its items in the probed lists (about ``nprobe /
-nlist`` of them) to a search, and the pair answers as the version would with the changes
-applied in place. Over a flat (or HNSW) version the overlay is searched exactly.
+Over an IVF-Flat version the overlay is an IVF on the version's own coarse quantizer (each
+new item in the list the version would put it in), stacked under the version's lists as lists
+``nlist .. 2 nlist - 1`` of one index that is searched in one FAISS call: each query probes its
+lists in both, so the overlay adds only its items in the probed lists (about ``nprobe /
+nlist`` of them), one selector covers both, FAISS keeps one top-k, and the pair answers as the
+version would with the changes applied in place. Over any other version (flat, HNSW, a
+quantized IVF) the overlay is searched exactly beside it and the two lists merged.
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ class Overlay:
         tags: ``[len(ids), words] uint64`` their filter bitsets (``index.items.tag_bits``).
         positions: Partition → the next offset of the catalog topic to apply.
         changes: Events applied since the version (for the record and the fold-in rule).
-        coarse: The version's index when it is an IVF: the overlay then shares its quantizer.
+        coarse: The version's index when it is an IVF-Flat: the overlay then shares its
+            quantizer and is searched with it in one call.
         lists: ``[len(ids)] int64`` each item's list in ``coarse`` (empty without one).
+        version: The version's index as loaded (kept alive while the overlay points into it).
     """
 
     base_rows: int
@@ -53,27 +57,91 @@ class Overlay:
     tags: np.ndarray
     positions: Mapping[int, int]
     changes: int = 0
-    coarse: faiss.IndexIVF | None = field(default=None, repr=False, compare=False)
+    coarse: faiss.IndexIVFFlat | None = field(default=None, repr=False, compare=False)
     lists: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    version: faiss.Index | None = field(default=None, repr=False, compare=False)
     _at: dict[str, int] = field(init=False, repr=False, compare=False)
     _index: faiss.Index = field(init=False, repr=False, compare=False)
+    _combined: faiss.IndexIVFFlat | None = field(init=False, repr=False, compare=False)
+    _keep: tuple[object, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_at", {item: i for i, item in enumerate(self.ids)})
         vectors = np.ascontiguousarray(self.vectors, np.float32)
+        n = len(self.ids)
+        combined = None
+        keep: tuple[object, ...] = ()
         index: faiss.Index
         if self.coarse is None:
             index = faiss.IndexFlatIP(vectors.shape[1])
-            if len(self.ids):
+            if n:
                 index.add(vectors)
         else:
             c = self.coarse
             index = faiss.IndexIVFFlat(c.quantizer, c.d, c.nlist, c.metric_type)
-            index.nprobe = c.nprobe
-            if len(self.ids):  # into the lists already assigned: no quantizer search
+            if n:  # into the lists already assigned, under ids past the version's bitmap
                 lists = np.ascontiguousarray(self.lists, np.int64)
-                index.add_core(len(vectors), faiss.swig_ptr(vectors), None, faiss.swig_ptr(lists))
+                ids = np.arange(self.pad, self.pad + n, dtype=np.int64)
+                index.add_core(
+                    n, faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(lists)
+                )
+            # One index over both: the version's lists, then the overlay's (no copy of either).
+            parts = faiss.InvertedListsPtrVector()  # type: ignore[attr-defined]  # not in the stubs
+            parts.push_back(c.invlists)
+            parts.push_back(index.invlists)
+            stacked = faiss.VStackInvertedLists(  # type: ignore[attr-defined]  # not in the stubs
+                parts.size(), parts.data()
+            )
+            combined = faiss.IndexIVFFlat(c.quantizer, c.d, 2 * c.nlist, c.metric_type)
+            combined.replace_invlists(stacked, False)
+            combined.is_trained = True
+            combined.ntotal = c.ntotal + n
+            combined.nprobe = 2 * self.probe
+            keep = (parts, stacked)
         object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "_combined", combined)
+        object.__setattr__(self, "_keep", keep)
+
+    @property
+    def pad(self) -> int:
+        """Where the overlay's ids start inside a combined search: the version's rows rounded
+        up to a byte, so one bitmap is the version's bytes, then the overlay's."""
+        return (self.base_rows + 7) // 8 * 8
+
+    @property
+    def probe(self) -> int:
+        """Lists a combined search probes in the version (and as many in the overlay): its
+        nprobe, at most its nlist (FAISS clamps a search's nprobe to the lists there are)."""
+        assert self.coarse is not None
+        return min(self.coarse.nprobe, self.coarse.nlist)
+
+    @property
+    def combined(self) -> bool:
+        """Searched in one call with the version (an IVF-Flat version's overlay)."""
+        return self._combined is not None
+
+    def combined_params(
+        self, base_passes: np.ndarray | None, passes: np.ndarray | None
+    ) -> tuple[faiss.SearchParametersIVF | None, object]:
+        """For a combined overlay: parameters for :func:`search` that let through the
+        version's rows where ``base_passes`` (``[base_rows] bool``; ``None``: all) and the
+        overlay's items where ``passes`` (``None``: all), and what must outlive them (FAISS
+        holds bare pointers); ``(None, None)`` when everything passes."""
+        assert self.coarse is not None
+        if base_passes is None and passes is None:
+            return None, None
+        base = (
+            np.full(self.pad // 8, 0xFF, np.uint8)
+            if base_passes is None
+            else np.packbits(base_passes, bitorder="little")
+        )
+        added = np.ones(len(self.ids), bool) if passes is None else passes
+        bitmap = np.concatenate((base, np.packbits(added, bitorder="little")))
+        selector = faiss.IDSelectorBitmap(self.pad + len(self.ids), faiss.swig_ptr(bitmap))
+        params = faiss.SearchParametersIVF()
+        params.nprobe = 2 * self.probe
+        params.sel = selector
+        return params, (selector, bitmap)
 
     @classmethod
     def empty(
@@ -94,6 +162,7 @@ class Overlay:
             np.zeros((0, words), np.uint64),
             dict(positions or {}),
             coarse=None if index is None else ivf_of(index),
+            version=index,
         )
 
     @property
@@ -166,6 +235,7 @@ class Overlay:
             self.changes + len(changes),
             self.coarse,
             lists,
+            self.version,
         )
 
     def rows_of(self, item_ids: Sequence[str], lookup: Lookup) -> np.ndarray:
@@ -180,49 +250,37 @@ class Overlay:
         return out.astype(np.int64)
 
     def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        passes: np.ndarray | None = None,
-        assigned: tuple[np.ndarray, np.ndarray] | None = None,
+        self, queries: np.ndarray, k: int, passes: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The overlay's best ``k`` for each query (inner product): ``[B, k] float32`` scores
-        and ``[B, k] int64`` rows in the row space (-1 padded). ``passes``: ``[len(ids)] bool``
-        the overlay items a filter lets through (``None``: all). ``assigned``: the queries'
-        coarse lists (distances, lists) in the shared quantizer, when the overlay has one."""
+        """The overlay's own best ``k`` for each query (inner product, exact): ``[B, k]
+        float32`` scores and ``[B, k] int64`` rows in the row space (-1 padded). ``passes``:
+        ``[len(ids)] bool`` the items a filter lets through (``None``: all). Not for a
+        combined overlay (:func:`search` searches it with the version)."""
         b = len(queries)
-        n = len(self.ids) if passes is None else int(passes.sum())
-        if n == 0 or k == 0:
+        if not self.ids or k == 0 or (passes is not None and not passes.any()):
             return np.full((b, k), -np.inf, np.float32), np.full((b, k), -1, np.int64)
-        params: faiss.SearchParameters | None = None
-        bitmap = None
-        if self.coarse is not None:
-            params = faiss.SearchParametersIVF()
-            params.nprobe = self.coarse.nprobe if assigned is None else assigned[1].shape[1]
+        if self._combined is not None:
+            raise ValueError("a combined overlay is searched with its version (search())")
+        params = None
+        bitmap = None  # held until the search: FAISS keeps a bare pointer to it
         if passes is not None:
             bitmap = np.packbits(passes, bitorder="little")
-            params = params or faiss.SearchParameters()
+            params = faiss.SearchParameters()
             params.sel = faiss.IDSelectorBitmap(len(passes), faiss.swig_ptr(bitmap))
-        q = np.ascontiguousarray(queries, np.float32)
-        fetch = min(k, len(self.ids))
-        if assigned is not None and self.coarse is not None:
-            scores, rows = preassigned(self._index, q, fetch, assigned, params)
-        else:
-            scores, rows = self._index.search(q, fetch, params=params)
-        rows = np.where(rows >= 0, rows + self.base_rows, -1)
-        if rows.shape[1] < k:
-            pad = k - rows.shape[1]
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-            rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
-        scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
-        return scores, rows.astype(np.int64)
+        scores, rows = self._index.search(
+            np.ascontiguousarray(queries, np.float32), k, params=params
+        )
+        found = rows >= 0  # FAISS pads past its items with -1
+        rows[found] += self.base_rows
+        scores[~found] = -np.inf
+        return scores, rows
 
 
-def ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
-    """``index`` as an IVF whose coarse assignment can be shared (``None``: not an IVF, or
-    wrapped in a transform that a preassigned search would skip)."""
+def ivf_of(index: faiss.Index) -> faiss.IndexIVFFlat | None:
+    """``index`` as an IVF-Flat an overlay can be stacked under (``None``: another kind, or
+    one wrapped in a transform a preassigned search would skip)."""
     index = faiss.downcast_index(index)
-    return index if isinstance(index, faiss.IndexIVF) else None
+    return index if isinstance(index, faiss.IndexIVFFlat) else None
 
 
 def preassigned(
@@ -244,7 +302,7 @@ def preassigned(
         raise ValueError(f"{lists.shape[1]} lists a query, but the index probes {ivf.nprobe}")
     scores = np.empty((n, k), np.float32)
     rows = np.empty((n, k), np.int64)
-    ivf.search_preassigned_c(
+    ivf.search_preassigned_c(  # type: ignore[attr-defined]  # the C++ call, not in the stubs
         n,
         faiss.swig_ptr(q),
         k,
@@ -266,24 +324,32 @@ def search(
     params: faiss.SearchParameters | None = None,
     passes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The version's best ``k`` (``params``: its filter and hidden rows) and the overlay's
-    (``passes``: its items the filter lets through), merged into one top-k: ``[B, k]`` scores
-    and int64 rows of the row space. Over an IVF version the queries are assigned to their
-    lists once, for both."""
-    if overlay is None or not overlay.ids:
-        scores, rows = index.search(queries, k, params=params)
-        return scores, rows.astype(np.int64)
+    """The best ``k`` of the version and its overlay: ``[B, k]`` scores and int64 rows of the
+    row space, -1 padded.
+
+    A combined overlay (IVF-Flat version) is one search: ``params`` from
+    :meth:`Overlay.combined_params` (the version's rows and the overlay's items to let
+    through), ``passes`` unused. Otherwise the version is searched with ``params`` (its
+    filter and hidden rows), the overlay exactly with ``passes`` (its items the filter lets
+    through), and the two lists merged."""
     q = np.ascontiguousarray(queries, np.float32)
-    ivf = overlay.coarse
-    if ivf is None:
+    if overlay is None or not overlay.ids:
+        scores, rows = index.search(q, k, params=params)
+        return scores, rows.astype(np.int64)
+    if overlay._combined is None:
         scores, rows = index.search(q, k, params=params)
         added = overlay.search(q, k, passes)
-    else:
-        nprobe = ivf.nprobe if params is None else params.nprobe
-        assigned = ivf.quantizer.search(q, nprobe)
-        scores, rows = preassigned(ivf, q, k, assigned, params)
-        added = overlay.search(q, k, passes, assigned)
-    return merge((scores, rows.astype(np.int64)), added, k)
+        return merge((scores, rows.astype(np.int64)), added, k)
+    c = overlay.coarse
+    assert c is not None
+    distances, lists = c.quantizer.search(q, overlay.probe)
+    # Each probed list in the version, and the same list among the overlay's.
+    lists = np.concatenate((lists, lists + c.nlist), axis=1)
+    distances = np.concatenate((distances, distances), axis=1)
+    scores, rows = preassigned(overlay._combined, q, k, (distances, lists), params)
+    mine = rows >= overlay.pad
+    rows[mine] -= overlay.pad - overlay.base_rows
+    return scores, rows
 
 
 def merge(
@@ -291,11 +357,16 @@ def merge(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each query's best ``k`` of two ranked lists (``[B, m]`` scores and rows, -1 padded),
     ties to the first list: one top-k over the version and the overlay."""
-    scores = np.concatenate([base[0], added[0]], axis=1)
-    rows = np.concatenate([base[1], added[1]], axis=1)
-    scores = np.where(rows >= 0, scores, -np.inf)
+    # Every first list full, its k-th at least the second list's best: nothing moves.
+    if (
+        base[1].shape[1] >= k > 0
+        and (base[1][:, k - 1] >= 0).all()
+        and (added[0][:, 0] <= base[0][:, k - 1]).all()
+    ):
+        return base[0][:, :k].astype(np.float32), base[1][:, :k]
+    scores = np.concatenate((base[0], added[0]), axis=1).astype(np.float32, copy=False)
+    rows = np.concatenate((base[1], added[1]), axis=1)
+    scores[rows < 0] = -np.inf  # a copy: the inputs are left as they were
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return (
-        np.take_along_axis(scores, order, axis=1).astype(np.float32),
-        np.take_along_axis(rows, order, axis=1),
-    )
+    at = np.arange(len(order))[:, None]
+    return scores[at, order], rows[at, order]

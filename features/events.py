@@ -61,14 +61,20 @@ def decode(raw: bytes) -> tuple[str, Interaction]:
     return message.user_id, Interaction(message.item_id, message.event_time_ms, message.event_id)
 
 
+GATHER_BYTES = 1 << 20
+"""A gathering fetch's size: the broker answers once it holds this much, or at the wait."""
+
+
 def whole_topic(
-    kc: KafkaConfig, bootstrap_timeout_ms: int = 30_000
+    kc: KafkaConfig, bootstrap_timeout_ms: int = 30_000, gather_ms: int = 0
 ) -> tuple[Any, list[Any]]:  # Any: kafka-python's untyped types
     """A consumer outside any group (it commits nothing: a group's offsets are untouched)
     assigned every partition of ``kc.topic``, and those partitions in order.
 
     Args:
         bootstrap_timeout_ms: How long to wait for a first broker (kafka-python's default).
+        gather_ms: The broker holds each fetch this long for more records (up to a fetch's
+            size) unless it fills first; 0: a fetch returns at its first record.
 
     Raises:
         DataError: the topic does not exist (the consumer is closed).
@@ -82,6 +88,7 @@ def whole_topic(
         enable_auto_commit=False,
         max_poll_records=kc.poll_max_records,
         bootstrap_timeout_ms=bootstrap_timeout_ms,
+        **({"fetch_min_bytes": GATHER_BYTES, "fetch_max_wait_ms": gather_ms} if gather_ms else {}),
     )
     try:
         partitions = consumer.partitions_for_topic(kc.topic)

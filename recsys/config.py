@@ -144,6 +144,11 @@ class KafkaConfig(_Section):
     bootstrap_timeout_ms: int = Field(30_000, ge=1)
     """How long a command waits for a first broker before it says none answers
     (kafka-python's default)."""
+    feed_fetch_wait_ms: int = Field(100, ge=0)
+    """A server's topic feeds (the catalog's, the ranker's items') ask the broker to gather
+    what arrives within this long into one fetch: fewer, larger batches (each costs the
+    server a round trip and an overlay swap) for at most this much more delay. 0: a fetch
+    returns as soon as one record is there."""
 
 
 class FeastConfig(_Section):

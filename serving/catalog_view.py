@@ -35,8 +35,8 @@ class CatalogView:
         self.base = bundle.index.ntotal
         self.total = self.base + (len(overlay.ids) if overlay is not None else 0)
         """Rows of the row space: the version's, then the overlay's."""
-        hidden = None if overlay is None else overlay.hidden
-        self.filters = GenreFilters(bundle.index, bundle.meta, hidden)
+        hidden = None if overlay is None or not overlay.hidden.any() else overlay.hidden
+        self.filters = GenreFilters(bundle.index, bundle.meta, hidden, overlay)
         self.ids: tuple[str, ...] = () if overlay is None else overlay.ids
         """The overlay's items: row ``base + i`` is ``ids[i]``."""
         self._seen = SeenIndex(self.ids) if self.ids else None
@@ -55,8 +55,9 @@ class CatalogView:
         params = self.filters.params(include, exclude)
         if not self.ids:
             return self.bundle.index.search(queries, k, params=params)
+        assert self.overlay is not None
         passes = None
-        if include or exclude:
+        if (include or exclude) and not self.overlay.combined:  # else in the parameters
             passes = self._passing_added(include, exclude, np.arange(len(self.ids)))
         return search(self.bundle.index, self.overlay, queries, k, params, passes)
 

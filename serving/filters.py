@@ -6,7 +6,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from index.items import ItemMeta
+from catalog.overlay import Overlay
+from index.items import ItemMeta, bits_passing
 from index.tuning import with_selector
 
 FILTERS_KEPT = 64
@@ -16,18 +17,28 @@ FILTERS_KEPT = 64
 class GenreFilters:
     """The search parameters for each genre-mask pair of one index, built once per pair."""
 
-    def __init__(self, index: faiss.Index, meta: ItemMeta, hidden: np.ndarray | None = None):
+    def __init__(
+        self,
+        index: faiss.Index,
+        meta: ItemMeta,
+        hidden: np.ndarray | None = None,
+        overlay: Overlay | None = None,
+    ):
         """
         Args:
             index: The index the parameters are for (its own nprobe or efSearch is kept).
             meta: Its items' genres, row-aligned.
             hidden: ``[rows] bool`` rows no search may return (an overlay's deleted and
                 replaced items); ``None``: none.
+            overlay: A catalog overlay searched in one call with the index
+                (``Overlay.combined``): the parameters then cover its items too.
         """
         self._index = index
         self._meta = meta
         self._hidden = hidden
-        self._filters: dict[tuple[int, int], tuple[faiss.SearchParameters, object, np.ndarray]] = {}
+        combined = overlay is not None and overlay.combined and bool(overlay.ids)
+        self._overlay = overlay if combined else None
+        self._filters: dict[tuple[int, int], tuple[faiss.SearchParameters, object]] = {}
 
     def params(self, include: int, exclude: int) -> faiss.SearchParameters | None:
         """FAISS search parameters that only consider items passing the genre masks (a bitmap
@@ -42,10 +53,21 @@ class GenreFilters:
             passes = self._meta.passing(include, exclude)
             if self._hidden is not None:
                 passes &= ~self._hidden
-            bitmap = np.packbits(passes, bitorder="little")
-            selector = faiss.IDSelectorBitmap(len(passes), faiss.swig_ptr(bitmap))
             if len(self._filters) >= FILTERS_KEPT:
                 self._filters.pop(next(iter(self._filters)))
             # The bitmap and selector are kept with the parameters: FAISS holds bare pointers.
-            kept = self._filters[key] = (with_selector(self._index, selector), selector, bitmap)
+            if self._overlay is not None:
+                added = None
+                if include or exclude:
+                    added = bits_passing(self._overlay.tags, include, exclude)
+                params, held = self._overlay.combined_params(passes, added)
+                assert params is not None
+                kept = self._filters[key] = (params, held)
+            else:
+                bitmap = np.packbits(passes, bitorder="little")
+                selector = faiss.IDSelectorBitmap(len(passes), faiss.swig_ptr(bitmap))
+                kept = self._filters[key] = (
+                    with_selector(self._index, selector),
+                    (selector, bitmap),
+                )
         return kept[0]

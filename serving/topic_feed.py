@@ -69,7 +69,9 @@ class TopicFeed:
             try:
                 if not broker_answers(self._kafka.bootstrap_servers):
                     raise BrokerError(f"nothing listens at {self._kafka.bootstrap_servers}")
-                consumer, partitions = whole_topic(self._kafka, bootstrap_timeout_ms=BOOTSTRAP_MS)
+                consumer, partitions = whole_topic(
+                    self._kafka, BOOTSTRAP_MS, self._kafka.feed_fetch_wait_ms
+                )
                 self._seek(consumer, partitions)
                 ends = consumer.end_offsets(partitions)
                 wait = RETRY_FIRST_S

@@ -1,7 +1,8 @@
 """The overlay against a from-scratch rebuild: after any sequence of upserts and deletes,
 applied in any batching, the version searched beside its overlay answers what an index of
 the final catalog answers: exact for a flat version, and for an IVF version an IVF on the
-same centroids (the overlay shares the version's coarse quantizer) (fast tier: pure logic on small catalogs)."""
+same centroids (the overlay shares the version's coarse quantizer). Fast tier: pure logic on
+small catalogs."""
 
 from __future__ import annotations
 
@@ -91,6 +92,9 @@ def _search(
     if bit is not None:
         passes &= (base_tags[:, 0] & np.uint64(1 << bit)) > 0
         added = (overlay.tags[:, 0] & np.uint64(1 << bit)) > 0
+    if overlay.combined:  # one search: one selector over the version's rows and the overlay's
+        params, _held = overlay.combined_params(passes, added)  # held for the search
+        return search(index, overlay, queries, k, params)
     bitmap = np.packbits(passes, bitorder="little")
     params = with_selector(index, faiss.IDSelectorBitmap(len(passes), faiss.swig_ptr(bitmap)))
     return search(index, overlay, queries, k, params, added)
@@ -106,7 +110,7 @@ def test_the_version_and_its_overlay_answer_as_a_rebuild_of_the_final_catalog(
     index = _version(kind, vectors, rng)
     lookup = SeenIndex(ids).lookup
     overlay = Overlay.empty(len(ids), DIM, WORDS, index=index)
-    assert (overlay.coarse is None) == (kind == "flat")
+    assert overlay.combined == (kind == "ivf")
     truth = {i: (vectors[j], tags[j]) for j, i in enumerate(ids)}
     changes = _changes(rng, ids, 150)
     start = 0
@@ -183,3 +187,37 @@ def test_merge_takes_the_best_of_both_lists_and_pads() -> None:
     empty = Overlay.empty(10, DIM, WORDS)
     s, r = empty.search(np.zeros((2, DIM), np.float32), 3)
     assert (r == -1).all() and np.isneginf(s).all()
+
+
+def test_merge_keeps_the_first_list_when_the_second_cannot_enter_it() -> None:
+    base = (np.array([[0.9, 0.5, 0.4]], np.float32), np.array([[3, 1, 2]]))
+    tie = (np.array([[0.5, 0.1]], np.float32), np.array([[12, 11]]))
+    assert merge(base, tie, 2)[1].tolist() == [[3, 1]]  # a tie goes to the first list
+    assert merge(base, tie, 3)[1].tolist() == [[3, 1, 12]]
+    short = (np.array([[0.9, -np.inf]], np.float32), np.array([[3, -1]]))
+    assert merge(short, tie, 2)[1].tolist() == [[3, 12]]  # a list that ran out takes more
+
+
+def test_new_items_alone_need_no_selector_in_a_combined_search() -> None:
+    rng = np.random.default_rng(9)
+    ids, vectors, _ = _catalog(rng, 300)
+    index = _version("ivf", vectors, rng)
+    new = rng.standard_normal((40, DIM)).astype(np.float32)
+    changes = [ItemChange(f"e{j}", f"new{j}", j + 1, {}) for j in range(40)]
+    overlay = Overlay.empty(len(ids), DIM, WORDS, index=index).apply(
+        changes, new, np.zeros((40, WORDS), np.uint64), SeenIndex(ids).lookup, {}
+    )
+    assert overlay.combined and not overlay.hidden.any()
+    assert overlay.combined_params(None, None) == (None, None)
+    queries = rng.standard_normal((5, DIM)).astype(np.float32)
+    scores, rows = search(index, overlay, queries, 10)
+    want_scores, want = _rebuild(index, np.concatenate([vectors, new])).search(queries, 10)
+    np.testing.assert_array_equal(rows, want)  # rows: the version's, then the overlay's
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5)
+    # Probing past the lists there are (nprobe > nlist: FAISS pads with -1) adds nothing twice.
+    index.nprobe = NLIST + 2  # as a version is loaded: before its overlay
+    overlay = Overlay.empty(len(ids), DIM, WORDS, index=index).apply(
+        changes, new, np.zeros((40, WORDS), np.uint64), SeenIndex(ids).lookup, {}
+    )
+    everything = search(index, overlay, queries, 340)[1]
+    assert all(sorted(r) == list(range(340)) for r in everything)
