@@ -252,8 +252,9 @@ class Overlay:
     def search(
         self, queries: np.ndarray, k: int, passes: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The overlay's own best ``k`` for each query (inner product, exact): ``[B, k]
-        float32`` scores and ``[B, k] int64`` rows in the row space (-1 padded). ``passes``:
+        """The overlay's own best ``k`` for each query (inner product, exact): ``[B, m]
+        float32`` scores and ``[B, m] int64`` rows in the row space, ``m`` the smaller of
+        ``k`` and the items that pass (``k`` and -1 padded when none does). ``passes``:
         ``[len(ids)] bool`` the items a filter lets through (``None``: all). Not for a
         combined overlay (:func:`search` searches it with the version)."""
         b = len(queries)
@@ -267,8 +268,9 @@ class Overlay:
             bitmap = np.packbits(passes, bitorder="little")
             params = faiss.SearchParameters()
             params.sel = faiss.IDSelectorBitmap(len(passes), faiss.swig_ptr(bitmap))
+        n = len(self.ids) if passes is None else int(np.count_nonzero(passes))
         scores, rows = self._index.search(
-            np.ascontiguousarray(queries, np.float32), k, params=params
+            np.ascontiguousarray(queries, np.float32), min(k, n), params=params
         )
         found = rows >= 0  # FAISS pads past its items with -1
         rows[found] += self.base_rows
