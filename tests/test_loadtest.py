@@ -224,6 +224,20 @@ def test_a_run_with_events_streaming_into_the_store_loses_no_event(server, tmp_p
     assert "stream: " in done.stdout
 
 
+def test_a_run_with_item_changes_sees_every_one_applied(server, tmp_path) -> None:
+    config_file = write_config(server.config, tmp_path / "config.yaml")
+    out = tmp_path / "catalog"
+    done = _loadtest(config_file, out, "--catalog", "20", "--seconds", "5", "--slo-p99-ms", "2000")
+    assert done.returncode == 0, done.stdout + done.stderr
+    catalog = json.loads((out / "result.json").read_text())["catalog"]
+    # 20/s for 7 s: half new items, half deletes (30 of the catalog's items first: 3 s).
+    assert catalog["upserts"] == catalog["deletes"] == 70 and catalog["probes"] >= 50
+    assert catalog["unseen"] == catalog["undeleted"] == catalog["relapsed"] == 0
+    assert catalog["settled"] and 0 < catalog["upsert_p99_ms"] < 5000
+    assert 0 < catalog["delete_p99_ms"] < 5000
+    assert "upsert → recommendable" in done.stdout
+
+
 def test_transports_loads_a_threaded_and_an_aio_null_server_alike(server, tmp_path) -> None:
     config_file = write_config(server.config, tmp_path / "config.yaml")
     out = tmp_path / "transports"
