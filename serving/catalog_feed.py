@@ -37,11 +37,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CatalogBatch:
     """One batch the feed applied: the new overlay, each applied change's age (from its
-    event time to now, seconds) and the events it skipped."""
+    event time to now, seconds), the events it skipped, and the records left in the topic
+    past it (``None``: not known yet)."""
 
     overlay: Overlay
     ages_s: list[float]
     skipped: int
+    lag: int | None = None
 
 
 class CatalogFeed(TopicFeed):
@@ -82,9 +84,10 @@ class CatalogFeed(TopicFeed):
         """Events that could not be used (undecodable or refused by the schema)."""
         self._bad = Throttled(log, "catalog feed: skipped an event no server can use", 30.0)
 
-    def observe(self, records: Sequence[tuple[int, int, bytes]]) -> Overlay:
+    def observe(self, records: Sequence[tuple[int, int, bytes]], lag: int | None = None) -> Overlay:
         """Applies ``(partition, offset, value)`` records, in the topic's order for each
-        partition, and hands the new overlay on; returns it."""
+        partition, and hands the new overlay on (``lag``: the records still past them, for
+        the metrics); returns it."""
         changes: dict[str, ItemChange] = {}  # each item's last change in the batch
         positions: dict[int, int] = {}
         times: list[int] = []
@@ -115,11 +118,12 @@ class CatalogFeed(TopicFeed):
         if self._on_batch is not None:
             now_ms = time.time() * 1000
             ages = [max(now_ms - t, 0.0) / 1000 for t in times]
-            self._on_batch(CatalogBatch(self.overlay, ages, skipped))
+            self._on_batch(CatalogBatch(self.overlay, ages, skipped, lag))
         return self.overlay
 
     def _handle(self, polled: dict[Any, list[Any]]) -> None:  # Any: kafka-python's
-        self.observe([(tp.partition, r.offset, r.value) for tp, rs in polled.items() for r in rs])
+        records = [(tp.partition, r.offset, r.value) for tp, rs in polled.items() for r in rs]
+        self.observe(records, self.lag())
 
     def _seek(self, consumer: Any, partitions: list[Any]) -> None:  # Any: kafka-python's
         at = self.overlay.positions

@@ -102,6 +102,12 @@ class ServingMetrics:
             buckets=AGE_BUCKETS,
             registry=r,
         )
+        self.feed_lag = Gauge(
+            "recsys_catalog_feed_lag",
+            "Catalog-topic records past the catalog feed's last batch (by the broker's "
+            "high-water marks): how far behind the topic this server's catalog is",
+            registry=r,
+        )
         self.overlay = Gauge(
             "recsys_catalog_overlay_rows",
             "The catalog overlay beside the serving index: items it adds, and index rows it hides",
@@ -128,6 +134,8 @@ class ServingMetrics:
         self.skipped.inc(batch.skipped)
         for age in batch.ages_s:
             self.change_age.observe(age)
+        if batch.lag is not None:
+            self.feed_lag.set(batch.lag)
         self.overlay.labels("added").set(len(batch.overlay.ids))
         self.overlay.labels("hidden").set(int(batch.overlay.hidden.sum()))
 

@@ -43,6 +43,7 @@ class TopicFeed:
         """Set once the feed has read up to the end the topic had when it opened."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._consumer: Any = None  # Any: kafka-python's; the one reading, while it reads
         self._failed = Throttled(log, f"{what}: broker unavailable; retrying", 30.0)
 
     def start(self) -> Self:
@@ -62,6 +63,23 @@ class TopicFeed:
     def _handle(self, polled: dict[Any, list[Any]]) -> None:  # Any: partitions → records
         raise NotImplementedError
 
+    def lag(self) -> int | None:
+        """Records in the topic past what the feed has polled, by the high-water marks the
+        broker's last fetch answers carried (no request of its own); ``None`` before any."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        try:
+            behind = 0
+            for tp in consumer.assignment():
+                high = consumer.highwater(tp)
+                if high is None:
+                    return None
+                behind += max(high - consumer.position(tp), 0)
+            return behind
+        except Exception:  # the consumer closed meanwhile (a swap, a broker away)
+            return None
+
     def _run(self) -> None:
         wait = RETRY_FIRST_S
         while not self._stop.is_set():
@@ -73,6 +91,7 @@ class TopicFeed:
                     self._kafka, BOOTSTRAP_MS, self._kafka.feed_fetch_wait_ms
                 )
                 self._seek(consumer, partitions)
+                self._consumer = consumer
                 ends = consumer.end_offsets(partitions)
                 wait = RETRY_FIRST_S
                 while not self._stop.is_set():
@@ -95,6 +114,7 @@ class TopicFeed:
                 self._stop.wait(wait)
                 wait = min(2 * wait, RETRY_MAX_S)
             finally:
+                self._consumer = None
                 if consumer is not None:
                     with contextlib.suppress(Exception):  # its broker may be gone
                         consumer.close()

@@ -13,10 +13,11 @@ import pytest
 from catalog.events import ItemChange
 from catalog.overlay import Overlay
 from index.items import tag_bits
-from recsys.config import ServingConfig
+from recsys.config import KafkaConfig, ServingConfig
 from recsys.v1 import recommender_pb2 as pb
 from serving.recommender import Recommender
 from serving.request import Request
+from serving.topic_feed import TopicFeed
 from serving.wire import Encoders
 from tests import tiny
 
@@ -92,3 +93,28 @@ def test_a_feed_starts_at_the_versions_offsets_only_for_the_topic_it_recorded(bu
     assert built.catalog_start("cat.other") == {}  # another topic: from its beginning
     unread = dataclasses.replace(bundle, catalog_positions=None, catalog_topic=None)
     assert unread.catalog_start("cat.v1") == {}
+
+
+class _Consumer:
+    """kafka-python's consumer as far as ``TopicFeed.lag`` reads it."""
+
+    def __init__(self, high: dict[int, int | None], at: dict[int, int]):
+        self._high, self._at = high, at
+
+    def assignment(self) -> set[int]:
+        return set(self._at)
+
+    def highwater(self, tp: int) -> int | None:
+        return self._high[tp]
+
+    def position(self, tp: int) -> int:
+        return self._at[tp]
+
+
+def test_a_feeds_lag_is_what_its_partitions_hold_past_its_position() -> None:
+    feed = TopicFeed(KafkaConfig(), "test feed")
+    assert feed.lag() is None  # not reading
+    feed._consumer = _Consumer({0: 10, 1: 4}, {0: 7, 1: 4})
+    assert feed.lag() == 3
+    feed._consumer = _Consumer({0: 10, 1: None}, {0: 7, 1: 0})
+    assert feed.lag() is None  # a partition not fetched yet: not known

@@ -104,6 +104,7 @@ def test_a_new_item_is_answered_and_a_deleted_one_never_again(
         assert value("recsys_catalog_changes_total", result="skipped") == 1
         assert value("recsys_catalog_overlay_rows", kind="added") == 1
         assert value("recsys_catalog_overlay_rows", kind="hidden") == 1
+        assert feed.lag() == 0 and value("recsys_catalog_feed_lag") == 0  # read to the end
         client.close()
     # A server started now catches up before it serves: its first answer is the peers'.
     with running_server(config) as server:
