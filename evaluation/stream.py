@@ -135,6 +135,28 @@ class StreamEvaluator:
         scorer = self._model_scorer(user_fn, item_vecs, histories)
         return next_item_metrics(self.ranks(scorer, seen or histories))
 
+    def new_item(
+        self, user_fn: UserFn, item_vecs: np.ndarray, new_vecs: np.ndarray
+    ) -> dict[str, float]:
+        """Each event's target as if it were a new item, among the catalog as it is: its
+        score from ``new_vecs`` (the item tower's vector of the item's features under the
+        unknown id, what a server embeds for an item that arrives on the catalog topic), every
+        other item's from ``item_vecs``. Where a new item lands for the user who takes it
+        next: what item-id dropout in training moves."""
+        users = np.asarray(user_fn(self._inputs["live"]), np.float64)
+        items = np.asarray(item_vecs, np.float64)
+        new = np.asarray(new_vecs, np.float64)
+
+        def scorer(walk: Walk, rows: slice) -> np.ndarray:
+            scores = users[rows] @ items.T
+            targets = walk.targets[rows]
+            scores[np.arange(len(targets)), targets] = np.einsum(
+                "ij,ij->i", users[rows], new[targets]
+            )
+            return scores
+
+        return next_item_metrics(self.ranks(scorer))
+
     def top(self, user_fn: UserFn, item_vecs: np.ndarray, k: int = 10) -> np.ndarray:
         """``[events, k] int64`` the catalog columns the model ranks first before each event,
         live histories, everything seen excluded, ties by column (as :meth:`model` ranks):
@@ -208,12 +230,15 @@ def evaluate_stream(
     chosen: dict[str, dict[str, Any]] | None = None,  # Any: settings of mixed types
     log: Callable[[str], None] | None = None,
     max_events: int = MAX_EVENTS,
+    new_vecs: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The model (live and frozen histories) and every baseline on the test part's stream.
 
     Args:
         chosen: Baseline settings from :func:`select_baselines`; picked on ``split.valid``
             here when not given (a split without validation uses the middle settings).
+        new_vecs: The catalog's vectors under the unknown id: adds ``"new_item"``
+            (:meth:`StreamEvaluator.new_item`).
 
     Returns:
         ``{"model", "frozen", "frozen_features", "popularity", "trailing_popularity",
@@ -243,6 +268,8 @@ def evaluate_stream(
         ),
         "item_knn": test.baseline(ItemKNN(test.train, test.column, last, test.train_counts)),
     }
+    if new_vecs is not None:
+        results["new_item"] = test.new_item(user_fn, item_vecs, new_vecs)
     results["freshness_lift"] = results["model"]["ndcg@10"] / max(
         results["frozen"]["ndcg@10"], 1e-12
     )
@@ -255,6 +282,7 @@ ROWS: Sequence[tuple[str, str]] = (
     ("model", "two towers, live histories"),
     ("frozen", "two towers, frozen at the cut"),
     ("frozen_features", "  features frozen, seen live"),
+    ("new_item", "  the next item as a new item"),
     ("item_knn", "item-KNN"),
     ("trailing_popularity", "trailing popularity"),
     ("popularity", "popularity (training period)"),
@@ -272,6 +300,8 @@ def stream_table(results: dict[str, Any]) -> str:  # Any: a JSON report
     keys = ("ndcg@10", "recall@10", "mrr@10", "recall@50")
     lines = [f"  {'':<32}" + "".join(f"{k:>11}" for k in keys)]
     for name, label in ROWS:
+        if name not in results:  # a report without the optional rows
+            continue
         row = results[name]
         lines.append(f"  {labels.get(name, label):<32}" + "".join(f"{row[k]:>11.4f}" for k in keys))
     return "\n".join(lines)

@@ -164,6 +164,17 @@ def test_a_model_scoring_by_popularity_equals_the_popularity_baseline(evaluator)
     assert model["events"] == len(evaluator.stream) - len(evaluator.train)
 
 
+def test_a_new_item_is_scored_by_its_new_vector_among_the_others_as_they_are(evaluator) -> None:
+    counts = evaluator.train_counts.astype(np.float32)[:, np.newaxis]
+    ones = lambda inputs: np.ones((len(inputs["user"]), 1), np.float32)  # noqa: E731
+    # The same vectors: the model's own figures. The target new and worth more than any item:
+    # every event a hit at the first place; worth less than any: never in the top 50.
+    assert evaluator.new_item(ones, counts, counts) == evaluator.model(ones, counts)
+    best = np.full_like(counts, counts.max() + 1)
+    assert evaluator.new_item(ones, counts, best)["ndcg@10"] == pytest.approx(1.0)
+    assert evaluator.new_item(ones, counts, np.full_like(counts, -1.0))["recall@50"] == 0.0
+
+
 def test_frozen_histories_feed_the_tower_the_state_at_the_cut(evaluator) -> None:
     w = evaluator.walk
     live = evaluator._inputs["live"]["history"]

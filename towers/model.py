@@ -169,6 +169,9 @@ class TwoTower(tfrs.Model):  # type: ignore[misc]  # tensorflow_recommenders shi
             items,
             sample_weight=features.get("weight"),
             candidate_sampling_probability=features["item_prob"] if self._logq else None,
-            candidate_ids=features["item"] if self._remove_accidental_hits else None,
+            # The item itself, also where training dropped its id (``item_key``).
+            candidate_ids=(
+                features.get("item_key", features["item"]) if self._remove_accidental_hits else None
+            ),
             compute_metrics=False,
         )

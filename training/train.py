@@ -39,6 +39,8 @@ class Fitted:
     epochs: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     seconds: float = 0.0
+    valid_new_item: dict[str, float] | None = None
+    """The kept epoch's stream metrics on validation with each target as a new item."""
 
     def user_fn(self, inputs: Inputs) -> np.ndarray:
         return np.asarray(self.model.user_tower(inputs, training=False))
@@ -47,6 +49,17 @@ class Fitted:
         return item_vectors(
             lambda x: np.asarray(self.model.item_tower(x, training=False)), ml, self.space
         )
+
+    def new_item_vectors(self, ml: Dataset) -> np.ndarray:
+        """The catalog's vectors as new items: each item's features under the unknown id
+        (what the server embeds for an item the catalog topic brings)."""
+
+        def unknown(x: Inputs) -> np.ndarray:
+            return np.asarray(
+                self.model.item_tower({**x, "item": np.zeros_like(x["item"])}, training=False)
+            )
+
+        return item_vectors(unknown, ml, self.space)
 
 
 def fit(
@@ -120,7 +133,8 @@ def fit(
         users = np.where(rng.random(n) < mc.oov_rate, 0, known_users).astype(np.int32)
         blank = rng.random(n) < mc.history_dropout
         order = rng.permutation(n)
-        dataset = batches.epoch(order, users, blank)
+        cold = rng.random(n) < mc.item_oov_rate if mc.item_oov_rate else None
+        dataset = batches.epoch(order, users, blank, cold)
         if progress:
             log(f"epoch {epoch}/{mc.epochs}")
         result = model.fit(dataset, epochs=1, verbose=verbose)
@@ -136,6 +150,12 @@ def fit(
     if best_weights is not None:
         model.set_weights(best_weights)
         log(f"kept epoch {fitted.best_epoch} (best on validation)")
+        if isinstance(validate, StreamEvaluator):
+            # What model.item_oov_rate is chosen on, beside the NDCG@10 epochs are kept on.
+            fitted.valid_new_item = validate.new_item(
+                fitted.user_fn, fitted.item_vectors(ml), fitted.new_item_vectors(ml)
+            )
+            log(f"  validation, the next item as a new item: {_headline(fitted.valid_new_item)}")
     else:
         fitted.best_epoch = mc.epochs
     fitted.seconds = time.perf_counter() - started
@@ -156,12 +176,17 @@ class _Batches:
         self._catalog = {k: tf.constant(v) for k, v in catalog.items()}
         self._item_rows = tf.constant(item_rows)
 
-    def epoch(self, order: np.ndarray, users: np.ndarray, blank: np.ndarray) -> Any:
+    def epoch(
+        self, order: np.ndarray, users: np.ndarray, blank: np.ndarray, cold: np.ndarray | None
+    ) -> Any:
         """The batches in ``order``, with this epoch's user ids (some dropped to the unknown
-        bucket) and histories blanked where ``blank``; a ``tf.data.Dataset``."""
+        bucket), histories blanked where ``blank`` and, where ``cold``, the item tower's item
+        id dropped to the unknown bucket (``item_key`` keeps it for the accidental hits); a
+        ``tf.data.Dataset``."""
         from towers.tf_env import tf
 
         order_t, users_t, blank_t = tf.constant(order), tf.constant(users), tf.constant(blank)
+        cold_t = None if cold is None else tf.constant(cold)
         features, catalog, item_rows = self._features, self._catalog, self._item_rows
         size = self._batch_size
 
@@ -172,6 +197,9 @@ class _Batches:
             out["history"] = tf.where(tf.gather(blank_t, at)[:, tf.newaxis], 0, out["history"])
             rows = tf.gather(item_rows, at)
             out.update({k: tf.gather(v, rows) for k, v in catalog.items()})
+            if cold_t is not None:
+                out["item_key"] = out["item"]
+                out["item"] = tf.where(tf.gather(cold_t, at), 0, out["item"])
             return out
 
         return (
@@ -297,6 +325,7 @@ def train(config: Config, ml: Dataset, *, log: Log = print, publish: bool = True
             split,
             log=log,
             max_events=mc.stream_events(len(ml.items)),
+            new_vecs=fitted.new_item_vectors(ml),
         ),
         "temporal": evaluate_split(
             ml,
@@ -342,6 +371,7 @@ def train(config: Config, ml: Dataset, *, log: Log = print, publish: bool = True
             "history_length": mc.history_length,
             "train_seconds": round(fitted.seconds, 2),
             "best_epoch": fitted.best_epoch,
+            "valid_new_item": fitted.valid_new_item,
             "split": {
                 "protocol": split.name,
                 "description": split.description,
