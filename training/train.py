@@ -41,6 +41,8 @@ class Fitted:
     seconds: float = 0.0
     valid_new_item: dict[str, float] | None = None
     """The kept epoch's stream metrics on validation with each target as a new item."""
+    kept_vectors: tuple[np.ndarray, np.ndarray] | None = None
+    """The kept weights' catalog and new-item vectors, once the validation embedded them."""
 
     def user_fn(self, inputs: Inputs) -> np.ndarray:
         return np.asarray(self.model.user_tower(inputs, training=False))
@@ -152,9 +154,8 @@ def fit(
         log(f"kept epoch {fitted.best_epoch} (best on validation)")
         if isinstance(validate, StreamEvaluator):
             # What model.item_oov_rate is chosen on, beside the NDCG@10 epochs are kept on.
-            fitted.valid_new_item = validate.new_item(
-                fitted.user_fn, fitted.item_vectors(ml), fitted.new_item_vectors(ml)
-            )
+            fitted.kept_vectors = (fitted.item_vectors(ml), fitted.new_item_vectors(ml))
+            fitted.valid_new_item = validate.new_item(fitted.user_fn, *fitted.kept_vectors)
             log(f"  validation, the next item as a new item: {_headline(fitted.valid_new_item)}")
     else:
         fitted.best_epoch = mc.epochs
@@ -315,7 +316,10 @@ def train(config: Config, ml: Dataset, *, log: Log = print, publish: bool = True
         stages, final = pipeline_splits(split)
         log(f"two stages: the towers on {len(stages.train):,}, the ranker on the next slice")
     fitted = fit(mc, ml, split if stages is None else stages, log=log)
-    vectors = fitted.item_vectors(ml)
+    vectors, new_vectors = fitted.kept_vectors or (
+        fitted.item_vectors(ml),
+        fitted.new_item_vectors(ml),
+    )
     metrics = {
         "stream": evaluate_stream(
             ml,
@@ -325,7 +329,7 @@ def train(config: Config, ml: Dataset, *, log: Log = print, publish: bool = True
             split,
             log=log,
             max_events=mc.stream_events(len(ml.items)),
-            new_vecs=fitted.new_item_vectors(ml),
+            new_vecs=new_vectors,
         ),
         "temporal": evaluate_split(
             ml,
